@@ -1,0 +1,14 @@
+"""FusionLens core: multimodal clinical classifiers, fusion variants, uncertainty, explanations.
+
+Research use only, not a medical device.
+"""
+__version__ = "0.1.0"
+
+from .case import Case, CaseError  # noqa: E402
+from .fusion import FUSIONS  # noqa: E402
+from .model import MultimodalClassifier  # noqa: E402
+from .package import (RESEARCH_NOTICE, Package, PackageError, Prediction, build_model, load_package,  # noqa: E402
+                      save_package)
+
+__all__ = ["Case", "CaseError", "FUSIONS", "MultimodalClassifier", "Package", "PackageError", "Prediction",
+           "RESEARCH_NOTICE", "build_model", "load_package", "save_package", "__version__"]

@@ -1,0 +1,133 @@
+"""``python -m core <verb>``. Bad input: exit code 2 and one line on stderr starting ``error:``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class UsageError(Exception):
+    """Bad flags or input: reported as one ``error:`` line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would print usage + exit 2; we want one line
+        raise UsageError(message)
+
+
+def _parse_meta(pairs: Sequence[str], meta_file: str | None) -> dict[str, Any] | None:
+    meta: dict[str, Any] = {}
+    if meta_file:
+        try:
+            data = json.loads(Path(meta_file).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UsageError(f"metadata file '{meta_file}' does not exist.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"metadata file '{meta_file}' is not valid JSON ({e}).") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"metadata file '{meta_file}' must hold a JSON object of name: value pairs.")
+        meta.update(data)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--meta expects key=value, got '{pair}'.")
+        meta[key.strip()] = value.strip()
+    return meta or None
+
+
+def _read_note(args: argparse.Namespace) -> Any:
+    if args.note is not None and args.note_file:
+        raise UsageError("give either --note or --note-file, not both.")
+    if args.note_file:
+        p = Path(args.note_file)
+        if not p.is_file():
+            raise UsageError(f"note file '{p}' does not exist.")
+        return p.read_bytes()
+    return args.note
+
+
+def _case_from_args(args: argparse.Namespace):
+    from .case import Case
+
+    return Case.from_inputs(image=args.image, mask=args.mask, note=_read_note(args),
+                            metadata=_parse_meta(args.meta, args.meta_file), spectrum=args.spectrum,
+                            case_id=args.case_id)
+
+
+def add_case_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model package folder (config.json + model.safetensors)")
+    p.add_argument("--image", help="dermoscopy image (PNG/JPEG/TIFF)")
+    p.add_argument("--mask", help="lesion mask, same size as the image (white = lesion)")
+    p.add_argument("--note", help="clinical note text")
+    p.add_argument("--note-file", help="clinical note as a UTF-8 text file")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="one metadata value (repeatable)")
+    p.add_argument("--meta-file", help="metadata as a JSON object")
+    p.add_argument("--spectrum", help="spectrum CSV (wavelength,value rows, or one value per row)")
+    p.add_argument("--case-id", help="a case reference (no patient names)")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .package import load_package
+
+    if args.mc_samples < 0 or args.mc_samples > 1000:
+        raise UsageError("--mc-samples must be between 0 and 1000.")
+    pkg = load_package(args.model)
+    pred = pkg.predict(_case_from_args(args), mc_samples=args.mc_samples)
+    if args.json:
+        print(json.dumps(pred.to_dict()))
+    else:
+        print(f"{pred.label}  p={pred.calibrated.max():.3f}  normalised entropy={pred.uncertainty['normalised_entropy']:.3f}"
+              f"  {'REFER: ' + pred.referral['advice'] if pred.refer else ''}")
+        print("Research use only, not a medical device.")
+    return 0
+
+
+def cmd_variants(args: argparse.Namespace) -> int:
+    from .fusion import COMMON_DIAGNOSTICS, FUSIONS
+
+    rows = [{"name": n, "summary": FUSIONS.get(n).SUMMARY,
+             "diagnostics": {**COMMON_DIAGNOSTICS, **FUSIONS.get(n).DIAGNOSTICS}} for n in FUSIONS.names()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:16s} {r['summary']}")
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m core", description="FusionLens (research use only, not a medical device).")
+    sub = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    p = sub.add_parser("predict", help="predict one case with a model package")
+    add_case_arguments(p)
+    p.add_argument("--mc-samples", type=int, default=30, help="MC-dropout samples of the head (default 30)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("variants", help="list the fusion variants in the registry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_variants)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .case import CaseError
+    from .package import PackageError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (UsageError, CaseError, PackageError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted.", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: still one line, never a traceback
+        print(f"error: unexpected failure ({type(e).__name__}: {' '.join(str(e).split())[:300]}); please report it.", file=sys.stderr)
+        return 1

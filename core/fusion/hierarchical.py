@@ -1,0 +1,128 @@
+"""Multi-level fusion: hierarchical gated fusion of three depths (seed 003's hier_interact) and
+EnhancedMMTM (seed 000)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..encoders.base import ModalityFeatures, ModalitySpec, masked_mean
+from .attention import ATTENTION_DIAGNOSTICS
+from .base import FUSIONS, AttentionBlock, Fusion, TokenProjector, attention_mass, concat_others, norm_shares, projector
+from .simple import GateMixer
+
+
+@FUSIONS.register("hierarchical")
+class HierarchicalFusion(Fusion):
+    SUMMARY = "gated fusion at each of three depths -> F1, F2, F3; F = sum_i a_i F_i with learnable level weights."
+    DIAGNOSTICS = {
+        "level_weights": "[3] weight a_i of the early / middle / last level (sigma(w_i), or softmax(w) summing to 1)",
+        "level_gates": "[B, 3, M] per level, mean effective gate of each modality (rows sum to 1)",
+    }
+
+    def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, level_weighting: str = "sigmoid",
+                 dropout: float = 0.1, **options: Any):
+        super().__init__(specs, out_dim, **options)
+        if level_weighting not in ("sigmoid", "softmax"):
+            raise ValueError("level_weighting must be 'sigmoid' or 'softmax'.")
+        self.level_weighting = level_weighting
+        self.proj = nn.ModuleList(nn.ModuleList(projector(s.level_dims[i], dim) for s in specs) for i in range(3))
+        self.mixers = nn.ModuleList(GateMixer(len(specs), dim) for _ in range(3))
+        self.level_logits = nn.Parameter(torch.zeros(3))
+        self.out = nn.Sequential(nn.Linear(dim, out_dim), nn.LayerNorm(out_dim), nn.GELU(), nn.Dropout(dropout))
+
+    def level_weights(self) -> torch.Tensor:
+        f = torch.sigmoid if self.level_weighting == "sigmoid" else (lambda w: torch.softmax(w, 0))
+        return f(self.level_logits)
+
+    def forward(self, feats: Sequence[ModalityFeatures], present: torch.Tensor):
+        a = self.level_weights()
+        fused, gates = 0, []
+        for i in range(3):
+            mixed, w = self.mixers[i]([p(f.levels[i]) for p, f in zip(self.proj[i], feats)])
+            fused = fused + a[i] * mixed
+            gates.append(w.mean(-1))
+        level_gates = torch.stack(gates, 1)
+        weights = norm_shares((level_gates * a.view(1, 3, 1)).sum(1))
+        return self.out(fused), {"modality_weights": weights, "level_weights": a, "level_gates": level_gates}
+
+
+@FUSIONS.register("mmtm")
+class EnhancedMMTM(Fusion):
+    SUMMARY = ("EnhancedMMTM: self-attention per modality, 8-head cross-modal attention both ways, bottleneck + "
+               "3-layer interaction MLP, gates sigmoid(.)*tau with a learnable temperature, residuals, then "
+               "three-scale fusion of [a, b, a*b] with learnable scale weights.")
+    DIAGNOSTICS = {
+        **ATTENTION_DIAGNOSTICS,
+        "gates": "[B, M] mean gate per modality, in [0, tau] ('scale' mode) or [0, 1] ('sharpness' mode)",
+        "gates_per_dim": "[B, M, d] the gate of every dimension",
+        "temperature": "scalar learnable temperature tau > 0",
+        "gate_polarisation": "[B] 0 = the modalities are gated equally, 1 = one modality takes all the gate mass",
+        "scale_weights": "[3] softmax weights of the global / meso / local scale features (sum to 1)",
+    }
+
+    def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, heads: int = 8, bottleneck: int = 128,
+                 temperature_mode: str = "scale", init_temperature: float = 1.0, dropout: float = 0.1, **options: Any):
+        super().__init__(specs, out_dim, **options)
+        if temperature_mode not in ("scale", "sharpness"):
+            raise ValueError("temperature_mode must be 'scale' (sigmoid(z)*tau, seed 000) or 'sharpness' (sigmoid(z/tau)).")
+        if init_temperature <= 0:
+            raise ValueError("init_temperature must be positive.")
+        k = len(specs)
+        self.k, self.dim, self.temperature_mode = k, dim, temperature_mode
+        self.tokens = TokenProjector(specs, dim)
+        self.self_attn = nn.ModuleList(AttentionBlock(dim, heads, dropout) for _ in specs)
+        self.cross_attn = nn.ModuleList(AttentionBlock(dim, heads, dropout) for _ in specs)
+        self.pooled_proj = nn.ModuleList(projector(s.dim, dim) for s in specs)
+        self.bottleneck = nn.ModuleList(nn.Linear(dim, bottleneck) for _ in specs)
+        self.interaction = nn.Sequential(  # the 3-layer interaction MLP in the bottleneck space
+            nn.Linear(k * bottleneck, bottleneck), nn.GELU(),
+            nn.Linear(bottleneck, bottleneck), nn.GELU(),
+            nn.Linear(bottleneck, k * dim))
+        self.log_tau = nn.Parameter(torch.tensor(math.log(init_temperature)))
+        scales = (dim, dim // 2, dim // 4)
+        n_terms = k + k * (k - 1) // 2  # each modality and every pairwise Hadamard product
+        self.scale_proj = nn.ModuleList(nn.ModuleList(nn.Linear(dim, s) for _ in specs) for s in scales)
+        self.scale_out = nn.ModuleList(nn.Sequential(nn.Linear(n_terms * s, out_dim), nn.LayerNorm(out_dim)) for s in scales)
+        self.scale_logits = nn.Parameter(torch.zeros(3))
+        self.post = nn.Sequential(nn.GELU(), nn.Dropout(dropout))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_tau.exp()
+
+    def forward(self, feats: Sequence[ModalityFeatures], present: torch.Tensor):
+        toks = self.tokens(feats)
+        masks = [f.token_mask for f in feats]
+        B, M = present.shape[0], self.k
+        # 1. self-attention inside each modality, then cross-modal attention to all the others
+        selfed = [blk(x, None, m)[0] for blk, x, m in zip(self.self_attn, toks, masks)]
+        vs, attn, spans_all = [], {}, {}
+        mass = torch.zeros(B, M, M, device=present.device)
+        for i, blk in enumerate(self.cross_attn):
+            kv, kv_mask, spans = concat_others(selfed, masks, self.names, i)
+            y, w = blk(selfed[i], kv, kv_mask)  # residual inside: out = attn(x) + x
+            mass[:, i] = attention_mass(w, masks[i], spans, self.names)
+            attn[self.names[i]], spans_all[self.names[i]] = w, spans
+            vs.append(masked_mean(y, masks[i]) + self.pooled_proj[i](feats[i].pooled))
+        # 2. adaptive gate with the learnable temperature, residual final = gated + original
+        z = self.interaction(torch.cat([b(v) for b, v in zip(self.bottleneck, vs)], -1)).view(B, M, self.dim)
+        tau = self.temperature
+        g = torch.sigmoid(z) * tau if self.temperature_mode == "scale" else torch.sigmoid(z / tau)
+        finals = [g[:, i] * v + v for i, v in enumerate(vs)]
+        # 3. three scales: [a, b, a*b] (all pairwise products for k > 2), weighted sum of the scales
+        sw = torch.softmax(self.scale_logits, 0)
+        fused = 0
+        for s in range(3):
+            hs = [p(x) for p, x in zip(self.scale_proj[s], finals)]
+            terms = hs + [hs[i] * hs[j] for i in range(M) for j in range(i + 1, M)]
+            fused = fused + sw[s] * self.scale_out[s](torch.cat(terms, -1))
+        gates = g.mean(-1)
+        weights = norm_shares(gates)
+        polar = (weights.amax(-1) - 1.0 / M) / (1 - 1.0 / M)
+        diag = {"modality_weights": weights, "gates": gates, "gates_per_dim": g, "temperature": tau,
+                "gate_polarisation": polar, "scale_weights": sw, "attention": attn, "attention_key_spans": spans_all,
+                "attention_mass": mass}
+        return self.post(fused), diag

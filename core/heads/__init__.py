@@ -1,0 +1,4 @@
+"""Classifier heads."""
+from .residual import ResidualHead
+
+__all__ = ["ResidualHead"]

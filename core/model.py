@@ -1,0 +1,103 @@
+"""MultimodalClassifier = encoders + fusion + head, the one place they are assembled.
+
+Any modality may be absent for any case. ``inputs[m]`` holds the prepared tensors of only the
+cases where modality ``m`` is present (``present[:, m]``); the encoder runs on those rows and a
+learned "missing" embedding fills the others (pooled vector, three levels and one token), so every
+fusion variant sees full-batch features and the prediction comes from what is there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .encoders import Encoder, ModalityFeatures, ModalitySpec
+from .fusion import FUSIONS
+from .heads import ResidualHead
+
+
+class MissingEmbedding(nn.Module):
+    """Learned stand-in features for an absent modality."""
+
+    def __init__(self, spec: ModalitySpec):
+        super().__init__()
+        self.pooled = nn.Parameter(torch.zeros(spec.dim))
+        self.levels = nn.ParameterList(nn.Parameter(torch.zeros(d)) for d in spec.level_dims)
+        self.token = nn.Parameter(torch.randn(spec.token_dim) * 0.02)
+
+    def fill(self, feats: ModalityFeatures | None, present: torch.Tensor) -> ModalityFeatures:
+        """Scatter the present rows' features into a full batch; absent rows get the embedding."""
+        B = present.shape[0]
+        idx = present.nonzero().squeeze(1)
+        absent = (~present).unsqueeze(-1)
+
+        def scatter(x: torch.Tensor | None, miss: torch.Tensor) -> torch.Tensor:
+            full = miss.expand(B, *miss.shape)
+            if x is None:
+                return full
+            base = torch.zeros(B, *x.shape[1:], dtype=x.dtype, device=x.device).index_copy(0, idx, x)
+            return torch.where(absent.view(B, *([1] * (x.dim() - 1))), full, base)
+
+        n = 1 if feats is None else max(feats.tokens.shape[1], 1)
+        tok_miss = torch.zeros(n, self.token.shape[0], dtype=self.token.dtype, device=self.token.device)
+        tok_miss = torch.cat([self.token.unsqueeze(0), tok_miss[1:]], 0)
+        mask_miss = torch.zeros(n, dtype=torch.bool, device=present.device)
+        mask_miss[0] = True
+        if feats is None:
+            return ModalityFeatures(scatter(None, self.pooled), tuple(scatter(None, l) for l in self.levels),  # type: ignore[arg-type]
+                                    scatter(None, tok_miss), mask_miss.expand(B, n))
+        mask = torch.zeros(B, n, dtype=torch.bool, device=present.device).index_copy(0, idx, feats.token_mask)
+        mask = torch.where(absent, mask_miss.expand(B, n), mask)
+        return ModalityFeatures(scatter(feats.pooled, self.pooled),
+                                tuple(scatter(x, l) for x, l in zip(feats.levels, self.levels)),  # type: ignore[arg-type]
+                                scatter(feats.tokens, tok_miss), mask)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor                  # [B, C] (or [T, B, C] with MC samples)
+    log_var: torch.Tensor                 # [B]    (or [T, B])
+    fused: torch.Tensor                   # [B, F]
+    diagnostics: dict[str, Any]
+    features: list[ModalityFeatures]
+
+
+class MultimodalClassifier(nn.Module):
+    def __init__(self, encoders: Mapping[str, Encoder], n_classes: int, fusion: str = "concat",
+                 fusion_options: Mapping[str, Any] | None = None, fused_dim: int = 256,
+                 head_options: Mapping[str, Any] | None = None):
+        super().__init__()
+        if len(encoders) < 2:
+            raise ValueError("A multimodal classifier needs at least two modalities.")
+        self.modalities = list(encoders)
+        self.encoders = nn.ModuleDict(encoders)
+        specs = [enc.spec() for enc in encoders.values()]
+        self.missing = nn.ModuleDict({s.name: MissingEmbedding(s) for s in specs})
+        self.fusion_name = fusion
+        self.fusion = FUSIONS.get(fusion)(specs, fused_dim, **dict(fusion_options or {}))
+        self.head = ResidualHead(fused_dim, n_classes, **dict(head_options or {}))
+        self.n_classes = n_classes
+        self.fused_dim = fused_dim
+        self.fusion_options = dict(fusion_options or {})
+        self.head_options = dict(head_options or {})
+
+    def encode(self, inputs: Mapping[str, Mapping[str, torch.Tensor] | None], present: torch.Tensor) -> list[ModalityFeatures]:
+        feats = []
+        for j, m in enumerate(self.modalities):
+            col = present[:, j].bool()
+            x = inputs.get(m)
+            raw = self.encoders[m](**x) if (x is not None and bool(col.any())) else None
+            feats.append(self.missing[m].fill(raw, col))
+        return feats
+
+    def fuse_and_classify(self, feats: Sequence[ModalityFeatures], present: torch.Tensor, mc_samples: int = 0,
+                          generator: torch.Generator | None = None) -> ModelOutput:
+        fused, diag = self.fusion(feats, present)
+        logits, log_var = self.head(fused, mc_samples, generator)
+        return ModelOutput(logits, log_var, fused, diag, list(feats))
+
+    def forward(self, inputs: Mapping[str, Mapping[str, torch.Tensor] | None], present: torch.Tensor,
+                mc_samples: int = 0, generator: torch.Generator | None = None) -> ModelOutput:
+        return self.fuse_and_classify(self.encode(inputs, present), present, mc_samples, generator)

@@ -1,0 +1,350 @@
+"""Model packages: a folder with ``config.json`` + ``model.safetensors``; never a pickle.
+
+``config.json`` holds the architecture (encoders, fusion variant, head), the label names, the
+tabular schema, image preprocessing, the text-encoder reference, the calibration temperature, the
+referral threshold, a description of the training data, metrics, and the sha256 of every weights
+file. Frozen pretrained encoders shipped by a pip package are referenced, not copied; fine-tuned
+encoders shared by several packages of a suite live once in a shared safetensors file next to them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .case import Case, CaseError
+from .encoders import MODALITIES, build_encoder, encoder_config
+from .fusion import FUSIONS, case_diagnostics
+from .model import ModelOutput, MultimodalClassifier
+from .uncertainty import decompose
+
+FORMAT = "fusionlens-package/1"
+WEIGHTS = "model.safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib", ".sav")
+RESEARCH_NOTICE = "Research use only, not a medical device: never use it to diagnose or treat a patient."
+
+
+class PackageError(Exception):
+    """A model package that can't be used; the message names the file and the problem."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def architecture(model: MultimodalClassifier) -> dict[str, Any]:
+    return {
+        "modalities": {m: encoder_config(enc) for m, enc in model.encoders.items()},
+        "fusion": {"name": model.fusion_name, "options": model.fusion_options, "out_dim": model.fused_dim},
+        "head": model.head_options,
+        "n_classes": model.n_classes,
+    }
+
+
+def build_model(arch: Mapping[str, Any]) -> MultimodalClassifier:
+    encoders = {m: build_encoder(m, cfg) for m, cfg in arch["modalities"].items()}
+    f = arch["fusion"]
+    return MultimodalClassifier(encoders, arch["n_classes"], f["name"], f.get("options", {}), f.get("out_dim", 256),
+                                arch.get("head", {}))
+
+
+def _external_prefixes(model: MultimodalClassifier) -> list[str]:
+    return [f"encoders.{m}." for m, e in model.encoders.items() if e.external_weights and e.frozen]
+
+
+def save_package(model: MultimodalClassifier, path: str | Path, labels: Sequence[str], *, name: str,
+                 cohort: str = "custom", calibration_temperature: float = 1.0, referral_threshold: float = 0.5,
+                 mc_samples: int = 30, training_data: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, Any] | None = None, shared: Mapping[str, str | Path] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a package folder. ``shared`` maps a state-dict prefix (e.g. ``"encoders.image."``) to a
+    safetensors file (usually ``../_shared/<name>.safetensors``) written once for a whole suite."""
+    if len(labels) != model.n_classes:
+        raise ValueError(f"{len(labels)} labels given for a model with {model.n_classes} classes.")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    skip = _external_prefixes(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if not any(k.startswith(p) for p in skip)}
+    shared_entries = []
+    for prefix, file in (shared or {}).items():
+        part = {k: state.pop(k) for k in list(state) if k.startswith(prefix)}
+        file = Path(file) if Path(file).is_absolute() else path / file
+        file.parent.mkdir(parents=True, exist_ok=True)
+        save_file(part, str(file))
+        shared_entries.append({"file": os.path.relpath(file, path), "prefix": prefix, "sha256": sha256_file(file)})
+    save_file(state, str(path / WEIGHTS))
+    config = {
+        "format": FORMAT, "software_version": __version__, "name": name, "cohort": cohort,
+        "variant": model.fusion_name, "labels": list(labels), "architecture": architecture(model),
+        "external_weights": skip,
+        "calibration": {"temperature": float(calibration_temperature)},
+        "referral": {"measure": "normalised_entropy", "threshold": float(referral_threshold)},
+        "mc_samples": int(mc_samples),
+        "training_data": dict(training_data or {}), "metrics": dict(metrics or {}),
+        "weights": {"file": WEIGHTS, "sha256": sha256_file(path / WEIGHTS)},
+        "shared_weights": shared_entries,
+        "notice": RESEARCH_NOTICE,
+        **dict(extra or {}),
+    }
+    tmp = path / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    tmp.replace(path / "config.json")
+    return path
+
+
+def _check_weights_file(pkg: Path, entry: Mapping[str, Any], root: Path) -> Path:
+    rel = entry.get("file")
+    if not isinstance(rel, str):
+        raise PackageError(f"{pkg / 'config.json'}: a weights entry has no file name.")
+    file = (pkg / rel).resolve()
+    if not file.is_relative_to(root):
+        raise PackageError(f"{pkg / 'config.json'}: weights file '{rel}' lies outside the model folder.")
+    if file.suffix != ".safetensors":
+        raise PackageError(f"{file}: only .safetensors weights are accepted (model files are data, never code).")
+    if not file.is_file():
+        raise PackageError(f"{file}: the weights file is missing.")
+    digest = sha256_file(file)
+    if digest != entry.get("sha256"):
+        raise PackageError(f"{file}: sha256 {digest[:12]}… does not match config.json ({str(entry.get('sha256'))[:12]}…); "
+                           "the file was changed or damaged, so it is refused.")
+    return file
+
+
+def _read_config(pkg: Path) -> dict[str, Any]:
+    cfg_path = pkg / "config.json"
+    if not cfg_path.is_file():
+        raise PackageError(f"{cfg_path}: no config.json; is this a FusionLens model folder?")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackageError(f"{cfg_path}: not valid JSON ({e}).") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise PackageError(f"{cfg_path}: not a {FORMAT} config.")
+    for key in ("name", "labels", "architecture", "weights"):
+        if key not in cfg:
+            raise PackageError(f"{cfg_path}: the '{key}' entry is missing.")
+    variant = cfg["architecture"].get("fusion", {}).get("name")
+    if variant not in FUSIONS:
+        raise PackageError(f"{cfg_path}: unknown fusion variant '{variant}'; known: {', '.join(FUSIONS.names())}.")
+    return cfg
+
+
+def load_package(path: str | Path, root: str | Path | None = None) -> "Package":
+    """Load a package folder. Weights files must be safetensors whose sha256 matches config.json and
+    lie inside ``root`` (default: the package's parent folder, where a suite keeps shared files)."""
+    pkg = Path(path).resolve()
+    if not pkg.is_dir():
+        raise PackageError(f"{pkg}: no such model folder.")
+    pickles = sorted(p.name for p in pkg.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise PackageError(f"{pkg}: refused because it contains pickle-based files ({', '.join(pickles)}); "
+                           "FusionLens loads safetensors only.")
+    root = Path(root).resolve() if root else pkg.parent
+    cfg = _read_config(pkg)
+    files = [(_check_weights_file(pkg, cfg["weights"], root), "")]
+    files += [(_check_weights_file(pkg, e, root), e.get("prefix", "")) for e in cfg.get("shared_weights", [])]
+    try:
+        model = build_model(cfg["architecture"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise PackageError(f"{pkg / 'config.json'}: the architecture can't be built ({e}).") from None
+    state: dict[str, torch.Tensor] = {}
+    for file, prefix in files:
+        try:
+            part = load_file(str(file))
+        except (SafetensorError, OSError) as e:
+            raise PackageError(f"{file}: not a readable safetensors file ({e}).") from None
+        bad = [k for k in part if prefix and not k.startswith(prefix)]
+        if bad:
+            raise PackageError(f"{file}: holds '{bad[0]}', outside its declared prefix '{prefix}'.")
+        state.update(part)
+    expected = {k: v for k, v in model.state_dict().items() if not any(k.startswith(p) for p in cfg.get("external_weights", []))}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
+        raise PackageError(f"{files[0][0]}: weights do not fit the architecture in config.json ({what}"
+                           f"{f' and {len(missing) + len(unexpected) - 1} more' if len(missing) + len(unexpected) > 1 else ''}).")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise PackageError(f"{files[0][0]}: '{k}' has shape {tuple(v.shape)} but the architecture needs {tuple(expected[k].shape)}.")
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    for p in model.parameters():  # a loaded package is shared between sessions and never trained in place
+        p.requires_grad_(False)
+    return Package(pkg, cfg, model)
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    label: str
+    label_index: int
+    probabilities: np.ndarray            # softmax of the logits (uncalibrated, dropout off)
+    calibrated: np.ndarray               # softmax(logits / T_cal), dropout off: the headline numbers
+    mc_mean: np.ndarray                  # mean of T calibrated MC-dropout samples
+    mc_samples: np.ndarray               # [T, C]
+    uncertainty: dict[str, float]
+    refer: bool
+    referral: dict[str, Any]
+    present: dict[str, bool]
+    diagnostics: dict[str, Any]
+    model: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    case_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id, "label": self.label, "label_index": self.label_index,
+            "probabilities": dict(zip(self.labels, _r(self.probabilities))),
+            "calibrated_probabilities": dict(zip(self.labels, _r(self.calibrated))),
+            "mc_mean_probabilities": dict(zip(self.labels, _r(self.mc_mean))),
+            "mc_std_probabilities": dict(zip(self.labels, _r(self.mc_samples.std(0)))),
+            "uncertainty": {k: round(v, 6) for k, v in self.uncertainty.items()},
+            "refer": self.refer, "referral": self.referral, "present": self.present,
+            "diagnostics": to_jsonable(self.diagnostics), "model": self.model, "warnings": self.warnings,
+            "notice": RESEARCH_NOTICE,
+        }
+
+
+def _r(a: np.ndarray) -> list[float]:
+    return [round(float(x), 6) for x in np.asarray(a).ravel()]
+
+
+def to_jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): to_jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [to_jsonable(x) for x in v]
+    if torch.is_tensor(v):
+        v = v.detach().cpu().numpy()
+    if isinstance(v, np.ndarray):
+        return np.round(v.astype(np.float64), 6).tolist() if v.dtype.kind == "f" else v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
+
+def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case]) -> tuple[dict[str, Any], torch.Tensor, list[list[str]]]:
+    """Validated cases -> (encoder inputs for the present rows, presence mask [B, M], warnings).
+    Metadata is checked against this model's schema here (CaseError on a bad value)."""
+    warnings: list[list[str]] = [[] for _ in cases]
+    present = torch.zeros(len(cases), len(model.modalities), dtype=torch.bool)
+    inputs: dict[str, Any] = {}
+    for j, m in enumerate(model.modalities):
+        enc = model.encoders[m]
+        vals = []
+        for i, c in enumerate(cases):
+            v = getattr(c, m)
+            if m == "metadata" and v:
+                v, w = enc.schema.validate(v)
+                warnings[i] += w
+                v = v if any(x is not None for x in v.values()) else None
+            if m == "spectrum" and v is not None:
+                try:
+                    enc.resample(v)
+                except ValueError as e:
+                    raise CaseError({"spectrum": str(e)[0].upper() + str(e)[1:]}) from None
+            if v is not None and (m != "note" or v):
+                present[i, j] = True
+                vals.append(v)
+        inputs[m] = enc.prepare(vals) if vals else None
+    for i, c in enumerate(cases):
+        ignored = [k for k, v in c.present().items() if v and k not in model.modalities]
+        if ignored:
+            warnings[i].append(f"This model does not use: {', '.join(ignored)}.")
+        if not present[i].any():
+            raise CaseError({"case": "The case has none of the inputs this model uses "
+                                     f"({', '.join(model.modalities)}); add at least one."})
+    return inputs, present, warnings
+
+
+class Package:
+    """A loaded model package: the shared, read-only model plus everything needed to use it."""
+
+    def __init__(self, path: Path, config: dict[str, Any], model: MultimodalClassifier):
+        self.path, self.config, self.model = path, config, model
+        self.labels: list[str] = list(config["labels"])
+        self.name: str = config["name"]
+        self.variant: str = config["variant"]
+        self.sha256: str = config["weights"]["sha256"]
+        self.temperature = float(config.get("calibration", {}).get("temperature", 1.0))
+        self.referral_threshold = float(config.get("referral", {}).get("threshold", 0.5))
+        self.mc_samples = int(config.get("mc_samples", 30))
+        self.modalities = list(model.modalities)
+        self._lock = threading.Lock()  # for anything that must touch shared module state (hooks)
+
+    # ---- facts about the package -------------------------------------------------------------
+    @property
+    def schema(self):
+        enc = self.model.encoders["metadata"] if "metadata" in self.model.encoders else None
+        return enc.schema if enc is not None else None
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.config.get("training_data", {}).get("synthetic", False))
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "variant": self.variant, "cohort": self.config.get("cohort"),
+                "sha256": self.sha256, "labels": self.labels, "modalities": self.modalities,
+                "synthetic_training_data": self.synthetic}
+
+    # ---- cases -> tensors ----------------------------------------------------------------------
+    def prepare(self, cases: Sequence[Case]) -> tuple[dict[str, Any], torch.Tensor, list[list[str]]]:
+        return prepare_batch(self.model, cases)
+
+    # ---- prediction ----------------------------------------------------------------------------
+    def run(self, cases: Sequence[Case], mc_samples: int | None = None, seed: int = 0) -> tuple[ModelOutput, ModelOutput, torch.Tensor, list[list[str]]]:
+        """One encoder + fusion pass; the head runs once without dropout and T times with it, on the
+        same fused features. -> (deterministic output, MC output, presence, warnings)."""
+        T = self.mc_samples if mc_samples is None else mc_samples
+        inputs, present, warnings = self.prepare(cases)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.inference_mode():
+            det = self.model(inputs, present)
+            logits, log_var = self.model.head(det.fused, max(T, 1), gen)
+        mc = ModelOutput(logits, log_var, det.fused, det.diagnostics, det.features)
+        return det, mc, present, warnings
+
+    def predict(self, case: Case | Sequence[Case], mc_samples: int | None = None, seed: int = 0):
+        """A Prediction for one case, or a list for a sequence of cases (batched)."""
+        single = isinstance(case, Case)
+        cases = [case] if single else list(case)
+        det, mc, present, warnings = self.run(cases, mc_samples, seed)
+        unc = decompose(mc.logits, mc.log_var, self.temperature)
+        probs = torch.softmax(det.logits, -1)
+        cal = torch.softmax(det.logits / self.temperature, -1)
+        gates = self.model.encoders["metadata"].feature_gates() if "metadata" in self.model.encoders else None
+        out = []
+        for i, c in enumerate(cases):
+            k = int(cal[i].argmax())
+            value = float(unc.normalised_entropy[i])
+            diag = case_diagnostics(det.diagnostics, i)
+            if gates is not None:
+                diag["metadata_feature_gates"] = dict(zip(self.schema.names, gates.tolist()))
+            out.append(Prediction(
+                labels=self.labels, label=self.labels[k], label_index=k,
+                probabilities=probs[i].numpy(), calibrated=cal[i].numpy(), mc_mean=unc.mean_probs[i].numpy(),
+                mc_samples=unc.sample_probs[:, i].numpy(),
+                uncertainty={"predictive_entropy": float(unc.predictive_entropy[i]), "normalised_entropy": value,
+                             "aleatoric": float(unc.aleatoric[i]), "epistemic": float(unc.epistemic[i]),
+                             "data_variance": float(unc.data_variance[i])},
+                refer=value > self.referral_threshold,
+                referral={"measure": "normalised_entropy", "value": value, "threshold": self.referral_threshold,
+                          "advice": "advise re-check by a clinician" if value > self.referral_threshold else "no referral flag"},
+                present={m: bool(present[i, j]) for j, m in enumerate(self.modalities)},
+                diagnostics=diag, model=self.info() | {"path": str(self.path)}, warnings=warnings[i], case_id=c.case_id))
+        return out[0] if single else out
