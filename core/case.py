@@ -85,8 +85,8 @@ def load_image(value: Any, what: str = "image") -> Image.Image:
                 img = Image.open(io.BytesIO(data))
                 w, h = img.size
                 if w * h > MAX_IMAGE_PIXELS:
-                    raise ValueError(f"the {what} declares {w} x {h} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed; "
-                                     "downscale it before uploading.")
+                    raise ValueError(f"the {what} declares {w} x {h} pixels, more than the {MAX_IMAGE_PIXELS:,} pixels "
+                                     "allowed; downscale it before uploading.")
                 if img.format not in ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF", "MPO"):
                     raise ValueError(f"the {what} is a {img.format} file; upload a PNG, JPEG or TIFF image.")
                 img.seek(0)
@@ -95,8 +95,11 @@ def load_image(value: Any, what: str = "image") -> Image.Image:
             raise
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
                 Image.DecompressionBombWarning, EOFError) as e:
-            kind = "is too large to decode safely" if "ompression" in type(e).__name__ else "could not be read as an image (it may be truncated or not an image)"
-            raise ValueError(f"the {what} file {kind}; upload a PNG, JPEG or TIFF image.") from None
+            if "ompression" in type(e).__name__:
+                raise ValueError(f"the {what} declares more than the {MAX_IMAGE_PIXELS:,} pixels allowed (a possible "
+                                 "decompression bomb); downscale it before uploading.") from None
+            raise ValueError(f"the {what} file could not be read as an image (it may be truncated or not an image); "
+                             "upload a PNG, JPEG or TIFF image.") from None
         img = ImageOps.exif_transpose(img)
     w, h = img.size
     if min(w, h) < MIN_IMAGE_SIDE:

@@ -213,7 +213,12 @@ def test_text_gradients_reach_embeddings_and_freeze():
     torch.manual_seed(0)
     enc = TextEncoder("minilm", max_length=32, random_init=TINY_BERT)
     captured: list[torch.Tensor] = []
-    enc.embedding_layer.register_forward_hook(lambda m, i, o: (o.retain_grad(), captured.append(o)))
+
+    def keep(module, inputs, out):  # what LayerIntegratedGradients differentiates against
+        out.retain_grad()
+        captured.append(out)
+
+    enc.embedding_layer.register_forward_hook(keep)
     enc(**enc.prepare(NOTES)).pooled.sum().backward()
     assert captured[0].grad is not None and captured[0].grad.abs().sum() > 0
     enc.freeze()

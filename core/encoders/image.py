@@ -46,7 +46,10 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], skip_prefix: s
     """Strict load, ignoring the classifier head we removed (keys under ``skip_prefix``)."""
     if skip_prefix:
         state = {k: v for k, v in state.items() if not k.startswith(skip_prefix)}
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"Weights in {source} do not match the architecture: {e}") from e
     if missing or unexpected:
         raise ValueError(
             f"Weights in {source} do not match the architecture: "

@@ -1,0 +1,78 @@
+"""``python -m core``: JSON out on success; exit 2 and one ``error:`` line on bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import save_package
+from core.cli import main
+from tiny import LABELS, make_model
+
+
+@pytest.fixture(scope="module")
+def pkg(tmp_path_factory):
+    return save_package(make_model("mmtm"), tmp_path_factory.mktemp("m") / "pkg", LABELS, name="tiny-mmtm")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("case")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / "img.png")
+    (d / "spec.csv").write_text("wl,val\n" + "\n".join(f"{1000 + i * 2},{np.sin(i / 5):.4f}" for i in range(60)))
+    (d / "note.txt").write_bytes("Itchy lesion, bleeding.".encode())
+    return d
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_predict_json(pkg, files, capsys):
+    code, out, err = run(["predict", "--model", pkg, "--image", files / "img.png", "--note-file", files / "note.txt",
+                          "--meta", "age=55", "--meta", "sex=male", "--spectrum", files / "spec.csv", "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["label"] in LABELS and set(d["calibrated_probabilities"]) == set(LABELS)
+    assert np.isclose(sum(d["calibrated_probabilities"].values()), 1, atol=1e-4)
+    assert d["model"]["variant"] == "mmtm" and len(d["model"]["sha256"]) == 64
+    assert d["present"] == {"image": True, "note": True, "metadata": True, "spectrum": True}
+    assert {"gates", "temperature", "scale_weights", "attention"} <= set(d["diagnostics"])
+    assert {"predictive_entropy", "aleatoric", "epistemic"} <= set(d["uncertainty"]) and isinstance(d["refer"], bool)
+
+
+def test_variants_lists_registry(capsys):
+    code, out, _ = run(["variants", "--json"], capsys)
+    names = [r["name"] for r in json.loads(out)]
+    assert code == 0 and "mmtm" in names and "irene" in names
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["predict", "--model", "{pkg}", "--meta", "age=999", "--json"], "metadata.age: age (years) = 999 is outside"),
+    (["predict", "--model", "{pkg}", "--meta", "noequals"], "--meta expects key=value"),
+    (["predict", "--model", "{pkg}", "--image", "{files}/note.txt"], "image: The image file could not be read"),
+    (["predict", "--model", "{pkg}", "--image", "/nonexistent.png"], "does not exist"),
+    (["predict", "--model", "/nonexistent"], "no such model folder"),
+    (["predict", "--model", "{pkg}", "--note", "x", "--note-file", "{files}/note.txt"], "either --note or --note-file"),
+    (["predict", "--model", "{pkg}", "--mc-samples", "abc"], "invalid int value"),
+    (["predict", "--model", "{pkg}"], "none of the inputs"),
+    (["frobnicate"], "invalid choice"),
+    (["predict"], "required: --model"),
+])
+def test_bad_input_exit_2_one_line(pkg, files, capsys, args, needle):
+    code, out, err = run([a.format(pkg=pkg, files=files) for a in args], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err
+
+
+def test_real_process_has_no_traceback(pkg):
+    r = subprocess.run([sys.executable, "-m", "core", "predict", "--model", str(pkg), "--meta", "sex=robot"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: metadata.sex:")
