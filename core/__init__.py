@@ -7,8 +7,9 @@ __version__ = "0.1.0"
 from .case import Case, CaseError  # noqa: E402
 from .fusion import FUSIONS  # noqa: E402
 from .model import MultimodalClassifier  # noqa: E402
-from .package import (RESEARCH_NOTICE, Package, PackageError, Prediction, build_model, load_package,  # noqa: E402
-                      save_package)
+from .package import (RESEARCH_NOTICE, Package, PackageError, Prediction, build_model,  # noqa: E402
+                      discover_packages, load_package, read_package_summary, save_package)
 
 __all__ = ["Case", "CaseError", "FUSIONS", "MultimodalClassifier", "Package", "PackageError", "Prediction",
-           "RESEARCH_NOTICE", "build_model", "load_package", "save_package", "__version__"]
+           "RESEARCH_NOTICE", "build_model", "discover_packages", "load_package", "read_package_summary",
+           "save_package", "__version__"]

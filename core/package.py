@@ -348,3 +348,23 @@ class Package:
                 present={m: bool(present[i, j]) for j, m in enumerate(self.modalities)},
                 diagnostics=diag, model=self.info() | {"path": str(self.path)}, warnings=warnings[i], case_id=c.case_id))
         return out[0] if single else out
+
+
+def discover_packages(root: str | Path) -> list[Path]:
+    """Model package folders (those with a config.json) below ``root``, sorted; shared-weight
+    folders (names starting with '_') are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.rglob("config.json") if not any(part.startswith("_") for part in p.relative_to(root).parts))
+
+
+def read_package_summary(path: str | Path) -> dict[str, Any]:
+    """The config facts a model list shows, without loading weights (PackageError if unreadable)."""
+    cfg = _read_config(Path(path))
+    return {"path": str(path), "name": cfg["name"], "cohort": cfg.get("cohort"), "variant": cfg["variant"],
+            "labels": cfg["labels"], "modalities": list(cfg["architecture"]["modalities"]),
+            "synthetic": bool(cfg.get("training_data", {}).get("synthetic", False)),
+            "training_data": cfg.get("training_data", {}).get("description", ""),
+            "metrics": cfg.get("metrics", {}), "calibration_temperature": cfg.get("calibration", {}).get("temperature"),
+            "sha256": cfg["weights"].get("sha256")}
