@@ -80,7 +80,7 @@ def test_lite0_pretrained_weights_are_the_shipped_file(lite0):
     mine = lite0.backbone.state_dict()
     assert set(mine) == {k for k in state if not k.startswith("_fc.")}  # classifier dropped
     assert all(torch.equal(mine[k], state[k]) for k in mine)
-    assert lite0.external_weights is True and lite0.config() == {"arch": "efficientnet_lite0", "pretrained": True, "image_size": S}
+    assert lite0.external_weights is True and lite0.config() == {"arch": "efficientnet_lite0", "pretrained": True, "image_size": S, "token_grid": None}
     assert lite0.mean == lite0.std == (0.5, 0.5, 0.5)
     # last stage == the package's own extract_features
     ref = EfficientNet.from_name("efficientnet-lite0")
@@ -248,3 +248,22 @@ def test_minilm_pretrained_offline_similarity(minilm):
     _check_features(f, enc, 3, f.tokens.shape[1])
     sim = F.cosine_similarity(f.pooled[:, None], f.pooled[None], dim=-1)
     assert sim[0, 1] > sim[0, 2] + 0.2 and sim[0, 1] > sim[1, 2] + 0.2
+
+
+def test_token_grid_pools_patch_tokens():
+    enc = ImageEncoder("tiny", pretrained=False, image_size=64, token_grid=2)
+    out = enc(**enc.prepare([Image.new("RGB", (64, 64), (120, 30, 200))]))
+    assert out.tokens.shape == (1, 4, 32)
+    # pooled tokens average the full-resolution ones
+    full = ImageEncoder("tiny", pretrained=False, image_size=64)
+    full.load_state_dict(enc.state_dict())
+    assert torch.allclose(out.tokens.mean(1), full(**full.prepare([Image.new("RGB", (64, 64), (120, 30, 200))])).tokens.mean(1), atol=1e-5)
+
+
+def test_frozen_encoder_stays_in_eval_mode():
+    enc = ImageEncoder("tiny", pretrained=False, image_size=32).freeze()
+    enc.train()
+    assert not enc.training
+    live = ImageEncoder("tiny", pretrained=False, image_size=32)
+    live.train()
+    assert live.training

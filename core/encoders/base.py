@@ -77,6 +77,11 @@ class Encoder(nn.Module):
             p.requires_grad_(False)
         return self
 
+    def train(self, mode: bool = True) -> "Encoder":
+        # a frozen encoder stays in eval mode: its BatchNorm statistics and dropout must not move
+        # while the fusion and head around it are trained
+        return super().train(mode and not self.frozen)
+
     @property
     def frozen(self) -> bool:
         params = list(self.parameters())

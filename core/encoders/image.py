@@ -65,8 +65,12 @@ def _tiny_stage(cin: int, cout: int) -> nn.Sequential:
 class ImageEncoder(Encoder):
     modality = "image"
 
-    def __init__(self, arch: str = "efficientnet_lite0", pretrained: bool | str = True, image_size: int = 224) -> None:
+    def __init__(self, arch: str = "efficientnet_lite0", pretrained: bool | str = True, image_size: int = 224,
+                 token_grid: int | None = None) -> None:
         super().__init__()
+        # token_grid: average-pool the last feature map to token_grid x token_grid patch tokens
+        # (e.g. 4 -> 16 tokens instead of 49), which keeps cached token features small for training
+        self.token_grid = token_grid
         if arch not in ARCHS:
             raise ValueError(f"Unknown image architecture {arch!r}; choose one of {', '.join(ARCHS)}.")
         self.arch = arch
@@ -175,7 +179,9 @@ class ImageEncoder(Encoder):
         feats = self._stages(pixels)
         levels = tuple(f.mean(dim=(2, 3)) for f in feats)
         last = feats[-1]
-        tokens = last.flatten(2).transpose(1, 2)  # [B, H*W, C]
+        if self.token_grid:
+            last = nn.functional.adaptive_avg_pool2d(last, self.token_grid)
+        tokens = last.flatten(2).transpose(1, 2)  # [B, H*W, C], patches row-major
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return ModalityFeatures(levels[2], levels, tokens, mask)  # type: ignore[arg-type]
 
@@ -201,4 +207,5 @@ class ImageEncoder(Encoder):
             "arch": self.arch,
             "pretrained": self.pretrained if isinstance(self.pretrained, bool) else False,
             "image_size": self.image_size,
+            "token_grid": self.token_grid,
         }
