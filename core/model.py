@@ -69,8 +69,8 @@ class MultimodalClassifier(nn.Module):
                  fusion_options: Mapping[str, Any] | None = None, fused_dim: int = 256,
                  head_options: Mapping[str, Any] | None = None):
         super().__init__()
-        if len(encoders) < 2:
-            raise ValueError("A multimodal classifier needs at least two modalities.")
+        if not encoders:
+            raise ValueError("A classifier needs at least one modality.")
         self.modalities = list(encoders)
         self.encoders = nn.ModuleDict(encoders)
         specs = [enc.spec() for enc in encoders.values()]
@@ -83,12 +83,18 @@ class MultimodalClassifier(nn.Module):
         self.fusion_options = dict(fusion_options or {})
         self.head_options = dict(head_options or {})
 
-    def encode(self, inputs: Mapping[str, Mapping[str, torch.Tensor] | None], present: torch.Tensor) -> list[ModalityFeatures]:
+    def encode(self, inputs: Mapping[str, Mapping[str, torch.Tensor] | ModalityFeatures | None],
+               present: torch.Tensor) -> list[ModalityFeatures]:
+        """``inputs[m]``: prepared tensors of the present rows, or their already computed
+        ModalityFeatures (cached outputs of a frozen encoder), or None."""
         feats = []
         for j, m in enumerate(self.modalities):
             col = present[:, j].bool()
             x = inputs.get(m)
-            raw = self.encoders[m](**x) if (x is not None and bool(col.any())) else None
+            if x is None or not bool(col.any()):
+                raw = None
+            else:
+                raw = x if isinstance(x, ModalityFeatures) else self.encoders[m](**x)
             feats.append(self.missing[m].fill(raw, col))
         return feats
 

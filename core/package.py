@@ -272,6 +272,24 @@ def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case]) -> tuple[d
     return inputs, present, warnings
 
 
+@dataclass
+class Posterior:
+    """Batch prediction numbers shared by Package.predict and the evaluation code."""
+
+    probabilities: torch.Tensor   # [B, C] softmax(logits), dropout off
+    calibrated: torch.Tensor      # [B, C] softmax(logits / T_cal), dropout off
+    uncertainty: Any              # UncertaintySummary of the calibrated MC samples
+
+    @property
+    def normalised_entropy(self) -> torch.Tensor:
+        return self.uncertainty.normalised_entropy
+
+
+def posterior(det_logits: torch.Tensor, mc_logits: torch.Tensor, mc_log_var: torch.Tensor, temperature: float) -> Posterior:
+    return Posterior(torch.softmax(det_logits, -1), torch.softmax(det_logits / temperature, -1),
+                     decompose(mc_logits, mc_log_var, temperature))
+
+
 class Package:
     """A loaded model package: the shared, read-only model plus everything needed to use it."""
 
@@ -324,9 +342,8 @@ class Package:
         single = isinstance(case, Case)
         cases = [case] if single else list(case)
         det, mc, present, warnings = self.run(cases, mc_samples, seed)
-        unc = decompose(mc.logits, mc.log_var, self.temperature)
-        probs = torch.softmax(det.logits, -1)
-        cal = torch.softmax(det.logits / self.temperature, -1)
+        post = posterior(det.logits, mc.logits, mc.log_var, self.temperature)
+        probs, cal, unc = post.probabilities, post.calibrated, post.uncertainty
         gates = self.model.encoders["metadata"].feature_gates() if "metadata" in self.model.encoders else None
         out = []
         for i, c in enumerate(cases):

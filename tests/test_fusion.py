@@ -13,7 +13,7 @@ from core.registry import Registry, RegistryError
 from tiny import ORDER, make_case, make_model
 
 SUBSETS = {2: ("image", "note"), 3: ("image", "note", "metadata"), 4: ORDER}
-VARIANTS = FUSIONS.names()
+VARIANTS = [n for n in FUSIONS.names() if not FUSIONS.get(n).unimodal]
 
 
 def test_registry_lists_every_seed_variant():
@@ -159,3 +159,13 @@ def test_hierarchical_softmax_level_weights_sum_to_one():
     with torch.no_grad():
         lw = model(inputs, present).diagnostics["level_weights"]
     assert torch.isclose(lw.sum(), torch.tensor(1.0))
+
+
+def test_unimodal_baseline_takes_one_modality():
+    model = make_model("unimodal", ("metadata",)).eval()
+    inputs, present, _ = prepare_batch(model, [make_case(0), make_case(1)])
+    with torch.no_grad():
+        out = model(inputs, present)
+    assert out.logits.shape == (2, 3) and torch.equal(out.diagnostics["modality_weights"], torch.ones(2, 1))
+    with pytest.raises(ValueError, match="exactly one modality"):
+        make_model("unimodal", ("metadata", "note"))

@@ -35,11 +35,14 @@ class Fusion(nn.Module):
     #: key -> meaning, for every diagnostics key beyond COMMON_DIAGNOSTICS
     DIAGNOSTICS: ClassVar[dict[str, str]] = {}
     registry_name: ClassVar[str] = ""
+    #: True for the single-modality baseline, the only variant built from one modality
+    unimodal: ClassVar[bool] = False
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, **options: Any):
         super().__init__()
-        if len(specs) < 2:
-            raise ValueError("Fusion needs at least two modalities.")
+        if (len(specs) != 1) if self.unimodal else (len(specs) < 2):
+            raise ValueError("The unimodal baseline takes exactly one modality." if self.unimodal
+                             else "Fusion needs at least two modalities.")
         self.specs = list(specs)
         self.names = [s.name for s in specs]
         self.out_dim = out_dim

@@ -10,6 +10,19 @@ from ..encoders.base import ModalityFeatures, ModalitySpec
 from .base import FUSIONS, Fusion, contribution_shares, norm_shares, projector
 
 
+@FUSIONS.register("unimodal")
+class UnimodalBaseline(Fusion):
+    SUMMARY = "baseline, not a fusion: one modality's pooled vector -> projection (for 'is fusion worth it?')."
+    unimodal = True
+
+    def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dropout: float = 0.1, **options: Any):
+        super().__init__(specs, out_dim, **options)
+        self.proj = nn.Sequential(projector(specs[0].dim, out_dim), nn.Dropout(dropout))
+
+    def forward(self, feats: Sequence[ModalityFeatures], present: torch.Tensor):
+        return self.proj(feats[0].pooled), {"modality_weights": torch.ones_like(present, dtype=feats[0].pooled.dtype)}
+
+
 @FUSIONS.register("concat")
 class ConcatFusion(Fusion):
     SUMMARY = "[v; t; ...] -> linear: one weight block per modality."

@@ -1,0 +1,111 @@
+"""Training configuration: a YAML file -> validated dataclasses (clear error per bad key)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A training config that can't be used; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    cohort: str | None = None          # "dermatology" | "diabetes" | None (then ``path``)
+    path: str | None = None            # a dataset in one of the loader layouts
+    n: int = 10000                     # dermatology cohort size
+    seed: int = 0
+    image_size: int = 224
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 6                  # early stopping on validation balanced accuracy
+    loss: str = "ce"                   # "ce" | "focal"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    logit_adjustment: float = 0.0      # tau of Menon et al.: train on logits + tau * log(prior)
+    weighted_sampler: bool = True      # class-balanced sampling for the long tail
+    modality_dropout: float = 0.1      # chance of hiding each present modality of a training case
+    disagreement_weighting: bool = False  # seed 003: weight the fusion loss by exp(symmetric KL of unimodal heads)
+    kl_clip: float = 2.0
+    uncertainty_weight: float = 0.1    # auxiliary loss teaching log_var to predict the case's loss
+    refer_fraction: float = 0.2        # the referral threshold refers this share of validation cases
+    mc_samples: int = 30
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class TrainerOptions:
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    precision: str = "auto"            # "auto": 16-mixed on GPU, 32 on CPU
+    strategy: str = "auto"             # "auto": ddp when devices * num_nodes > 1
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    variant: str
+    modalities: list[str]
+    out: str
+    data: DataConfig = field(default_factory=DataConfig)
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fusion_options: dict[str, Any] = field(default_factory=dict)
+    fused_dim: int = 128
+    head: dict[str, Any] = field(default_factory=lambda: {"hidden": 128, "blocks": 2, "dropout": 0.2})
+    train: TrainOptions = field(default_factory=TrainOptions)
+    trainer: TrainerOptions = field(default_factory=TrainerOptions)
+    shared: dict[str, str] = field(default_factory=dict)   # state prefix -> shared safetensors file
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls, values: Mapping[str, Any], where: str):
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"'{where}' must be a mapping of keys to values.")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key '{where}.{unknown[0]}'; known keys: {', '.join(known)}.")
+    return cls(**values)
+
+
+def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
+    d = dict(d)
+    try:
+        d["data"] = _build(DataConfig, d.get("data", {}), "data")
+        d["train"] = _build(TrainOptions, d.get("train", {}), "train")
+        d["trainer"] = _build(TrainerOptions, d.get("trainer", {}), "trainer")
+        cfg = _build(TrainConfig, d, "config")
+    except TypeError as e:
+        raise ConfigError(f"the config is missing a required key ({e}).") from None
+    if not cfg.modalities:
+        raise ConfigError("'modalities' must list at least one of image, note, metadata, spectrum.")
+    if (cfg.data.cohort is None) == (cfg.data.path is None):
+        raise ConfigError("set exactly one of 'data.cohort' (dermatology or diabetes) and 'data.path'.")
+    if cfg.train.loss not in ("ce", "focal"):
+        raise ConfigError("'train.loss' must be 'ce' or 'focal'.")
+    return cfg
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist.")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{p}' is not valid YAML ({e}).") from None
+    return config_from_dict(d or {})

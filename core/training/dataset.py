@@ -1,0 +1,188 @@
+"""A cohort split as in-memory tensors, with the outputs of frozen encoders computed once and cached.
+
+Stage 2 of training (every fusion variant + head) runs on these: the frozen image and note encoders
+(the expensive ones) are never run again, while the cheap trainable encoders (table, spectrum) get
+their prepared input tensors. A modality whose encoder is trainable and expensive (a fine-tuned
+image encoder) is prepared lazily per batch instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..case import Case
+from ..data import CohortItem
+from ..encoders import ModalityFeatures
+from ..model import MultimodalClassifier
+from ..package import prepare_batch
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FUSIONLENS_CACHE", Path.home() / ".cache" / "fusionlens"))
+
+
+def _features_to_dict(f: ModalityFeatures) -> dict[str, torch.Tensor]:
+    return {"pooled": f.pooled, "l0": f.levels[0], "l1": f.levels[1], "l2": f.levels[2], "tokens": f.tokens,
+            "mask": f.token_mask}
+
+
+def _dict_to_features(d: dict[str, torch.Tensor]) -> ModalityFeatures:
+    return ModalityFeatures(d["pooled"], (d["l0"], d["l1"], d["l2"]), d["tokens"], d["mask"].bool())
+
+
+def _pad_cat(chunks: list[ModalityFeatures]) -> ModalityFeatures:
+    """Concatenate batches whose token counts differ (notes) by right-padding with masked tokens."""
+    n = max(c.tokens.shape[1] for c in chunks)
+    toks, masks = [], []
+    for c in chunks:
+        pad = n - c.tokens.shape[1]
+        toks.append(torch.nn.functional.pad(c.tokens, (0, 0, 0, pad)))
+        masks.append(torch.nn.functional.pad(c.token_mask, (0, pad), value=False))
+    return ModalityFeatures(torch.cat([c.pooled for c in chunks]),
+                            tuple(torch.cat([c.levels[i] for c in chunks]) for i in range(3)),  # type: ignore[arg-type]
+                            torch.cat(toks), torch.cat(masks))
+
+
+@dataclass
+class SplitTensors:
+    """One split: labels [N], presence [N, M], and per modality either cached features (frozen
+    encoder, rows of present cases only, in order), prepared input tensors (rows of present cases),
+    or the raw values for lazy preparation."""
+
+    ids: list[str]
+    modalities: list[str]                    # column order of ``present``
+    labels: torch.Tensor
+    present: torch.Tensor
+    cached: dict[str, ModalityFeatures]
+    prepared: dict[str, dict[str, torch.Tensor]]
+    lazy: dict[str, list[Any]]
+    row_of: dict[str, torch.Tensor]          # modality -> [N] index into its present rows (-1 if absent)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def presence(self, model: MultimodalClassifier, idx: torch.Tensor) -> torch.Tensor:
+        """[len(idx), M] presence in ``model``'s modality order (a model may use a subset)."""
+        return self.present[idx][:, [self.modalities.index(m) for m in model.modalities]]
+
+    def batch(self, model: MultimodalClassifier, idx: torch.Tensor, present: torch.Tensor | None = None) -> dict[str, Any]:
+        """Model inputs for rows ``idx``. ``present`` (model order) may hide modalities (modality dropout)."""
+        present = self.presence(model, idx) if present is None else present
+        inputs: dict[str, Any] = {}
+        for j, m in enumerate(model.modalities):
+            rows = self.row_of[m][idx][present[:, j]]
+            if len(rows) == 0:
+                inputs[m] = None
+            elif m in self.cached:
+                c = self.cached[m]
+                inputs[m] = ModalityFeatures(c.pooled[rows], tuple(l[rows] for l in c.levels),  # type: ignore[arg-type]
+                                             c.tokens[rows], c.token_mask[rows])
+            elif m in self.prepared:
+                inputs[m] = {k: v[rows] for k, v in self.prepared[m].items()}
+            else:
+                inputs[m] = model.encoders[m].prepare([self.lazy[m][int(r)] for r in rows])
+        return {"inputs": inputs, "present": present, "labels": self.labels[idx]}
+
+
+def _cache_key(model: MultimodalClassifier, m: str, items: Sequence[CohortItem], tag: str) -> str:
+    from ..encoders import encoder_config
+
+    h = hashlib.sha256()
+    h.update(json.dumps(encoder_config(model.encoders[m]), sort_keys=True, default=str).encode())
+    h.update(tag.encode())
+    for it in items:
+        h.update(it.case_id.encode())
+    return h.hexdigest()[:20]
+
+
+def build_split(model: MultimodalClassifier, items: Sequence[CohortItem], labels: Sequence[str], tag: str = "",
+                chunk: int = 128, use_cache: bool = True, progress: bool = False) -> SplitTensors:
+    """Validate every item through the same path as an upload (Case / schema), prepare the cheap
+    modalities, and run each frozen encoder once (loaded from the on-disk cache when present)."""
+    model.eval()
+    frozen = [m for m in model.modalities if model.encoders[m].frozen]
+    cheap = [m for m in model.modalities if m not in frozen and m in ("metadata", "spectrum")]
+    lazy_m = [m for m in model.modalities if m not in frozen and m not in cheap]
+    cache_files = {m: cache_root() / "features" / f"{m}-{_cache_key(model, m, items, tag)}.safetensors" for m in frozen}
+    todo = [m for m in frozen if not (use_cache and cache_files[m].is_file())]
+    chunks: dict[str, list[ModalityFeatures]] = {m: [] for m in todo}
+    present_rows, label_idx, prepared_parts = [], [], {m: [] for m in cheap}
+    lazy: dict[str, list[Any]] = {m: [] for m in lazy_m}
+    for start in range(0, len(items), chunk):
+        part = items[start:start + chunk]
+        cases: list[Case] = [it.to_case(with_mask=False) for it in part]
+        inputs, present, _ = prepare_batch(model, cases)
+        present_rows.append(present)
+        label_idx += [labels.index(it.label) for it in part]
+        for m in cheap:
+            if inputs[m] is not None:
+                prepared_parts[m].append(inputs[m])
+        for m in lazy_m:
+            lazy[m] += [getattr(c, m) for c, p in zip(cases, present[:, model.modalities.index(m)]) if p]
+        with torch.inference_mode():
+            for m in todo:
+                if inputs[m] is not None:
+                    chunks[m].append(model.encoders[m](**inputs[m]))
+        if progress:
+            print(f"\r  prepared {min(start + chunk, len(items))}/{len(items)} cases", end="", flush=True)
+    if progress:
+        print()
+    present = torch.cat(present_rows)
+    cached: dict[str, ModalityFeatures] = {}
+    for m in frozen:
+        if m in todo:
+            feats = _pad_cat(chunks[m]) if chunks[m] else None
+            if feats is not None and use_cache:
+                cache_files[m].parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_files[m].with_suffix(f".tmp{os.getpid()}")
+                save_file({k: v.contiguous() for k, v in _features_to_dict(feats).items()}, str(tmp))
+                tmp.replace(cache_files[m])  # atomic: concurrent DDP ranks never read half a file
+        else:
+            feats = _dict_to_features(load_file(str(cache_files[m])))
+        if feats is not None:
+            cached[m] = feats
+    prepared = {m: {k: torch.cat([p[k] for p in prepared_parts[m]]) for k in prepared_parts[m][0]}
+                for m in cheap if prepared_parts[m]}
+    row_of = {}
+    for j, m in enumerate(model.modalities):
+        col = present[:, j]
+        r = torch.full((len(items),), -1, dtype=torch.long)
+        r[col] = torch.arange(int(col.sum()))
+        row_of[m] = r
+    return SplitTensors([it.case_id for it in items], list(model.modalities), torch.tensor(label_idx), present, cached,
+                        prepared, lazy, row_of)
+
+
+class IndexDataset(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def modality_dropout(present: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Hide each present modality with probability p, never all of a case's modalities."""
+    if p <= 0:
+        return present
+    drop = torch.rand(present.shape, generator=generator) < p
+    out = present & ~drop
+    empty = ~out.any(1)
+    out[empty] = present[empty]
+    return out
+
+
+def class_sample_weights(labels: torch.Tensor, n_classes: int) -> np.ndarray:
+    counts = torch.bincount(labels, minlength=n_classes).float().clamp_min(1)
+    return (1.0 / counts)[labels].numpy()

@@ -1,0 +1,123 @@
+"""The Lightning module: losses the seeds name, validation balanced accuracy, best weights kept."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score
+
+from ..model import MultimodalClassifier
+from .config import TrainOptions
+from .dataset import SplitTensors, modality_dropout
+
+
+def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, smoothing: float = 0.0) -> torch.Tensor:
+    ce = F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
+    pt = torch.exp(-F.cross_entropy(logits, y, reduction="none"))
+    return (1 - pt) ** gamma * ce
+
+
+def symmetric_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    p, q = logp.exp(), logq.exp()
+    return ((p * (logp - logq)).sum(-1) + (q * (logq - logp)).sum(-1)) / 2
+
+
+class LitClassifier(L.LightningModule):
+    def __init__(self, model: MultimodalClassifier, opts: TrainOptions, train_data: SplitTensors, val_data: SplitTensors,
+                 class_counts: list[int]):
+        super().__init__()
+        self.model, self.opts = model, opts
+        self.train_data, self.val_data = train_data, val_data
+        prior = torch.tensor(class_counts, dtype=torch.float32).clamp_min(1)
+        self.register_buffer("log_prior", (prior / prior.sum()).log(), persistent=False)
+        # unimodal auxiliary heads, training only (seed 003's disagreement weighting); not saved in the package
+        self.aux = nn.ModuleDict({m: nn.Linear(enc.out_dim, model.n_classes) for m, enc in model.encoders.items()}) \
+            if opts.disagreement_weighting and len(model.modalities) > 1 else None
+        self.gen = torch.Generator().manual_seed(opts.seed)
+        self.best_score, self.best_state = -math.inf, None
+        self._val_logits: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def _class_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.opts.logit_adjustment:
+            logits = logits + self.opts.logit_adjustment * self.log_prior
+        if self.opts.loss == "focal":
+            return focal_loss(logits, y, self.opts.focal_gamma, self.opts.label_smoothing)
+        return F.cross_entropy(logits, y, reduction="none", label_smoothing=self.opts.label_smoothing)
+
+    def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        idx = idx.cpu()
+        present = modality_dropout(self.train_data.presence(self.model, idx), self.opts.modality_dropout, self.gen)
+        b = self.train_data.batch(self.model, idx, present)
+        b = _to_device(b, self.device)
+        out = self.model(b["inputs"], b["present"])
+        y = b["labels"]
+        per_case = self._class_loss(out.logits, y)
+        weights = torch.ones_like(per_case)
+        loss = 0.0
+        if self.aux is not None:
+            logps, aux_loss = [], 0.0
+            for j, m in enumerate(self.model.modalities):
+                lp = F.log_softmax(self.aux[m](out.features[j].pooled), -1)
+                logps.append(lp)
+                aux_loss = aux_loss + (F.nll_loss(lp, y, reduction="none") * b["present"][:, j]).mean()
+            kl = torch.stack([symmetric_kl(logps[i], logps[k]) for i in range(len(logps)) for k in range(i + 1, len(logps))]).mean(0)
+            weights = torch.exp(kl.detach().clamp(max=self.opts.kl_clip))
+            weights = weights / weights.mean()
+            loss = loss + 0.3 * aux_loss
+        loss = loss + (weights * per_case).mean()
+        # log_var learns to predict this case's loss (data uncertainty), without reweighting the classifier
+        ce = F.cross_entropy(out.logits, y, reduction="none").detach()
+        loss = loss + self.opts.uncertainty_weight * (torch.exp(-out.log_var) * ce + out.log_var).mean()
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, idx: torch.Tensor, batch_idx: int) -> None:
+        b = _to_device(self.val_data.batch(self.model, idx.cpu()), self.device)
+        out = self.model(b["inputs"], b["present"])
+        self._val_logits.append(out.logits.detach())
+        self._val_labels.append(b["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        logits = torch.cat(self._val_logits)
+        labels = torch.cat(self._val_labels)
+        self._val_logits.clear()
+        self._val_labels.clear()
+        if self.trainer.world_size > 1:  # every rank scores the whole validation split
+            logits = self.all_gather(logits).flatten(0, 1)
+            labels = self.all_gather(labels).flatten(0, 1)
+        bacc = float(balanced_accuracy_score(labels.cpu().numpy(), logits.argmax(-1).cpu().numpy()))
+        loss = float(F.cross_entropy(logits, labels))
+        self.log("val_bacc", bacc, prog_bar=True, sync_dist=False)
+        self.log("val_loss", loss, sync_dist=False)
+        if bacc > self.best_score and not self.trainer.sanity_checking:
+            self.best_score = bacc
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.opts.lr, weight_decay=self.opts.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.opts.epochs))
+        return {"optimizer": opt, "lr_scheduler": sched}
+
+
+def _to_device(b: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    if device.type == "cpu":
+        return b
+    from ..encoders import ModalityFeatures
+
+    def mv(x):
+        if x is None:
+            return None
+        if isinstance(x, ModalityFeatures):
+            return ModalityFeatures(x.pooled.to(device), tuple(l.to(device) for l in x.levels), x.tokens.to(device), x.token_mask.to(device))
+        if isinstance(x, dict):
+            return {k: mv(v) for k, v in x.items()}
+        return x.to(device)
+
+    return {"inputs": {m: mv(v) for m, v in b["inputs"].items()}, "present": b["present"].to(device), "labels": b["labels"].to(device)}
