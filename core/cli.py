@@ -101,6 +101,66 @@ def cmd_variants(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.config import ConfigError, load_config
+    from .training.train import train
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    if args.devices is not None:
+        cfg.trainer.devices = int(args.devices) if args.devices.isdigit() else args.devices
+    if args.num_nodes is not None:
+        cfg.trainer.num_nodes = args.num_nodes
+    if args.out:
+        cfg.out = args.out
+    try:
+        out = train(cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if out is not None:
+        print(f"package written to {out}")
+    return 0
+
+
+def cmd_train_suite(args: argparse.Namespace) -> int:
+    from .training.suite import train_suite
+
+    if args.n is not None and args.n < 50:
+        raise UsageError("--n must be at least 50 cases.")
+    train_suite(args.cohort, args.out, args.variants, args.n, args.epochs, args.seed)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .package import load_package
+    from .training.config import DataConfig
+    from .training.evaluate import evaluate_package, select_items
+    from .training.train import load_cohort
+
+    if (args.cohort is None) == (args.data is None):
+        raise UsageError("give exactly one of --cohort and --data.")
+    pkg = load_package(args.model)
+    try:
+        if args.cohort:
+            cohort = load_cohort(DataConfig(cohort=args.cohort, n=args.n, seed=args.seed))
+        else:
+            cohort = load_cohort(DataConfig(path=args.data))
+        metrics = evaluate_package(pkg, select_items(cohort, args.split), mc_samples=args.mc_samples)
+    except (DataError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    metrics = {"model": pkg.info(), "data": {"cohort": cohort.name, "seed": args.seed, "split": args.split}, **metrics}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "error_detection_auroc"):
+            v = metrics[k]
+            print(f"{k:24s} {v['value']:.3f}  (95% CI {v['ci95'][0]:.3f}-{v['ci95'][1]:.3f})")
+    return 0
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="python -m core", description="FusionLens (research use only, not a medical device).")
     sub = parser.add_subparsers(dest="verb", required=True, parser_class=Parser)
@@ -109,6 +169,30 @@ def build_parser() -> Parser:
     p.add_argument("--mc-samples", type=int, default=30, help="MC-dropout samples of the head (default 30)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("train", help="train one model package from a YAML config")
+    p.add_argument("--config", required=True)
+    p.add_argument("--devices", help="devices per node (e.g. 2 for a 2-process DDP run)")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--out", help="override the config's output folder")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("train-suite", help="train every variant + unimodal baselines for a demo cohort")
+    p.add_argument("--cohort", required=True, choices=["dermatology", "diabetes"])
+    p.add_argument("--out", default="assets/models")
+    p.add_argument("--variants", nargs="*", help="a subset of the registry (default: all)")
+    p.add_argument("--n", type=int, help="dermatology cohort size (default 10000)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_suite)
+    p = sub.add_parser("evaluate", help="evaluate a package on a cohort split or a dataset")
+    p.add_argument("--model", required=True)
+    p.add_argument("--cohort", choices=["dermatology", "diabetes"])
+    p.add_argument("--data", help="a dataset folder / CSV in one of the supported layouts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=2000, help="dermatology cases to generate (default 2000)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--mc-samples", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("variants", help="list the fusion variants in the registry")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_variants)

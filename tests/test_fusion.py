@@ -169,3 +169,13 @@ def test_unimodal_baseline_takes_one_modality():
     assert out.logits.shape == (2, 3) and torch.equal(out.diagnostics["modality_weights"], torch.ones(2, 1))
     with pytest.raises(ValueError, match="exactly one modality"):
         make_model("unimodal", ("metadata", "note"))
+
+
+def test_architecture_doc_lists_every_variant_and_diagnostic():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    for name in FUSIONS.names():
+        assert f"| `{name}` |" in doc, name
+        for key in FUSIONS.get(name).DIAGNOSTICS:
+            assert f"`{key}`" in doc, (name, key)
