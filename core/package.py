@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -303,7 +302,6 @@ class Package:
         self.referral_threshold = float(config.get("referral", {}).get("threshold", 0.5))
         self.mc_samples = int(config.get("mc_samples", 30))
         self.modalities = list(model.modalities)
-        self._lock = threading.Lock()  # for anything that must touch shared module state (hooks)
 
     # ---- facts about the package -------------------------------------------------------------
     @property

@@ -1,0 +1,99 @@
+"""One case held still while one modality is explained.
+
+An :class:`ExplainContext` validates and prepares a case once, runs every encoder once (no grad)
+and keeps the features. Each explainer then varies a single modality's input and recomputes only
+that encoder; the other modalities enter as their cached features, exactly as in the prediction.
+The quantity explained is the *calibrated* logit (logit / T_cal) of the target class.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..case import Case
+from ..encoders import ModalityFeatures
+from ..package import Package
+
+
+class ExplainContext:
+    def __init__(self, package: Package, case: Case, target: int | None = None):
+        self.package, self.case = package, case
+        self.model = package.model
+        self.inputs, self.present, self.warnings = package.prepare([case])
+        with torch.no_grad():  # not inference_mode: these features later sit in graphs that need gradients
+            self.features = self.model.encode(self.inputs, self.present)
+            out = self.model.fuse_and_classify(self.features, self.present)
+        self.logits = out.logits[0].clone()
+        self.target = int(self.logits.argmax()) if target is None else int(target)
+        if not 0 <= self.target < len(package.labels):
+            raise ValueError(f"target class {target} is outside 0..{len(package.labels) - 1}.")
+        self.temperature = package.temperature
+
+    # -- which modalities the case has -------------------------------------------------------
+    def has(self, modality: str) -> bool:
+        return modality in self.model.modalities and bool(self.present[0, self.model.modalities.index(modality)])
+
+    def raw_features(self, modality: str) -> ModalityFeatures:
+        """The encoder output of the present case only (the form ``encode`` accepts for a modality)."""
+        j = self.model.modalities.index(modality)
+        return self.features[j].index(torch.tensor([0]))
+
+    # -- forward functions for Captum / pytorch-grad-cam ----------------------------------------
+    def fixed_inputs(self, vary: str, n: int) -> dict[str, Any]:
+        """Inputs for a batch of ``n`` copies of the case in which only ``vary`` will be replaced."""
+        return {m: (self.raw_features(m).repeat(n) if self.has(m) else None) for m in self.model.modalities if m != vary}
+
+    def private_encoder(self, modality: str) -> nn.Module:
+        """A private copy of one encoder for explainers that attach hooks (pytorch-grad-cam, Captum's
+        layer methods): hooks on the shared model would also record other sessions' forward passes."""
+        return copy.deepcopy(self.model.encoders[modality])
+
+    def calibrated_logits(self, vary: str, modality_inputs: dict[str, torch.Tensor] | ModalityFeatures,
+                          mc_generator: torch.Generator | None = None, encoder: nn.Module | None = None) -> torch.Tensor:
+        """[n, C] calibrated logits with ``vary``'s input replaced by ``modality_inputs`` (batch of n),
+        encoded by ``encoder`` when given (a private copy), else by the model's own encoder."""
+        x = next(iter(modality_inputs.values())) if isinstance(modality_inputs, dict) else modality_inputs.pooled
+        n = x.shape[0]
+        inputs = self.fixed_inputs(vary, n)
+        if encoder is not None and isinstance(modality_inputs, dict):
+            modality_inputs = encoder(**modality_inputs)
+        inputs[vary] = modality_inputs
+        present = self.present.expand(n, -1).clone()
+        present[:, self.model.modalities.index(vary)] = True
+        feats = self.model.encode(inputs, present)
+        fused, _ = self.model.fusion(feats, present)
+        if mc_generator is None:
+            logits, _ = self.model.head(fused)
+        else:
+            logits, _ = self.model.head(fused, 1, mc_generator)
+            logits = logits[0]
+        return logits / self.temperature
+
+    def target_fn(self, vary: str, extra_key: str, encoder: nn.Module | None = None,
+                  **fixed: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """f(x) -> [n] calibrated target logit, varying input tensor ``extra_key`` of ``vary``."""
+        def f(x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+            n = x.shape[0]
+            inp = {extra_key: x, **{k: v.expand(n, *v.shape[1:]) for k, v in fixed.items()}}
+            return self.calibrated_logits(vary, inp, encoder=encoder)[:, self.target]
+        return f
+
+
+class ImageTargetModel(nn.Module):
+    """pixels -> calibrated logits of the fused model, the other modalities held fixed: the single-input
+    model pytorch-grad-cam expects."""
+
+    def __init__(self, ctx: ExplainContext, mc_seed: int | None = None):
+        super().__init__()
+        self.ctx = ctx
+        self.encoder = ctx.private_encoder("image")  # hooks go on this copy, never on the shared model
+        self.mc_seed = mc_seed
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not pixels.requires_grad and pixels.is_leaf:
+            pixels.requires_grad_(True)  # the shared model's weights are frozen; gradients flow from the input
+        gen = None if self.mc_seed is None else torch.Generator().manual_seed(self.mc_seed)
+        return self.ctx.calibrated_logits("image", {"pixels": pixels}, gen, encoder=self.encoder)

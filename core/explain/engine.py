@@ -1,0 +1,132 @@
+"""``explain_case``: every explanation of one case in one structured object.
+
+Computing is separate from drawing: this returns arrays and numbers; ``core.plots`` (and the
+dashboard) turn them into figures.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..case import Case
+from ..package import Package, Prediction, to_jsonable
+from .attributions import image_attributions, note_attributions, spectrum_attributions, table_attributions
+from .context import ExplainContext
+from .gradcam import CAM_METHODS, cam_stability, image_cam
+from .modality import modality_shapley
+
+PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality", "image_ig", "occlusion")
+DEFAULT_PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality")
+
+
+@dataclass
+class Explanation:
+    prediction: Prediction
+    target: int
+    target_label: str
+    cams: dict[str, np.ndarray] = field(default_factory=dict)          # method -> [S, S] in [0, 1]
+    cam_layer: str | None = None
+    lesion_context: dict[str, Any] | None = None
+    stability: dict[str, Any] | None = None
+    note: dict[str, Any] | None = None
+    table: dict[str, Any] | None = None
+    spectrum: dict[str, Any] | None = None
+    modality: dict[str, Any] | None = None
+    image_attributions: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)               # part -> why it was not computed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("target", "target_label", "cams", "cam_layer", "lesion_context", "stability",
+                                           "note", "table", "spectrum", "modality", "image_attributions", "timings",
+                                           "skipped")}
+        d = to_jsonable(d)
+        d["prediction"] = self.prediction.to_dict()
+        return d
+
+
+def explain_case(package: Package, case: Case, target: int | str | None = None, parts: Sequence[str] = DEFAULT_PARTS,
+                 cam_methods: Sequence[str] = ("gradcam",), cam_layer: str = "last stage", tta: bool = False,
+                 ig_steps: int = 24, stability_samples: int = 8, shapley_samples: int = 40,
+                 mc_samples: int | None = None) -> Explanation:
+    """Explain ``case`` for ``target`` (class index or label; default: the predicted class)."""
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown explanation part '{unknown[0]}'; choose from: {', '.join(PARTS)}.")
+    if isinstance(target, str):
+        if target not in package.labels:
+            raise ValueError(f"unknown class '{target}'; the model's classes are: {', '.join(package.labels)}.")
+        target = package.labels.index(target)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *a, **k):
+        t0 = time.perf_counter()
+        out = fn(*a, **k)
+        timings[name] = round(time.perf_counter() - t0, 4)
+        return out
+
+    pred = timed("prediction", package.predict, case, mc_samples)
+    ctx = timed("context", ExplainContext, package, case, target)
+    ex = Explanation(pred, ctx.target, package.labels[ctx.target], timings=timings)
+    has_image = ctx.has("image")
+    for part, modality in (("note", "note"), ("table", "metadata"), ("spectrum", "spectrum")):
+        if part in parts and not ctx.has(modality):
+            ex.skipped[part] = f"the case has no {modality}" if modality in package.modalities else f"the model does not use {modality}"
+    for part in ("cam", "lesion_context", "stability", "image_ig", "occlusion"):
+        if part in parts and not has_image:
+            ex.skipped[part] = "the case has no image" if "image" in package.modalities else "the model does not use images"
+    if has_image and "cam" in parts:
+        ex.cam_layer = cam_layer
+        for m in cam_methods:
+            ex.cams[m] = timed(f"cam:{m}", image_cam, ctx, m, cam_layer, tta)
+    if has_image and "lesion_context" in parts and ex.cams:
+        ex.lesion_context = timed("lesion_context", lesion_context_report, ctx, ex.cams)
+    if has_image and "stability" in parts:
+        ex.stability = timed("stability", cam_stability, ctx, cam_methods[0] if cam_methods else "gradcam", cam_layer,
+                             stability_samples)
+    if "note" in parts and ctx.has("note"):
+        ex.note = timed("note", note_attributions, ctx, ig_steps, ig_steps)
+    if "table" in parts and ctx.has("metadata"):
+        ex.table = timed("table", table_attributions, ctx, ig_steps, shapley_samples)
+    if "spectrum" in parts and ctx.has("spectrum"):
+        ex.spectrum = timed("spectrum", spectrum_attributions, ctx, ig_steps)
+    if "modality" in parts:
+        ex.modality = timed("modality", modality_shapley, ctx)
+    if has_image and "image_ig" in parts:
+        ex.image_attributions["integrated_gradients"] = timed("image_ig", image_attributions, ctx, "integrated_gradients")
+    if has_image and "occlusion" in parts:
+        ex.image_attributions["occlusion"] = timed("occlusion", image_attributions, ctx, "occlusion")
+    timings["total"] = round(sum(v for k, v in timings.items()), 4)
+    return ex
+
+
+def lesion_context_report(ctx: ExplainContext, cams: dict[str, np.ndarray]) -> dict[str, Any]:
+    """CAM mass in lesion / context ring / background for each CAM, the pointing game, lesion-only and
+    context-only maps, and seed 003's confidence check: the calibrated probability of the target when
+    only the lesion, only the context, or neither is kept sharp (the rest blurred)."""
+    from .lesion_context import auto_lesion_mask, cam_shares, context_ring, keep_region, split_heatmap
+
+    img = ctx.case.image
+    if ctx.case.mask is not None:
+        mask, source = ctx.case.mask, "uploaded"
+    else:
+        mask, info = auto_lesion_mask(img, return_info=True)
+        source = f"automatic ({info.get('method', 'otsu')})"
+    ring = context_ring(mask)
+    shares = {m: cam_shares(c, mask, ring) for m, c in cams.items()}
+    first = next(iter(cams.values()))
+    maps = split_heatmap(first, mask, ring)
+    variants = {"full": img, "lesion_only": keep_region(img, mask), "context_only": keep_region(img, ring),
+                "neither": keep_region(img, np.zeros_like(mask))}
+    enc = ctx.model.encoders["image"]
+    pixels = enc.prepare(list(variants.values()))["pixels"]
+    with torch.no_grad():
+        probs = torch.softmax(ctx.calibrated_logits("image", {"pixels": pixels}), -1)[:, ctx.target]
+    return {"mask_source": source, "mask": mask, "ring": ring, "shares": shares,
+            "lesion_only_map": maps["lesion_only"], "context_only_map": maps["context_only"],
+            "confidence": {k: float(p) for k, p in zip(variants, probs)}}

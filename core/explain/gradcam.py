@@ -1,0 +1,86 @@
+"""Grad-CAM family (pytorch-grad-cam) on the image encoder, through the whole fused model.
+
+The other modalities of the case are held fixed (their cached features), the target is the chosen
+class's calibrated logit. pytorch-grad-cam hooks a layer; it hooks a private copy of the image
+encoder (a hook on the shared model would also record other sessions' forward passes), inside the
+CAM's ``with`` block, which releases the hooks even on error.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Callable
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from .context import ExplainContext, ImageTargetModel
+
+#: name -> (class, uses gradients, relative cost); the dashboard lists these without a hand-kept table
+CAM_METHODS: dict[str, tuple[type, bool, str]] = {
+    "gradcam": (GradCAM, True, "fast"),
+    "gradcam++": (GradCAMPlusPlus, True, "fast"),
+    "xgradcam": (XGradCAM, True, "fast"),
+    "layercam": (LayerCAM, True, "fast"),
+    "hirescam": (HiResCAM, True, "fast"),
+    "eigencam": (EigenCAM, False, "fast"),
+    "scorecam": (ScoreCAM, False, "slow: one forward pass per channel of the layer"),
+}
+
+# test-time augmentation (seed 003): transform, inverse transform of a [.., H, W] map
+TTA: list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[np.ndarray], np.ndarray]]] = [
+    (lambda x: x, lambda m: m),
+    (lambda x: x.flip(-1), lambda m: m[..., ::-1]),
+    (lambda x: x.flip(-2), lambda m: m[..., ::-1, :]),
+    (lambda x: x.rot90(1, (-2, -1)), lambda m: np.rot90(m, -1, (-2, -1))),
+]
+
+
+def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str, mc_seed: int | None = None) -> np.ndarray:
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHODS)}.")
+    enc = ctx.model.encoders["image"]
+    layers = enc.cam_layers()
+    if layer not in layers:
+        raise ValueError(f"unknown layer '{layer}'; choose one of: {', '.join(layers)}.")
+    cls = CAM_METHODS[method][0]
+    wrapper = ImageTargetModel(ctx, mc_seed)
+    target_layer = wrapper.encoder.cam_layers()[layer]
+    targets = [ClassifierOutputTarget(ctx.target)] * pixels.shape[0]
+    with cls(model=wrapper, target_layers=[target_layer]) as cam:
+        cam.batch_size = 32  # ScoreCAM: masked images per forward pass
+        quiet = contextlib.redirect_stderr(io.StringIO()) if cls is ScoreCAM else contextlib.nullcontext()
+        with torch.enable_grad(), quiet:  # ScoreCAM draws a tqdm bar on stderr
+            maps = cam(input_tensor=pixels.clone(), targets=targets)
+    return np.asarray(maps, dtype=np.float32)
+
+
+def image_cam(ctx: ExplainContext, method: str = "gradcam", layer: str = "last stage", tta: bool = False) -> np.ndarray:
+    """[S, S] heatmap in [0, 1] at the model's input resolution (resize to the upload for overlays)."""
+    pixels = ctx.inputs["image"]["pixels"]
+    if not tta:
+        return _run_cam(ctx, pixels, method, layer)[0]
+    batch = torch.cat([t(pixels) for t, _ in TTA])
+    maps = _run_cam(ctx, batch, method, layer)
+    merged = np.mean([inv(maps[i]) for i, (_, inv) in enumerate(TTA)], axis=0)
+    return (merged / max(float(merged.max()), 1e-12)).astype(np.float32)
+
+
+def cam_stability(ctx: ExplainContext, method: str = "gradcam", layer: str = "last stage", samples: int = 8,
+                  seed: int = 0) -> dict[str, np.ndarray | float]:
+    """The heatmap under ``samples`` MC-dropout masks of the head (one batched CAM call): its mean,
+    standard deviation, and the mean pairwise correlation of the samples (1 = perfectly stable)."""
+    pixels = ctx.inputs["image"]["pixels"].expand(samples, -1, -1, -1)
+    maps = _run_cam(ctx, pixels, method, layer, mc_seed=seed)
+    flat = maps.reshape(samples, -1)
+    flat = flat - flat.mean(1, keepdims=True)
+    norms = np.linalg.norm(flat, axis=1)
+    ok = norms > 1e-9
+    if ok.sum() >= 2:
+        c = (flat[ok] @ flat[ok].T) / np.outer(norms[ok], norms[ok])
+        corr = float((c.sum() - np.trace(c)) / (c.shape[0] * (c.shape[0] - 1)))
+    else:
+        corr = float("nan")
+    return {"mean": maps.mean(0), "std": maps.std(0), "mean_pairwise_correlation": corr, "samples": samples}

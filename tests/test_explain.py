@@ -1,0 +1,132 @@
+"""Explainers on tiny models: shapes, finite values, hooks released, determinism, completeness,
+Shapley efficiency, and concurrent explanations equal to sequential ones."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from core import load_package, save_package
+from core.explain import CAM_METHODS, ExplainContext, explain_case
+from core.explain.gradcam import image_cam
+from core.explain.modality import modality_shapley
+from tiny import LABELS, make_case, make_model
+
+
+@pytest.fixture(scope="module", params=["mmtm", "gated"])
+def pkg(request, tmp_path_factory):
+    return load_package(save_package(make_model(request.param), tmp_path_factory.mktemp("x") / "p", LABELS, name="t"))
+
+
+def hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_cam_methods_through_the_fused_model(pkg, method):
+    # hooks go on a private copy of the encoder: the shared model never carries any
+    ctx = ExplainContext(pkg, make_case(0))  # (transformers adds its own hooks on the first text forward)
+    before = hook_count(pkg.model)
+    cam = image_cam(ctx, method)
+    assert cam.shape == (32, 32) and np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1 + 1e-6
+    assert hook_count(pkg.model) == before
+
+
+def test_hooks_are_released_when_the_forward_fails(pkg, monkeypatch):
+    ctx = ExplainContext(pkg, make_case(0))
+    before = hook_count(pkg.model)
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ctx, "calibrated_logits", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        image_cam(ctx, "gradcam")
+    assert hook_count(pkg.model) == before
+
+
+def test_cam_depends_on_the_target_class(pkg):
+    cams = [image_cam(ExplainContext(pkg, make_case(2), target=k), "gradcam") for k in range(3)]
+    assert any(not np.allclose(cams[0], c) for c in cams[1:])
+
+
+def test_explain_case_is_complete_and_deterministic(pkg):
+    case = make_case(3)
+    kw = {"cam_methods": ("gradcam", "eigencam"), "ig_steps": 8, "shapley_samples": 6}
+    a = explain_case(pkg, case, **kw)
+    b = explain_case(pkg, case, **kw)
+    assert a.target == a.prediction.label_index and a.target_label == a.prediction.label
+    for x, y in ((a.cams["gradcam"], b.cams["gradcam"]), (a.stability["mean"], b.stability["mean"])):
+        assert np.allclose(x, y, atol=1e-6)
+    assert [w["score"] for w in a.note["words"]] == pytest.approx([w["score"] for w in b.note["words"]], abs=1e-6)
+    assert a.table["features"] == b.table["features"]
+    # lesion / context / background shares partition the CAM mass
+    for s in a.lesion_context["shares"].values():
+        assert s["lesion"] + s["context"] + s["background"] == pytest.approx(1.0, abs=1e-6)
+    assert set(a.lesion_context["confidence"]) == {"full", "lesion_only", "context_only", "neither"}
+    assert a.stability["std"].shape == (32, 32)
+    d = a.to_dict()
+    assert d["prediction"]["label"] == a.prediction.label and "gradcam" in d["cams"]
+    assert d["timings"]["total"] > 0
+
+
+def test_attribution_completeness(pkg):
+    ex = explain_case(pkg, make_case(1), parts=("note", "table", "spectrum"), ig_steps=48, shapley_samples=6)
+    # integrated gradients: attributions add up to f(x) - f(baseline); Captum's delta measures the gap
+    assert ex.note["convergence_delta"] < 1e-3 and ex.table["convergence_delta"] < 1e-3
+    assert ex.spectrum["convergence_delta"] < 5e-3
+    note = make_case(1).note
+    for w in ex.note["words"]:
+        assert w["text"] == note[w["start"]:w["end"]] and w["text"].strip()
+    assert [f["name"] for f in ex.table["features"]] == ["age", "sex", "site"]
+    assert ex.table["features"][0]["unit"] == "years"
+    assert len(ex.spectrum["attributions"]) == len(ex.spectrum["wavelengths"]) == 64
+
+
+def test_shapley_values_are_efficient_and_without_x_matches(pkg):
+    ctx = ExplainContext(pkg, make_case(0, missing=("spectrum",)))
+    sh = modality_shapley(ctx)
+    assert set(sh["values"]) == {"image", "note", "metadata"}  # absent modalities are not players
+    assert sum(sh["values"].values()) == pytest.approx(sh["full"] - sh["none"], abs=1e-6)
+    # v(all) equals the calibrated probability of the prediction itself
+    pred = pkg.predict(make_case(0, missing=("spectrum",)))
+    assert sh["full"] == pytest.approx(float(pred.calibrated[ctx.target]), abs=1e-5)
+    # "without note" equals predicting the case with its note removed
+    no_note = pkg.predict(make_case(0, missing=("spectrum", "note")))
+    assert sh["without"]["note"] == pytest.approx(float(no_note.calibrated[ctx.target]), abs=1e-5)
+
+
+def test_missing_parts_are_reported_not_crashed(pkg):
+    ex = explain_case(pkg, make_case(0, missing=("image", "note")), ig_steps=8, shapley_samples=6)
+    assert ex.cams == {} and ex.note is None
+    assert ex.skipped["cam"] == "the case has no image" and ex.skipped["note"] == "the case has no note"
+    with pytest.raises(ValueError, match="unknown explanation part"):
+        explain_case(pkg, make_case(0), parts=("telepathy",))
+
+
+def test_concurrent_explanations_equal_sequential(pkg):
+    cases = [make_case(i) for i in range(4)]
+    parts = ("cam", "note", "table", "modality")
+    kw = {"parts": parts, "ig_steps": 8, "shapley_samples": 6}
+    sequential = [explain_case(pkg, c, **kw) for c in cases]
+    results: list = [None] * len(cases)
+    errors: list = []
+
+    def work(i):
+        try:
+            results[i] = explain_case(pkg, cases[i], **kw)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for s, r in zip(sequential, results):
+        assert np.allclose(s.cams["gradcam"], r.cams["gradcam"], atol=1e-5)
+        assert [w["score"] for w in s.note["words"]] == pytest.approx([w["score"] for w in r.note["words"]], abs=1e-5)
+        assert s.modality["values"] == pytest.approx(r.modality["values"], abs=1e-6)
