@@ -130,3 +130,31 @@ def test_concurrent_explanations_equal_sequential(pkg):
         assert np.allclose(s.cams["gradcam"], r.cams["gradcam"], atol=1e-5)
         assert [w["score"] for w in s.note["words"]] == pytest.approx([w["score"] for w in r.note["words"]], abs=1e-5)
         assert s.modality["values"] == pytest.approx(r.modality["values"], abs=1e-6)
+
+
+def test_faithfulness_metrics(pkg):
+    ex = explain_case(pkg, make_case(2), ig_steps=8, shapley_samples=6,
+                      parts=("cam", "note", "table", "spectrum", "faithfulness"))
+    f = ex.faithfulness
+    assert {"cam:gradcam", "cam_randomisation", "note", "table", "spectrum"} <= set(f)
+    pred_p = float(ex.prediction.calibrated[ex.target])
+    for key in ("cam:gradcam", "note", "table", "spectrum"):
+        c = f[key]
+        assert len(c["deletion"]) == len(c["insertion"]) == 11
+        assert c["deletion"][0] == pytest.approx(pred_p, abs=1e-4)  # nothing deleted: the prediction itself
+        assert c["insertion"][-1] == pytest.approx(pred_p, abs=1e-4)  # everything inserted: the case again
+        assert 0 <= c["deletion_auc"] <= 1 and 0 <= c["insertion_auc"] <= 1
+    assert f["table"]["infidelity"] >= 0 and f["spectrum"]["max_sensitivity"] >= 0
+    assert -1 <= f["cam_randomisation"]["spearman"] <= 1
+
+
+def test_randomisation_check_separates_a_model_explanation_from_an_input_only_one(pkg):
+    from core.explain.metrics import randomisation_check
+    from core.explain.attributions import table_attributions
+
+    ctx = ExplainContext(pkg, make_case(1))
+    # an "explanation" that ignores the model (the input itself) survives randomisation: the check must fail it
+    static = randomisation_check(ctx, lambda c: c.inputs["metadata"]["values"].numpy())
+    assert static["spearman"] == pytest.approx(1.0) and not static["passed"]
+    real = randomisation_check(ctx, lambda c: np.array([f["integrated_gradients"] for f in table_attributions(c, 8, 4)["features"]]))
+    assert real["spearman"] < 1.0

@@ -20,7 +20,8 @@ from .context import ExplainContext
 from .gradcam import CAM_METHODS, cam_stability, image_cam
 from .modality import modality_shapley
 
-PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality", "image_ig", "occlusion")
+PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality", "image_ig", "occlusion",
+         "faithfulness")
 DEFAULT_PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality")
 
 
@@ -38,12 +39,13 @@ class Explanation:
     spectrum: dict[str, Any] | None = None
     modality: dict[str, Any] | None = None
     image_attributions: dict[str, np.ndarray] = field(default_factory=dict)
+    faithfulness: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)               # part -> why it was not computed
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("target", "target_label", "cams", "cam_layer", "lesion_context", "stability",
-                                           "note", "table", "spectrum", "modality", "image_attributions", "timings",
+                                           "note", "table", "spectrum", "modality", "image_attributions", "faithfulness", "timings",
                                            "skipped")}
         d = to_jsonable(d)
         d["prediction"] = self.prediction.to_dict()
@@ -101,8 +103,27 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
         ex.image_attributions["integrated_gradients"] = timed("image_ig", image_attributions, ctx, "integrated_gradients")
     if has_image and "occlusion" in parts:
         ex.image_attributions["occlusion"] = timed("occlusion", image_attributions, ctx, "occlusion")
+    if "faithfulness" in parts:
+        timed("faithfulness", _faithfulness, ctx, ex, cam_layer)
     timings["total"] = round(sum(v for k, v in timings.items()), 4)
     return ex
+
+
+def _faithfulness(ctx: ExplainContext, ex: Explanation, cam_layer: str) -> None:
+    from . import metrics as fm
+
+    f = ex.faithfulness
+    for method, cam in ex.cams.items():
+        f[f"cam:{method}"] = fm.image_deletion_insertion(ctx, cam)
+    if ex.cams:
+        method = next(iter(ex.cams))
+        f["cam_randomisation"] = fm.randomisation_check(ctx, lambda c: image_cam(c, method, cam_layer))
+    if ex.note is not None:
+        f["note"] = fm.token_deletion_insertion(ctx, ex.note)
+    if ex.table is not None:
+        f["table"] = {**fm.feature_deletion_insertion(ctx, ex.table), **fm.infidelity_sensitivity(ctx, "metadata")}
+    if ex.spectrum is not None:
+        f["spectrum"] = {**fm.spectrum_deletion_insertion(ctx, ex.spectrum), **fm.infidelity_sensitivity(ctx, "spectrum")}
 
 
 def lesion_context_report(ctx: ExplainContext, cams: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -106,7 +106,8 @@ def _trainer(opts: TrainOptions, topts: TrainerOptions, run_dir: Path):
     n_proc = (int(topts.devices) if str(topts.devices).isdigit() else 1) * topts.num_nodes
     gpu = torch.cuda.is_available() and topts.accelerator in ("auto", "gpu", "cuda")
     precision = topts.precision if topts.precision != "auto" else ("16-mixed" if gpu else "32-true")
-    strategy = topts.strategy if topts.strategy != "auto" else ("ddp" if n_proc > 1 else "auto")
+    # unused parameters are normal here (missing-modality embeddings, token paths a variant ignores)
+    strategy = topts.strategy if topts.strategy != "auto" else ("ddp_find_unused_parameters_true" if n_proc > 1 else "auto")
     from lightning.pytorch.loggers import CSVLogger
 
     return L.Trainer(max_epochs=opts.epochs, accelerator=topts.accelerator, devices=topts.devices,
