@@ -88,6 +88,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import CAM_METHODS, PARTS, explain_case
+    from .package import load_package
+
+    parts = args.parts or None
+    bad = [p for p in (parts or []) if p not in PARTS]
+    if bad:
+        raise UsageError(f"unknown part '{bad[0]}'; choose from: {', '.join(PARTS)}.")
+    bad = [m for m in args.cam if m not in CAM_METHODS]
+    if bad:
+        raise UsageError(f"unknown CAM method '{bad[0]}'; choose from: {', '.join(CAM_METHODS)}.")
+    pkg = load_package(args.model)
+    case = _case_from_args(args)
+    try:
+        kwargs = {"parts": parts} if parts else {}
+        target = int(args.target) if args.target and args.target.isdigit() else args.target
+        ex = explain_case(pkg, case, target=target, cam_methods=args.cam or ("gradcam",), tta=args.tta,
+                          ig_steps=args.ig_steps, **kwargs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    d = ex.to_dict()
+    if args.json:
+        print(json.dumps(d))
+    else:
+        print(f"{ex.target_label}: p={ex.prediction.calibrated[ex.target]:.3f}")
+        if ex.modality:
+            print("modality Shapley: " + ", ".join(f"{m} {v:+.3f}" for m, v in ex.modality["values"].items()))
+        if ex.lesion_context:
+            s = next(iter(ex.lesion_context["shares"].values()))
+            print(f"CAM mass: lesion {s['lesion']:.2f}, context {s['context']:.2f}, background {s['background']:.2f}")
+        print("Research use only, not a medical device.")
+    return 0
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from .fusion import COMMON_DIAGNOSTICS, FUSIONS
 
@@ -169,6 +203,15 @@ def build_parser() -> Parser:
     p.add_argument("--mc-samples", type=int, default=30, help="MC-dropout samples of the head (default 30)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("explain", help="explain one case: Grad-CAM, attributions, modality Shapley")
+    add_case_arguments(p)
+    p.add_argument("--target", help="class to explain (label or index; default: the predicted class)")
+    p.add_argument("--parts", nargs="*", help="explanation parts (default: all the fast ones)")
+    p.add_argument("--cam", nargs="*", default=[], help="CAM methods (default: gradcam)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation for the CAM")
+    p.add_argument("--ig-steps", type=int, default=24)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
     p = sub.add_parser("train", help="train one model package from a YAML config")
     p.add_argument("--config", required=True)
     p.add_argument("--devices", help="devices per node (e.g. 2 for a 2-process DDP run)")

@@ -76,3 +76,18 @@ def test_real_process_has_no_traceback(pkg):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: metadata.sex:")
+
+
+def test_explain_json(pkg, files, capsys):
+    code, out, err = run(["predict", "--model", pkg, "--meta", "age=55", "--json"], capsys)
+    code, out, err = run(["explain", "--model", pkg, "--image", files / "img.png", "--note", "Itchy bleeding lesion",
+                          "--meta", "age=55", "--parts", "cam", "lesion_context", "note", "modality", "--ig-steps", "8",
+                          "--target", "1", "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["target"] == 1 and d["target_label"] == LABELS[1]
+    assert np.asarray(d["cams"]["gradcam"]).shape == (32, 32)
+    assert [w["text"] for w in d["note"]["words"]] == ["Itchy", "bleeding", "lesion"]
+    assert set(d["modality"]["values"]) == {"image", "note", "metadata"}
+    code, out, err = run(["explain", "--model", pkg, "--meta", "age=55", "--parts", "telepathy"], capsys)
+    assert code == 2 and err.startswith("error: unknown part 'telepathy'")

@@ -96,7 +96,12 @@ def _cache_key(model: MultimodalClassifier, m: str, items: Sequence[CohortItem],
     from ..encoders import encoder_config
 
     h = hashlib.sha256()
-    h.update(json.dumps(encoder_config(model.encoders[m]), sort_keys=True, default=str).encode())
+    enc = model.encoders[m]
+    h.update(json.dumps(encoder_config(enc), sort_keys=True, default=str).encode())
+    if not enc.external_weights:  # weights trained here (stage 1): the cache depends on them too
+        for k, v in sorted(enc.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
     h.update(tag.encode())
     for it in items:
         h.update(it.case_id.encode())

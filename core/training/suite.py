@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+
+import torch
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,9 +21,11 @@ from .train import build_from_config, finish_package, fit, load_cohort
 from .dataset import cache_root
 
 SUITES: dict[str, dict[str, Any]] = {
-    "dermatology": {"modalities": ["image", "note", "metadata"], "n": 10000,
+    # stage1: encoders fitted once, as that modality's unimodal baseline, then frozen, cached and
+    # shared (stored once in _shared/) by every other package of the suite
+    "dermatology": {"modalities": ["image", "note", "metadata"], "n": 10000, "stage1": [],
                     "train": {"epochs": 20, "batch_size": 128, "lr": 1e-3, "patience": 5, "modality_dropout": 0.15}},
-    "diabetes": {"modalities": ["spectrum", "metadata"],
+    "diabetes": {"modalities": ["spectrum", "metadata"], "stage1": ["spectrum"],
                  "train": {"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 12, "modality_dropout": 0.1,
                            "weighted_sampler": False}},
 }
@@ -32,9 +36,11 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
     spec = SUITES[cohort]
     mods = spec["modalities"]
     names = list(variants) if variants else [v for v in FUSIONS.names() if not FUSIONS.get(v).unimodal]
-    runs = [(v, mods) for v in names if v != "unimodal"]
+    stage1 = spec["stage1"]
+    runs = [("unimodal", [m]) for m in stage1]
+    runs += [(v, mods) for v in names if v != "unimodal"]
     if not variants or "unimodal" in variants:
-        runs += [("unimodal", [m]) for m in mods]
+        runs += [("unimodal", [m]) for m in mods if m not in stage1]
     out = []
     for variant, ms in runs:
         label = variant if variant != "unimodal" else f"unimodal_{ms[0]}"
@@ -53,35 +59,70 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
 def train_suite(cohort_name: str, out_root: str | Path = "assets/models", variants: Sequence[str] | None = None,
                 n: int | None = None, epochs: int | None = None, seed: int = 0, log=print) -> list[dict[str, Any]]:
     out_root = Path(out_root)
+    spec = SUITES[cohort_name]
     cfgs = [config_from_dict(c) for c in suite_configs(cohort_name, out_root, variants, n, epochs, seed)]
     t0 = time.perf_counter()
     cohort = load_cohort(DataConfig(**{k: v for k, v in vars(cfgs[0].data).items()}))
     log(f"[{cohort_name}] cohort ready: {len(cohort.items)} cases ({time.perf_counter() - t0:.0f} s)")
-    # prepare every split once, with all modalities; each model picks its own columns
-    full = max(cfgs, key=lambda c: len(c.modalities))
-    template = build_from_config(full, cohort)
-    tag = json.dumps(vars(full.data), sort_keys=True)
-    t1 = time.perf_counter()
-    splits = {s: build_split(template, cohort.split(s), cohort.labels, tag + s, progress=False) for s in ("train", "val", "test")}
-    log(f"[{cohort_name}] splits prepared, frozen encoders run once ({time.perf_counter() - t1:.0f} s)")
-    rows = []
-    for cfg in cfgs:
-        t2 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    stage1_states: dict[str, dict[str, torch.Tensor]] = {}
+    shared = {f"encoders.{m}.": f"../_shared/{m}_encoder.safetensors" for m in spec["stage1"]}
+
+    def build(cfg):
         model = build_from_config(cfg, cohort)
-        model, info = fit(model, splits["train"], splits["val"], cfg.train, cfg.trainer, cache_root() / "runs" / cfg.name.replace("/", "_"))
+        for m, state in stage1_states.items():
+            if m in model.encoders:
+                model.encoders[m].load_state_dict(state)
+                model.encoders[m].freeze()
+        return model
+
+    def run(cfg, splits, shared_files):
+        t2 = time.perf_counter()
+        model = build(cfg)
+        model, info = fit(model, splits["train"], splits["val"], cfg.train, cfg.trainer,
+                          cache_root() / "runs" / cfg.name.replace("/", "_"))
+        cfg.shared = {k: v for k, v in shared_files.items() if k.split(".")[1] in model.encoders}
         path = finish_package(model, cohort, splits["val"], splits["test"], cfg, info)
-        m = json.loads((path / "metrics.json").read_text())
-        row = {"cohort": cohort_name, "model": path.name, "variant": cfg.variant, "modalities": cfg.modalities,
-               "seconds": round(time.perf_counter() - t2, 1),
-               **{k: m[k]["value"] for k in ("balanced_accuracy", "macro_f1", "auroc", "ece_before_calibration", "ece",
-                                             "error_detection_auroc", "accuracy")},
-               "ci95": {k: m[k]["ci95"] for k in ("balanced_accuracy", "macro_f1", "auroc", "ece")},
-               "accuracy_at_20pct_referred": m["accuracy_vs_referred"]["accuracy"][4]}
-        rows.append(row)
-        log(f"[{cohort_name}] {path.name:24s} bacc {row['balanced_accuracy']:.3f}  macro-F1 {row['macro_f1']:.3f}  "
-            f"AUROC {row['auroc']:.3f}  ECE {row['ece']:.3f}  ({row['seconds']:.0f} s)")
+        rows.append(_row(cohort_name, cfg, path, time.perf_counter() - t2))
+        r = rows[-1]
+        log(f"[{cohort_name}] {path.name:24s} bacc {r['balanced_accuracy']:.3f}  macro-F1 {r['macro_f1']:.3f}  "
+            f"AUROC {r['auroc']:.3f}  ECE {r['ece']:.3f}  ({r['seconds']:.0f} s)")
+        return model
+
+    # stage 1: fit the encoders that have no pretrained weights, once, as their unimodal baselines
+    for cfg in [c for c in cfgs if c.variant == "unimodal" and c.modalities[0] in spec["stage1"]]:
+        m = cfg.modalities[0]
+        splits = _prepare(build(cfg), cohort, cfg, log)
+        model = run(cfg, splits, shared)
+        stage1_states[m] = {k: v.detach().clone() for k, v in model.encoders[m].state_dict().items()}
+    # stage 2: every other package on features computed once (frozen encoders cached)
+    rest = [c for c in cfgs if not (c.variant == "unimodal" and c.modalities[0] in spec["stage1"])]
+    if rest:
+        full = max(rest, key=lambda c: len(c.modalities))
+        splits = _prepare(build(full), cohort, full, log)
+        for cfg in rest:
+            run(cfg, splits, shared)
     summary = {"cohort": cohort_name, "n_cases": len(cohort.items), "seed": seed,
                "total_seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     (out_root / cohort_name).mkdir(parents=True, exist_ok=True)
     (out_root / cohort_name / "suite.json").write_text(json.dumps(summary, indent=2))
     return rows
+
+
+def _prepare(template, cohort, cfg, log):
+    t = time.perf_counter()
+    tag = json.dumps(vars(cfg.data), sort_keys=True)
+    splits = {s: build_split(template, cohort.split(s), cohort.labels, tag + s) for s in ("train", "val", "test")}
+    log(f"[{cohort.name}] splits prepared for {', '.join(template.modalities)}; frozen encoders run once "
+        f"({time.perf_counter() - t:.0f} s)")
+    return splits
+
+
+def _row(cohort_name: str, cfg, path: Path, seconds: float) -> dict[str, Any]:
+    m = json.loads((path / "metrics.json").read_text())
+    return {"cohort": cohort_name, "model": path.name, "variant": cfg.variant, "modalities": cfg.modalities,
+            "seconds": round(seconds, 1),
+            **{k: m[k]["value"] for k in ("balanced_accuracy", "macro_f1", "auroc", "ece_before_calibration", "ece",
+                                          "error_detection_auroc", "accuracy")},
+            "ci95": {k: m[k]["ci95"] for k in ("balanced_accuracy", "macro_f1", "auroc", "ece")},
+            "accuracy_at_20pct_referred": m["accuracy_vs_referred"]["accuracy"][4]}

@@ -144,12 +144,18 @@ def fit(model: MultimodalClassifier, train: SplitTensors, val: SplitTensors, opt
     trainer = _trainer(opts, topts, run_dir)
     model.train()  # Lightning keeps the modes it is given; frozen encoders stay in eval (Encoder.train)
     t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    if opts.cpu_threads and not torch.cuda.is_available():
+        torch.set_num_threads(opts.cpu_threads)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*Trying to infer the `batch_size`.*")
         warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # the frozen encoders, on purpose
         warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-        trainer.fit(lit, train_dl, val_dl)
+        try:
+            trainer.fit(lit, train_dl, val_dl)
+        finally:
+            torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0
     if lit.best_state is not None:
         model.load_state_dict(lit.best_state)
