@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from .base import Encoder, ModalityFeatures
 
 
+LEVEL_BINS = 4
+
+
 class MultiScaleBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
@@ -29,7 +32,8 @@ class SpectrumEncoder(Encoder):
     modality = "spectrum"
 
     def __init__(self, wavelengths: Sequence[float] | None = None, n_points: int = 1000, start: float = 950.0,
-                 stop: float = 1550.0, channels: int = 32, out_dim: int = 256, pools: Sequence[int] = (4, 4, 2)):
+                 stop: float = 1550.0, channels: int = 32, out_dim: int = 256, pools: Sequence[int] = (4, 4, 2),
+                 pca_components: int = 32):
         super().__init__()
         grid = np.asarray(wavelengths, dtype=np.float64) if wavelengths is not None else np.linspace(start, stop, n_points)
         if grid.ndim != 1 or len(grid) < 16 or np.any(np.diff(grid) <= 0):
@@ -40,17 +44,46 @@ class SpectrumEncoder(Encoder):
         # per-wavelength normalisation, fitted on training spectra (saved with the weights)
         self.register_buffer("mean", torch.zeros(n))
         self.register_buffer("std", torch.ones(n))
+        # principal axes of the training spectra, whitened (chemometrics' usual first step): the
+        # residual path reads the spectrum through them, so the few directions that carry an
+        # analyte (glucose) are as easy to learn as the large baseline and scatter variation
+        k = min(pca_components, n)
+        self._pca = pca_components
+        self.register_buffer("components", torch.zeros(k, n))
+        self.register_buffer("component_scale", torch.ones(k))
         c = channels
         self.stem = nn.Sequential(nn.Conv1d(1, c // 2, 7, stride=2, padding=3), nn.GELU())
         self.stages = nn.ModuleList([MultiScaleBlock(c // 2, c), MultiScaleBlock(c, 2 * c), MultiScaleBlock(2 * c, 4 * c)])
-        self.head = nn.Sequential(nn.Linear(8 * c, out_dim), nn.LayerNorm(out_dim))
+        # where a band lies is the information (glucose absorbs at specific wavenumbers), so the pooled
+        # vector and the levels keep position: a linear map of the flattened final map, and each level
+        # averaged into LEVEL_BINS segments rather than over the whole spectrum
+        length = (n + 1) // 2
+        for pool in self._pools:
+            length = -(-length // pool)
+        self.n_tokens = length
+        self.head = nn.Linear(4 * c * length, out_dim)
+        # the residual path of seed 000, taken from the input: a linear map of the whole normalised
+        # spectrum, so the encoder is never worse than a linear chemometric model of the same bands
+        self.linear_path = nn.Linear(min(pca_components, n), out_dim)
+        self.norm = nn.LayerNorm(out_dim)
+        self.pos = nn.Parameter(torch.randn(length, 4 * c) * 0.02)  # token positions along the spectrum
         self.out_dim, self.token_dim = out_dim, 4 * c
-        self.level_dims = (c, 2 * c, 4 * c)
+        self.level_dims = (c * LEVEL_BINS, 2 * c * LEVEL_BINS, 4 * c * LEVEL_BINS)
 
     def set_normalisation(self, spectra: np.ndarray) -> None:
         s = torch.as_tensor(np.asarray(spectra, dtype=np.float32))
         self.mean.copy_(s.mean(0))
-        self.std.copy_(s.std(0).clamp_min(1e-6))
+        # one scale for every wavelength: per-wavelength z-scores would inflate flat, noisy regions
+        # to the same weight as the bands that actually vary (glucose is a dominant direction of the
+        # centred spectra but invisible in per-wavelength z-scores)
+        centred = s - s.mean(0)
+        self.std.fill_(float(centred.std().clamp_min(1e-6)))
+        _, sv, vt = torch.linalg.svd(centred.double(), full_matrices=False)
+        k = min(self.components.shape[0], vt.shape[0])  # fewer spectra than components: the rest stay zero
+        self.components.zero_()
+        self.component_scale.fill_(1.0)
+        self.components[:k] = vt[:k].float()
+        self.component_scale[:k] = (sv[:k] / max(len(s) - 1, 1) ** 0.5).float().clamp_min(1e-6)
 
     def resample(self, spectrum: np.ndarray) -> np.ndarray:
         """A validated spectrum -> values on this model's grid. Accepts values already on the grid
@@ -68,17 +101,18 @@ class SpectrumEncoder(Encoder):
         return {"spectrum": torch.tensor(np.stack([self.resample(s) for s in spectra]), dtype=torch.float32)}
 
     def forward(self, spectrum: torch.Tensor) -> ModalityFeatures:
-        x = ((spectrum - self.mean) / self.std).unsqueeze(1)
-        x = self.stem(x)
+        z = (spectrum - self.mean) / self.std
+        x = self.stem(z.unsqueeze(1))
         levels = []
         for stage, pool in zip(self.stages, self._pools):
             x = F.max_pool1d(stage(x), pool, ceil_mode=True)
-            levels.append(x.mean(-1))
-        pooled = self.head(torch.cat([x.mean(-1), x.amax(-1)], dim=-1))
-        tokens = x.transpose(1, 2)
+            levels.append(F.adaptive_avg_pool1d(x, LEVEL_BINS).flatten(1))
+        scores = ((spectrum - self.mean) @ self.components.T) / self.component_scale
+        pooled = self.norm(self.head(x.flatten(1)) + self.linear_path(scores))
+        tokens = x.transpose(1, 2) + self.pos
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=x.device)
         return ModalityFeatures(pooled, tuple(levels), tokens, mask)  # type: ignore[arg-type]
 
     def config(self) -> dict[str, Any]:
         return {"wavelengths": [float(w) for w in self.grid], "channels": self._channels,
-                "out_dim": self.out_dim, "pools": list(self._pools)}
+                "out_dim": self.out_dim, "pools": list(self._pools), "pca_components": self._pca}

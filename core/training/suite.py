@@ -26,8 +26,9 @@ SUITES: dict[str, dict[str, Any]] = {
     "dermatology": {"modalities": ["image", "note", "metadata"], "n": 10000, "stage1": [],
                     "train": {"epochs": 20, "batch_size": 128, "lr": 1e-3, "patience": 5, "modality_dropout": 0.15}},
     "diabetes": {"modalities": ["spectrum", "metadata"], "stage1": ["spectrum"],
-                 "train": {"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 12, "modality_dropout": 0.1,
-                           "weighted_sampler": False}},
+                 "encoders": {"spectrum": {"channels": 8, "pca_components": 20}},
+                 "train": {"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 12, "modality_dropout": 0.1},
+                 "stage1_train": {"epochs": 80, "patience": 20, "lr": 3e-3, "weight_decay": 0.05}},
 }
 
 
@@ -49,9 +50,12 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
             train["epochs"] = epochs
         if variant == "unimodal":
             train["modality_dropout"] = 0.0
+            if ms[0] in spec["stage1"]:
+                train.update(spec.get("stage1_train", {}))
         out.append({"name": f"{cohort}/{label}", "variant": variant, "modalities": ms,
                     "out": str(out_root / cohort / label),
                     "data": {"cohort": cohort, "n": n or spec.get("n", 10000), "seed": seed},
+                    "encoders": {m: dict(c) for m, c in spec.get("encoders", {}).items() if m in ms},
                     "train": train, "trainer": {"accelerator": "auto", "progress_bar": False}})
     return out
 
