@@ -1,38 +1,67 @@
-"""FusionLens home: what it is, which model packages are installed, the research-use notice."""
+"""FusionLens home: what it is, which model packages are installed, a short guide, the notice."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import streamlit as st
 
-from core import RESEARCH_NOTICE, PackageError, discover_packages, read_package_summary
+import loaders
+from core import RESEARCH_NOTICE
+from state import setup_page
 
-MODELS_ROOT = Path(__file__).resolve().parent.parent / "assets" / "models"
-
-st.set_page_config(page_title="FusionLens", page_icon="🔎", layout="wide")
+page = setup_page("Home")
 st.title("FusionLens")
 st.warning(RESEARCH_NOTICE, icon="⚠️")
 st.markdown(
-    "FusionLens shows **why** a multimodal clinical classifier said what it said: the prediction with its "
-    "uncertainty, how the fusion weighed image, note, metadata and spectrum, and which regions, words and "
-    "values drove it."
+    "FusionLens shows **why** a multimodal clinical classifier said what it said: the calibrated prediction "
+    "with its uncertainty, how the fusion weighed image, note, metadata and spectrum (gates, learned "
+    "temperature, level weights, attention), and which image regions, note words, table values and spectral "
+    "bands drove it."
 )
 
 st.subheader("Model packages")
-rows, problems = [], []
-for path in discover_packages(MODELS_ROOT):
-    try:
-        s = read_package_summary(path)
-    except PackageError as e:
-        problems.append(str(e))
-        continue
-    rows.append({"cohort": s["cohort"], "variant": s["variant"], "name": s["name"],
-                 "inputs": ", ".join(s["modalities"]), "classes": len(s["labels"]),
-                 "training data": ("synthetic demo data — " if s["synthetic"] else "") + s["training_data"]})
+summaries, problems = loaders.package_summaries()
+
+
+def _metric(metrics: dict, name: str) -> float | None:
+    v = metrics.get(name)
+    v = v.get("value") if isinstance(v, dict) else v
+    return round(float(v), 3) if isinstance(v, (int, float)) else None
+
+
+rows = []
+for s in summaries:
+    m = s.get("metrics") or {}
+    rows.append({
+        "cohort": s["cohort"], "variant": s["variant"], "name": s["name"], "inputs": ", ".join(s["modalities"]),
+        "classes": ", ".join(s["labels"]),
+        "balanced accuracy": _metric(m, "balanced_accuracy"), "macro F1": _metric(m, "macro_f1"),
+        "AUROC": _metric(m, "auroc"), "ECE": _metric(m, "ece"),
+        "calibration T": None if s.get("calibration_temperature") is None else round(float(s["calibration_temperature"]), 3),
+        "training data": ("synthetic demo data — " if s["synthetic"] else "") + (s.get("training_data") or ""),
+    })
 if rows:
-    st.dataframe(rows, hide_index=True, use_container_width=True, key="packages")
+    st.dataframe(rows, hide_index=True, width="stretch", key="packages")
+    if any(s["synthetic"] for s in summaries):
+        st.caption("Packages marked **synthetic demo data** were trained on generated cases: their numbers "
+                   "show how the software works, not how well any model diagnoses anything.")
+    st.caption("Metrics are on each package's held-out test split (from its config.json); the calibration "
+               "temperature T divides the logits before the softmax.")
 else:
-    st.info("No trained model packages are installed in assets/models yet. Train a suite with "
-            "`python -m core train-suite --cohort dermatology` (see the README).")
+    roots = ", ".join(str(r) for r in loaders.models_roots())
+    st.info(f"No trained model packages were found in {roots}. Train a suite with "
+            "`python -m core train-suite --cohort dermatology` (see the README), or ask the operator to set "
+            f"{loaders.MODELS_ENV} to the models folder.")
 for p in problems:
     st.error(p)
+
+st.subheader("How to use it")
+st.markdown(
+    "1. **Pick a model** in the sidebar: the cohort, then the fusion variant.\n"
+    "2. **Case**: upload an image (PNG/JPEG/TIFF), an optional lesion mask, the clinical note, the metadata "
+    "and an optional spectrum, or a case bundle, or pick a demo case. Any input may be missing.\n"
+    "3. **Prediction**: calibrated probabilities, the MC-dropout spread, uncertainty and the referral flag.\n"
+    "4. **Fusion internals**: how the fusion weighed each input (gates, temperature, level weights, attention) "
+    "and each input's Shapley value.\n"
+    "5. **Image explanations**: Grad-CAM family heatmaps, lesion vs context, stability.\n"
+    "6. **Attributions**: note words, table values and spectral bands that pushed the prediction."
+)
+st.caption(RESEARCH_NOTICE)

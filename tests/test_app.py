@@ -1,15 +1,267 @@
-"""Streamlit pages through AppTest."""
+"""The Streamlit dashboard through AppTest on a tiny package suite, and its case-bundle reader.
+
+The suite (dermatology/gated and dermatology/mmtm: image + note + metadata) and one demo case are
+written to a temporary folder once per module; FUSIONLENS_MODELS / FUSIONLENS_CASES point the app there.
+"""
 from __future__ import annotations
 
+import io
+import json
+import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "Home.py")
+from core import save_package
+from tiny import LABELS, SCHEMA, make_case, make_model
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "dashboard" / "Home.py")
+PAGES = ["pages/1_Case.py", "pages/2_Prediction.py", "pages/3_Fusion_internals.py", "pages/4_Image_explanations.py",
+         "pages/5_Attributions.py"]
+sys.path.insert(0, str(ROOT / "dashboard"))  # streamlit puts the app's folder on sys.path; its helpers import flat
+import cases as bundles  # noqa: E402
+
+NOTICE = "not a medical device"
 
 
-def test_home_renders_with_research_notice():
-    at = AppTest.from_file(APP, default_timeout=60).run()
-    assert not at.exception
-    assert any("not a medical device" in w.value for w in at.warning)
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusionlens")
+    models = root / "models"
+    for i, variant in enumerate(("gated", "mmtm")):
+        model = make_model(variant, modalities=("image", "note", "metadata"), seed=i)
+        pkg = save_package(model, models / "dermatology" / variant, LABELS, name=f"tiny-{variant}", cohort="dermatology",
+                           mc_samples=8, training_data={"synthetic": True, "description": "tiny generated cases"},
+                           metrics={"balanced_accuracy": {"value": 0.5, "ci95": [0.4, 0.6]}})
+        (pkg / "metrics.json").write_text(json.dumps({"accuracy_vs_referred": {
+            "fractions": [0.0, 0.1, 0.2, 0.3], "accuracy": [0.6, 0.65, 0.7, 0.72], "thresholds": [1.0, 0.9, 0.8, 0.7]}}))
+    case = make_case(0)
+    demo = root / "cases" / "dermatology" / "demo-1"
+    demo.mkdir(parents=True)
+    case.image.save(demo / "image.png")
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 12:36] = 255
+    Image.fromarray(mask).save(demo / "mask.png")
+    (demo / "note.txt").write_text(case.note)
+    (demo / "metadata.json").write_text(json.dumps({**case.metadata, "label": "malignant"}))
+    return models, root / "cases"
+
+
+@pytest.fixture
+def app(suite, monkeypatch):
+    models, demo_cases = suite
+    monkeypatch.setenv("FUSIONLENS_MODELS", str(models))
+    monkeypatch.setenv("FUSIONLENS_CASES", str(demo_cases))
+    return AppTest.from_file(APP, default_timeout=120)
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(NOTICE in w.value for w in at.warning), "the research-use notice is missing"
+    return at
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    return ok(at.switch_page(page).run())
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def load_demo(at: AppTest) -> AppTest:
+    goto(at, PAGES[0])
+    at.radio(key="case_mode").set_value("Demo case").run()
+    return ok(at.button(key="demo_load").click().run())
+
+
+# ---- AppTest --------------------------------------------------------------------------------------------------------
+
+def test_home_lists_packages_and_every_page_renders_on_a_fresh_session(app):
+    at = ok(app.run())
     assert at.title[0].value == "FusionLens"
+    table = at.dataframe[0].value
+    assert sorted(table["variant"]) == ["gated", "mmtm"]
+    assert all(t.startswith("synthetic demo data") for t in table["training data"])
+    assert at.selectbox(key="w_cohort").value == "dermatology"
+    for page in PAGES:
+        goto(at, page)
+    assert any("No case is loaded yet" in i.value for i in at.info)
+
+
+def test_demo_case_on_every_page_and_switching_the_variant(app):
+    at = load_demo(app.run())
+    case = at.session_state["fl_case"]
+    assert case.case_id == "demo-1" and case.mask is not None and at.session_state["fl_case_label"] == "malignant"
+    at.session_state["ig_steps"] = 8            # keep the Captum runs short
+    at.session_state["shapley_samples"] = 10
+    at.session_state["stability_samples"] = 4
+
+    goto(at, PAGES[1])
+    assert any("tiny-gated" in c.value.replace("\\", "") for c in at.caption)
+    assert any("True label" in i.value and "malignant" in i.value for i in at.info)
+    figs = charts(at)
+    assert [f["data"][0]["type"] for f in figs] == ["bar", "box", "scatter"]  # probabilities, MC samples, referral curve
+    gated_probs = figs[0]["data"][0]["y"]
+
+    at.selectbox(key="w_variant").set_value("mmtm").run()
+    ok(at)
+    assert at.session_state["fl_model"].endswith("mmtm")
+    assert any("tiny-mmtm" in c.value.replace("\\", "") for c in at.caption)
+    assert charts(at)[0]["data"][0]["y"] != gated_probs
+
+    goto(at, PAGES[2])  # mmtm: gates, temperature + measured polarisation, scale weights, attention, Shapley
+    assert at.selectbox(key="w_variant").value == "mmtm"  # the choice survives the page switch
+    assert any(m.label == "Measured gate polarisation" for m in at.metric)
+    titles = [(f["layout"].get("title") or {}).get("text", "") for f in charts(at)]
+    assert any(t.startswith("Attention of the") for t in titles) and any("Shapley" in t for t in titles)
+    assert any(t.startswith("Scale weights") for t in titles)
+    # default query: the note's word pieces, whose keys are image patches and table features
+    att = next(f for f in charts(at) if (f["layout"].get("title") or {}).get("text", "").startswith("Attention of the note"))
+    assert {s["name"] for s in att["layout"]["shapes"] if s["type"] == "rect"} == {"image", "metadata"}
+    assert "table age" in att["layout"]["xaxis"]["ticktext"] and "image r0 c0" in att["layout"]["xaxis"]["ticktext"]
+    assert any(t.endswith("on image patches (mean over rows)") for t in titles)
+
+    goto(at, PAGES[3])  # Grad-CAM overlay with the lesion outline, shares, confidence check, split maps, stability
+    figs = charts(at)
+    assert len(figs) == 5
+    assert any(s["type"] == "path" for s in figs[0]["layout"]["shapes"])
+    assert any(m.label == "Mean pairwise correlation" for m in at.metric)
+
+    goto(at, PAGES[4])  # note words and table bars (this model has no spectrum)
+    assert any("fl-note" in m.value and "<span" in m.value for m in at.markdown)
+    assert len(charts(at)) == 1
+
+
+def test_case_form_refuses_a_bad_value_next_to_it_and_keeps_the_rest(app):
+    at = goto(app.run(), PAGES[0])
+    at.number_input(key="meta_age").set_value(200)
+    at.selectbox(key="meta_sex").set_value("male")
+    at.text_area(key="up_note_text").input("Itchy lesion on the back.")
+    ok(at.button(key="case_submit").click().run())
+    errors = [e.value for e in at.error]
+    assert errors == ["age (years) = 200 is outside the allowed range (0 to 120 years)."]
+    case = at.session_state["fl_case"]
+    assert case.metadata == {"sex": "male"} and case.note == "Itchy lesion on the back."
+    assert at.number_input(key="meta_age").value == 200  # the form keeps what was typed, to fix it
+    at.number_input(key="meta_age").set_value(62)
+    ok(at.button(key="case_submit").click().run())
+    assert not at.error and at.session_state["fl_case"].metadata == {"age": 62.0, "sex": "male"}
+
+
+def test_bad_image_is_one_sentence_and_the_escaped_note_stays(app):
+    at = goto(app.run(), PAGES[0])
+    at.file_uploader(key="up_image").set_value(("lesion.png", b"this is not a png", "image/png"))
+    at.file_uploader(key="up_note_file").set_value(("note.txt", b"<script>alert(1)</script> itchy rash", "text/plain"))
+    ok(at.button(key="case_submit").click().run())
+    assert len(at.error) == 1 and "image" in at.error[0].value and at.error[0].value.count(";") <= 1
+    case = at.session_state["fl_case"]
+    assert case.image is None and case.note == "<script>alert(1)</script> itchy rash"
+    shown = [m.value for m in at.markdown if "fl-note" in m.value]
+    assert shown and "&lt;script&gt;alert(1)&lt;/script&gt;" in shown[0]
+    assert not any("<script" in m.value for m in at.markdown)
+
+    at.session_state["ig_steps"] = 8
+    goto(at, PAGES[4])  # the highlighted note is escaped too
+    shown = [m.value for m in at.markdown if "fl-note" in m.value]
+    assert shown and "&lt;" in shown[0] and not any("<script" in m.value for m in at.markdown)
+
+
+def test_bundle_errors_are_one_sentence_in_the_app(app):
+    at = goto(app.run(), PAGES[0])
+    at.radio(key="case_mode").set_value("Case bundle").run()
+    at.file_uploader(key="bundle_file").set_value(("case.json", b"[1, 2, 3]", "application/json")).run()
+    ok(at.button(key="bundle_load").click().run())
+    assert [e.value for e in at.error] == ["The file 'case.json' must be a JSON object of name: value pairs, not a list."]
+    assert at.session_state["fl_case"] is None
+    at.file_uploader(key="bundle_file").set_value(
+        ("case.json", json.dumps({"note": "Bleeding nodule.", "metadata": {"age": 300, "site": "face"}}).encode(),
+         "application/json")).run()
+    ok(at.button(key="bundle_load").click().run())
+    case = at.session_state["fl_case"]
+    assert case.note == "Bleeding nodule." and case.metadata == {"site": "face"}
+    assert any("metadata.age" in e.value and "0 to 120 years" in e.value for e in at.error)
+
+
+# ---- case bundles (no streamlit) ---------------------------------------------------------------------------------------
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    make_case(0).image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_zip_bundle_in_a_folder_is_read_and_unknown_files_are_ignored():
+    data = _zip({"case-7/image.png": _png(), "case-7/note.txt": b"Itchy.", "case-7/extra.docx": b"x",
+                 "case-7/metadata.json": json.dumps({"age": 40, "label": "benign"}).encode()})
+    got = bundles.read_bundle("upload.zip", data)
+    assert got.case_id == "case-7" and got.image and got.note == b"Itchy." and got.label == "benign"
+    assert got.metadata == {"age": 40} and "extra.docx" in got.warnings[0]
+
+
+@pytest.mark.parametrize("name, members, message", [
+    ("t.zip", {"../evil.txt": b"x"}, "climbs out"),
+    ("t.zip", {"case/../../note.txt": b"x"}, "climbs out"),
+    ("t.zip", {"/etc/note.txt": b"x"}, "unsafe name"),
+    ("t.zip", {"C:\\note.txt": b"x"}, "unsafe name"),
+    ("t.zip", {"inner.zip": b"PK\x03\x04"}, "nested archives"),
+    ("t.zip", {"note.txt": _zip({"a.txt": b"x"})}, "nested archives"),
+    ("t.zip", {"note.txt": b"\0" * (3 * 2**20)}, "zip bomb"),
+    ("t.zip", {"metadata.json": b"[1]"}, "must be a JSON object"),
+    ("t.zip", {"readme.md": b"x"}, "holds none of"),
+    ("t.zip", {"image.png": b"x", "image.jpg": b"y"}, "more than one image"),
+    ("t.zip", {}, "holds none of"),
+    ("bad.zip", None, "not a readable .zip"),
+    ("t.json", b'"just text"', "must be a JSON object"),
+    ("t.json", b"{not json", "not valid JSON"),
+    ("t.json", b'{"metadata": [1, 2]}', "must be a JSON object"),
+    ("t.json", b'{"other": 1}', "neither 'note' nor 'metadata'"),
+    ("t.exe", b"MZ", "not a case bundle"),
+])
+def test_bad_bundles_are_refused_with_one_sentence(name, members, message):
+    data = members if isinstance(members, bytes) else (b"PK\x03\x04 broken" if members is None else _zip(members))
+    with pytest.raises(ValueError) as e:
+        bundles.read_bundle(name, data)
+    text = str(e.value)
+    assert message in text and "\n" not in text and (text[0].isupper() or text[0] == "'")
+
+
+def test_oversize_members_and_totals_are_refused_from_declared_sizes(monkeypatch):
+    monkeypatch.setattr(bundles, "MAX_MEMBER_BYTES", 1000)
+    with pytest.raises(ValueError, match="the limit per file is"):
+        bundles.read_bundle("t.zip", _zip({"note.txt": bytes(range(256)) * 8}))
+    monkeypatch.setattr(bundles, "MAX_MEMBER_BYTES", 10_000)
+    monkeypatch.setattr(bundles, "MAX_TOTAL_BYTES", 3000)
+    with pytest.raises(ValueError, match="unpacks to more than"):
+        bundles.read_bundle("t.zip", _zip({"note.txt": bytes(range(256)) * 8, "spectrum.csv": bytes(range(256)) * 8}))
+
+
+def test_links_in_a_bundle_are_refused():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        info = zipfile.ZipInfo("note.txt")
+        info.external_attr = (0o120777 << 16)
+        z.writestr(info, "/etc/passwd")
+    with pytest.raises(ValueError, match="link"):
+        bundles.read_bundle("t.zip", buf.getvalue())
+
+
+def test_metadata_fields_are_validated_one_by_one():
+    from core.encoders.tabular import TabularSchema
+
+    valid, errors = bundles.validate_metadata_fields(TabularSchema(SCHEMA), {"age": 200, "sex": "Male", "site": None})
+    assert valid == {"sex": "male"}
+    assert errors == {"metadata.age": "age (years) = 200 is outside the allowed range (0 to 120 years)."}

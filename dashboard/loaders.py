@@ -1,0 +1,159 @@
+"""Where packages and demo cases come from, and the caches around core's expensive calls.
+
+* Model packages are found below the operator's folders only: ``FUSIONLENS_MODELS`` (comma-separated),
+  default ``<repo>/assets/models``. The UI lists what is found; it never takes a typed model path.
+* Each package is loaded once per process (``st.cache_resource``) and shared read-only by every
+  session; core freezes its weights and explainers hook private copies.
+* Predictions and explanations are cached per session, keyed by (package sha256 and folder, case
+  fingerprint, options): a case's data never leaves its session.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import streamlit as st
+
+from core import Case, Package, PackageError, Prediction, discover_packages, load_package, read_package_summary
+from core.explain import Explanation, explain_case
+
+from cases import DemoCase, list_demo_cases
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_ENV = "FUSIONLENS_MODELS"
+CASES_ENV = "FUSIONLENS_CASES"
+DEFAULT_MODELS = REPO / "assets" / "models"
+DEFAULT_CASES = REPO / "assets" / "cases"
+RESULTS_KEY = "fl_results"      # the per-session result cache (an OrderedDict)
+MAX_RESULTS = 24
+
+
+def _roots(env: str, default: Path) -> list[Path]:
+    value = os.environ.get(env, "").strip()
+    if not value:
+        return [default]
+    return [Path(p.strip()).expanduser().resolve() for p in value.split(",") if p.strip()]
+
+
+def models_roots() -> list[Path]:
+    return _roots(MODELS_ENV, DEFAULT_MODELS)
+
+
+def cases_roots() -> list[Path]:
+    return _roots(CASES_ENV, DEFAULT_CASES)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def _summaries(roots: tuple[str, ...]) -> tuple[list[dict[str, Any]], list[str]]:
+    found, problems = [], []
+    for root in roots:
+        for path in discover_packages(root):
+            try:
+                s = read_package_summary(path)
+            except PackageError as e:
+                problems.append(str(e))
+                continue
+            s["root"] = root
+            s["path"] = str(Path(path).resolve())
+            found.append(s)
+    return found, problems
+
+
+def package_summaries() -> tuple[list[dict[str, Any]], list[str]]:
+    """Every package found below the models folders (config facts only, no weights) and the
+    sentences for folders that could not be read."""
+    return _summaries(tuple(str(r) for r in models_roots()))
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _load(path: str, root: str, sha256: str) -> Package:
+    # sha256 is part of the key: a package replaced on disk is loaded again
+    return load_package(path, root=root)
+
+
+def load(summary: dict[str, Any]) -> Package:
+    """The shared, read-only Package of a summary (PackageError if it can't be used)."""
+    return _load(summary["path"], summary["root"], str(summary.get("sha256")))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def package_metrics(path: str) -> dict[str, Any] | None:
+    """``metrics.json`` of a package folder, or None."""
+    f = Path(path) / "metrics.json"
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def demo_cases() -> list[DemoCase]:
+    return list_demo_cases(cases_roots())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the per-session result cache
+
+def case_fingerprint(case: Case) -> str:
+    """sha256 over every channel of a case (kept in ``case.extras`` once computed)."""
+    fp = case.extras.get("fingerprint")
+    if fp:
+        return fp
+    h = hashlib.sha256()
+    if case.image is not None:
+        h.update(b"image" + repr((case.image.size, case.image.mode)).encode() + case.image.tobytes())
+    if case.mask is not None:
+        h.update(b"mask" + repr(case.mask.shape).encode() + np.packbits(case.mask).tobytes())
+    h.update(b"note" + (case.note or "").encode())
+    h.update(b"meta" + json.dumps(case.metadata or {}, sort_keys=True, default=str).encode())
+    if case.spectrum is not None:
+        h.update(b"spectrum" + repr(case.spectrum.shape).encode() + np.ascontiguousarray(case.spectrum).tobytes())
+    fp = case.extras["fingerprint"] = h.hexdigest()
+    return fp
+
+
+def _cached(kind: str, pkg: Package, case: Case, options: tuple, compute: Callable[[], Any] | None) -> Any:
+    """The session's cached result for (kind, package, case, options); computed when missing unless
+    ``compute`` is None (then None: "not computed yet")."""
+    store = st.session_state.setdefault(RESULTS_KEY, OrderedDict())
+    key = (kind, pkg.sha256, str(pkg.path), case_fingerprint(case), options)
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
+    if compute is None:
+        return None
+    value = compute()
+    store[key] = value
+    while len(store) > MAX_RESULTS:
+        store.popitem(last=False)
+    return value
+
+
+def predict(pkg: Package, case: Case) -> Prediction:
+    return _cached("predict", pkg, case, (), lambda: pkg.predict(case))
+
+
+def explain(pkg: Package, case: Case, parts: Sequence[str], only_cached: bool = False, **options: Any) -> Explanation | None:
+    """``core.explain.explain_case`` once per (package, case, parts, options) in this session;
+    ``only_cached``: None instead of computing (for slow methods that wait for a button)."""
+    opts = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in options.items()))
+    compute = None if only_cached else (lambda: explain_case(pkg, case, parts=tuple(parts), **options))
+    return _cached("explain", pkg, case, (tuple(parts), opts), compute)
+
+
+def note_tokens(pkg: Package, note: str | None) -> list[str] | None:
+    """The word pieces the model's note encoder makes of a note (attention key labels)."""
+    if not note or "note" not in pkg.model.encoders:
+        return None
+    enc = pkg.model.encoders["note"]
+    ids = enc.tokenizer(note, truncation=True, max_length=enc.max_length)["input_ids"]
+    return list(enc.tokenizer.convert_ids_to_tokens(ids))
+
+
+def cam_layers(pkg: Package) -> list[str]:
+    return list(pkg.model.encoders["image"].cam_layers()) if "image" in pkg.model.encoders else []

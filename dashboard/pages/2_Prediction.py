@@ -1,0 +1,91 @@
+"""Prediction: calibrated probabilities, the MC-dropout spread, uncertainty in plain words, the
+referral flag and where the case sits on the package's accuracy-vs-referred curve."""
+from __future__ import annotations
+
+import streamlit as st
+
+import loaders
+from core import CaseError, PackageError, plots
+from state import md_escape, setup_page, show_error
+
+page = setup_page("Prediction", "📊")
+st.title("Prediction")
+pkg = page.package()
+case = page.require_case() if pkg is not None else None
+if pkg is None or case is None:
+    st.stop()
+
+try:
+    with st.spinner("Predicting (MC-dropout samples of the head)…"):
+        pred = loaders.predict(pkg, case)
+except (CaseError, PackageError, ValueError) as e:
+    show_error(e)
+    st.stop()
+
+st.caption(f"Model: **{md_escape(pkg.name)}** (variant {pkg.variant}, {len(pred.mc_samples)} MC-dropout samples, "
+           f"calibration temperature {pkg.temperature:.3f})")
+top = float(pred.calibrated[pred.label_index])
+c1, c2, c3 = st.columns(3)
+c1.metric("Predicted class", pred.label, help="The class with the highest calibrated probability.")
+c2.metric("Calibrated probability", f"{top:.1%}")
+c3.metric("Uncertainty (normalised entropy)", f"{pred.uncertainty['normalised_entropy']:.2f}",
+          help="0 = all probability on one class, 1 = spread evenly over every class.")
+if page.label:
+    match = "matches" if page.label == pred.label else "differs from"
+    st.info(f"True label recorded with this demo case: **{md_escape(page.label)}**; the prediction {match} it.")
+
+if pred.refer:
+    st.warning(f"**Advise re-check by a clinician.** This case's uncertainty ({pred.referral['value']:.2f}) is above "
+               f"the package's referral threshold ({pred.referral['threshold']:.2f}).", icon="🔁")
+else:
+    st.success(f"No referral flag: the uncertainty ({pred.referral['value']:.2f}) is below the package's referral "
+               f"threshold ({pred.referral['threshold']:.2f}).", icon="✅")
+for w in pred.warnings:
+    st.info(w)
+missing = [m for m, ok in pred.present.items() if not ok]
+if missing:
+    st.caption(f"Missing inputs, replaced by the model's learned 'missing' embedding: {', '.join(missing)}.")
+
+left, right = st.columns(2)
+with left:
+    std = pred.mc_samples.std(0)
+    st.plotly_chart(plots.probability_bars(pred.labels, pred.calibrated, std, page.label), key="prob_chart")
+    st.caption("Bars: calibrated probabilities (dropout off). Error bars: standard deviation across the MC-dropout samples.")
+with right:
+    st.plotly_chart(plots.mc_distribution(pred.labels, pred.mc_samples), key="mc_chart")
+    st.caption("Each point is one MC-dropout sample of the head; a wide box means the model is unsure of that class's "
+               "probability.")
+
+st.subheader("Uncertainty")
+u = pred.uncertainty
+a, b, c = st.columns(3)
+a.metric("Total (predictive entropy)", f"{u['predictive_entropy']:.3f}")
+a.caption("How spread the averaged prediction is over the classes: everything the model is unsure about.")
+b.metric("Aleatoric (expected entropy)", f"{u['aleatoric']:.3f}")
+b.caption("The part that stays when the model is certain of its own weights: ambiguity in the case itself "
+          "(unclear image, sparse note). More data about this case would help, more training would not.")
+c.metric("Epistemic (mutual information)", f"{u['epistemic']:.3f}")
+c.caption("The part from disagreement between MC-dropout samples: the model has seen too few cases like this one. "
+          "High values mean the case may lie outside the training data.")
+
+st.subheader("Referral and accuracy")
+metrics = loaders.package_metrics(str(pkg.path)) or {}
+curve = metrics.get("accuracy_vs_referred")
+if isinstance(curve, dict) and curve.get("fractions") and curve.get("accuracy"):
+    refer_fraction = (pkg.config.get("train_config", {}).get("train", {}) or {}).get("refer_fraction")
+    pos = plots.referral_position(curve, pred.referral["value"])
+    fig = plots.referral_curve(curve["fractions"], curve["accuracy"], refer_fraction,
+                               pos, pred.refer)
+    st.plotly_chart(fig, key="referral_chart")
+    where = []
+    if refer_fraction is not None:
+        where.append(f"The package's threshold refers the {refer_fraction:.0%} most uncertain validation cases; "
+                     f"this case would be **{'referred' if pred.refer else 'kept'}** there.")
+    if pos is not None:
+        where.append(f"This case would first be referred once about {pos:.0%} of the most uncertain cases are referred.")
+    elif "thresholds" in curve:
+        where.append("This case is less uncertain than every cut-off on the curve: it would be kept at every point.")
+    st.caption(" ".join(where) + " The curve: accuracy on the cases kept when the most uncertain share is referred "
+               "(the package's test split).")
+else:
+    st.caption("This package has no accuracy-vs-referred curve (metrics.json).")

@@ -1,0 +1,174 @@
+"""Fusion internals: how the fusion weighed each input for this case — modality weights, gates (per
+dimension on demand), the learned temperature and the measured gate polarisation, level / scale
+weights, attention maps over labelled key tokens, and each modality's Shapley value."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+import loaders
+from core import FUSIONS, CaseError, PackageError, plots
+from state import md_escape, setup_page, show_error
+
+page = setup_page("Fusion internals", "🧬")
+st.title("Fusion internals")
+pkg = page.package()
+case = page.require_case() if pkg is not None else None
+if pkg is None or case is None:
+    st.stop()
+
+try:
+    with st.spinner("Running the model…"):
+        pred = loaders.predict(pkg, case)
+except (CaseError, PackageError, ValueError) as e:
+    show_error(e)
+    st.stop()
+
+
+def arr(v) -> np.ndarray:
+    return np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v, dtype=np.float64)
+
+
+diag = pred.diagnostics
+mods = pkg.modalities
+fusion_cls = FUSIONS.get(pkg.variant)
+st.markdown(f"**{pkg.variant}** — {md_escape(fusion_cls.SUMMARY or 'fusion variant')}")
+if not all(pred.present.values()):
+    st.caption("Missing inputs enter through the model's learned 'missing' embedding: "
+               + ", ".join(m for m, ok in pred.present.items() if not ok) + ".")
+
+# ---- shares of the fused vector ---------------------------------------------------------------------------------
+left, right = st.columns(2)
+with left:
+    w = arr(diag["modality_weights"])
+    st.plotly_chart(plots.modality_bars(dict(zip(mods, w)), "Modality weights (this variant's own mechanism)",
+                                        reference=1 / len(mods)), key="modality_weights_chart")
+    st.caption("Each input's share of the fused vector by the variant's mechanism; the dotted line is an equal share.")
+with right:
+    if "gates" in diag:
+        g = arr(diag["gates"])
+        st.plotly_chart(plots.modality_bars(dict(zip(mods, g)), "Gate per modality (mean over dimensions)",
+                                            axis_title="gate", percent=False), key="gates_chart")
+    elif "contribution_norms" in diag:
+        n = arr(diag["contribution_norms"])
+        st.plotly_chart(plots.modality_bars(dict(zip(mods, n)), "Contribution norm per modality",
+                                            axis_title="‖contribution‖", percent=False), key="norms_chart")
+        st.caption("The size of each input's block of the fused vector before mixing (larger = louder, not "
+                   "necessarily more useful).")
+    elif "level_gates" in diag:
+        st.plotly_chart(plots.level_gates_heatmap(mods, arr(diag["level_gates"])), key="level_gates_chart")
+
+if "gates_per_dim" in diag and st.checkbox("Show the gate of every fused dimension", key="show_gates_per_dim"):
+    st.plotly_chart(plots.gates_per_dim_heatmap(mods, arr(diag["gates_per_dim"])), key="gates_per_dim_chart")
+
+# ---- learned temperature --------------------------------------------------------------------------------------
+if "temperature" in diag:
+    st.subheader("Learned temperature and gate polarisation")
+    tau = float(arr(diag["temperature"]))
+    mode = (pkg.config.get("architecture", {}).get("fusion", {}).get("options", {}) or {}).get("temperature_mode", "scale")
+    polar = float(arr(diag.get("gate_polarisation", np.nan)))
+    a, b = st.columns(2)
+    a.metric("Temperature τ", f"{tau:.3f}")
+    b.metric("Measured gate polarisation", f"{polar:.2f}",
+             help="0 = every modality gated equally, 1 = one modality takes all the gate mass (this case).")
+    if mode == "scale":
+        a.caption(f"Gates are sigmoid(z) × τ, so they lie in [0, {tau:.2f}]: τ scales the gates, it does not "
+                  "sharpen them. Read the polarisation, measured on this case, instead of reading sharpness off τ.")
+    else:
+        a.caption("Gates are sigmoid(z / τ): a small τ can polarise the gates, a large one smooths them; the "
+                  "polarisation measured on this case says what it actually did.")
+    if np.isfinite(polar):
+        top = mods[int(np.argmax(arr(diag['gates'])))] if "gates" in diag else "one modality"
+        words = ("the gates share the fusion almost evenly" if polar < 0.2 else
+                 f"the gates lean towards {top}" if polar < 0.6 else f"the gates are strongly polarised towards {top}")
+        b.caption(f"For this case {words}.")
+
+# ---- hierarchical levels and scales ----------------------------------------------------------------------------------
+figs = []
+if "level_weights" in diag:
+    figs.append(("level_weights_chart", plots.weight_bars(plots.LEVEL_NAMES, arr(diag["level_weights"]),
+                                                          "Level weights a_i (early, middle, last)")))
+if "level_gates" in diag and "gates" in diag:  # (without gates, level gates are drawn above)
+    figs.append(("level_gates_chart2", plots.level_gates_heatmap(mods, arr(diag["level_gates"]))))
+if "scale_weights" in diag:
+    figs.append(("scale_weights_chart", plots.weight_bars(plots.SCALE_NAMES, arr(diag["scale_weights"]),
+                                                          "Scale weights (global, meso, local)")))
+if "rank_weights" in diag:
+    r = arr(diag["rank_weights"])
+    figs.append(("rank_weights_chart", plots.weight_bars([f"rank {i + 1}" for i in range(len(r))], r, "Rank weights")))
+if figs:
+    st.subheader("Levels and scales")
+    cols = st.columns(2)
+    for i, (key, fig) in enumerate(figs):
+        with cols[i % 2]:
+            st.plotly_chart(fig, key=key)
+
+# ---- attention ---------------------------------------------------------------------------------------------------------
+attention = diag.get("attention") or {}
+if attention:
+    st.subheader("Attention")
+    spans_all = diag.get("attention_key_spans") or {}
+    queries = list(attention)
+    # default: the first query that attends to image patches (drawn on the image below)
+    first = next((i for i, q in enumerate(queries) if "image" in (spans_all.get(q) or {})), 0)
+    query = st.selectbox("Querying tokens", queries, index=first, key="attention_query",
+                         format_func=lambda q: "classification token" if q == "cls" else f"{q} tokens")
+    a = arr(attention[query])
+    spans = {m: tuple(int(x) for x in s) for m, s in (spans_all.get(query) or {}).items()}
+    tokens = loaders.note_tokens(pkg, case.note)
+    features = pkg.schema.names if pkg.schema is not None else None
+    grid = pkg.model.encoders["spectrum"].grid if "spectrum" in pkg.model.encoders else None
+    absent = [m for m, ok in pred.present.items() if not ok]
+    keys = plots.key_labels(spans, a.shape[-1], tokens, features, grid, absent)
+    qlabels = (["classification token"] if query == "cls" else
+               [k.split(" ", 1)[-1] for k in plots.key_labels({query: (0, a.shape[0])}, a.shape[0], tokens, features,
+                                                              grid, absent)])
+    st.plotly_chart(plots.attention_heatmap(a, spans, keys, qlabels, f"Attention of the {query} tokens over the keys"),
+                    key="attention_chart")
+    st.caption("Rows: querying tokens; columns: key tokens, boxed by modality (image patches row-major, note word "
+               "pieces, table features, spectral segments). Head-averaged attention of the last layer.")
+    if "image" in spans and case.image is not None:
+        s0, s1 = spans["image"]
+        patch = a[:, s0:s1].mean(0)
+        if s1 - s0 > 1:
+            opacity = st.slider("Patch overlay opacity", 0.0, 1.0, 0.5, 0.05, key="patch_opacity")
+            st.plotly_chart(plots.patch_attention_overlay(case.image, patch, opacity,
+                                                          f"Attention of the {query} tokens on image patches (mean over rows)"),
+                            key="patch_chart")
+    if "attention_mass" in diag:
+        mass = arr(diag["attention_mass"])
+        st.dataframe([{"querying": mods[i], **{f"→ {m}": round(float(mass[i, j]), 3) for j, m in enumerate(mods)}}
+                      for i in range(len(mods))], hide_index=True, key="attention_mass_table")
+        st.caption("Attention mass: each row's share of attention on each modality's keys.")
+
+if "metadata_feature_gates" in diag:
+    with st.expander("Metadata feature-selection gates (learned, the same for every case)"):
+        st.plotly_chart(plots.weight_bars(list(diag["metadata_feature_gates"]), list(diag["metadata_feature_gates"].values()),
+                                          "Feature gates", "gate"), key="feature_gates_chart")
+
+# ---- modality Shapley values ---------------------------------------------------------------------------------------------
+st.subheader("What each input contributed")
+labels = pkg.labels
+target = st.selectbox("Explain the class", labels, index=pred.label_index, key="fusion_target")
+try:
+    with st.spinner("Computing the modality Shapley values (every subset of the inputs)…"):
+        ex = loaders.explain(pkg, case, ("modality",), target=labels.index(target))
+except (CaseError, PackageError, ValueError) as e:
+    show_error(e)
+    st.stop()
+rep = ex.modality or {}
+if rep.get("values"):
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(plots.shapley_bars(rep, f"Shapley values for P({target})"), key="shapley_chart")
+    with right:
+        st.plotly_chart(plots.counterfactual_bars(rep), key="without_chart")
+    top = rep.get("top_modality")
+    st.caption(f"Exact Shapley values over the present inputs; they add up to P(all inputs) − P(no inputs) = "
+               f"{rep['full'] - rep['none']:+.3f}. Largest contribution: **{top}**. Absent inputs are replaced by "
+               "the model's learned 'missing' embedding, as the model handles missing data.")
+    st.dataframe([{"input": m, "Shapley value": round(v, 4), "P without it": round(rep["without"][m], 4),
+                   "P with only it": round(rep["only"][m], 4)} for m, v in rep["values"].items()],
+                 hide_index=True, key="shapley_table")
+else:
+    st.info("No input of this case is used by the model, so there is nothing to attribute.")

@@ -1,0 +1,119 @@
+"""Image explanations: a Grad-CAM-family heatmap through the whole fused model, lesion vs context
+(mass vs area, the confidence check, lesion-only / context-only maps) and stability across MC samples."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+import loaders
+from core import CaseError, PackageError, plots
+from core.explain import CAM_METHODS
+from state import setup_page, show_error
+
+page = setup_page("Image explanations", "🖼️")
+st.title("Image explanations")
+pkg = page.package()
+case = page.require_case() if pkg is not None else None
+if pkg is None or case is None:
+    st.stop()
+if "image" not in pkg.modalities:
+    st.info("The selected model does not use images; pick a variant with an image input in the sidebar.")
+    st.stop()
+if case.image is None:
+    st.info("This case has no image (the model used its learned 'missing' embedding instead); upload one on the "
+            "Case page to see image explanations.")
+    st.stop()
+try:
+    pred = loaders.predict(pkg, case)
+except (CaseError, PackageError, ValueError) as e:
+    show_error(e)
+    st.stop()
+
+
+def method_name(m: str) -> str:
+    cost = CAM_METHODS[m][2]
+    return m if cost == "fast" else f"{m} (slow)"
+
+
+c1, c2, c3 = st.columns(3)
+method = c1.selectbox("CAM method", list(CAM_METHODS), key="cam_method", format_func=method_name,
+                      help="Methods marked slow run one forward pass per channel of the layer.")
+layer = c2.selectbox("Layer", loaders.cam_layers(pkg), key="cam_layer",
+                     help="The last stage is coarse and semantic; earlier stages are finer but noisier.")
+target = c3.selectbox("Explain the class", pkg.labels, index=pred.label_index, key="image_target")
+c4, c5, c6 = st.columns(3)
+tta = c4.toggle("Test-time augmentation", key="cam_tta", help="Average the heatmap over flips and a rotation.")
+samples = c5.slider("MC samples for stability", 4, 16, 8, key="stability_samples")
+opacity = c6.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
+
+options = dict(target=pkg.labels.index(target), cam_methods=(method,), cam_layer=layer, tta=tta)
+slow = CAM_METHODS[method][2] != "fast"
+ex = loaders.explain(pkg, case, ("cam", "lesion_context"), only_cached=True, **options)
+if ex is None and slow:
+    st.caption(f"{method}: {CAM_METHODS[method][2]}.")
+    if not st.button(f"Compute {method}", key="cam_compute", type="primary"):
+        st.stop()
+progress = st.progress(0.0, text="Heatmap and lesion / context check…")
+try:
+    if ex is None:
+        ex = loaders.explain(pkg, case, ("cam", "lesion_context"), **options)
+    stab = None
+    if not slow or st.session_state.get("slow_stability"):
+        progress.progress(0.5, text=f"Stability across {samples} MC-dropout samples…")
+        stab = loaders.explain(pkg, case, ("stability",), stability_samples=samples, **options)
+    progress.progress(1.0, text="Done.")
+except (CaseError, PackageError, ValueError) as e:
+    progress.empty()
+    show_error(e)
+    st.stop()
+progress.empty()
+
+cam = ex.cams[method]
+lc = ex.lesion_context or {}
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(plots.cam_overlay(case.image, cam, opacity, lc.get("mask"), lc.get("ring"),
+                                      f"{method} · {layer} · P({target})"), key="cam_chart")
+    st.caption(f"Green outline: lesion mask ({lc.get('mask_source', 'none')}); dotted white: the context ring around it. "
+               "Red = regions that raised the explained class's calibrated logit.")
+    if st.checkbox("Prepare a PNG of this overlay", key="cam_png"):
+        st.download_button("Download PNG", plots.cam_overlay_png(case.image, cam, lc.get("mask"), opacity,
+                                                                 f"{method} · {layer} · P({target})"),
+                           file_name=f"{case.case_id or 'case'}_{method}.png", mime="image/png", key="cam_png_download")
+with right:
+    shares = (lc.get("shares") or {}).get(method)
+    if shares:
+        st.plotly_chart(plots.region_shares(shares), key="shares_chart")
+        if np.isfinite(shares.get("lesion", np.nan)):
+            ratio = shares["lesion"] / max(shares["lesion_area"], 1e-9)
+            st.caption(f"The lesion holds {shares['lesion']:.0%} of the heatmap's mass on {shares['lesion_area']:.0%} of "
+                       f"the image ({ratio:.1f}× its area share); the context ring {shares['context']:.0%} on "
+                       f"{shares['context_area']:.0%}. Peak in the lesion: "
+                       f"{'yes' if (shares.get('pointing_game') or {}).get('hit_lesion') else 'no'}.")
+        else:
+            st.caption("The heatmap is all zero: it puts no mass anywhere, so there are no shares to report.")
+
+if lc:
+    st.subheader("Lesion or context?")
+    a, b = st.columns(2)
+    with a:
+        conf = lc["confidence"]
+        st.plotly_chart(plots.confidence_check(conf, target), key="confidence_chart")
+        full = conf["full"]
+        st.caption(f"P({target}) with only the lesion sharp: {conf['lesion_only']:.1%} ({conf['lesion_only'] - full:+.1%} vs "
+                   f"the full image); only the context: {conf['context_only']:.1%} ({conf['context_only'] - full:+.1%}); "
+                   f"neither: {conf['neither']:.1%}. The rest of the image is blurred, not blacked out.")
+    with b:
+        st.plotly_chart(plots.heatmap_pair(lc["lesion_only_map"], lc["context_only_map"]), key="split_chart")
+        st.caption("The heatmap kept only inside the lesion (left) and only in the context ring (right), same colour scale.")
+
+st.subheader("Stability across MC-dropout samples")
+if slow:
+    st.checkbox(f"Compute the stability of {method} too (one {method} run per sample: slow)", key="slow_stability")
+s = stab.stability if stab is not None else None
+if s:
+    corr = s["mean_pairwise_correlation"]
+    st.metric("Mean pairwise correlation", "n/a" if not np.isfinite(corr) else f"{corr:.2f}",
+              help="1 = the heatmap is the same under every MC-dropout sample of the head.")
+    st.plotly_chart(plots.stability_figure(s), key="stability_chart")
+    st.caption(f"{s['samples']} samples. Bright areas on the right change between samples: read them with care.")

@@ -1,0 +1,189 @@
+"""Session-state keys and ``setup_page``, the one call at the top of every page.
+
+``setup_page`` sets the page config, draws the sidebar (model picker: cohort + variant from the
+packages found, the research-use notice, the current case) and returns a :class:`Page` with what the
+page needs. Values that must survive page switches live under the ``fl_*`` keys; the sidebar widgets
+(``w_*``) are re-seeded from them on every run, because Streamlit drops a widget's state on pages
+that do not draw it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+import loaders
+from core import FUSIONS, RESEARCH_NOTICE, Case, CaseError, Package, PackageError
+
+# ---- session-state keys -------------------------------------------------------------------------
+MODEL = "fl_model"                # folder (str) of the selected model package
+CASE = "fl_case"                  # the current core.Case (valid fields only) or None
+CASE_SOURCE = "fl_case_source"    # where it came from: "uploaded files", "bundle 'x.zip'", "demo case cohort/id"
+CASE_LABEL = "fl_case_label"      # the true label carried by a demo case or bundle, or None
+CASE_ERRORS = "fl_case_errors"    # {field: sentence} for inputs of the last load that were left out
+CASE_WARNINGS = "fl_case_warnings"  # sentences about ignored bundle files, metadata names, ...
+RESULTS = loaders.RESULTS_KEY     # per-session cache of predictions and explanations
+# sidebar widget keys
+COHORT_W = "w_cohort"
+VARIANT_W = "w_variant"
+
+DEFAULTS: dict[str, Any] = {MODEL: None, CASE: None, CASE_SOURCE: None, CASE_LABEL: None, CASE_ERRORS: {},
+                            CASE_WARNINGS: []}
+MODALITY_NAMES = {"image": "image", "note": "clinical note", "metadata": "metadata", "spectrum": "spectrum"}
+SHORT_NOTICE = "Research use only, not a medical device."
+
+
+@dataclass
+class Page:
+    summary: dict[str, Any] | None           # the selected package's config facts
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    case: Case | None = None
+    label: str | None = None                  # the case's true label, when known
+
+    def package(self) -> Package | None:
+        """The selected package, loaded once per process; None (with a message) when unusable."""
+        if self.summary is None:
+            st.info("No model packages were found. Train a suite (`python -m core train-suite --cohort dermatology`) "
+                    f"or ask the operator to set {loaders.MODELS_ENV} to the models folder.")
+            return None
+        try:
+            with st.spinner(f"Loading the model {self.summary['name']}…"):
+                return loaders.load(self.summary)
+        except (PackageError, ValueError) as e:
+            show_error(e)
+            return None
+
+    def require_case(self) -> Case | None:
+        if self.case is None:
+            st.info("No case is loaded yet: upload one or pick a demo case on the **Case** page.")
+            st.page_link("pages/1_Case.py", label="Open the Case page", icon="📂")
+        return self.case
+
+
+def error_sentence(e: BaseException) -> str:
+    """One sentence for an error from core (never a traceback)."""
+    if isinstance(e, CaseError):
+        items = list(e.errors.items())
+        if len(items) == 1:
+            return items[0][1]
+        return f"The case has {len(items)} problems: " + " ".join(f"{k}: {v}" for k, v in items)
+    text = str(e).strip() or "Something went wrong with this input."
+    return text[0].upper() + text[1:]
+
+
+def md_escape(text: str) -> str:
+    """User text (file names, ids) for st.markdown / st.caption: markdown syntax shown literally."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]()<>#+-.!|~$" else ch for ch in str(text))
+
+
+def show_error(e: BaseException) -> None:
+    st.error(error_sentence(e), icon="🚫")
+
+
+def _init() -> None:
+    for k, v in DEFAULTS.items():
+        if k not in st.session_state:
+            st.session_state[k] = v.copy() if isinstance(v, (dict, list)) else v
+
+
+def _variant_labels(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Display label -> summary for one cohort: the variant name, made unique with the package name."""
+    order = {n: i for i, n in enumerate(FUSIONS.names())}
+    items = sorted(items, key=lambda s: (order.get(s["variant"], 99), s["name"], s["path"]))
+    counts: dict[str, int] = {}
+    for s in items:
+        counts[s["variant"]] = counts.get(s["variant"], 0) + 1
+    out: dict[str, dict[str, Any]] = {}
+    for s in items:
+        label = s["variant"] if counts[s["variant"]] == 1 else f"{s['variant']} · {s['name']}"
+        while label in out:
+            label += "′"
+        out[label] = s
+    return out
+
+
+def _by_cohort(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for s in summaries:
+        groups.setdefault(s.get("cohort") or "custom", []).append(s)
+    return {c: _variant_labels(groups[c]) for c in sorted(groups)}
+
+
+def _on_cohort(groups: dict[str, dict[str, dict[str, Any]]]) -> None:
+    labels = groups.get(st.session_state[COHORT_W], {})
+    if not labels:
+        return
+    current = next((s for g in groups.values() for s in g.values() if s["path"] == st.session_state.get(MODEL)), None)
+    same = [s for s in labels.values() if current is not None and s["variant"] == current["variant"]]
+    st.session_state[MODEL] = (same or list(labels.values()))[0]["path"]
+
+
+def _on_variant(labels: dict[str, dict[str, Any]]) -> None:
+    s = labels.get(st.session_state[VARIANT_W])
+    if s is not None:
+        st.session_state[MODEL] = s["path"]
+
+
+def _model_picker(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    st.sidebar.subheader("Model")
+    if not summaries:
+        st.sidebar.info("No model packages found.")
+        return None
+    groups = _by_cohort(summaries)
+    current = next((s for g in groups.values() for s in g.values() if s["path"] == st.session_state.get(MODEL)), None)
+    if current is None:  # default: the first cohort's first fused variant (a unimodal baseline only if alone)
+        first = list(next(iter(groups.values())).values())
+        current = next((s for s in first if s["variant"] != "unimodal"), first[0])
+        st.session_state[MODEL] = current["path"]
+    cohort = current.get("cohort") or "custom"
+    labels = groups[cohort]
+    # re-seed the widgets from the stored choice (their own state is dropped on page switches)
+    st.session_state[COHORT_W] = cohort
+    st.session_state[VARIANT_W] = next(k for k, s in labels.items() if s["path"] == current["path"])
+    st.sidebar.selectbox("Cohort", list(groups), key=COHORT_W, on_change=_on_cohort, args=(groups,))
+    st.sidebar.selectbox("Fusion variant", list(labels), key=VARIANT_W, on_change=_on_variant, args=(labels,),
+                         help="Every package found in the models folders; the operator decides which folders.")
+    if current.get("synthetic"):
+        st.sidebar.caption("Trained on **synthetic demo data**.")
+    return current
+
+
+def _case_summary(case: Case | None, summary: dict[str, Any] | None) -> None:
+    st.sidebar.subheader("Current case")
+    if case is None:
+        st.sidebar.caption("No case loaded: open the **Case** page.")
+        return
+    source = st.session_state.get(CASE_SOURCE) or "uploaded"
+    st.sidebar.text(case.case_id or "unnamed case")  # text, not markdown: ids come from uploads
+    st.sidebar.caption(f"from {md_escape(source)}")
+    used = summary["modalities"] if summary else list(MODALITY_NAMES)
+    present = case.present()
+    lines = []
+    for m in MODALITY_NAMES:
+        if m in used:
+            lines.append(f"- {MODALITY_NAMES[m]}: {'present' if present[m] else '**missing**'}")
+        elif present[m]:
+            lines.append(f"- {MODALITY_NAMES[m]}: present, not used by this model")
+    st.sidebar.markdown("\n".join(lines))
+    label = st.session_state.get(CASE_LABEL)
+    if label:
+        st.sidebar.caption(f"True label (demo data): {label}")
+    errors = st.session_state.get(CASE_ERRORS) or {}
+    if errors:
+        st.sidebar.caption(f"{len(errors)} input(s) were left out because of errors; see the Case page.")
+
+
+def setup_page(title: str, icon: str = "🔎") -> Page:
+    """Page config, session defaults, the sidebar; call first on every page."""
+    st.set_page_config(page_title=f"{title} · FusionLens", page_icon=icon, layout="wide")
+    _init()
+    summaries, problems = loaders.package_summaries()
+    st.sidebar.warning(RESEARCH_NOTICE, icon="⚠️")
+    summary = _model_picker(summaries)
+    for p in problems:
+        st.sidebar.caption(f"Skipped a model folder: {p}")
+    case = st.session_state.get(CASE)
+    _case_summary(case, summary)
+    st.caption(f"⚠️ {SHORT_NOTICE} Never use it to diagnose or treat a patient.")
+    return Page(summary, summaries, case, st.session_state.get(CASE_LABEL))
