@@ -76,7 +76,10 @@ def classification_metrics(y: np.ndarray, prob_cal: np.ndarray, prob_uncal: np.n
     sens = recall_score(y, pred, labels=k, average=None, zero_division=0)
     out["sensitivity"] = {lab: float(s) for lab, s in zip(labels, sens)}
     out["support"] = {lab: int((y == i).sum()) for i, lab in enumerate(labels)}
-    out["accuracy_vs_referred"] = {"fractions": list(REFER_FRACTIONS), "accuracy": accuracy_vs_referred(correct, uncertainty)}
+    out["accuracy_vs_referred"] = {
+        "fractions": list(REFER_FRACTIONS), "accuracy": accuracy_vs_referred(correct, uncertainty),
+        # the normalised-entropy cut-off that refers each fraction (places a new case on the curve)
+        "thresholds": [float(np.quantile(uncertainty, 1 - f)) if f > 0 else float(np.max(uncertainty)) for f in REFER_FRACTIONS]}
     out["confusion_matrix"] = confusion_matrix(y, pred, labels=k).tolist()
     return out
 
