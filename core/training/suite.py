@@ -93,8 +93,20 @@ def train_suite(cohort_name: str, out_root: str | Path = "assets/models", varian
             f"AUROC {r['auroc']:.3f}  ECE {r['ece']:.3f}  ({r['seconds']:.0f} s)")
         return model
 
-    # stage 1: fit the encoders that have no pretrained weights, once, as their unimodal baselines
-    for cfg in [c for c in cfgs if c.variant == "unimodal" and c.modalities[0] in spec["stage1"]]:
+    # stage 1: fit the encoders that have no pretrained weights, once, as their unimodal baselines.
+    # Retraining a subset of variants reuses the suite's shared encoder, so the other packages
+    # (which reference its sha256) stay valid.
+    if variants and "unimodal" not in variants:
+        from safetensors.torch import load_file
+
+        for m in spec["stage1"]:
+            f = out_root / cohort_name / "_shared" / f"{m}_encoder.safetensors"
+            if f.is_file():
+                prefix = f"encoders.{m}."
+                stage1_states[m] = {k[len(prefix):]: v for k, v in load_file(str(f)).items()}
+                log(f"[{cohort_name}] reusing the suite's {m} encoder from {f}")
+    for cfg in [c for c in cfgs if c.variant == "unimodal" and c.modalities[0] in spec["stage1"]
+                and c.modalities[0] not in stage1_states]:
         m = cfg.modalities[0]
         splits = _prepare(build(cfg), cohort, cfg, log)
         model = run(cfg, splits, shared)
