@@ -2,6 +2,8 @@
 that carry each patient's glucose, determinism, and the full-table ceiling anchor."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,19 @@ def test_logistic_baseline_is_sane(cohort):
     r = logistic_baseline(cohort)
     assert r["auroc"] > 0.75 and 0.6 < r["accuracy"] <= 1 and 0.5 < r["balanced_accuracy"] <= 1
     assert r["n_test"] == len(cohort.split("test"))
+
+
+def test_write_demo_cases(tmp_path):
+    from core import Case
+    from core.data.cohorts.diabetes import write_demo_cases
+
+    cohort = build_diabetes(seed=0)
+    folders = write_demo_cases(cohort, tmp_path, n=4)
+    assert len(folders) == 4
+    labels = set()
+    for f in folders:
+        meta = json.loads((f / "metadata.json").read_text())
+        labels.add(meta.pop("label"))
+        case = Case.from_inputs(spectrum=(f / "spectrum.csv").read_bytes(), metadata=meta)
+        assert case.spectrum.shape == (len(cohort.spectrum_grid), 2)
+    assert labels == set(cohort.labels)

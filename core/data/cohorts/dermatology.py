@@ -39,7 +39,7 @@ import numpy as np
 
 from ..base import Cohort, CohortItem, fit_schema, grouped_split
 
-GENERATOR_VERSION = "dermatology-1"
+GENERATOR_VERSION = "dermatology-5"
 
 LABELS = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]   # HAM10000 order
 # HAM10000 counts (of 10,015 images): the long tail the cohort reproduces
@@ -80,13 +80,13 @@ DESCRIPTION = (
 
 # P(evidence | class): lesion, context, note, metadata, none (ambiguous)
 _EVIDENCE_P: dict[str, tuple[float, float, float, float, float]] = {
-    "akiec": (0.34, 0.22, 0.24, 0.10, 0.10),
-    "bcc": (0.38, 0.20, 0.26, 0.06, 0.10),
-    "bkl": (0.38, 0.22, 0.24, 0.06, 0.10),
-    "df": (0.36, 0.20, 0.22, 0.12, 0.10),
-    "mel": (0.40, 0.20, 0.26, 0.04, 0.10),
-    "nv": (0.42, 0.16, 0.20, 0.12, 0.10),
-    "vasc": (0.42, 0.16, 0.20, 0.12, 0.10),
+    "akiec": (0.32, 0.20, 0.26, 0.12, 0.10),
+    "bcc": (0.36, 0.18, 0.28, 0.08, 0.10),
+    "bkl": (0.36, 0.20, 0.26, 0.08, 0.10),
+    "df": (0.44, 0.14, 0.20, 0.12, 0.10),
+    "mel": (0.38, 0.18, 0.28, 0.06, 0.10),
+    "nv": (0.38, 0.16, 0.22, 0.14, 0.10),
+    "vasc": (0.44, 0.14, 0.20, 0.12, 0.10),
 }
 # lookalikes: an undecisive lesion or a misleading note borrows one of these classes' hallmarks
 _CONFUSERS: dict[str, tuple[str, ...]] = {
@@ -95,7 +95,7 @@ _CONFUSERS: dict[str, tuple[str, ...]] = {
 # P(an undecisive lesion is pigmented rather than pink): a weak, realistic hint
 _PIGMENTED_P = {"akiec": 0.25, "bcc": 0.3, "bkl": 0.8, "df": 0.6, "mel": 0.88, "nv": 0.95, "vasc": 0.15}
 _P_LESION_LOOKALIKE = 0.28          # undecisive lesion drawn with a confuser's hallmarks
-_P_CONTEXT_NOISE = 0.12             # undecisive context still shows some class's cue, weakly
+_P_CONTEXT_NOISE = 0.08             # undecisive context still shows some class's cue, weakly
 _NOTE_KINDS_P = {"missing": 0.28, "metadata": 0.22, "vague": 0.25, "weak": 0.18, "misleading": 0.07}
 
 
@@ -201,13 +201,13 @@ _SITE_W: dict[str, dict[str, float]] = {
 }
 # metadata-decided cases: the class's most typical patient (still overlapping other classes)
 _PROTOTYPE: dict[str, tuple[tuple[float, float], float, dict[str, float]]] = {   # (age mean, sd), P(male), sites
-    "akiec": ((79, 5), 0.80, {"face": 5, "scalp": 2, "hand": 2, "ear": 1.5}),
-    "bcc": ((70, 7), 0.75, {"face": 4, "neck": 2, "ear": 1.5, "back": 2}),
-    "bkl": ((67, 7), 0.55, {"face": 3, "chest": 3, "back": 2, "trunk": 2}),
-    "df": ((38, 8), 0.20, {"lower extremity": 8.5, "upper extremity": 1.5}),
-    "mel": ((63, 8), 0.80, {"back": 7, "upper extremity": 3}),
-    "nv": ((24, 7), 0.50, {"back": 3.5, "trunk": 2.5, "abdomen": 2, "lower extremity": 2}),
-    "vasc": ((4, 4), 0.45, {"trunk": 3, "face": 2.5, "lower extremity": 2, "abdomen": 1.5, "genital": 1}),
+    "akiec": ((80, 4), 0.85, {"scalp": 4, "hand": 3, "ear": 2, "face": 1}),
+    "bcc": ((70, 6), 0.75, {"face": 5, "neck": 3, "back": 2}),
+    "bkl": ((66, 6), 0.50, {"chest": 4, "trunk": 3, "face": 2}),
+    "df": ((36, 7), 0.15, {"lower extremity": 9, "upper extremity": 1}),
+    "mel": ((58, 6), 0.85, {"back": 8, "upper extremity": 2}),
+    "nv": ((22, 6), 0.50, {"back": 3, "trunk": 3, "abdomen": 3, "lower extremity": 1}),
+    "vasc": ((4, 4), 0.45, {"trunk": 3, "face": 2, "genital": 2, "abdomen": 1.5}),
 }
 
 
@@ -267,14 +267,14 @@ _DECISIVE: dict[str, list[str]] = {
     ],
     "bkl": [
         "Warty, stuck-on looking lesion present for many years.",
-        "Several similar lesions on the trunk that have multiplied with age.",
+        "Several similar lesions elsewhere on the body that have multiplied with age.",
         "Greasy brown plaque; the patient says bits of it can be scratched off.",
         "Catches on clothing and gets irritated.",
         "Flat brown age spot on sun-exposed skin, slowly enlarging.",
         "Crumbly, rough surface; mother had many similar 'barnacles'.",
     ],
     "df": [
-        "Firm small nodule on the leg that appeared after an insect bite.",
+        "Firm small nodule that appeared after an insect bite.",
         "Dimples inward when pinched from the sides.",
         "Hard, button-like bump present for several years, unchanged.",
         "Nicked it while shaving; since then a firm brownish papule.",
@@ -284,7 +284,7 @@ _DECISIVE: dict[str, list[str]] = {
         "Mole present since childhood, unchanged in size and colour.",
         "Routine skin check; the patient has many similar moles.",
         "Monitored with serial photography for {years} years without change.",
-        "Regular brown mole, one of about {count} on the back.",
+        "Regular brown mole, one of about {count} similar ones on the body.",
         "No change reported, no symptoms.",
         "All of the patient's moles have looked like this since adolescence.",
     ],
@@ -429,10 +429,16 @@ def _noise(rng: np.random.Generator, s: int, cells: float) -> np.ndarray:
 
 
 def _paint(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray | Sequence[float], opacity: float = 1.0) -> None:
-    """Alpha-composite a flat colour (or a colour image) over ``img`` in place."""
-    a = np.clip(alpha * opacity, 0, 1)[..., None]
-    img *= 1 - a
-    img += a * np.asarray(colour, np.float32)
+    """Alpha-composite a flat colour (or a colour image) over ``img`` in place, touching only the
+    bounding box where ``alpha`` is non-zero (most shapes are small)."""
+    rows, cols = np.flatnonzero(alpha.any(1)), np.flatnonzero(alpha.any(0))
+    if len(rows) == 0:
+        return
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    a = np.clip(alpha[box] * np.float32(opacity), 0, 1)[..., None]
+    colour = np.asarray(colour, np.float32)
+    target = colour[box] if colour.ndim == 3 else colour
+    img[box] += a * (target - img[box])
 
 
 def _px(s: int, v: float) -> int:
@@ -514,7 +520,7 @@ def _skin(rng: np.random.Generator, s: int) -> np.ndarray:
     img[..., 1] *= 1 - red
     img[..., 2] *= 1 - red
     img *= (1 + 0.025 * _noise(rng, s, s / 8))[..., None]                # mottled texture
-    img *= (1 - 0.035 * _furrows(rng, s))[..., None]                     # skin lines
+    img *= (1 - rng.uniform(0.008, 0.02) * _furrows(rng, s))[..., None]  # skin lines
     return img
 
 
@@ -526,7 +532,7 @@ def _furrows(rng: np.random.Generator, s: int) -> np.ndarray:
     warp = 0.6 * _noise(rng, s, 4)
     u = (xx * math.cos(a) + yy * math.sin(a)) / period + warp
     v = (xx * math.cos(a + 1.1) + yy * math.sin(a + 1.1)) / period + warp
-    return np.maximum(np.exp(-np.sin(np.pi * u) ** 2 / 0.03), np.exp(-np.sin(np.pi * v) ** 2 / 0.03))
+    return np.maximum(np.exp(-np.sin(np.pi * u) ** 2 / 0.015), np.exp(-np.sin(np.pi * v) ** 2 / 0.015))
 
 
 @dataclass
@@ -570,7 +576,7 @@ def _hairs(rng: np.random.Generator, img: np.ndarray) -> int:
     for _ in range(n):
         x, y = rng.uniform(-0.1, 1.1, 2) * s
         lines.append((_curve(rng, x, y, rng.uniform(0, 2 * np.pi), s * rng.uniform(0.2, 0.9), 0.06),
-                      _px(s, rng.choice([1, 1, 2, 2, 3]))))
+                      _px(s, rng.choice([1, 1, 1, 2, 2]))))
     _paint(img, _polyline_alpha(s, lines), _col(rng, "dark_brown") * rng.uniform(0.3, 0.8), rng.uniform(0.7, 0.95))
     return n
 
@@ -631,14 +637,14 @@ class _Lesion:
 
 # (radius as a fraction of s, asymmetry, border roughness, edge softness in px at 224)
 _GEOMETRY: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float]]] = {
-    "mel": ((0.13, 0.21), (0.12, 0.28), (0.10, 0.24), (0.8, 2.0)),
-    "nv": ((0.09, 0.16), (0.02, 0.07), (0.01, 0.04), (2.0, 4.0)),
-    "bkl": ((0.12, 0.20), (0.06, 0.16), (0.05, 0.12), (0.6, 1.2)),
-    "bcc": ((0.10, 0.17), (0.05, 0.14), (0.04, 0.10), (1.5, 3.0)),
-    "akiec": ((0.10, 0.17), (0.08, 0.18), (0.08, 0.16), (3.0, 5.0)),
-    "df": ((0.07, 0.12), (0.02, 0.06), (0.02, 0.05), (2.0, 4.0)),
-    "vasc": ((0.06, 0.12), (0.02, 0.08), (0.02, 0.05), (0.6, 1.2)),
-    "generic": ((0.09, 0.19), (0.03, 0.14), (0.02, 0.10), (1.0, 3.0)),
+    "mel": ((0.17, 0.26), (0.12, 0.28), (0.10, 0.24), (0.8, 2.0)),
+    "nv": ((0.12, 0.20), (0.02, 0.07), (0.01, 0.04), (2.0, 4.0)),
+    "bkl": ((0.16, 0.25), (0.06, 0.16), (0.05, 0.12), (0.6, 1.2)),
+    "bcc": ((0.13, 0.21), (0.05, 0.14), (0.04, 0.10), (1.5, 3.0)),
+    "akiec": ((0.13, 0.21), (0.08, 0.18), (0.08, 0.16), (3.0, 5.0)),
+    "df": ((0.10, 0.15), (0.02, 0.06), (0.02, 0.05), (2.0, 4.0)),
+    "vasc": ((0.09, 0.15), (0.02, 0.08), (0.02, 0.05), (0.6, 1.2)),
+    "generic": ((0.12, 0.23), (0.03, 0.14), (0.02, 0.10), (1.0, 3.0)),
 }
 
 
@@ -669,20 +675,41 @@ def _colour_field(rng: np.random.Generator, L: _Lesion, colours: list[np.ndarray
     L.layer *= (1 + 0.06 * _noise(rng, s, s / 10))[..., None]
 
 
+def _cell_edges(rng: np.random.Generator, s: int, period: float, jitter: float, region: np.ndarray) -> np.ndarray:
+    """Distance to the nearest cell wall of a jittered Voronoi tiling (F2 - F1 of cellular noise), in
+    units of ``period``, 0 on the walls; computed inside ``region``'s bounding box only (large elsewhere).
+    Draws a reticular (honeycomb-like) network."""
+    out = np.full((s, s), 9.0, np.float32)
+    rows, cols = np.flatnonzero(region.any(1)), np.flatnonzero(region.any(0))
+    if len(rows) == 0:
+        return out
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    yy, xx = (g[box] for g in _grid(s))
+    n = int(s / period) + 3
+    seeds = ((np.mgrid[0:n, 0:n].transpose(1, 2, 0)[..., ::-1] + 0.5 + rng.uniform(-jitter, jitter, (n, n, 2)))
+             * period - period).astype(np.float32)   # (x, y) per cell
+    gx, gy = (xx / period).astype(np.int32) + 1, (yy / period).astype(np.int32) + 1
+    f1 = np.full(xx.shape, np.inf, np.float32)
+    f2 = np.full(xx.shape, np.inf, np.float32)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            p = seeds[np.clip(gy + dy, 0, n - 1), np.clip(gx + dx, 0, n - 1)]
+            d = np.hypot(xx - p[..., 0], yy - p[..., 1])
+            f2 = np.where(d < f1, f1, np.minimum(f2, d))
+            f1 = np.minimum(f1, d)
+    out[box] = (f2 - f1) / period
+    return out
+
+
 def _network(rng: np.random.Generator, L: _Lesion, colour: np.ndarray, opacity: float, regular: bool,
              zone: np.ndarray | None = None) -> None:
-    """Pigment network: a warped honeycomb-like grid; regular = thin, even, fading at the periphery;
-    atypical = thick, uneven lines that stop abruptly in patches."""
+    """Pigment network: a reticular grid of pigmented lines around paler holes. Regular (naevus): thin,
+    even, fading at the periphery; atypical (melanoma): thick, uneven lines that stop abruptly in patches."""
     s = L.s
-    yy, xx = _grid(s)
     period = s * rng.uniform(0.035, 0.05)
-    a = rng.uniform(0, np.pi)
-    warp = (0.25 if regular else 0.7) * _noise(rng, s, s / period / 2)
-    u = (xx * math.cos(a) + yy * math.sin(a)) / period + warp
-    v = (-xx * math.sin(a) + yy * math.cos(a)) / period + 0.8 * warp
-    g = np.minimum(np.abs(np.sin(np.pi * u)), np.abs(np.sin(np.pi * v)))
-    width = 0.28 if regular else 0.28 * (1 + 0.9 * _noise(rng, s, 6))
-    line = np.clip(1 - g / np.maximum(width, 0.05), 0, 1)
+    edges = _cell_edges(rng, s, period, 0.3 if regular else 0.5, L.mask)
+    width = 0.16 if regular else 0.16 * (1 + 0.9 * _noise(rng, s, 6))
+    line = np.clip(1 - edges / np.maximum(width, 0.04), 0, 1)
     if zone is None:
         zone = np.clip(L.depth / 0.35, 0, 1) if regular else (_noise(rng, s, 5) > -0.2).astype(np.float32)
     _paint(L.layer, line * zone * L.mask, colour, opacity)
@@ -803,12 +830,9 @@ def _elevation(rng: np.random.Generator, L: _Lesion, amount: float) -> None:
 
 
 def _fissures(rng: np.random.Generator, L: _Lesion, opacity: float) -> None:
-    """Cerebriform fissures and ridges (seborrhoeic keratosis)."""
-    yy, xx = _grid(L.s)
-    period = L.s * rng.uniform(0.04, 0.06)
-    a = rng.uniform(0, np.pi)
-    u = (xx * math.cos(a) + yy * math.sin(a)) / period + 1.3 * _noise(rng, L.s, 5)
-    furrow = np.exp(-np.sin(np.pi * u) ** 2 / 0.08)
+    """Cerebriform fissures and ridges (seborrhoeic keratosis): the winding zero-contours of a noise field."""
+    cells = L.s / (L.s * rng.uniform(0.05, 0.08))
+    furrow = np.exp(-_noise(rng, L.s, cells) ** 2 / 0.004)
     _paint(L.layer, furrow * L.mask, _col(rng, "dark_brown"), opacity)
     L.structures.append("fissures/ridges")
 
@@ -854,7 +878,7 @@ def _look_nv(rng: np.random.Generator, L: _Lesion, st: float) -> float:
     _colour_field(rng, L, cols, "concentric")
     u = rng.random()
     if u < 0.55:
-        _network(rng, L, _col(rng, "brown") * 0.8, 0.35 + 0.4 * st, regular=True)
+        _network(rng, L, _col(rng, "dark_brown"), 0.5 + 0.4 * st, regular=True)
     elif u < 0.8:
         _dots(rng, L, int(rng.integers(15, 35)), (2.5, 3.5), _col(rng, "brown") * 0.85, 0.7, 0.15, 1.0, "regular globules")
     else:
@@ -1020,51 +1044,56 @@ def _small_lesions(rng: np.random.Generator, img: np.ndarray, R: _Ring, n: int, 
 
 def _ctx_mel(rng: np.random.Generator, img: np.ndarray, R: _Ring, st: float) -> None:
     """Satellite lesions: small, dark, irregular pigmented spots near the lesion."""
-    _small_lesions(rng, img, R, int(round(2 + 4 * st * rng.uniform(0.5, 1))), (0.01, 0.028),
-                   ["dark_brown", "black", "blue_gray"], 0.35, 0.7, 0.65 + 0.3 * st)
+    _small_lesions(rng, img, R, int(round(4 + 6 * st * rng.uniform(0.5, 1))), (0.015, 0.04),
+                   ["dark_brown", "black", "blue_gray"], 0.35, 0.7, 0.7 + 0.25 * st)
 
 
 def _ctx_nv(rng: np.random.Generator, img: np.ndarray, R: _Ring, st: float) -> None:
-    """Sibling naevi: a few small, round, evenly brown moles (the patient's 'signature' naevus)."""
-    _small_lesions(rng, img, R, int(round(2 + 2 * st * rng.uniform(0.5, 1))), (0.018, 0.035),
-                   ["light_brown", "brown"], 0.05, 2.0, 0.55 + 0.3 * st)
+    """Sibling naevi: several small, round, evenly brown moles (the patient's 'signature' naevus)."""
+    _small_lesions(rng, img, R, int(round(3 + 3 * st * rng.uniform(0.5, 1))), (0.02, 0.04),
+                   ["brown", "brown", "dark_brown"], 0.04, 1.5, 0.75 + 0.2 * st)
 
 
 def _ctx_bkl(rng: np.random.Generator, img: np.ndarray, R: _Ring, st: float) -> None:
     """More seborrhoeic keratoses / solar lentigines: tan, waxy, sharply demarcated patches."""
-    _small_lesions(rng, img, R, int(round(2 + 2 * st * rng.uniform(0.5, 1))), (0.025, 0.05),
-                   ["tan", "light_brown", "yellow"], 0.2, 0.6, 0.5 + 0.35 * st)
-    for x, y in R.points(rng, int(rng.integers(2, 6))):   # comedo-like openings on them
-        _paint(img, _circles(R.s, np.array([[x, y]]), np.array([_px(R.s, 1.5)])), _col(rng, "brown"), 0.6)
+    _small_lesions(rng, img, R, int(round(2 + 3 * st * rng.uniform(0.5, 1))), (0.04, 0.08),
+                   ["tan", "yellow", "yellow"], 0.25, 0.5, 0.65 + 0.25 * st)
+    for x, y in R.points(rng, int(rng.integers(3, 8))):   # comedo-like openings on them
+        _paint(img, _circles(R.s, np.array([[x, y]]), np.array([_px(R.s, 1.5)])), _col(rng, "brown"), 0.7)
 
 
 def _ctx_akiec(rng: np.random.Generator, img: np.ndarray, R: _Ring, st: float) -> None:
     """Field cancerisation: actinic background with erythema, rough scaly patches, mottled pigment."""
-    _paint(img, R.halo(rng, 0.8), _col(rng, "red"), 0.25 + 0.2 * st)
-    _small_lesions(rng, img, R, int(round(2 + 3 * st)), (0.012, 0.03), ["pink", "white"], 0.3, 1.0, 0.45 + 0.3 * st)
+    _paint(img, R.halo(rng, 1.0), _col(rng, "red"), 0.45 + 0.25 * st)
+    _small_lesions(rng, img, R, int(round(3 + 4 * st)), (0.015, 0.035), ["pink", "white", "white"], 0.3, 1.0,
+                   0.6 + 0.25 * st)
     _small_lesions(rng, img, R, int(rng.integers(2, 6)), (0.006, 0.015), ["light_brown"], 0.3, 0.8, 0.4)
 
 
 def _ctx_bcc(rng: np.random.Generator, img: np.ndarray, R: _Ring, st: float) -> None:
     """Sun-damaged surroundings with telangiectasia and a pearly perilesional rim."""
-    _paint(img, np.exp(-R.dout / (0.12 * R.r_eq)) * (R.dout > 0), _col(rng, "pearl"), 0.3 + 0.3 * st)
-    lines = [(_curve(rng, x, y, rng.uniform(0, 2 * np.pi), R.r_eq * rng.uniform(0.4, 0.8), 0.35, 10), _px(R.s, 1))
-             for x, y in R.points(rng, int(round(3 + 4 * st)))]
-    _paint(img, _polyline_alpha(R.s, lines) * R.visible, _col(rng, "vessel"), 0.55 + 0.3 * st)
+    _paint(img, np.exp(-R.dout / (0.15 * R.r_eq)) * (R.dout > 0), _col(rng, "pearl"), 0.4 + 0.3 * st)
+    lines = [(_curve(rng, x, y, rng.uniform(0, 2 * np.pi), R.r_eq * rng.uniform(0.5, 1.0), 0.35, 10),
+              _px(R.s, rng.choice([1, 2, 2]))) for x, y in R.points(rng, int(round(6 + 6 * st)))]
+    _paint(img, _polyline_alpha(R.s, lines) * R.visible, _col(rng, "vessel"), 0.7 + 0.2 * st)
 
 
 def _ctx_df(rng: np.random.Generator, img: np.ndarray, R: _Ring, st: float) -> None:
-    """Leg skin: a brown hyperpigmented halo hugging the lesion plus shaving nicks / bite marks."""
-    _paint(img, R.halo(rng, 0.35), _col(rng, "light_brown"), 0.35 + 0.3 * st)
-    pts = R.points(rng, int(rng.integers(2, 5)), 0.3, 0.95)
-    _paint(img, _circles(R.s, pts, rng.uniform(1.5, 3.0, len(pts)) * R.s / 224), _col(rng, "dark_red"), 0.8)
+    """Leg skin: a brown, delicately reticulated halo hugging the lesion plus shaving nicks / bite marks."""
+    halo = R.halo(rng, 0.55)
+    _paint(img, halo, _col(rng, "light_brown"), 0.55 + 0.25 * st)
+    period = R.s * rng.uniform(0.035, 0.05)
+    net = np.clip(1 - _cell_edges(rng, R.s, period, 0.3, halo > 0.3) / 0.16, 0, 1)
+    _paint(img, net * halo, _col(rng, "brown"), 0.6)
+    pts = R.points(rng, int(rng.integers(3, 7)), 0.3, 0.95)
+    _paint(img, _circles(R.s, pts, rng.uniform(1.5, 3.0, len(pts)) * R.s / 224), _col(rng, "dark_red"), 0.85)
 
 
 def _ctx_vasc(rng: np.random.Generator, img: np.ndarray, R: _Ring, st: float) -> None:
     """Haemorrhage: a purple-red bruise around the lesion with petechiae."""
-    _paint(img, R.halo(rng, 0.6), _col(rng, "purple") * 0.6 + 0.4 * _col(rng, "red"), 0.3 + 0.25 * st)
-    pts = R.points(rng, int(rng.integers(5, 15)), 0.1, 1.0)
-    _paint(img, _circles(R.s, pts, rng.uniform(0.8, 1.6, len(pts)) * R.s / 224), _col(rng, "dark_red"), 0.8)
+    _paint(img, R.halo(rng, 0.8), _col(rng, "purple") * 0.7 + 0.3 * _col(rng, "red"), 0.5 + 0.25 * st)
+    pts = R.points(rng, int(rng.integers(10, 25)), 0.1, 1.0)
+    _paint(img, _circles(R.s, pts, rng.uniform(0.8, 1.8, len(pts)) * R.s / 224), _col(rng, "dark_red"), 0.85)
 
 
 _CONTEXTS: dict[str, Callable[[np.random.Generator, np.ndarray, _Ring, float], None]] = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -279,3 +280,24 @@ def modality_proxies(cohort: Cohort, n_components: int = 20) -> dict[str, dict[s
             "spectrum_only": _scores(lr(spc()), spec[tr], y[tr], spec[te], y[te]),
             "table_and_spectrum": _scores(lr(fused), both[tr], y[tr], both[te], y[te]),
             "glucose_only": _scores(lr(tab()), glucose[tr], y[tr], glucose[te], y[te])}
+
+
+def write_demo_cases(cohort: Cohort, dest: "str | Path", n: int = 12) -> "list[Path]":
+    """A dozen test-split patients as the app's demo cases: ``spectrum.csv`` (wavenumber,value) and
+    ``metadata.json`` (the table values plus the true ``label``), half of each outcome."""
+    import json
+
+    dest = Path(dest)
+    test = cohort.split("test")
+    picked = [it for it in test if it.label == cohort.labels[0]][: n // 2] + [it for it in test if it.label == cohort.labels[1]][: n - n // 2]
+    grid = np.asarray(cohort.spectrum_grid)
+    out = []
+    for it in picked:
+        folder = dest / it.case_id
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = "\n".join(f"{w:.2f},{v:.6f}" for w, v in zip(grid, it.spectrum))
+        (folder / "spectrum.csv").write_text("wavenumber_cm-1,value\n" + rows + "\n")
+        meta = {k: v for k, v in it.metadata.items() if v is not None}
+        (folder / "metadata.json").write_text(json.dumps({**meta, "label": it.label}, indent=2))
+        out.append(folder)
+    return out
