@@ -161,3 +161,26 @@ def test_randomisation_check_separates_a_model_explanation_from_an_input_only_on
     assert static["spearman"] == pytest.approx(1.0) and not static["passed"]
     real = randomisation_check(ctx, lambda c: np.array([f["integrated_gradients"] for f in table_attributions(c, 8, 4)["features"]]))
     assert real["spearman"] < 1.0
+
+
+def test_cohort_faithfulness_summary(pkg, tmp_path):
+    from PIL import Image
+
+    from core.data import CohortItem
+    from core.explain.cohort import cohort_faithfulness
+
+    items = []
+    for i, evidence in enumerate(["lesion", "context", "note", "lesion"]):
+        img = np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        mask = np.zeros((40, 40), dtype=np.uint8)
+        mask[12:28, 12:28] = 255
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        Image.fromarray(mask).save(tmp_path / f"{i}_m.png")
+        items.append(CohortItem(case_id=f"c{i}", label=LABELS[i % 3], split="test", image_path=tmp_path / f"{i}.png",
+                                mask_path=tmp_path / f"{i}_m.png", note="itchy spot", metadata={"age": 50.0},
+                                evidence=evidence))
+    out = cohort_faithfulness(pkg, items)
+    assert out["n"] == 4 and out["n_lesion_decided"] == 2 and out["n_context_decided"] == 1
+    assert 0 <= out["shapley_top_equals_evidence"] <= 1
+    for key in ("cam_lesion_share_lesion_decided", "pointing_game_rate"):
+        assert np.isnan(out[key]) or 0 <= out[key] <= 1
