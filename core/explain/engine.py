@@ -78,10 +78,12 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
     has_image = ctx.has("image")
     for part, modality in (("note", "note"), ("table", "metadata"), ("spectrum", "spectrum")):
         if part in parts and not ctx.has(modality):
-            ex.skipped[part] = f"the case has no {modality}" if modality in package.modalities else f"the model does not use {modality}"
+            what = {"note": "a clinical note", "metadata": "metadata", "spectrum": "a spectrum"}[modality]
+            ex.skipped[part] = (f"the case has no {modality}" if modality in package.modalities
+                                else f"This model does not use {what}.")
     for part in ("cam", "lesion_context", "stability", "image_ig", "occlusion"):
         if part in parts and not has_image:
-            ex.skipped[part] = "the case has no image" if "image" in package.modalities else "the model does not use images"
+            ex.skipped[part] = "the case has no image" if "image" in package.modalities else "This model does not use images."
     if has_image and "cam" in parts:
         ex.cam_layer = cam_layer
         for m in cam_methods:
