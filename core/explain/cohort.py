@@ -20,10 +20,15 @@ EVIDENCE_MODALITY = {"lesion": "image", "context": "image", "note": "note", "met
 
 
 def cohort_faithfulness(pkg: Package, items: Sequence[CohortItem], method: str = "gradcam") -> dict[str, Any]:
+    from ..case import CaseError
+
     rows = []
     for it in items:
         case = it.to_case(with_mask=True)
-        ctx = ExplainContext(pkg, case)
+        try:
+            ctx = ExplainContext(pkg, case)
+        except CaseError:  # the case has none of this model's inputs (a note-only model, no note)
+            continue
         row: dict[str, Any] = {"evidence": it.evidence, "correct": pkg.labels[ctx.target] == it.label}
         if ctx.has("image") and case.mask is not None:
             s = cam_shares(image_cam(ctx, method), case.mask, context_ring(case.mask))
