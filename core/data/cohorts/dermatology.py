@@ -39,7 +39,7 @@ import numpy as np
 
 from ..base import Cohort, CohortItem, fit_schema, grouped_split
 
-GENERATOR_VERSION = "dermatology-5"
+GENERATOR_VERSION = "dermatology-6"
 
 LABELS = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]   # HAM10000 order
 # HAM10000 counts (of 10,015 images): the long tail the cohort reproduces
@@ -82,10 +82,10 @@ DESCRIPTION = (
 _EVIDENCE_P: dict[str, tuple[float, float, float, float, float]] = {
     "akiec": (0.32, 0.20, 0.26, 0.12, 0.10),
     "bcc": (0.36, 0.18, 0.28, 0.08, 0.10),
-    "bkl": (0.36, 0.20, 0.26, 0.08, 0.10),
+    "bkl": (0.34, 0.20, 0.28, 0.08, 0.10),
     "df": (0.44, 0.14, 0.20, 0.12, 0.10),
-    "mel": (0.38, 0.18, 0.28, 0.06, 0.10),
-    "nv": (0.38, 0.16, 0.22, 0.14, 0.10),
+    "mel": (0.34, 0.18, 0.30, 0.08, 0.10),
+    "nv": (0.34, 0.16, 0.24, 0.16, 0.10),
     "vasc": (0.44, 0.14, 0.20, 0.12, 0.10),
 }
 # lookalikes: an undecisive lesion or a misleading note borrows one of these classes' hallmarks
@@ -400,7 +400,7 @@ def _note(rng: np.random.Generator, plan: _Plan, md: dict[str, Any]) -> str | No
 # ---------------------------------------------------------------------------------------------
 
 Colour = tuple[float, float, float]
-C: dict[str, Colour] = {
+_COLOURS: dict[str, Colour] = {
     "tan": (0.78, 0.60, 0.45), "light_brown": (0.62, 0.42, 0.28), "brown": (0.45, 0.28, 0.18),
     "dark_brown": (0.30, 0.18, 0.12), "black": (0.12, 0.09, 0.09), "blue_gray": (0.42, 0.47, 0.56),
     "blue_white": (0.66, 0.71, 0.80), "red": (0.80, 0.22, 0.22), "pink": (0.90, 0.60, 0.60),
@@ -412,7 +412,7 @@ _SKIN_W = [0.3, 0.3, 0.22, 0.13, 0.05]
 
 
 def _col(rng: np.random.Generator, name: str, jitter: float = 0.04) -> np.ndarray:
-    return np.clip(np.asarray(C[name], np.float32) + rng.normal(0, jitter, 3).astype(np.float32), 0, 1)
+    return np.clip(np.asarray(_COLOURS[name], np.float32) + rng.normal(0, jitter, 3).astype(np.float32), 0, 1)
 
 
 @lru_cache(maxsize=8)
@@ -569,7 +569,7 @@ def _apply_optics(rng: np.random.Generator, img: np.ndarray, o: _Optics) -> None
         img += (1 - o.field)[..., None] * dark
 
 
-def _hairs(rng: np.random.Generator, img: np.ndarray) -> int:
+def _hairs(rng: np.random.Generator, img: np.ndarray) -> None:
     s = img.shape[0]
     n = int(rng.integers(1, 25))
     lines = []
@@ -578,7 +578,6 @@ def _hairs(rng: np.random.Generator, img: np.ndarray) -> int:
         lines.append((_curve(rng, x, y, rng.uniform(0, 2 * np.pi), s * rng.uniform(0.2, 0.9), 0.06),
                       _px(s, rng.choice([1, 1, 1, 2, 2]))))
     _paint(img, _polyline_alpha(s, lines), _col(rng, "dark_brown") * rng.uniform(0.3, 0.8), rng.uniform(0.7, 0.95))
-    return n
 
 
 def _bubbles(rng: np.random.Generator, img: np.ndarray) -> None:
@@ -642,7 +641,7 @@ _GEOMETRY: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float
     "bkl": ((0.16, 0.25), (0.06, 0.16), (0.05, 0.12), (0.6, 1.2)),
     "bcc": ((0.13, 0.21), (0.05, 0.14), (0.04, 0.10), (1.5, 3.0)),
     "akiec": ((0.13, 0.21), (0.08, 0.18), (0.08, 0.16), (3.0, 5.0)),
-    "df": ((0.10, 0.15), (0.02, 0.06), (0.02, 0.05), (2.0, 4.0)),
+    "df": ((0.11, 0.17), (0.02, 0.06), (0.02, 0.05), (1.5, 3.0)),
     "vasc": ((0.09, 0.15), (0.02, 0.08), (0.02, 0.05), (0.6, 1.2)),
     "generic": ((0.12, 0.23), (0.03, 0.14), (0.02, 0.10), (1.0, 3.0)),
 }
@@ -651,7 +650,7 @@ _GEOMETRY: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float
 def _lesion_geometry(rng: np.random.Generator, s: int, look: str, strength: float) -> tuple[float, float, float, float]:
     """Radius, asymmetry, roughness, softness: a weak look lies between the generic and the class's range."""
     def draw(key: str) -> np.ndarray:
-        return np.array([rng.uniform(*rng_range) for rng_range in _GEOMETRY[key]])
+        return np.array([rng.uniform(lo, hi) for lo, hi in _GEOMETRY[key]])
     g = draw("generic")
     v = g if look == "generic" else strength * draw(look) + (1 - strength) * g
     r, asym, rough, soft = v
@@ -931,11 +930,11 @@ def _look_akiec(rng: np.random.Generator, L: _Lesion, st: float) -> float:
 
 
 def _look_df(rng: np.random.Generator, L: _Lesion, st: float) -> float:
-    _colour_field(rng, L, [_col(rng, "pink") * 0.9 + 0.1, _col(rng, "light_brown")], "concentric")
+    _colour_field(rng, L, [_col(rng, "pink") * 0.9 + 0.1, _col(rng, "light_brown") * 0.9], "concentric")
     options: list[tuple[float, Callable[[], None]]] = [
-        (0.9, lambda: _central_patch(rng, L, rng.uniform(0.35, 0.6), 0.6 + 0.35 * st)),
-        (0.85, lambda: _network(rng, L, _col(rng, "light_brown") * 0.8, 0.5,
-                                regular=True, zone=np.clip(1 - L.depth / 0.45, 0, 1))),
+        (0.95, lambda: _central_patch(rng, L, rng.uniform(0.4, 0.65), 0.7 + 0.3 * st)),
+        (0.9, lambda: _network(rng, L, _col(rng, "brown"), 0.6,
+                               regular=True, zone=np.clip(1 - L.depth / 0.45, 0, 1))),
         (0.4, lambda: _elevation(rng, L, 0.06)),
     ]
     _some(rng, options, 1 + int(round(st)))
@@ -1261,7 +1260,7 @@ def generate_dermatology(n: int = 10000, seed: int = 0, cache_dir: str | Path | 
     items = [_item(root, r) for r in records]
     schema = fit_schema(DERM_SCHEMA, [it for it in items if it.split == "train"])
     evidence_counts = {e: sum(it.evidence == e for it in items) for e in EVIDENCE}
-    info = {"generator": "dermatology", "version": GENERATOR_VERSION, **params, "cache_dir": str(root),
+    info = {"generator": "dermatology", "version": GENERATOR_VERSION, **params,
             "evidence_counts": evidence_counts, "ambiguous": sum(bool(it.extras.get("ambiguous")) for it in items)}
     return Cohort(name="dermatology", labels=list(LABELS), items=items, modalities=["image", "note", "metadata"],
                   schema=schema, description=DESCRIPTION, synthetic=True, label_descriptions=dict(LABEL_DESCRIPTIONS),
