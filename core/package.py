@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .case import Case, CaseError
-from .encoders import MODALITIES, build_encoder, encoder_config
+from .encoders import build_encoder, encoder_config
 from .fusion import FUSIONS, case_diagnostics
 from .model import ModelOutput, MultimodalClassifier
 from .uncertainty import decompose
