@@ -251,6 +251,40 @@ class Case:
             case.extras["errors"] = errors
         return case
 
+    @classmethod
+    def from_folder(cls, folder: str | Path, partial: bool = False) -> "Case":
+        """A case folder as the demo cases ship it: ``image.png`` (or .jpg/.tif), ``mask.png``, ``note.txt``,
+        ``metadata.json`` (its ``label`` goes to ``extras['label']``; ``case_id``, ``evidence`` and ``kind``
+        are taken out of the table) and ``spectrum.csv``; the case id is the folder name."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise CaseError({"case": f"No case folder at {folder}."})
+        def first(*names: str) -> Path | None:
+            return next((folder / n for n in names if (folder / n).is_file()), None)
+        image, mask = first("image.png", "image.jpg", "image.jpeg", "image.tif", "image.tiff"), first("mask.png", "mask.tif")
+        note, meta, spectrum = first("note.txt"), first("metadata.json"), first("spectrum.csv")
+        extras: dict[str, Any] = {}
+        metadata: Any = None
+        if meta is not None:
+            import json
+
+            try:
+                metadata = json.loads(meta.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise CaseError({"metadata": f"{meta.name} is not valid JSON ({e})."}) from None
+            if isinstance(metadata, dict):
+                metadata = dict(metadata)
+                for k in ("label", "evidence", "kind"):
+                    if k in metadata:
+                        extras[k] = metadata.pop(k)
+                metadata.pop("case_id", None)
+        note_bytes = note.read_bytes() if note is not None else None
+        case = cls.from_inputs(image=image.read_bytes() if image else None, mask=mask.read_bytes() if mask else None,
+                               note=note_bytes, metadata=metadata or None,
+                               spectrum=spectrum.read_bytes() if spectrum else None, case_id=folder.name, partial=partial)
+        case.extras.update(extras)
+        return case
+
     def present(self) -> dict[str, bool]:
         return {"image": self.image is not None, "note": bool(self.note), "metadata": bool(self.metadata),
                 "spectrum": self.spectrum is not None}

@@ -55,6 +55,11 @@ def _read_note(args: argparse.Namespace) -> Any:
 def _case_from_args(args: argparse.Namespace):
     from .case import Case
 
+    if getattr(args, "case_dir", None):
+        given = [f for f in ("image", "mask", "note", "note_file", "meta_file", "spectrum") if getattr(args, f, None)]
+        if given or args.meta:
+            raise UsageError(f"give either --case-dir or single inputs (--{(given or ['meta'])[0].replace('_', '-')}), not both.")
+        return Case.from_folder(args.case_dir)
     return Case.from_inputs(image=args.image, mask=args.mask, note=_read_note(args),
                             metadata=_parse_meta(args.meta, args.meta_file), spectrum=args.spectrum,
                             case_id=args.case_id)
@@ -70,6 +75,8 @@ def add_case_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--meta-file", help="metadata as a JSON object")
     p.add_argument("--spectrum", help="spectrum CSV (wavelength,value rows, or one value per row)")
     p.add_argument("--case-id", help="a case reference (no patient names)")
+    p.add_argument("--case-dir", help="a case folder (image.png, mask.png, note.txt, metadata.json, spectrum.csv) "
+                                      "instead of the single inputs")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -120,6 +127,99 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"CAM mass: lesion {s['lesion']:.2f}, context {s['context']:.2f}, background {s['background']:.2f}")
         print("Research use only, not a medical device.")
     return 0
+
+
+def _explain_parts(args: argparse.Namespace, default: Sequence[str]) -> tuple[str, ...]:
+    from .explain import PARTS
+
+    parts = tuple(args.parts) if args.parts else tuple(default)
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        raise UsageError(f"unknown part '{bad[0]}'; choose from: {', '.join(PARTS)}.")
+    return parts
+
+
+def _load_many(paths: Sequence[str]):
+    from .package import load_package
+
+    if not 1 <= len(paths) <= 32:
+        raise UsageError("--compare takes 1 to 32 model folders.")
+    return [load_package(p) for p in paths]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_variants
+
+    pkgs = _load_many([args.model, *args.compare])
+    parts = _explain_parts(args, ("cam", "lesion_context", "note", "table", "spectrum", "modality"))
+    try:
+        c = compare_variants(pkgs, _case_from_args(args), explain=not args.no_explain, parts=parts)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    d = c.to_dict()
+    if args.json:
+        print(json.dumps(d))
+    else:
+        for col in d["columns"]:
+            print(f"{col['variant']:18s} {col['label']:8s} p={col['probability']:.3f}  uncertainty={col['normalised_entropy']:.3f}"
+                  f"{'  REFER' if col['refer'] else ''}")
+        a, e = d["agreement"], d["ensemble"]
+        print(f"{'all agree' if a['all_agree'] else 'disagree'}: {a['votes']}; ensemble {e['label']} p={e['probability_of_label']:.3f}"
+              f" (spread sd {e['std_of_label_probability']:.3f}, disagreement {e['disagreement']:.3f} nats)")
+        for k, v in d["explanation_agreement"].get("mean", {}).items():
+            print(f"  {k}: {v:.3f}")
+        print("Research use only, not a medical device.")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .case import Case, CaseError
+    from .compare import compare_variants
+    from .explain import explain_case
+    from .report import FORMATS, ReportError, make_report
+
+    out = Path(args.out)
+    batch = args.cases_root is not None
+    fmt = (args.format or (None if batch else out.suffix.lstrip(".").lower()) or "pdf")
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format '{fmt}' (from --out or --format); use one of: {', '.join(FORMATS)}.")
+    if batch:
+        root = Path(args.cases_root)
+        if not root.is_dir():
+            raise UsageError(f"--cases-root '{root}' is not a folder.")
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        if not folders:
+            raise UsageError(f"--cases-root '{root}' holds no case folders.")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out '{out}' must be a folder when --cases-root is given.")
+        out.mkdir(parents=True, exist_ok=True)
+    elif not out.parent.is_dir():
+        raise UsageError(f"the folder of --out '{out}' does not exist.")
+    parts = _explain_parts(args, ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality", "faithfulness"))
+    pkgs = _load_many([args.model, *args.compare])
+    pkg = pkgs[0]
+
+    def one(case, path: Path) -> Path:
+        try:
+            ex = None if args.no_explain else explain_case(pkg, case, parts=parts)
+            cmp = compare_variants(pkgs, case, explain=False) if len(pkgs) > 1 else None
+            rep = make_report(pkg, case, ex, cmp, case_reference=args.reference, prediction=ex.prediction if ex else None)
+        except ReportError as e:
+            raise UsageError(str(e)) from None
+        return rep.write(path, fmt)
+
+    if not batch:
+        print(one(_case_from_args(args), out))
+        return 0
+    failed = 0
+    for folder in folders:
+        try:
+            print(one(Case.from_folder(folder), out / f"{folder.name}.{fmt}"))
+        except (CaseError, UsageError) as e:
+            failed += 1
+            print(f"error: case '{folder.name}': {' '.join(str(e).split())}", file=sys.stderr)
+    print(f"{len(folders) - failed} of {len(folders)} reports written to {out}.", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def cmd_variants(args: argparse.Namespace) -> int:
@@ -212,6 +312,23 @@ def build_parser() -> Parser:
     p.add_argument("--ig-steps", type=int, default=24)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("compare", help="one case through several model packages, side by side")
+    add_case_arguments(p)
+    p.add_argument("--compare", nargs="+", default=[], metavar="DIR", help="the other model folders")
+    p.add_argument("--parts", nargs="*", help="explanation parts per variant")
+    p.add_argument("--no-explain", action="store_true", help="predictions only (fastest; no explanation agreement)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("report", help="write the case report (PDF, HTML or JSON)")
+    add_case_arguments(p)
+    p.add_argument("--out", required=True, help="report file (.pdf, .html, .json); a folder with --cases-root")
+    p.add_argument("--format", choices=["pdf", "html", "json"], help="default: from the --out suffix (pdf)")
+    p.add_argument("--cases-root", help="batch: a folder of case folders, one report each")
+    p.add_argument("--compare", nargs="*", default=[], metavar="DIR", help="also compare these model folders")
+    p.add_argument("--reference", help="a free case reference printed on the report (no patient names)")
+    p.add_argument("--parts", nargs="*", help="explanation parts (default: every fast part + faithfulness)")
+    p.add_argument("--no-explain", action="store_true", help="prediction only")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("train", help="train one model package from a YAML config")
     p.add_argument("--config", required=True)
     p.add_argument("--devices", help="devices per node (e.g. 2 for a 2-process DDP run)")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .case import Case, CaseError
-from .encoders import build_encoder, encoder_config
+from .encoders import ModalityFeatures, build_encoder, encoder_config
 from .fusion import FUSIONS, case_diagnostics
 from .model import ModelOutput, MultimodalClassifier
 from .uncertainty import decompose
@@ -54,8 +56,34 @@ def architecture(model: MultimodalClassifier) -> dict[str, Any]:
     }
 
 
-def build_model(arch: Mapping[str, Any]) -> MultimodalClassifier:
-    encoders = {m: build_encoder(m, cfg) for m, cfg in arch["modalities"].items()}
+# Frozen encoders whose weights are identical in several packages (a pip-shipped pretrained encoder, or
+# a suite's shared safetensors file with the same sha256) are built once per process and the one
+# module is used by every such package: a suite of 13 packages holds one MiniLM, not 13. Entries go
+# away with the last package that uses them.
+_ENCODER_POOL: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+_POOL_LOCK = threading.Lock()
+
+
+def encoder_fingerprint(config: Mapping[str, Any], modality: str) -> str | None:
+    """A key naming a frozen encoder's weights exactly, from a package config; None when the encoder
+    is trained inside the package (its output is then that package's own)."""
+    enc_cfg = config["architecture"]["modalities"].get(modality)
+    if not enc_cfg or not enc_cfg.get("frozen"):
+        return None
+    prefix = f"encoders.{modality}."
+    if prefix in config.get("external_weights", []):
+        source = "external"
+    else:
+        source = next((e.get("sha256") for e in config.get("shared_weights", []) if e.get("prefix") == prefix), None)
+        if source is None:
+            return None
+    return json.dumps({"modality": modality, "encoder": enc_cfg, "weights": source}, sort_keys=True)
+
+
+def build_model(arch: Mapping[str, Any], reuse: Mapping[str, Any] | None = None) -> MultimodalClassifier:
+    """``reuse``: modality -> an already built encoder to use instead of building one."""
+    reuse = reuse or {}
+    encoders = {m: reuse[m] if m in reuse else build_encoder(m, cfg) for m, cfg in arch["modalities"].items()}
     f = arch["fusion"]
     return MultimodalClassifier(encoders, arch["n_classes"], f["name"], f.get("options", {}), f.get("out_dim", 256),
                                 arch.get("head", {}))
@@ -142,9 +170,13 @@ def _read_config(pkg: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_package(path: str | Path, root: str | Path | None = None) -> "Package":
+def load_package(path: str | Path, root: str | Path | None = None, share_encoders: bool = True) -> "Package":
     """Load a package folder. Weights files must be safetensors whose sha256 matches config.json and
-    lie inside ``root`` (default: the package's parent folder, where a suite keeps shared files)."""
+    lie inside ``root`` (default: the package's parent folder, where a suite keeps shared files).
+
+    ``share_encoders``: frozen encoders with identical weights are one module per process (see
+    ``encoder_fingerprint``); a loaded package is read-only, so sharing is safe. Pass False for a
+    private copy (e.g. to fine-tune it)."""
     pkg = Path(path).resolve()
     if not pkg.is_dir():
         raise PackageError(f"{pkg}: no such model folder.")
@@ -156,8 +188,12 @@ def load_package(path: str | Path, root: str | Path | None = None) -> "Package":
     cfg = _read_config(pkg)
     files = [(_check_weights_file(pkg, cfg["weights"], root), "")]
     files += [(_check_weights_file(pkg, e, root), e.get("prefix", "")) for e in cfg.get("shared_weights", [])]
+    keys = {m: encoder_fingerprint(cfg, m) for m in cfg["architecture"].get("modalities", {})} if share_encoders else {}
+    keys = {m: k for m, k in keys.items() if k is not None}
+    with _POOL_LOCK:
+        reuse = {m: enc for m, k in keys.items() if (enc := _ENCODER_POOL.get(k)) is not None}
     try:
-        model = build_model(cfg["architecture"])
+        model = build_model(cfg["architecture"], reuse)
     except (KeyError, TypeError, ValueError) as e:
         raise PackageError(f"{pkg / 'config.json'}: the architecture can't be built ({e}).") from None
     state: dict[str, torch.Tensor] = {}
@@ -180,10 +216,15 @@ def load_package(path: str | Path, root: str | Path | None = None) -> "Package":
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
             raise PackageError(f"{files[0][0]}: '{k}' has shape {tuple(v.shape)} but the architecture needs {tuple(expected[k].shape)}.")
+    # a reused encoder already holds exactly these weights (same sha256 / same shipped file)
+    state = {k: v for k, v in state.items() if not any(k.startswith(f"encoders.{m}.") for m in reuse)}
     model.load_state_dict(state, strict=False)
     model.eval()
     for p in model.parameters():  # a loaded package is shared between sessions and never trained in place
         p.requires_grad_(False)
+    with _POOL_LOCK:
+        for m, k in keys.items():
+            _ENCODER_POOL.setdefault(k, model.encoders[m])
     return Package(pkg, cfg, model)
 
 
@@ -323,11 +364,21 @@ class Package:
         return prepare_batch(self.model, cases)
 
     # ---- prediction ----------------------------------------------------------------------------
-    def run(self, cases: Sequence[Case], mc_samples: int | None = None, seed: int = 0) -> tuple[ModelOutput, ModelOutput, torch.Tensor, list[list[str]]]:
+    def run(self, cases: Sequence[Case], mc_samples: int | None = None, seed: int = 0,
+            features: Mapping[str, ModalityFeatures] | None = None) -> tuple[ModelOutput, ModelOutput, torch.Tensor, list[list[str]]]:
         """One encoder + fusion pass; the head runs once without dropout and T times with it, on the
-        same fused features. -> (deterministic output, MC output, presence, warnings)."""
+        same fused features. -> (deterministic output, MC output, presence, warnings).
+
+        ``features``: modality -> encoder output already computed for the present rows of these cases
+        (by this package's encoder or one with the same ``encoder_fingerprint``); that encoder is skipped."""
         T = self.mc_samples if mc_samples is None else mc_samples
         inputs, present, warnings = self.prepare(cases)
+        for m, f in (features or {}).items():
+            if inputs.get(m) is not None:
+                rows = int(present[:, self.modalities.index(m)].sum())
+                if f.pooled.shape[0] != rows:
+                    raise ValueError(f"precomputed {m} features have {f.pooled.shape[0]} rows for {rows} present cases.")
+                inputs[m] = f
         gen = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
             det = self.model(inputs, present)
@@ -335,11 +386,15 @@ class Package:
         mc = ModelOutput(logits, log_var, det.fused, det.diagnostics, det.features)
         return det, mc, present, warnings
 
-    def predict(self, case: Case | Sequence[Case], mc_samples: int | None = None, seed: int = 0):
-        """A Prediction for one case, or a list for a sequence of cases (batched)."""
+    def encoder_fingerprint(self, modality: str) -> str | None:
+        return encoder_fingerprint(self.config, modality)
+
+    def predict(self, case: Case | Sequence[Case], mc_samples: int | None = None, seed: int = 0,
+                features: Mapping[str, ModalityFeatures] | None = None):
+        """A Prediction for one case, or a list for a sequence of cases (batched). ``features``: see ``run``."""
         single = isinstance(case, Case)
         cases = [case] if single else list(case)
-        det, mc, present, warnings = self.run(cases, mc_samples, seed)
+        det, mc, present, warnings = self.run(cases, mc_samples, seed, features)
         post = posterior(det.logits, mc.logits, mc.log_var, self.temperature)
         probs, cal, unc = post.probabilities, post.calibrated, post.uncertainty
         gates = self.model.encoders["metadata"].feature_gates() if "metadata" in self.model.encoders else None

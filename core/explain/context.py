@@ -19,12 +19,16 @@ from ..package import Package
 
 
 class ExplainContext:
-    def __init__(self, package: Package, case: Case, target: int | None = None):
+    def __init__(self, package: Package, case: Case, target: int | None = None,
+                 features: dict[str, ModalityFeatures] | None = None):
+        """``features``: modality -> encoder output of this case already computed (by this package's
+        encoder or one with the same fingerprint); those encoders are not run again."""
         self.package, self.case = package, case
         self.model = package.model
         self.inputs, self.present, self.warnings = package.prepare([case])
+        given = {m: f for m, f in (features or {}).items() if self.inputs.get(m) is not None}
         with torch.no_grad():  # not inference_mode: these features later sit in graphs that need gradients
-            self.features = self.model.encode(self.inputs, self.present)
+            self.features = self.model.encode({**self.inputs, **given}, self.present)
             out = self.model.fuse_and_classify(self.features, self.present)
         self.logits = out.logits[0].clone()
         self.target = int(self.logits.argmax()) if target is None else int(target)
@@ -35,6 +39,10 @@ class ExplainContext:
     # -- which modalities the case has -------------------------------------------------------
     def has(self, modality: str) -> bool:
         return modality in self.model.modalities and bool(self.present[0, self.model.modalities.index(modality)])
+
+    def present_features(self) -> dict[str, ModalityFeatures]:
+        """Every present modality's encoder output (what ``Package.predict(features=...)`` takes)."""
+        return {m: self.raw_features(m) for m in self.model.modalities if self.has(m)}
 
     def raw_features(self, modality: str) -> ModalityFeatures:
         """The encoder output of the present case only (the form ``encode`` accepts for a modality)."""

@@ -55,8 +55,11 @@ class Explanation:
 def explain_case(package: Package, case: Case, target: int | str | None = None, parts: Sequence[str] = DEFAULT_PARTS,
                  cam_methods: Sequence[str] = ("gradcam",), cam_layer: str = "last stage", tta: bool = False,
                  ig_steps: int = 24, stability_samples: int = 8, shapley_samples: int = 40,
-                 mc_samples: int | None = None) -> Explanation:
-    """Explain ``case`` for ``target`` (class index or label; default: the predicted class)."""
+                 mc_samples: int | None = None, features: dict[str, Any] | None = None) -> Explanation:
+    """Explain ``case`` for ``target`` (class index or label; default: the predicted class).
+
+    Every encoder runs once: the context's features feed the prediction too. ``features`` (modality ->
+    encoder output, e.g. from a variant comparison sharing frozen encoders) skips those encoders."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"unknown explanation part '{unknown[0]}'; choose from: {', '.join(PARTS)}.")
@@ -72,8 +75,8 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
         timings[name] = round(time.perf_counter() - t0, 4)
         return out
 
-    pred = timed("prediction", package.predict, case, mc_samples)
-    ctx = timed("context", ExplainContext, package, case, target)
+    ctx = timed("context", ExplainContext, package, case, target, features)
+    pred = timed("prediction", package.predict, case, mc_samples, 0, ctx.present_features())
     ex = Explanation(pred, ctx.target, package.labels[ctx.target], timings=timings)
     has_image = ctx.has("image")
     for part, modality in (("note", "note"), ("table", "metadata"), ("spectrum", "spectrum")):

@@ -1,0 +1,314 @@
+"""Fusion variants side by side: one case through several packages, and their cohort metrics.
+
+``compare_variants`` runs each frozen encoder once per case and hands its output to every package
+whose encoder has the same weights (``Package.encoder_fingerprint``): a suite's variants differ only in
+their fusion, head and small table encoders, so only those run per variant. Above the columns it
+reports whether the variants agree, the spread of their probabilities (an ensemble uncertainty) and
+how far their explanations agree (rank correlation of attributions, IoU of the top heatmap regions).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .case import Case
+from .encoders import ModalityFeatures
+from .package import Package, Prediction, to_jsonable
+
+COMPARE_PARTS = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
+TOP_FRACTION = 0.2          # "top heatmap region": the hottest 20% of pixels
+
+
+@dataclass
+class VariantColumn:
+    package: Package
+    prediction: Prediction
+    explanation: Any | None = None        # core.explain.Explanation for the common target, when explained
+
+    def summary(self, top_k: int = 5) -> dict[str, Any]:
+        p, ex = self.prediction, self.explanation
+        out: dict[str, Any] = {
+            "name": self.package.name, "variant": self.package.variant, "path": str(self.package.path),
+            "sha256": self.package.sha256, "label": p.label,
+            "probability": float(p.calibrated[p.label_index]),
+            "probabilities": dict(zip(p.labels, map(float, p.calibrated))),
+            "normalised_entropy": p.uncertainty["normalised_entropy"], "epistemic": p.uncertainty["epistemic"],
+            "refer": bool(p.refer), "temperature": self.package.temperature,
+            "internals": internals_summary(p.diagnostics),
+        }
+        if ex is not None:
+            if ex.lesion_context:
+                first = next(iter(ex.lesion_context["shares"].values()))
+                out["cam_lesion_share"] = first.get("lesion")
+                out["cam_context_share"] = first.get("context")
+            out["top_words"] = top_words(ex.note, top_k)
+            out["top_features"] = top_features(ex.table, top_k)
+            if ex.modality:
+                out["modality_shapley"] = dict(ex.modality["values"])
+        return out
+
+
+@dataclass
+class Comparison:
+    case_id: str | None
+    columns: list[VariantColumn]
+    target: int
+    target_label: str
+    agreement: dict[str, Any]
+    ensemble: dict[str, Any]
+    explanation_agreement: dict[str, Any]
+    encoder_passes: dict[str, int]                       # modality -> encoder runs for the whole comparison
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable({
+            "case_id": self.case_id, "target": self.target, "target_label": self.target_label,
+            "columns": [c.summary() for c in self.columns], "agreement": self.agreement, "ensemble": self.ensemble,
+            "explanation_agreement": self.explanation_agreement, "encoder_passes": self.encoder_passes,
+            "timings": self.timings})
+
+
+# ---- helpers on one column ----------------------------------------------------------------------------------------
+
+def internals_summary(diag: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar fusion internals worth a column: modality weights, temperature, gates, level weights."""
+    out: dict[str, Any] = {}
+    for k, v in diag.items():
+        a = np.asarray(v) if isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) else None
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+        elif isinstance(v, dict) and k in ("modality_weights", "metadata_feature_gates"):
+            out[k] = {str(kk): float(vv) for kk, vv in v.items()}
+        elif a is not None and a.dtype.kind in "fi" and a.size <= 16:
+            out[k] = np.round(a.astype(float), 4).tolist()
+    return out
+
+
+def top_words(note: Mapping[str, Any] | None, k: int = 5) -> list[dict[str, Any]]:
+    if not note:
+        return []
+    words = sorted(note["words"], key=lambda w: -abs(w["score"]))[:k]
+    return [{"text": w["text"], "score": float(w["score"])} for w in words]
+
+
+def top_features(table: Mapping[str, Any] | None, k: int = 5, method: str = "integrated_gradients") -> list[dict[str, Any]]:
+    if not table:
+        return []
+    rows = sorted(table["features"], key=lambda r: -abs(r[method]))[:k]
+    return [{"name": r["name"], "value": r["value"], "score": float(r[method])} for r in rows]
+
+
+# ---- agreement measures ---------------------------------------------------------------------------------------------
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman rank correlation; None when either side is constant or shorter than 3."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.size != b.size or a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a), rankdata(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def top_region(cam: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarray:
+    """Boolean mask of the hottest ``fraction`` of pixels."""
+    cam = np.asarray(cam, float)
+    k = max(1, int(round(fraction * cam.size)))
+    thresh = np.partition(cam.ravel(), cam.size - k)[cam.size - k]
+    return cam >= thresh
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def ensemble_summary(columns: Sequence[VariantColumn]) -> dict[str, Any]:
+    """Spread of the calibrated probabilities across variants, read as an ensemble.
+
+    ``disagreement`` = entropy of the mean distribution minus the mean entropy (the mutual information
+    between the variant and the label, in nats): 0 when every variant gives the same distribution."""
+    labels = columns[0].prediction.labels
+    P = np.stack([c.prediction.calibrated for c in columns]).astype(float)
+    mean = P.mean(0)
+    ent = lambda p: float(-(p * np.log(np.clip(p, 1e-12, 1))).sum(-1))  # noqa: E731
+    k = int(mean.argmax())
+    return {"labels": labels, "mean_probabilities": mean.tolist(), "label": labels[k],
+            "probability_of_label": float(mean[k]),
+            "std_of_label_probability": float(P[:, k].std()),
+            "range_of_label_probability": [float(P[:, k].min()), float(P[:, k].max())],
+            "entropy_of_mean": ent(mean), "mean_entropy": float(np.mean([ent(p) for p in P])),
+            "disagreement": max(0.0, ent(mean) - float(np.mean([ent(p) for p in P]))),
+            "normalised_entropy_of_mean": ent(mean) / math.log(len(labels)) if len(labels) > 1 else 0.0}
+
+
+def agreement_summary(columns: Sequence[VariantColumn]) -> dict[str, Any]:
+    votes: dict[str, int] = {}
+    for c in columns:
+        votes[c.prediction.label] = votes.get(c.prediction.label, 0) + 1
+    majority = max(votes, key=votes.get)
+    return {"all_agree": len(votes) == 1, "votes": votes, "majority_label": majority,
+            "majority_fraction": votes[majority] / len(columns),
+            "referred": [c.package.variant for c in columns if c.prediction.refer]}
+
+
+def explanation_agreement(columns: Sequence[VariantColumn]) -> dict[str, Any]:
+    """Pairwise agreement of the explanations (same target class for every column)."""
+    pairs: list[dict[str, Any]] = []
+    for a, b in itertools.combinations(range(len(columns)), 2):
+        ea, eb = columns[a].explanation, columns[b].explanation
+        if ea is None or eb is None:
+            continue
+        row: dict[str, Any] = {"a": columns[a].package.variant, "b": columns[b].package.variant}
+        if ea.cams and eb.cams:
+            m = next(iter(ea.cams))
+            if m in eb.cams:
+                row["cam_top_iou"] = iou(top_region(ea.cams[m]), top_region(eb.cams[m]))
+                row["cam_spearman"] = spearman(np.ravel(ea.cams[m])[::7], np.ravel(eb.cams[m])[::7])
+        if ea.note and eb.note:
+            row["note_spearman"] = spearman([w["score"] for w in ea.note["words"]], [w["score"] for w in eb.note["words"]])
+        if ea.table and eb.table:
+            row["table_spearman"] = spearman([r["integrated_gradients"] for r in ea.table["features"]],
+                                             [r["integrated_gradients"] for r in eb.table["features"]])
+        if ea.spectrum and eb.spectrum:
+            row["spectrum_spearman"] = spearman(ea.spectrum["smoothed"], eb.spectrum["smoothed"])
+        if ea.modality and eb.modality:
+            keys = sorted(set(ea.modality["values"]) & set(eb.modality["values"]))
+            row["top_modality_same"] = ea.modality["top_modality"] == eb.modality["top_modality"]
+            if len(keys) >= 3:
+                row["modality_spearman"] = spearman([ea.modality["values"][k] for k in keys],
+                                                    [eb.modality["values"][k] for k in keys])
+        pairs.append(row)
+    means: dict[str, float | None] = {}
+    for key in ("cam_top_iou", "cam_spearman", "note_spearman", "table_spearman", "spectrum_spearman", "modality_spearman"):
+        vals = [p[key] for p in pairs if p.get(key) is not None]
+        if vals:
+            means[key] = float(np.mean(vals))
+    same = [p["top_modality_same"] for p in pairs if "top_modality_same" in p]
+    if same:
+        means["top_modality_same_fraction"] = float(np.mean(same))
+    return {"pairs": pairs, "mean": means, "top_fraction": TOP_FRACTION}
+
+
+# ---- the comparison ------------------------------------------------------------------------------------------------
+
+class SharedEncoderCache:
+    """Encoder outputs of one case, keyed by encoder fingerprint: each frozen encoder runs once."""
+
+    def __init__(self, case: Case):
+        self.case = case
+        self._store: dict[str, ModalityFeatures] = {}
+        self.passes: dict[str, int] = {}
+
+    def features_for(self, pkg: Package) -> dict[str, ModalityFeatures]:
+        inputs = None
+        out: dict[str, ModalityFeatures] = {}
+        for m in pkg.modalities:
+            key = pkg.encoder_fingerprint(m)
+            if key is None:
+                continue
+            if key not in self._store:
+                if inputs is None:
+                    inputs, _, _ = pkg.prepare([self.case])
+                if inputs.get(m) is None:
+                    continue
+                with torch.no_grad():
+                    self._store[key] = pkg.model.encoders[m](**inputs[m])
+                self.passes[m] = self.passes.get(m, 0) + 1
+            out[m] = self._store[key]
+        return out
+
+
+def compare_variants(packages: Sequence[Package], case: Case, explain: bool = True,
+                     parts: Sequence[str] = COMPARE_PARTS, target: int | str | None = None,
+                     mc_samples: int | None = None, share_encoders: bool = True, **explain_options: Any) -> Comparison:
+    """Run ``case`` through every package (same label set required) and compare them.
+
+    The explanations of every column are for one common target: ``target`` if given, else the class
+    with the highest mean calibrated probability across the variants, so attributions are comparable.
+    ``share_encoders=False`` re-encodes the case per variant (the naive way, kept for benchmarks)."""
+    from .explain import explain_case
+
+    if not packages:
+        raise ValueError("Pick at least one model to compare.")
+    labels = packages[0].labels
+    for p in packages[1:]:
+        if p.labels != labels:
+            raise ValueError(f"'{p.name}' predicts different classes from '{packages[0].name}'; "
+                             "compare models of the same cohort.")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cache = SharedEncoderCache(case)
+    feats = [cache.features_for(p) if share_encoders else {} for p in packages]
+    timings["shared_encoders"] = round(time.perf_counter() - t0, 4)
+    t1 = time.perf_counter()
+    columns = [VariantColumn(p, p.predict(case, mc_samples, 0, f or None)) for p, f in zip(packages, feats)]
+    timings["predictions"] = round(time.perf_counter() - t1, 4)
+    ens = ensemble_summary(columns)
+    if isinstance(target, str):
+        if target not in labels:
+            raise ValueError(f"unknown class '{target}'; the models' classes are: {', '.join(labels)}.")
+        target = labels.index(target)
+    tgt = int(np.argmax(ens["mean_probabilities"])) if target is None else int(target)
+    if explain:
+        t2 = time.perf_counter()
+        for col, f in zip(columns, feats):
+            col.explanation = explain_case(col.package, case, target=tgt, parts=parts, mc_samples=mc_samples,
+                                           features=f or None, **explain_options)
+        timings["explanations"] = round(time.perf_counter() - t2, 4)
+    passes = dict(cache.passes)
+    present = case.present()
+    for p, f in zip(packages, feats):  # encoders that run inside each package: predict + explain context
+        for m in p.modalities:
+            if present.get(m) and m not in f:
+                passes[m] = passes.get(m, 0) + (2 if explain else 1)
+    timings["total"] = round(time.perf_counter() - t0, 4)
+    return Comparison(case.case_id, columns, tgt, labels[tgt], agreement_summary(columns), ens,
+                      explanation_agreement(columns) if explain else {"pairs": [], "mean": {}}, passes, timings)
+
+
+# ---- the cohort view --------------------------------------------------------------------------------------------------
+
+COHORT_METRICS = ("balanced_accuracy", "macro_f1", "auroc", "ece", "error_detection_auroc")
+
+
+def cohort_metrics(package_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """One row per package from its ``metrics.json`` (values and 95% intervals) and config facts;
+    packages without metrics give a row with only their name."""
+    rows = []
+    for d in package_dirs:
+        d = Path(d)
+        try:
+            cfg = json.loads((d / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            m = json.loads((d / "metrics.json").read_text())
+        except (OSError, ValueError):
+            m = cfg.get("metrics", {}) or {}
+        row: dict[str, Any] = {"model": d.name, "variant": cfg.get("variant"),
+                               "modalities": list(cfg.get("architecture", {}).get("modalities", {})),
+                               "n_test": m.get("n")}
+        for k in COHORT_METRICS:
+            v = m.get(k)
+            if isinstance(v, dict):
+                row[k] = v.get("value")
+                row[f"{k}_ci95"] = v.get("ci95")
+            elif isinstance(v, (int, float)):
+                row[k] = float(v)
+        f = m.get("faithfulness") or {}
+        for k in ("deletion_auc", "insertion_auc", "cam_lesion_share_lesion_decided", "cam_context_share_context_decided",
+                  "pointing_game"):
+            if isinstance(f.get(k), (int, float)):
+                row[f"faithfulness_{k}"] = float(f[k])
+        rows.append(row)
+    return rows
