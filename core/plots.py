@@ -499,3 +499,37 @@ def spectrum_preview(spectrum: np.ndarray, title: str | None = None) -> go.Figur
     fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", name="spectrum", line=dict(color="#333333")))
     fig.update_xaxes(title="wavelength" if s.ndim == 2 else "point")
     return _layout(fig, title, height=240)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# variant comparison
+
+def variant_probabilities(columns: Sequence[Mapping[str, Any]], label: str, title: str | None = None) -> go.Figure:
+    """The calibrated probability of ``label`` per variant (``Comparison.to_dict()['columns']``);
+    variants that predict another class are drawn in orange."""
+    names = [c["variant"] for c in columns]
+    p = [float(c["probabilities"].get(label, 0.0)) for c in columns]
+    colours = ["#1f77b4" if c["label"] == label else "#ff7f0e" for c in columns]
+    fig = go.Figure(go.Bar(x=p, y=names, orientation="h", marker_color=colours, text=[f"{v:.1%}" for v in p],
+                           textposition="outside", cliponaxis=False))
+    fig.update_xaxes(range=[0, 1.15], title=f"calibrated probability of {label}", tickformat=".0%")
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, height=100 + 28 * len(names))
+
+
+def cohort_metric_bars(rows: Sequence[Mapping[str, Any]], metric: str = "balanced_accuracy",
+                       title: str | None = None) -> go.Figure:
+    """One bar per package (``core.compare.cohort_metrics`` rows) with its bootstrap 95% interval;
+    unimodal baselines in grey."""
+    rows = [r for r in rows if isinstance(r.get(metric), (int, float))]
+    rows = sorted(rows, key=lambda r: -float(r[metric]))
+    names = [r["model"] for r in rows]
+    v = np.array([float(r[metric]) for r in rows])
+    ci = [r.get(f"{metric}_ci95") or [x, x] for r, x in zip(rows, v)]
+    lo = v - np.array([c[0] for c in ci])
+    hi = np.array([c[1] for c in ci]) - v
+    colours = ["#9e9e9e" if r.get("variant") == "unimodal" else "#1f77b4" for r in rows]
+    fig = go.Figure(go.Bar(x=names, y=v, marker_color=colours, error_y=dict(type="data", array=hi, arrayminus=lo, visible=True),
+                           text=[f"{x:.3f}" for x in v], textposition="inside"))
+    fig.update_yaxes(title=metric.replace("_", " "), range=[0, 1])
+    return _layout(fig, title, height=360)

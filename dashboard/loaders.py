@@ -157,3 +157,20 @@ def note_tokens(pkg: Package, note: str | None) -> list[str] | None:
 
 def cam_layers(pkg: Package) -> list[str]:
     return list(pkg.model.encoders["image"].cam_layers()) if "image" in pkg.model.encoders else []
+
+
+def compare(pkgs: Sequence[Package], case: Case, explain: bool, only_cached: bool = False) -> Any:
+    """``core.compare.compare_variants`` once per (packages, case, explain) in this session."""
+    from core.compare import compare_variants
+
+    store = st.session_state.setdefault(RESULTS_KEY, OrderedDict())
+    key = ("compare", tuple((p.sha256, str(p.path)) for p in pkgs), case_fingerprint(case), explain)
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
+    if only_cached:
+        return None
+    value = store[key] = compare_variants(list(pkgs), case, explain=explain)
+    while len(store) > MAX_RESULTS:
+        store.popitem(last=False)
+    return value

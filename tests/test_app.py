@@ -16,13 +16,12 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import save_package
-from tiny import LABELS, SCHEMA, make_case, make_model
+from tiny import SCHEMA, make_case, save_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "Home.py")
 PAGES = ["pages/1_Case.py", "pages/2_Prediction.py", "pages/3_Fusion_internals.py", "pages/4_Image_explanations.py",
-         "pages/5_Attributions.py"]
+         "pages/5_Attributions.py", "pages/6_Compare.py"]
 sys.path.insert(0, str(ROOT / "dashboard"))  # streamlit puts the app's folder on sys.path; its helpers import flat
 import cases as bundles  # noqa: E402
 
@@ -33,13 +32,11 @@ NOTICE = "not a medical device"
 def suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("fusionlens")
     models = root / "models"
-    for i, variant in enumerate(("gated", "mmtm")):
-        model = make_model(variant, modalities=("image", "note", "metadata"), seed=i)
-        pkg = save_package(model, models / "dermatology" / variant, LABELS, name=f"tiny-{variant}", cohort="dermatology",
-                           mc_samples=8, training_data={"synthetic": True, "description": "tiny generated cases"},
-                           metrics={"balanced_accuracy": {"value": 0.5, "ci95": [0.4, 0.6]}})
-        (pkg / "metrics.json").write_text(json.dumps({"accuracy_vs_referred": {
-            "fractions": [0.0, 0.1, 0.2, 0.3], "accuracy": [0.6, 0.65, 0.7, 0.72], "thresholds": [1.0, 0.9, 0.8, 0.7]}}))
+    for pkg in save_suite(models, ("gated", "mmtm"), metrics={"balanced_accuracy": {"value": 0.5, "ci95": [0.4, 0.6]}}):
+        (pkg / "metrics.json").write_text(json.dumps({
+            "n": 30, "balanced_accuracy": {"value": 0.5 + 0.1 * pkg.name.startswith("m"), "ci95": [0.4, 0.7]},
+            "accuracy_vs_referred": {"fractions": [0.0, 0.1, 0.2, 0.3], "accuracy": [0.6, 0.65, 0.7, 0.72],
+                                     "thresholds": [1.0, 0.9, 0.8, 0.7]}}))
     case = make_case(0)
     demo = root / "cases" / "dermatology" / "demo-1"
     demo.mkdir(parents=True)
@@ -136,6 +133,53 @@ def test_demo_case_on_every_page_and_switching_the_variant(app):
     goto(at, PAGES[4])  # note words and table bars (this model has no spectrum)
     assert any("fl-note" in m.value and "<span" in m.value for m in at.markdown)
     assert len(charts(at)) == 1
+
+
+def test_compare_page_side_by_side_table_and_cohort_view(app):
+    at = load_demo(app.run())
+    at = goto(at, PAGES[5])
+    assert at.multiselect(key="cmp_variants").value and len(at.multiselect(key="cmp_variants").value) == 2
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Label agreement"] in ("all agree", "1 of 2")
+    assert "nats" in labels["Variant disagreement"] and labels["Heatmap overlap (IoU, top 20%)"] != "n/a"
+    cmp = next(v for k, v in at.session_state["fl_results"].items() if k[0] == "compare")
+    assert [c.package.variant for c in cmp.columns] == ["gated", "mmtm"]
+    # one shared pass of each frozen encoder (image, note) for both variants; the table encoders are per package
+    assert cmp.encoder_passes["image"] == 1 and cmp.encoder_passes["note"] == 1 and cmp.encoder_passes["metadata"] == 4
+    figs = charts(at)
+    probs = figs[0]["data"][0]
+    assert probs["type"] == "bar" and probs["y"] == ["gated", "mmtm"]
+    assert sum(1 for f in figs if any(t["type"] == "heatmap" for t in f["data"])) == 2  # a Grad-CAM per column
+    assert at.dataframe[-1].value["model"].tolist() == ["gated", "mmtm"]
+    bars = next(f for f in figs if f["data"][0].get("error_y"))  # cohort view: sorted by the metric, with intervals
+    assert bars["data"][0]["x"] == ["mmtm", "gated"]
+
+    at.radio(key="cmp_mode").set_value("Every variant as a table").run()
+    ok(at)
+    table = at.dataframe[0].value
+    assert table["variant"].tolist() == ["gated", "mmtm"] and table["probability"].between(0, 1).all()
+
+
+def test_report_panel_prepares_pdf_html_json_in_memory(app, tmp_path):
+    from pypdf import PdfReader
+
+    at = load_demo(app.run())
+    at.session_state["ig_steps"] = 8
+    at = goto(at, PAGES[1])
+    at.text_input(key="prediction_report_reference").input("study-12").run()
+    ok(at.button(key="prediction_report_prepare").click().run())
+    (key, ready), = at.session_state["fl_reports"].items()
+    pkg_sha = key[0]
+    assert len([b for b in at.get("download_button")]) == 3
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(ready["pdf"])).pages)
+    assert pkg_sha in text and "study-12" in text and "not a medical device" in text
+    report = json.loads(ready["json"])
+    assert report["model"]["sha256"] == pkg_sha and report["case"]["case_reference"] == "study-12"
+    assert b"plotly" in ready["html"] and b"data:image/png;base64" in ready["html"]
+    # a name-length reference is refused with one sentence and nothing is prepared
+    at.text_input(key="prediction_report_reference").input("x" * 100).run()
+    ok(at)
+    assert any("keep it to 80" in e.value for e in at.error)
 
 
 def test_case_form_refuses_a_bad_value_next_to_it_and_keeps_the_rest(app):

@@ -55,3 +55,27 @@ def make_case(i: int = 0, missing: tuple[str, ...] = ()) -> Case:
     for m in missing:
         values[m] = None
     return Case.from_inputs(case_id=f"case-{i}", **values)
+
+
+def save_suite(root, variants=("gated", "mmtm"), modalities=("image", "note", "metadata"), cohort: str = "dermatology",
+               shared=("image", "note"), **save_kwargs):
+    """Packages of a tiny suite under ``root/cohort/<variant>``: the ``shared`` encoders are frozen, hold the
+    same weights in every package and are stored once in ``root/cohort/_shared/`` (as a real suite does)."""
+    from pathlib import Path
+
+    from core import save_package
+
+    paths, first = [], None
+    for i, variant in enumerate(variants):
+        model = make_model(variant, modalities=modalities, seed=i)
+        for m in shared:
+            if m in model.encoders:
+                if first is not None:
+                    model.encoders[m].load_state_dict(first.encoders[m].state_dict())
+                model.encoders[m].freeze()
+        first = first or model
+        files = {f"encoders.{m}.": f"../_shared/{m}_encoder.safetensors" for m in shared if m in model.encoders}
+        kw = {"name": f"tiny-{variant}", "cohort": cohort, "mc_samples": 8,
+              "training_data": {"synthetic": True, "description": "tiny generated cases"}, **save_kwargs}
+        paths.append(save_package(model, Path(root) / cohort / variant, LABELS, shared=files, **kw))
+    return paths

@@ -49,7 +49,7 @@ def clean_reference(reference: str | None) -> str | None:
         return None
     if not isinstance(reference, str):
         raise ReportError("The case reference must be text.")
-    text = " ".join("".join(ch for ch in reference if ch.isprintable()).split())
+    text = " ".join("".join(ch if ch.isprintable() else (" " if ch.isspace() else "") for ch in reference).split())
     if len(text) > MAX_REFERENCE:
         raise ReportError(f"The case reference is {len(text)} characters long; keep it to {MAX_REFERENCE} "
                           "(a study or ticket id, never a patient name).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import loaders
+from report_ui import report_panel
 from core import CaseError, PackageError, plots
 from state import md_escape, setup_page, show_error
 
@@ -89,3 +90,5 @@ if isinstance(curve, dict) and curve.get("fractions") and curve.get("accuracy"):
                "(the package's test split).")
 else:
     st.caption("This package has no accuracy-vs-referred curve (metrics.json).")
+
+report_panel(pkg, case, "prediction_report")

@@ -7,6 +7,7 @@ import numpy as np
 import streamlit as st
 
 import loaders
+from report_ui import report_panel
 from core import FUSIONS, CaseError, PackageError, plots
 from state import md_escape, setup_page, show_error
 
@@ -172,3 +173,5 @@ if rep.get("values"):
                  hide_index=True, key="shapley_table")
 else:
     st.info("No input of this case is used by the model, so there is nothing to attribute.")
+
+report_panel(pkg, case, "fusion_internals_report")

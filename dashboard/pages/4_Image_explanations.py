@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 import loaders
+from report_ui import report_panel
 from core import CaseError, PackageError, plots
 from core.explain import CAM_METHODS
 from state import setup_page, show_error
@@ -117,3 +118,5 @@ if s:
               help="1 = the heatmap is the same under every MC-dropout sample of the head.")
     st.plotly_chart(plots.stability_figure(s), key="stability_chart")
     st.caption(f"{s['samples']} samples. Bright areas on the right change between samples: read them with care.")
+
+report_panel(pkg, case, "image_explanations_report")

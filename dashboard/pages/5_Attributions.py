@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import loaders
+from report_ui import report_panel
 from core import CaseError, PackageError, plots
 from state import setup_page, show_error
 
@@ -79,3 +80,5 @@ if ex.spectrum:
     delta_caption(sp, "Spectrum")
 else:
     st.caption(ex.skipped.get("spectrum", "No spectrum attributions."))
+
+report_panel(pkg, case, "attributions_report")

@@ -1,0 +1,78 @@
+"""The case-report panel every page with results ends with: prepare once, download PDF / HTML / JSON.
+
+The report is built in memory (never written to disk) from the session's cached prediction and a full
+explanation of the current case; a variant comparison run on the Compare page for the same case is
+included. The user may add a free case reference (never a patient name).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+import loaders
+from core import Case, CaseError, Package, PackageError
+from core.report import ReportError, clean_reference, make_report
+
+REPORT_PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality", "faithfulness")
+REPORTS_KEY = "fl_reports"        # (package sha, folder, case fingerprint) -> {fmt: bytes, "name": str}
+COMPARISON_KEY = "fl_comparison"  # (case fingerprint, tuple of package folders) -> core.compare.Comparison
+MIME = {"pdf": "application/pdf", "html": "text/html", "json": "application/json"}
+
+
+def last_comparison(case: Case, pkg: Package) -> Any | None:
+    """The latest comparison of this case that included ``pkg``, if one was run in this session."""
+    store = st.session_state.get(COMPARISON_KEY) or {}
+    fp = loaders.case_fingerprint(case)
+    for (case_fp, folders), comparison in reversed(list(store.items())):
+        if case_fp == fp and str(pkg.path) in folders:
+            return comparison
+    return None
+
+
+def remember_comparison(case: Case, comparison: Any) -> None:
+    store = st.session_state.setdefault(COMPARISON_KEY, {})
+    key = (loaders.case_fingerprint(case), tuple(str(c.package.path) for c in comparison.columns))
+    store.pop(key, None)
+    store[key] = comparison
+    while len(store) > 4:
+        store.pop(next(iter(store)))
+
+
+def report_panel(pkg: Package, case: Case, key: str) -> None:
+    """The "Case report" section: reference field, a Prepare button, then three download buttons."""
+    st.divider()
+    st.subheader("Case report")
+    st.caption("A PDF, a self-contained HTML page (interactive figures) or JSON (every number) with the inputs, the "
+               "model and its sha256, the calibrated prediction with uncertainty and referral advice, heatmaps, "
+               "attributions, fusion internals, faithfulness and any variant comparison of this case. Built in "
+               "memory; nothing is stored on the server.")
+    ref_raw = st.text_input("Case reference (optional)", key=f"{key}_reference", max_chars=120,
+                            placeholder="a study or ticket id, never a patient name",
+                            help="Printed on the report. Use an id from your own system; do not type patient names.")
+    try:
+        reference = clean_reference(ref_raw)
+    except ReportError as e:
+        st.error(str(e), icon=":material/block:")
+        return
+    rkey = (pkg.sha256, str(pkg.path), loaders.case_fingerprint(case), reference)
+    store = st.session_state.setdefault(REPORTS_KEY, {})
+    if st.button("Prepare the report", key=f"{key}_prepare", icon=":material/description:"):
+        try:
+            with st.spinner("Explaining the case and writing the report…"):
+                ex = loaders.explain(pkg, case, REPORT_PARTS)
+                rep = make_report(pkg, case, ex, last_comparison(case, pkg), reference, ex.prediction)
+                store.clear()  # one prepared report per session is enough; they can be a few MB
+                store[rkey] = {"pdf": rep.pdf(), "html": rep.html().encode("utf-8"), "json": rep.json().encode("utf-8"),
+                               "names": {f: rep.filename(f) for f in MIME}}
+        except (CaseError, PackageError, ReportError, ValueError) as e:
+            st.error(f"The report could not be made: {e}", icon=":material/block:")
+            return
+    ready = store.get(rkey)
+    if ready is None:
+        st.caption("Press **Prepare the report** (a few seconds: it computes every explanation of this case).")
+        return
+    cols = st.columns(3)
+    for col, fmt in zip(cols, MIME):
+        col.download_button(f"Download {fmt.upper()}", data=ready[fmt], file_name=ready["names"][fmt], mime=MIME[fmt],
+                            key=f"{key}_download_{fmt}", on_click="ignore", icon=":material/download:")
