@@ -61,10 +61,9 @@ a, b, c, e = st.columns(4)
 n = len(d["columns"])
 a.metric("Label agreement", "all agree" if agree["all_agree"] else f"{agree['votes'][agree['majority_label']]} of {n}",
          help="How many variants predict the majority label.")
-b.metric("Ensemble prediction", f"{ens['label']} {ens['probability_of_label']:.1%}",
-         help="The mean of the variants' calibrated probabilities.")
-c.metric("Spread across variants", f"± {ens['std_of_label_probability']:.3f}",
-         help="Standard deviation of the ensemble label's probability across the variants.")
+b.metric("Ensemble prediction", ens["label"], help="The class with the highest mean calibrated probability across the variants.")
+c.metric("Mean probability ± spread", f"{ens['probability_of_label']:.0%} ± {ens['std_of_label_probability']:.2f}",
+         help="The ensemble label's mean calibrated probability and its standard deviation across the variants.")
 e.metric("Variant disagreement", f"{ens['disagreement']:.3f} nats",
          help="Entropy of the mean prediction minus the mean entropy: 0 when every variant gives the same "
               "distribution; grows when confident variants disagree. An ensemble uncertainty.")

@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 VIEWPORT = {"width": 1400, "height": 1000}
 # sidebar link paths of the pages (streamlit's url path: the file name without its number prefix)
 PAGES = {"Home": "", "Case": "Case", "Prediction": "Prediction", "Fusion internals": "Fusion_internals",
-         "Image explanations": "Image_explanations", "Attributions": "Attributions"}
+         "Image explanations": "Image_explanations", "Attributions": "Attributions", "Compare": "Compare"}
 
 
 def ci() -> bool:

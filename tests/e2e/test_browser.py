@@ -262,3 +262,48 @@ def test_empty_image_gives_one_sentence_and_keeps_the_note(page, tmp_path):
     expect(h.main(page).get_by_text("Missing inputs, replaced by")).to_contain_text("image")
     h.no_exception(page)
     assert not page.dialogs, page.dialogs
+
+
+def test_compare_variants_and_download_the_report(page, suite, tmp_path):
+    """A demo case through both variants side by side, then the PDF report downloaded from that page."""
+    import io
+
+    from pypdf import PdfReader
+
+    h.goto_page(page, "Case")
+    h.keyed(page, "case_mode").get_by_text("Demo case").click()
+    h.keyed(page, "demo_load").locator("button").click()
+    expect(h.main(page).get_by_text("demo-1").first).to_be_visible()
+    h.wait_idle(page)
+    h.goto_page(page, "Compare")
+    expect(h.keyed(page, "cmp_probs").locator(".main-svg").first).to_be_visible()
+    expect(h.keyed(page, "cmp_cam_0").locator("svg image")).to_have_count(2)   # a Grad-CAM overlay per column
+    expect(h.keyed(page, "cmp_cam_1").locator("svg image")).to_have_count(2)
+    metric = page.locator('[data-testid="stMetric"]')
+    expect(metric.filter(has_text="Label agreement").locator('[data-testid="stMetricValue"]')).to_have_text(
+        re.compile(r"^(all agree|1 of 2)$"))
+    expect(h.keyed(page, "cmp_cohort_chart").locator(".main-svg").first).to_be_visible()
+    h.wait_idle(page)
+    h.no_exception(page)
+    h.full_page_screenshot(page, SHOTS / "compare.png")
+
+    h.keyed(page, "cmp_report_reference").locator("input").fill("study-12")
+    h.keyed(page, "cmp_report_reference").locator("input").press("Enter")
+    h.wait_idle(page)
+    h.keyed(page, "cmp_report_prepare").locator("button").click()
+    button = h.keyed(page, "cmp_report_download_pdf").locator("button")
+    expect(button).to_be_visible()
+    h.wait_idle(page)
+    with page.expect_download() as info:
+        button.click()
+    download = info.value
+    assert download.suggested_filename.startswith("fusionlens-report-demo-1-") and download.suggested_filename.endswith(".pdf")
+    path = tmp_path / download.suggested_filename
+    download.save_as(path)
+    data = path.read_bytes()
+    assert data.startswith(b"%PDF")
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(data)).pages)
+    sha = json.loads((Path(suite[0]) / "dermatology" / "gated" / "config.json").read_text())["weights"]["sha256"]
+    assert sha in text and "study-12" in text and "Variant comparison" in text and "not a medical device" in text
+    h.no_exception(page)
+    assert not page.dialogs, page.dialogs
