@@ -222,6 +222,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench, table
+
+    if not 1 <= args.cases <= 1000:
+        raise UsageError("--cases must be between 1 and 1000.")
+    if not 1 <= args.repeats <= 100:
+        raise UsageError("--repeats must be between 1 and 100.")
+    if not 2 <= args.memory_cases <= 10000:
+        raise UsageError("--memory-cases must be between 2 and 10000.")
+    if args.json and not Path(args.json).parent.is_dir():
+        raise UsageError(f"the folder of --json '{args.json}' does not exist.")
+    cohorts = [args.cohort] if args.cohort else ["dermatology", "diabetes"]
+    try:
+        result = run_bench(cohorts, args.cases, args.repeats, args.memory_cases, log=lambda s: print(s, file=sys.stderr))
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+    print(table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def cmd_variants(args: argparse.Namespace) -> int:
     from .fusion import COMMON_DIAGNOSTICS, FUSIONS
 
@@ -329,6 +351,13 @@ def build_parser() -> Parser:
     p.add_argument("--parts", nargs="*", help="explanation parts (default: every fast part + faithfulness)")
     p.add_argument("--no-explain", action="store_true", help="prediction only")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("bench", help="time every stage against the naive way (ratios, memory)")
+    p.add_argument("--cohort", choices=["dermatology", "diabetes"], help="default: both")
+    p.add_argument("--cases", type=int, default=12, help="demo cases per cohort (default 12)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of the fast stages per case (default 3)")
+    p.add_argument("--memory-cases", type=int, default=200, help="cases explained in a row for the memory check")
+    p.add_argument("--json", help="also write the full result as JSON here")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("train", help="train one model package from a YAML config")
     p.add_argument("--config", required=True)
     p.add_argument("--devices", help="devices per node (e.g. 2 for a 2-process DDP run)")

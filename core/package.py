@@ -278,9 +278,11 @@ def to_jsonable(v: Any) -> Any:
     return v
 
 
-def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case]) -> tuple[dict[str, Any], torch.Tensor, list[list[str]]]:
+def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case], skip: frozenset[str] | set[str] = frozenset()
+                  ) -> tuple[dict[str, Any], torch.Tensor, list[list[str]]]:
     """Validated cases -> (encoder inputs for the present rows, presence mask [B, M], warnings).
-    Metadata is checked against this model's schema here (CaseError on a bad value)."""
+    Metadata is checked against this model's schema here (CaseError on a bad value). Modalities in
+    ``skip`` are checked and marked present but not preprocessed (their features come from elsewhere)."""
     warnings: list[list[str]] = [[] for _ in cases]
     present = torch.zeros(len(cases), len(model.modalities), dtype=torch.bool)
     inputs: dict[str, Any] = {}
@@ -301,7 +303,7 @@ def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case]) -> tuple[d
             if v is not None and (m != "note" or v):
                 present[i, j] = True
                 vals.append(v)
-        inputs[m] = enc.prepare(vals) if vals else None
+        inputs[m] = enc.prepare(vals) if vals and m not in skip else None
     for i, c in enumerate(cases):
         ignored = [k for k, v in c.present().items() if v and k not in model.modalities]
         if ignored:
@@ -360,8 +362,9 @@ class Package:
                 "synthetic_training_data": self.synthetic}
 
     # ---- cases -> tensors ----------------------------------------------------------------------
-    def prepare(self, cases: Sequence[Case]) -> tuple[dict[str, Any], torch.Tensor, list[list[str]]]:
-        return prepare_batch(self.model, cases)
+    def prepare(self, cases: Sequence[Case], skip: frozenset[str] | set[str] = frozenset()
+                ) -> tuple[dict[str, Any], torch.Tensor, list[list[str]]]:
+        return prepare_batch(self.model, cases, skip)
 
     # ---- prediction ----------------------------------------------------------------------------
     def run(self, cases: Sequence[Case], mc_samples: int | None = None, seed: int = 0,
@@ -372,10 +375,11 @@ class Package:
         ``features``: modality -> encoder output already computed for the present rows of these cases
         (by this package's encoder or one with the same ``encoder_fingerprint``); that encoder is skipped."""
         T = self.mc_samples if mc_samples is None else mc_samples
-        inputs, present, warnings = self.prepare(cases)
-        for m, f in (features or {}).items():
-            if inputs.get(m) is not None:
-                rows = int(present[:, self.modalities.index(m)].sum())
+        features = {m: f for m, f in (features or {}).items() if m in self.modalities}
+        inputs, present, warnings = self.prepare(cases, set(features))
+        for m, f in features.items():
+            rows = int(present[:, self.modalities.index(m)].sum())
+            if rows:
                 if f.pooled.shape[0] != rows:
                     raise ValueError(f"precomputed {m} features have {f.pooled.shape[0]} rows for {rows} present cases.")
                 inputs[m] = f

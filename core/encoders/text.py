@@ -105,8 +105,16 @@ class TextEncoder(Encoder):
         enc = self.tokenizer(list(notes), truncation=True, max_length=self.max_length, padding="longest", return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ModalityFeatures:  # type: ignore[override]
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,  # type: ignore[override]
+                inputs_embeds: torch.Tensor | None = None) -> ModalityFeatures:
+        """``input_ids`` or ``inputs_embeds`` (the word embeddings, as integrated gradients varies them
+        without hooking the embedding layer)."""
+        if attention_mask is None:
+            raise ValueError("the text encoder needs an attention_mask.")
+        if inputs_embeds is not None:
+            out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True)
+        else:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         mask = attention_mask.bool()
         hs = out.hidden_states
         levels = tuple(masked_mean(hs[i], mask) for i in self.level_layers)

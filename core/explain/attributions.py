@@ -1,7 +1,8 @@
 """Captum attributions per modality, each through the whole fused model with the rest held fixed.
 
-* note     LayerIntegratedGradients on the text encoder's word-embedding layer (baseline: pad tokens,
-           special tokens kept), Gauss-Legendre steps batched with ``internal_batch_size``; word
+* note     integrated gradients on the word embeddings (what LayerIntegratedGradients on the embedding
+           layer computes, without hooking it; baseline: pad tokens, special tokens kept), Gauss-Legendre
+           steps batched with ``internal_batch_size``, over the note's real token length; word
            pieces merged back to the words of the note; the convergence delta is reported.
 * table    IntegratedGradients and ShapleyValueSampling per feature (one-hot groups share a feature
            mask), baseline = training means / most frequent categories.
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients, LayerIntegratedGradients, Occlusion, ShapleyValueSampling
+from captum.attr import IntegratedGradients, Occlusion, ShapleyValueSampling
 
 from .context import ExplainContext
 
@@ -28,12 +29,14 @@ def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_siz
     ids, mask = tok["input_ids"], tok["attention_mask"]
     special = tok["special_tokens_mask"][0].bool()
     baseline = torch.where(special, ids[0], torch.full_like(ids[0], enc.pad_token_id)).unsqueeze(0)
-    private = ctx.private_encoder("note")  # LayerIntegratedGradients hooks a layer: hook a private copy
-    f = ctx.target_fn("note", "input_ids", encoder=private, attention_mask=mask)
-    lig = LayerIntegratedGradients(f, private.embedding_layer)
+    # Integrated gradients on the word embeddings, the same quantity LayerIntegratedGradients on the
+    # embedding layer computes, but with no hook: the shared encoder is used as it is (no private copy).
+    with torch.no_grad():
+        emb, base_emb = enc.embedding_layer(ids), enc.embedding_layer(baseline)
+    f = ctx.target_fn("note", "inputs_embeds", attention_mask=mask)
     with torch.enable_grad():
-        attr, delta = lig.attribute(ids, baselines=baseline, n_steps=n_steps, method="gausslegendre",
-                                    internal_batch_size=internal_batch_size, return_convergence_delta=True)
+        attr, delta = IntegratedGradients(f).attribute(emb, baselines=base_emb, n_steps=n_steps, method="gausslegendre",
+                                                       internal_batch_size=internal_batch_size, return_convergence_delta=True)
     token_scores = attr.sum(-1)[0].detach().numpy()
     tokens = enc.tokenizer.convert_ids_to_tokens(ids[0])
     offsets = tok["offset_mapping"][0].tolist()
@@ -68,15 +71,22 @@ def table_attributions(ctx: ExplainContext, n_steps: int = 32, shapley_samples: 
     group = torch.zeros_like(x, dtype=torch.long)
     for i, s in enumerate(schema.slices):
         group[0, s] = i
-    torch.manual_seed(seed)  # ShapleyValueSampling draws permutations from the global generator
-    with torch.no_grad():
-        sv = ShapleyValueSampling(f).attribute(x, baselines=base, feature_mask=group, n_samples=shapley_samples,
-                                               perturbations_per_eval=16)
+    sv = torch.full_like(x, float("nan"))
+    if shapley_samples > 0:  # 0: integrated gradients only
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # ShapleyValueSampling draws permutations from the global generator
+        try:
+            with torch.no_grad():
+                sv = ShapleyValueSampling(f).attribute(x, baselines=base, feature_mask=group, n_samples=shapley_samples,
+                                                       perturbations_per_eval=16)
+        finally:
+            torch.random.set_rng_state(gen_state)
     values, _ = schema.validate(ctx.case.metadata or {})
     rows = []
     for i, (feat, s) in enumerate(zip(schema.features, schema.slices)):
         rows.append({"name": feat.name, "unit": feat.unit, "value": values.get(feat.name), "baseline": feat.baseline,
-                     "integrated_gradients": float(ig[0, s].sum()), "shapley": float(sv[0, s][0])})
+                     "integrated_gradients": float(ig[0, s].sum()),
+                     "shapley": None if shapley_samples <= 0 else float(sv[0, s][0])})
     return {"features": rows, "convergence_delta": float(delta.abs().max()), "n_steps": n_steps,
             "shapley_samples": shapley_samples}
 
