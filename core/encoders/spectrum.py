@@ -95,6 +95,11 @@ class SpectrumEncoder(Encoder):
                                  "give (wavelength, value) pairs so it can be resampled.")
             return arr
         order = np.argsort(arr[:, 0])
+        lo, hi = float(self.grid[0]), float(self.grid[-1])
+        slack = 0.01 * (hi - lo)  # interpolation may not invent more than 1% of the range at either end
+        if arr[order[0], 0] > lo + slack or arr[order[-1], 0] < hi - slack:
+            raise ValueError(f"the spectrum covers {arr[order[0], 0]:g} to {arr[order[-1], 0]:g} but the model reads "
+                             f"{lo:g} to {hi:g}; upload a spectrum that spans the model's range.")
         return np.interp(self.grid, arr[order, 0], arr[order, 1])
 
     def prepare(self, spectra: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
