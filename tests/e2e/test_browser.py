@@ -307,3 +307,49 @@ def test_compare_variants_and_download_the_report(page, suite, tmp_path):
     assert sha in text and "study-12" in text and "Variant comparison" in text and "not a medical device" in text
     h.no_exception(page)
     assert not page.dialogs, page.dialogs
+
+
+def test_several_sessions_at_once_each_get_their_own_result(browser, app_url, suite, image_file):
+    """Four browser contexts (four streamlit sessions) submit different notes at the same time; each
+    shows its own note and the prediction the core API gives for its own case."""
+    from core import Case, load_package
+
+    notes = [f"Case {i}: itchy lesion, growing for {i + 2} months." for i in range(4)]
+    contexts = [browser.new_context(viewport=h.VIEWPORT) for _ in notes]
+    try:
+        pages = []
+        for ctx in contexts:
+            ctx.set_default_timeout(WAIT)
+            pg = ctx.new_page()
+            h.open_app(pg, app_url)
+            pages.append(pg)
+        for pg, note in zip(pages, notes):
+            fill_case_form(pg, image_file, note, age="62")
+        for pg in pages:                                         # submit all before waiting for any
+            h.keyed(pg, "case_submit").locator("button").click()
+        for pg, note in zip(pages, notes):
+            expect(note_display(pg)).to_have_text(note)
+        for pg in pages:
+            h.goto_page(pg, "Prediction")
+        pkg = load_package(Path(suite[0]) / "dermatology" / "gated")
+        for pg, note in zip(pages, notes):
+            case = Case.from_inputs(image=image_file.read_bytes(), note=note, metadata={"age": 62})
+            pred = pkg.predict(case)
+            value = pg.locator('[data-testid="stMetric"]').filter(has_text="Calibrated probability")
+            expect(value.locator('[data-testid="stMetricValue"]')).to_have_text(f"{pred.calibrated[pred.label_index]:.1%}")
+            expect(pg.locator('[data-testid="stMetric"]').filter(has_text="Predicted class")
+                   .locator('[data-testid="stMetricValue"]')).to_have_text(pred.label)
+            h.no_exception(pg)
+    finally:
+        for ctx in contexts:
+            ctx.close()
+
+
+def test_an_upload_over_the_size_limit_is_refused_in_the_browser(page, tmp_path):
+    big = tmp_path / "huge.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * (26 * 2**20))
+    h.goto_page(page, "Case")
+    h.keyed(page, "case_mode").get_by_text("Upload files").click()
+    h.keyed(page, "up_image").locator('input[type="file"]').set_input_files(str(big))
+    expect(h.keyed(page, "up_image")).to_contain_text(re.compile(r"File must be 25(\.0)?\s*MB or smaller"))
+    h.no_exception(page)
