@@ -83,7 +83,7 @@ def plain_forward(pkg: Package, case: Case) -> torch.Tensor:
     """Preprocess + every encoder + fusion + head, dropout off: the unit every ratio is expressed in."""
     inputs, present, _ = pkg.prepare([case])
     with torch.inference_mode():
-        return pkg.model(inputs, present).logits
+        return pkg.inference_model(inputs, present).logits
 
 
 def naive_predict(pkg: Package, case: Case, T: int = 30) -> torch.Tensor:
@@ -242,6 +242,17 @@ def bench_cohort(cohort: str, n_cases: int, repeats: int, memory_cases: int, mod
         T.run("report_pdf", rep.pdf, repeats=1)
         T.run("report_html", rep.html, repeats=1)
 
+    # int8 deployment option: speed and agreement with the float model on the same cases
+    q = load_package(main, int8=True)
+    agree, dmax = [], 0.0
+    for case in cases:
+        T.run("forward_plain_int8", lambda: plain_forward(q, case))
+        T.run("predict_T30_int8", lambda: q.predict(case, mc_samples=30))
+        a, b = q.predict(case), pkg.predict(case)
+        agree.append(a.label == b.label)
+        dmax = max(dmax, float(np.abs(a.calibrated - b.calibrated).max()))
+    del q
+
     # memory over many explained cases (leaked hooks, caches or graphs show here)
     parts = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
     warm = min(10, max(2, memory_cases // 10))
@@ -265,11 +276,15 @@ def bench_cohort(cohort: str, n_cases: int, repeats: int, memory_cases: int, mod
         "compare_all_over_one_variant": med("compare_all") / med("predict_T30"),
         "naive_compare_all_over_compare_all": med("compare_all_naive") / med("compare_all"),
         "memory_growth_percent": 100 * (end - base) / base,
+        "int8_speedup_forward": med("forward_plain") / med("forward_plain_int8"),
+        "int8_speedup_predict": med("predict_T30") / med("predict_T30_int8"),
     }
     ratios = {k: round(v, 3) for k, v in ratios.items()}
     return {
         "cohort": cohort, "main_package": main.name, "packages": len(paths), "cases": len(cases), "repeats": repeats,
         "stages": T.summary(), "ratios": ratios,
+        "int8": {"label_agreement_with_float": float(np.mean(agree)), "max_probability_change": round(dmax, 4),
+                 "cases": len(cases)},
         "goals": {k: {"limit": g, "value": ratios[k], "met": (ratios[k] <= g) if k != "naive_explain_over_explain" else ratios[k] >= g}
                   for k, g in GOALS.items()},
         "memory_mib": {"before_loading": round(rss0, 1), "holding_every_package": round(rss_all, 1),

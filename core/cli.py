@@ -84,8 +84,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.mc_samples < 0 or args.mc_samples > 1000:
         raise UsageError("--mc-samples must be between 0 and 1000.")
-    pkg = load_package(args.model)
-    pred = pkg.predict(_case_from_args(args), mc_samples=args.mc_samples)
+    pkg = load_package(args.model, int8=args.int8 or None)
+    case = _case_from_args(args)
+    pred = pkg.predict_tta(case, args.mc_samples) if args.tta else pkg.predict(case, mc_samples=args.mc_samples)
     if args.json:
         print(json.dumps(pred.to_dict()))
     else:
@@ -298,7 +299,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if (args.cohort is None) == (args.data is None):
         raise UsageError("give exactly one of --cohort and --data.")
-    pkg = load_package(args.model)
+    pkg = load_package(args.model, int8=args.int8 or None)
     try:
         if args.cohort:
             cohort = load_cohort(DataConfig(cohort=args.cohort, n=args.n, seed=args.seed))
@@ -323,6 +324,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("predict", help="predict one case with a model package")
     add_case_arguments(p)
     p.add_argument("--mc-samples", type=int, default=30, help="MC-dropout samples of the head (default 30)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over 4 views of the image")
+    p.add_argument("--int8", action="store_true", help="int8 linear layers (faster CPU inference; see the README)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("explain", help="explain one case: Grad-CAM, attributions, modality Shapley")
@@ -380,6 +383,7 @@ def build_parser() -> Parser:
     p.add_argument("--n", type=int, default=2000, help="dermatology cases to generate (default 2000)")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--mc-samples", type=int, default=None)
+    p.add_argument("--int8", action="store_true", help="evaluate the int8 (dynamically quantized) model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("variants", help="list the fusion variants in the registry")

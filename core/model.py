@@ -15,7 +15,7 @@ from torch import nn
 
 from .encoders import Encoder, ModalityFeatures, ModalitySpec
 from .fusion import FUSIONS
-from .heads import ResidualHead
+from .heads import build_head
 
 
 class MissingEmbedding(nn.Module):
@@ -77,7 +77,7 @@ class MultimodalClassifier(nn.Module):
         self.missing = nn.ModuleDict({s.name: MissingEmbedding(s) for s in specs})
         self.fusion_name = fusion
         self.fusion = FUSIONS.get(fusion)(specs, fused_dim, **dict(fusion_options or {}))
-        self.head = ResidualHead(fused_dim, n_classes, **dict(head_options or {}))
+        self.head = build_head(fused_dim, n_classes, dict(head_options or {}))
         self.n_classes = n_classes
         self.fused_dim = fused_dim
         self.fusion_options = dict(fusion_options or {})
@@ -102,6 +102,8 @@ class MultimodalClassifier(nn.Module):
                           generator: torch.Generator | None = None) -> ModelOutput:
         fused, diag = self.fusion(feats, present)
         logits, log_var = self.head(fused, mc_samples, generator)
+        if hasattr(self.head, "diagnostics"):
+            diag = {**diag, **self.head.diagnostics(fused)}
         return ModelOutput(logits, log_var, fused, diag, list(feats))
 
     def forward(self, inputs: Mapping[str, Mapping[str, torch.Tensor] | None], present: torch.Tensor,

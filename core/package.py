@@ -170,7 +170,22 @@ def _read_config(pkg: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_package(path: str | Path, root: str | Path | None = None, share_encoders: bool = True) -> "Package":
+def quantize_int8(model: MultimodalClassifier) -> MultimodalClassifier:
+    """A copy of ``model`` with every nn.Linear dynamically quantized to int8 (weights int8, activations
+    quantized per batch on the fly): CPU inference only, no gradients, so explanations keep using the
+    float model. Convolutions (the image encoder) stay float."""
+    from torch.ao.quantization import quantize_dynamic
+
+    import warnings as _warnings
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        q = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+    return q.eval()
+
+
+def load_package(path: str | Path, root: str | Path | None = None, share_encoders: bool = True,
+                 int8: bool | None = None) -> "Package":
     """Load a package folder. Weights files must be safetensors whose sha256 matches config.json and
     lie inside ``root`` (default: the package's parent folder, where a suite keeps shared files).
 
@@ -225,7 +240,10 @@ def load_package(path: str | Path, root: str | Path | None = None, share_encoder
     with _POOL_LOCK:
         for m, k in keys.items():
             _ENCODER_POOL.setdefault(k, model.encoders[m])
-    return Package(pkg, cfg, model)
+    package = Package(pkg, cfg, model)
+    if int8 if int8 is not None else bool(cfg.get("deployment", {}).get("int8", False)):
+        package.use_int8()
+    return package
 
 
 @dataclass
@@ -345,6 +363,13 @@ class Package:
         self.referral_threshold = float(config.get("referral", {}).get("threshold", 0.5))
         self.mc_samples = int(config.get("mc_samples", 30))
         self.modalities = list(model.modalities)
+        self.inference_model: MultimodalClassifier = model   # what predict runs (an int8 copy when enabled)
+        self.int8 = False
+
+    def use_int8(self) -> None:
+        """Predict with an int8 copy of the linear layers (see ``quantize_int8``); explanations still
+        run on the float model, whose gradients they need."""
+        self.inference_model, self.int8 = quantize_int8(self.model), True
 
     # ---- facts about the package -------------------------------------------------------------
     @property
@@ -359,7 +384,7 @@ class Package:
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "variant": self.variant, "cohort": self.config.get("cohort"),
                 "sha256": self.sha256, "labels": self.labels, "modalities": self.modalities,
-                "synthetic_training_data": self.synthetic}
+                "synthetic_training_data": self.synthetic, "int8": self.int8}
 
     # ---- cases -> tensors ----------------------------------------------------------------------
     def prepare(self, cases: Sequence[Case], skip: frozenset[str] | set[str] = frozenset()
@@ -384,11 +409,73 @@ class Package:
                     raise ValueError(f"precomputed {m} features have {f.pooled.shape[0]} rows for {rows} present cases.")
                 inputs[m] = f
         gen = torch.Generator().manual_seed(seed)
+        model = self.inference_model
         with torch.inference_mode():
-            det = self.model(inputs, present)
-            logits, log_var = self.model.head(det.fused, max(T, 1), gen)
+            det = model(inputs, present)
+            logits, log_var = model.head(det.fused, max(T, 1), gen)
+            det.diagnostics["modality_disagreement"] = self.modality_disagreement(det, present)
         mc = ModelOutput(logits, log_var, det.fused, det.diagnostics, det.features)
         return det, mc, present, warnings
+
+    def predict_tta(self, case: Case, mc_samples: int | None = None, seed: int = 0) -> Prediction:
+        """Test-time augmentation (seed 003): the case with its image as is, flipped left-right,
+        flipped up-down and turned 90 degrees, predicted as one batch; calibrated probabilities
+        and MC samples averaged in probability space. Diagnostics are those of the original image;
+        ``uncertainty['tta_spread']`` is the standard deviation of the label's probability across
+        the four views. Without an image (or an image-less model) this is ``predict``."""
+        if case.image is None or "image" not in self.modalities:
+            return self.predict(case, mc_samples, seed)
+        from dataclasses import replace
+
+        from PIL import Image as PILImage
+
+        views = [case.image, case.image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT),
+                 case.image.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM), case.image.transpose(PILImage.Transpose.ROTATE_90)]
+        preds = self.predict([replace(case, image=v, mask=None) for v in views], mc_samples, seed)
+        cal = np.mean([p.calibrated for p in preds], 0)
+        k = int(cal.argmax())
+        first = preds[0]
+        value = float(np.mean([p.uncertainty["normalised_entropy"] for p in preds]))
+        unc = {key: float(np.mean([p.uncertainty[key] for p in preds])) for key in first.uncertainty}
+        unc["normalised_entropy"] = value
+        unc["tta_spread"] = float(np.std([p.calibrated[k] for p in preds]))
+        refer = value > self.referral_threshold
+        return replace(first, label=self.labels[k], label_index=k, calibrated=cal,
+                       probabilities=np.mean([p.probabilities for p in preds], 0),
+                       mc_mean=np.mean([p.mc_mean for p in preds], 0),
+                       mc_samples=np.concatenate([p.mc_samples for p in preds]), uncertainty=unc, refer=refer,
+                       referral={**first.referral, "value": value, "advice": "advise re-check by a clinician" if refer
+                                 else "no referral flag"},
+                       warnings=first.warnings + ["Test-time augmentation: averaged over the image as is, flipped "
+                                                  "left-right, flipped up-down and turned 90 degrees."],
+                       case_id=case.case_id)
+
+    def modality_disagreement(self, det: ModelOutput, present: torch.Tensor) -> torch.Tensor:
+        """[B] mean pairwise symmetric KL (nats) between the calibrated predictions this model makes
+        from each present modality alone (the others replaced by their learned missing embedding), as
+        seed 003's disagreement weighting measures it; NaN for a case with fewer than two modalities.
+        One batched fusion + head pass over the single-modality rows, encoders not re-run."""
+        B, M = present.shape
+        rows, cols = present.nonzero(as_tuple=True)
+        out = torch.full((B,), float("nan"))
+        if len(rows) == 0 or M < 2:
+            return out
+        single = torch.zeros(len(rows), M, dtype=torch.bool)
+        single[torch.arange(len(rows)), cols] = True
+        inputs = {m: (det.features[j].index(rows[cols == j]) if bool((cols == j).any()) else None)
+                  for j, m in enumerate(self.modalities)}
+        model = self.inference_model
+        feats = model.encode(inputs, single)
+        fused, _ = model.fusion(feats, single)
+        logp = torch.log_softmax(model.head(fused)[0] / self.temperature, -1)
+        for i in range(B):
+            lp = logp[rows == i]
+            if len(lp) >= 2:
+                p = lp.exp()
+                kl = [((p[a] * (lp[a] - lp[b])).sum() + (p[b] * (lp[b] - lp[a])).sum()) / 2
+                      for a in range(len(lp)) for b in range(a + 1, len(lp))]
+                out[i] = torch.stack(kl).mean()
+        return out
 
     def encoder_fingerprint(self, modality: str) -> str | None:
         return encoder_fingerprint(self.config, modality)

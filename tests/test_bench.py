@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 STAGES = ["load_cold", "load_warm", "forward_plain", "preprocess", "fusion_and_head", "predict_T30", "predict_T30_naive",
           "explain_full", "explain_full_naive", "compare_2", "compare_2_naive", "compare_4", "compare_4_naive",
           "compare_all", "compare_all_naive", "report_pdf", "report_html", "explain_part:modality",
-          "explain_part:faithfulness", "explain_part:table_with_shapley_sampling_40"]
+          "explain_part:faithfulness", "explain_part:table_with_shapley_sampling_40", "forward_plain_int8", "predict_T30_int8"]
 
 
 def test_bench_quick_mode_reports_every_stage_ratio_and_memory(tmp_path, capsys):

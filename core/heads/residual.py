@@ -34,6 +34,9 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualHead(nn.Module):
+    SUMMARY = "residual MLP (seed 000) with a log-variance output (seed 001)"
+    DIAGNOSTICS: dict[str, str] = {}
+
     def __init__(self, in_dim: int, n_classes: int, hidden: int = 256, blocks: int = 2, dropout: float = 0.2):
         super().__init__()
         self.dropout = dropout

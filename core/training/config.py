@@ -37,6 +37,7 @@ class TrainOptions:
     disagreement_weighting: bool = False  # seed 003: weight the fusion loss by exp(symmetric KL of unimodal heads)
     kl_clip: float = 2.0
     uncertainty_weight: float = 0.1    # auxiliary loss teaching log_var to predict the case's loss
+    moe_balance_weight: float = 0.01   # mixture-of-experts head: weight of the expert balance loss
     refer_fraction: float = 0.2        # the referral threshold refers this share of validation cases
     mc_samples: int = 30
     seed: int = 0

@@ -71,6 +71,9 @@ class LitClassifier(L.LightningModule):
             weights = weights / weights.mean()
             loss = loss + 0.3 * aux_loss
         loss = loss + (weights * per_case).mean()
+        balance = getattr(self.model.head, "last_balance_loss", None)
+        if balance is not None:  # mixture-of-experts head: keep every expert in use
+            loss = loss + self.opts.moe_balance_weight * balance
         # log_var learns to predict this case's loss (data uncertainty), without reweighting the classifier
         ce = F.cross_entropy(out.logits, y, reduction="none").detach()
         loss = loss + self.opts.uncertainty_weight * (torch.exp(-out.log_var) * ce + out.log_var).mean()

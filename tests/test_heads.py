@@ -1,0 +1,152 @@
+"""The head registry: every head through the same checks (shapes, MC dropout without train mode,
+reproducible samples, save/load, learning a toy task), plus each head's own promises."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core import load_package, save_package
+from core.heads import HEADS, KANLayer, MoEHead, build_head
+from tiny import LABELS, make_case, make_model
+
+NAMES = HEADS.names()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_contract(name):
+    torch.manual_seed(0)
+    head = build_head(16, 3, {"type": name, "hidden": 12})
+    head.eval()
+    x = torch.randn(5, 16)
+    logits, log_var = head(x)
+    assert logits.shape == (5, 3) and log_var.shape == (5,)
+    a = head(x, 7, torch.Generator().manual_seed(1))
+    b = head(x, 7, torch.Generator().manual_seed(1))
+    assert a[0].shape == (7, 5, 3) and a[1].shape == (7, 5)
+    assert torch.equal(a[0], b[0])                                   # reproducible MC samples
+    assert not torch.allclose(a[0][0], a[0][1])                      # dropout really varies the samples
+    assert not head.training                                         # MC never flips the shared module
+    assert torch.equal(head(x)[0], logits)                           # deterministic without samples
+    assert getattr(head, "SUMMARY", "") and isinstance(getattr(head, "DIAGNOSTICS", None), dict)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_learns_a_toy_task(name):
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    head = build_head(8, 3, {"type": name, "hidden": 16, "dropout": 0.0})
+    head.train()
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(head(x)[0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    assert (head(x)[0].argmax(-1) == y).float().mean() > 0.85
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_with_each_head_saves_loads_and_reports_diagnostics(tmp_path, name):
+    model = make_model("gated", modalities=("image", "note", "metadata"))
+    from core import MultimodalClassifier
+
+    model = MultimodalClassifier(dict(model.encoders), 3, "gated", {"dim": 32}, 32, {"type": name, "hidden": 16})
+    path = save_package(model, tmp_path / name, LABELS, name=f"tiny-{name}")
+    pkg = load_package(path)
+    case = make_case(0)
+    p1, p2 = model.eval(), pkg.model
+    inputs, present, _ = pkg.prepare([case])
+    with torch.no_grad():
+        assert torch.allclose(p1(inputs, present).logits, p2(inputs, present).logits, atol=1e-6)
+    pred = pkg.predict(case)
+    assert pkg.config["architecture"]["head"]["type"] == name
+    for key in HEADS.get(name).DIAGNOSTICS:
+        assert key in pred.diagnostics
+    assert np.isclose(pred.calibrated.sum(), 1.0, atol=1e-5)
+
+
+def test_moe_routes_to_exactly_top_two_and_the_balance_loss_measures_balance():
+    torch.manual_seed(0)
+    head = MoEHead(16, 3, hidden=8, experts=4, top_k=2)
+    w, probs = head.routing(torch.randn(32, 16))
+    assert ((w > 0).sum(-1) == 2).all() and torch.allclose(w.sum(-1), torch.ones(32))
+    top2 = probs.topk(2, -1).indices
+    assert torch.equal((w > 0), torch.zeros_like(w, dtype=torch.bool).scatter(-1, top2, True))
+    head.train()
+    with torch.no_grad():
+        head.router.weight.zero_()
+        head.router.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0]))
+    head(torch.randn(64, 16))
+    assert head.last_balance_loss.item() == pytest.approx(1.0, abs=1e-5)   # uniform router: perfectly balanced
+    with torch.no_grad():
+        head.router.bias.copy_(torch.tensor([10.0, 9.0, -10.0, -10.0]))
+    head(torch.randn(64, 16))
+    assert head.last_balance_loss.item() > 1.5                              # two experts take everything
+    with pytest.raises(ValueError, match="top_k"):
+        MoEHead(8, 3, experts=2, top_k=3)
+
+
+def test_kan_spline_basis_is_a_partition_of_unity_inside_the_grid():
+    layer = KANLayer(3, 2, grid=6, bound=2.0)
+    x = torch.linspace(-1.99, 1.99, 50).unsqueeze(1).expand(50, 3)
+    b = layer.basis(x)
+    assert b.shape == (50, 3, 9) and (b >= 0).all()
+    assert torch.allclose(b.sum(-1), torch.ones(50, 3), atol=1e-5)
+
+
+def test_modality_disagreement_is_reported_per_case():
+    from core import load_package  # noqa: F401  (the package API computes it)
+    from core.package import Package
+
+    model = make_model("gated", modalities=("image", "note", "metadata")).eval()
+    pkg = Package(__import__("pathlib").Path("."), {"labels": LABELS, "name": "t", "variant": "gated",
+                                                   "weights": {"sha256": "0" * 64}}, model)
+    both = pkg.predict(make_case(0))
+    d = float(both.diagnostics["modality_disagreement"])
+    assert np.isfinite(d) and d >= 0
+    alone = pkg.predict(make_case(0, missing=("image", "note")))
+    assert np.isnan(float(alone.diagnostics["modality_disagreement"]))
+
+
+def test_test_time_augmentation_averages_four_views_in_probability_space():
+    from dataclasses import replace
+
+    from PIL import Image as PILImage
+
+    from core.package import Package
+
+    model = make_model("gated", modalities=("image", "note", "metadata")).eval()
+    pkg = Package(__import__("pathlib").Path("."), {"labels": LABELS, "name": "t", "variant": "gated",
+                                                   "weights": {"sha256": "0" * 64}}, model)
+    case = make_case(1)
+    tta = pkg.predict_tta(case, mc_samples=5)
+    views = [case.image, case.image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT),
+             case.image.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM), case.image.transpose(PILImage.Transpose.ROTATE_90)]
+    single = [pkg.predict(replace(case, image=v), mc_samples=5) for v in views]
+    assert np.allclose(tta.calibrated, np.mean([p.calibrated for p in single], 0), atol=1e-5)
+    assert tta.mc_samples.shape == (20, 3) and tta.label == LABELS[int(tta.calibrated.argmax())]
+    assert tta.uncertainty["tta_spread"] >= 0 and any("Test-time augmentation" in w for w in tta.warnings)
+    no_image = make_case(1, missing=("image",))
+    assert np.allclose(pkg.predict_tta(no_image).calibrated, pkg.predict(no_image).calibrated)
+
+
+def test_int8_packages_predict_like_float_and_still_explain(tmp_path):
+    from core import load_package
+    from core.explain import explain_case
+
+    model = make_model("gated", modalities=("image", "note", "metadata"))
+    path = save_package(model, tmp_path / "p", LABELS, name="tiny", extra={"deployment": {"int8": True}})
+    q = load_package(path)
+    f = load_package(path, int8=False)
+    assert q.int8 and not f.int8 and q.info()["int8"]
+    kinds = {type(m).__module__ for m in q.inference_model.modules()}
+    assert any("quantized" in k for k in kinds)                      # the linear layers really are int8
+    assert not any("quantized" in type(m).__module__ for m in q.model.modules())  # the float model is kept
+    for i in range(4):
+        a, b = q.predict(make_case(i)), f.predict(make_case(i))
+        assert np.abs(a.calibrated - b.calibrated).max() < 0.05
+    ex = explain_case(q, make_case(0), parts=("cam", "note", "table"), ig_steps=4, shapley_samples=0)
+    assert ex.cams["gradcam"].shape and ex.note["words"]
