@@ -248,12 +248,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_variants(args: argparse.Namespace) -> int:
     from .fusion import COMMON_DIAGNOSTICS, FUSIONS
 
+    from .heads import HEADS
+
     rows = [{"name": n, "summary": FUSIONS.get(n).SUMMARY,
              "diagnostics": {**COMMON_DIAGNOSTICS, **FUSIONS.get(n).DIAGNOSTICS}} for n in FUSIONS.names()]
+    heads = [{"name": n, "summary": HEADS.get(n).SUMMARY, "diagnostics": HEADS.get(n).DIAGNOSTICS} for n in HEADS.names()]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows if not args.heads else heads, indent=2))
     else:
         for r in rows:
+            print(f"{r['name']:16s} {r['summary']}")
+        print("\nheads (head: {type: NAME} in a training config):")
+        for r in heads:
             print(f"{r['name']:16s} {r['summary']}")
     return 0
 
@@ -305,10 +311,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             cohort = load_cohort(DataConfig(cohort=args.cohort, n=args.n, seed=args.seed))
         else:
             cohort = load_cohort(DataConfig(path=args.data))
-        metrics = evaluate_package(pkg, select_items(cohort, args.split), mc_samples=args.mc_samples)
+        metrics = evaluate_package(pkg, select_items(cohort, args.split), mc_samples=args.mc_samples, drop=args.drop)
     except (DataError, ValueError) as e:
         raise UsageError(str(e)) from None
-    metrics = {"model": pkg.info(), "data": {"cohort": cohort.name, "seed": args.seed, "split": args.split}, **metrics}
+    metrics = {"model": pkg.info(), "data": {"cohort": cohort.name, "seed": args.seed, "split": args.split,
+                                             "dropped": list(args.drop)}, **metrics}
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -384,10 +391,12 @@ def build_parser() -> Parser:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--mc-samples", type=int, default=None)
     p.add_argument("--int8", action="store_true", help="evaluate the int8 (dynamically quantized) model")
+    p.add_argument("--drop", nargs="*", default=[], metavar="MODALITY", help="remove these inputs from every case")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("variants", help="list the fusion variants in the registry")
+    p = sub.add_parser("variants", help="list the fusion variants (and heads) in the registry")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--heads", action="store_true", help="with --json: list the heads instead")
     p.set_defaults(func=cmd_variants)
     return parser
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from .encoders import Encoder, ModalityFeatures, ModalitySpec
 from .fusion import FUSIONS
@@ -55,6 +56,28 @@ class MissingEmbedding(nn.Module):
                                 scatter(feats.tokens, tok_miss), mask)
 
 
+class FeatureReconstructor(nn.Module):
+    """Missing-modality compensation (seed 001): an absent modality's pooled vector and levels are
+    regressed from the pooled vectors of the modalities that are present (absent ones zeroed, plus
+    the presence flags); its first token is the learned missing token plus a projection of the
+    reconstruction. Trained with the model: on rows where the modality is present, the
+    reconstruction from the others is pulled towards its real (detached) features."""
+
+    def __init__(self, specs: Sequence[ModalitySpec], target: ModalitySpec, hidden: int = 128):
+        super().__init__()
+        self.sources = [s.name for s in specs if s.name != target.name]
+        d_in = sum(s.dim for s in specs if s.name != target.name) + len(specs)
+        self.body = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.pooled = nn.Linear(hidden, target.dim)
+        self.levels = nn.ModuleList(nn.Linear(hidden, d) for d in target.level_dims)
+        self.token = nn.Linear(target.dim, target.token_dim)
+
+    def forward(self, pooled: Mapping[str, torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        x = torch.cat([pooled[m] for m in self.sources] + [present.to(next(iter(pooled.values())).dtype)], -1)
+        h = self.body(x)
+        return self.pooled(h), tuple(l(h) for l in self.levels)
+
+
 @dataclass
 class ModelOutput:
     logits: torch.Tensor                  # [B, C] (or [T, B, C] with MC samples)
@@ -67,14 +90,22 @@ class ModelOutput:
 class MultimodalClassifier(nn.Module):
     def __init__(self, encoders: Mapping[str, Encoder], n_classes: int, fusion: str = "concat",
                  fusion_options: Mapping[str, Any] | None = None, fused_dim: int = 256,
-                 head_options: Mapping[str, Any] | None = None):
+                 head_options: Mapping[str, Any] | None = None, missing: str = "embedding"):
+        """``missing``: "embedding" (a learned stand-in per absent modality) or "reconstruct" (regress
+        the absent modality's features from the present ones, see FeatureReconstructor)."""
         super().__init__()
+        if missing not in ("embedding", "reconstruct"):
+            raise ValueError(f"missing must be 'embedding' or 'reconstruct', not '{missing}'.")
         if not encoders:
             raise ValueError("A classifier needs at least one modality.")
         self.modalities = list(encoders)
         self.encoders = nn.ModuleDict(encoders)
         specs = [enc.spec() for enc in encoders.values()]
         self.missing = nn.ModuleDict({s.name: MissingEmbedding(s) for s in specs})
+        self.missing_mode = missing
+        self.reconstruct = nn.ModuleDict({s.name: FeatureReconstructor(specs, s) for s in specs}) \
+            if missing == "reconstruct" and len(specs) > 1 else None
+        self.last_reconstruction_loss: torch.Tensor | None = None
         self.fusion_name = fusion
         self.fusion = FUSIONS.get(fusion)(specs, fused_dim, **dict(fusion_options or {}))
         self.head = build_head(fused_dim, n_classes, dict(head_options or {}))
@@ -96,7 +127,37 @@ class MultimodalClassifier(nn.Module):
             else:
                 raw = x if isinstance(x, ModalityFeatures) else self.encoders[m](**x)
             feats.append(self.missing[m].fill(raw, col))
+        if self.reconstruct is not None:
+            feats = self._compensate(feats, present.bool())
         return feats
+
+    def _compensate(self, feats: list[ModalityFeatures], present: torch.Tensor) -> list[ModalityFeatures]:
+        """Absent rows get features reconstructed from the present modalities (see FeatureReconstructor)."""
+        pooled = {m: f.pooled * present[:, j:j + 1].to(f.pooled.dtype) for j, (m, f) in enumerate(zip(self.modalities, feats))}
+        out, losses = [], []
+        for j, (m, f) in enumerate(zip(self.modalities, feats)):
+            col = present[:, j]
+            others = present.clone()
+            others[:, j] = False
+            usable = others.any(1)          # something to reconstruct from
+            if not bool(usable.any()):
+                out.append(f)
+                continue
+            hat, hat_levels = self.reconstruct[m](pooled, others)
+            if self.training and bool((col & usable).any()):
+                rows = col & usable
+                losses.append(F.mse_loss(hat[rows], f.pooled[rows].detach()))
+            fill = (~col & usable).unsqueeze(-1)
+            if not bool(fill.any()):
+                out.append(f)
+                continue
+            tokens = f.tokens.clone()
+            tokens[:, 0] = torch.where(fill, f.tokens[:, 0] + self.reconstruct[m].token(hat), f.tokens[:, 0])
+            out.append(ModalityFeatures(torch.where(fill, hat, f.pooled),
+                                        tuple(torch.where(fill, h, l) for h, l in zip(hat_levels, f.levels)),  # type: ignore[arg-type]
+                                        tokens, f.token_mask))
+        self.last_reconstruction_loss = torch.stack(losses).mean() if (self.training and losses) else None
+        return out
 
     def fuse_and_classify(self, feats: Sequence[ModalityFeatures], present: torch.Tensor, mc_samples: int = 0,
                           generator: torch.Generator | None = None) -> ModelOutput:

@@ -53,6 +53,7 @@ def architecture(model: MultimodalClassifier) -> dict[str, Any]:
         "fusion": {"name": model.fusion_name, "options": model.fusion_options, "out_dim": model.fused_dim},
         "head": model.head_options,
         "n_classes": model.n_classes,
+        "missing": model.missing_mode,
     }
 
 
@@ -86,7 +87,7 @@ def build_model(arch: Mapping[str, Any], reuse: Mapping[str, Any] | None = None)
     encoders = {m: reuse[m] if m in reuse else build_encoder(m, cfg) for m, cfg in arch["modalities"].items()}
     f = arch["fusion"]
     return MultimodalClassifier(encoders, arch["n_classes"], f["name"], f.get("options", {}), f.get("out_dim", 256),
-                                arch.get("head", {}))
+                                arch.get("head", {}), arch.get("missing", "embedding"))
 
 
 def _external_prefixes(model: MultimodalClassifier) -> list[str]:

@@ -134,7 +134,9 @@ def _cached(kind: str, pkg: Package, case: Case, options: tuple, compute: Callab
     return value
 
 
-def predict(pkg: Package, case: Case) -> Prediction:
+def predict(pkg: Package, case: Case, tta: bool = False) -> Prediction:
+    if tta:
+        return _cached("predict_tta", pkg, case, (), lambda: pkg.predict_tta(case))
     return _cached("predict", pkg, case, (), lambda: pkg.predict(case))
 
 

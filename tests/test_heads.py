@@ -150,3 +150,76 @@ def test_int8_packages_predict_like_float_and_still_explain(tmp_path):
         assert np.abs(a.calibrated - b.calibrated).max() < 0.05
     ex = explain_case(q, make_case(0), parts=("cam", "note", "table"), ig_steps=4, shapley_samples=0)
     assert ex.cams["gradcam"].shape and ex.note["words"]
+
+
+def test_missing_reconstruct_fills_absent_rows_from_the_present_ones_and_learns(tmp_path):
+    from core import MultimodalClassifier
+
+    torch.manual_seed(0)
+    base = make_model("concat", modalities=("note", "metadata", "spectrum"))
+    model = MultimodalClassifier(dict(base.encoders), 3, "concat", {}, 32, {"hidden": 16}, missing="reconstruct")
+    path = save_package(model, tmp_path / "r", LABELS, name="tiny-reconstruct")
+    pkg = load_package(path)
+    assert pkg.config["architecture"]["missing"] == "reconstruct"
+    full, no_note = make_case(0), make_case(0, missing=("note",))
+    inputs, present, _ = pkg.prepare([full, no_note])
+    with torch.no_grad():
+        feats = pkg.model.encode(inputs, present)
+    note = feats[pkg.modalities.index("note")]
+    emb = pkg.model.missing["note"].pooled
+    assert not torch.allclose(note.pooled[1], emb)                      # not the plain missing embedding
+    assert pkg.model.last_reconstruction_loss is None                   # no loss outside training
+    # training: the reconstruction of a present modality from the others is pulled towards it
+    model.train()
+    opt = torch.optim.Adam([p for p in model.reconstruct.parameters()], lr=1e-2)
+    cases = [make_case(i) for i in range(12)]
+    inputs, present, _ = pkg.prepare(cases)
+    losses = []
+    for _ in range(60):
+        model.encode(inputs, present)
+        loss = model.last_reconstruction_loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match="missing must be"):
+        MultimodalClassifier(dict(base.encoders), 3, "concat", {}, 32, missing="guess")
+
+
+def test_dashboard_shows_expert_routing_disagreement_and_offers_tta(tmp_path, monkeypatch):
+    import json
+    import sys
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from core import MultimodalClassifier
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "dashboard"))
+    base = make_model("gated", modalities=("image", "note", "metadata"))
+    model = MultimodalClassifier(dict(base.encoders), 3, "gated", {"dim": 32}, 32, {"type": "moe", "hidden": 16})
+    save_package(model, tmp_path / "models" / "dermatology" / "gated_moe", LABELS, name="tiny-moe", cohort="dermatology")
+    monkeypatch.setenv("FUSIONLENS_MODELS", str(tmp_path / "models"))
+    at = AppTest.from_file(str(root / "dashboard" / "Home.py"), default_timeout=120).run()
+    at.session_state["fl_case"] = make_case(0)
+    at.switch_page("pages/3_Fusion_internals.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")]
+    assert "Mixture-of-experts routing for this case" in titles
+    assert any(m.label == "Modality disagreement" and m.value.endswith("nats") for m in at.metric)
+    at.switch_page("pages/2_Prediction.py").run()
+    at.toggle(key="pred_tta").set_value(True).run()
+    assert not at.exception
+    assert any("Test-time augmentation: averaged over 4 views" in c.value for c in at.caption)
+
+
+def test_architecture_doc_lists_every_head_and_its_diagnostics():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    for name in HEADS.names():
+        assert f"| `{name}` |" in doc, name
+        for key in HEADS.get(name).DIAGNOSTICS:
+            assert f"`{key}`" in doc, (name, key)

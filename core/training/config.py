@@ -38,6 +38,7 @@ class TrainOptions:
     kl_clip: float = 2.0
     uncertainty_weight: float = 0.1    # auxiliary loss teaching log_var to predict the case's loss
     moe_balance_weight: float = 0.01   # mixture-of-experts head: weight of the expert balance loss
+    reconstruction_weight: float = 1.0  # missing: reconstruct: weight of the feature reconstruction loss
     refer_fraction: float = 0.2        # the referral threshold refers this share of validation cases
     mc_samples: int = 30
     seed: int = 0
@@ -66,6 +67,7 @@ class TrainConfig:
     fusion_options: dict[str, Any] = field(default_factory=dict)
     fused_dim: int = 128
     head: dict[str, Any] = field(default_factory=lambda: {"hidden": 128, "blocks": 2, "dropout": 0.2})
+    missing: str = "embedding"            # or "reconstruct": compensate an absent modality from the present ones
     train: TrainOptions = field(default_factory=TrainOptions)
     trainer: TrainerOptions = field(default_factory=TrainerOptions)
     shared: dict[str, str] = field(default_factory=dict)   # state prefix -> shared safetensors file

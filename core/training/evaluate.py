@@ -12,13 +12,24 @@ from .metrics import classification_metrics
 
 
 def evaluate_package(pkg: Package, items: Sequence[CohortItem], batch: int = 64, n_boot: int = 200,
-                     mc_samples: int | None = None) -> dict[str, Any]:
+                     mc_samples: int | None = None, drop: Sequence[str] = ()) -> dict[str, Any]:
+    """Metrics of ``pkg`` on ``items``; ``drop``: modalities removed from every case (to measure how
+    the model copes when, say, the note is missing)."""
+    from dataclasses import replace
+
+    bad = [m for m in drop if m not in ("image", "note", "metadata", "spectrum")]
+    if bad:
+        raise ValueError(f"cannot drop '{bad[0]}'; drop image, note, metadata or spectrum.")
+    if set(pkg.modalities) <= set(drop):
+        raise ValueError(f"dropping {', '.join(drop)} leaves this model with no input.")
     missing = sorted({it.label for it in items} - set(pkg.labels))
     if missing:
         raise ValueError(f"the data has labels this model does not know: {', '.join(missing)}.")
     det, mc, lv = [], [], []
     for start in range(0, len(items), batch):
         cases = [it.to_case(with_mask=False) for it in items[start:start + batch]]
+        if drop:
+            cases = [replace(c, **{m: None for m in drop}, **({"mask": None} if "image" in drop else {})) for c in cases]
         d, m, _, _ = pkg.run(cases, mc_samples, seed=start)
         det.append(d.logits)
         mc.append(m.logits)

@@ -71,6 +71,8 @@ class LitClassifier(L.LightningModule):
             weights = weights / weights.mean()
             loss = loss + 0.3 * aux_loss
         loss = loss + (weights * per_case).mean()
+        if self.model.last_reconstruction_loss is not None:  # missing: reconstruct
+            loss = loss + self.opts.reconstruction_weight * self.model.last_reconstruction_loss
         balance = getattr(self.model.head, "last_balance_loss", None)
         if balance is not None:  # mixture-of-experts head: keep every expert in use
             loss = loss + self.opts.moe_balance_weight * balance

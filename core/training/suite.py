@@ -32,11 +32,23 @@ SUITES: dict[str, dict[str, Any]] = {
 }
 
 
+# seed 003's heads and seed 001's missing-modality compensation, on one fusion variant so the rows
+# beside it isolate the change (package name -> overrides of that variant's config)
+EXTRAS: dict[str, dict[str, Any]] = {
+    "gated_moe": {"variant": "gated", "head": {"type": "moe", "hidden": 128, "experts": 4, "top_k": 2, "dropout": 0.2}},
+    "gated_kan": {"variant": "gated", "head": {"type": "kan", "hidden": 32, "grid": 8, "dropout": 0.2}},
+    "gated_reconstruct": {"variant": "gated", "missing": "reconstruct"},
+}
+
+
 def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = None, n: int | None = None,
                   epochs: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
     spec = SUITES[cohort]
     mods = spec["modalities"]
-    names = list(variants) if variants else [v for v in FUSIONS.names() if not FUSIONS.get(v).unimodal]
+    names = list(variants) if variants else [v for v in FUSIONS.names() if not FUSIONS.get(v).unimodal] + list(EXTRAS)
+    unknown = [v for v in names if v not in FUSIONS and v not in EXTRAS]
+    if unknown:
+        raise ValueError(f"unknown suite member '{unknown[0]}'; choose fusion variants or: {', '.join(EXTRAS)}.")
     stage1 = spec["stage1"]
     runs = [("unimodal", [m]) for m in stage1]
     runs += [(v, mods) for v in names if v != "unimodal"]
@@ -45,6 +57,8 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
     out = []
     for variant, ms in runs:
         label = variant if variant != "unimodal" else f"unimodal_{ms[0]}"
+        extra = EXTRAS.get(variant, {})
+        variant = extra.get("variant", variant)
         train = dict(spec["train"], seed=seed)
         if epochs:
             train["epochs"] = epochs
@@ -53,6 +67,7 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
             if ms[0] in spec["stage1"]:
                 train.update(spec.get("stage1_train", {}))
         out.append({"name": f"{cohort}/{label}", "variant": variant, "modalities": ms,
+                    **{k: v for k, v in extra.items() if k in ("head", "missing")},
                     "out": str(out_root / cohort / label),
                     "data": {"cohort": cohort, "n": n or spec.get("n", 10000), "seed": seed},
                     "encoders": {m: dict(c) for m, c in spec.get("encoders", {}).items() if m in ms},

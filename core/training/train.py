@@ -69,7 +69,8 @@ def build_from_config(cfg: TrainConfig, cohort: Cohort) -> MultimodalClassifier:
         train = [it.spectrum for it in cohort.split("train") if it.spectrum is not None]
         encoders["spectrum"].set_normalisation(np.stack([encoders["spectrum"].resample(s) for s in train]))
     torch.manual_seed(cfg.train.seed)
-    return MultimodalClassifier(encoders, len(cohort.labels), cfg.variant, cfg.fusion_options, cfg.fused_dim, cfg.head)
+    return MultimodalClassifier(encoders, len(cohort.labels), cfg.variant, cfg.fusion_options, cfg.fused_dim, cfg.head,
+                                cfg.missing)
 
 
 def predict_split(model: MultimodalClassifier, data: SplitTensors, mc_samples: int, seed: int = 0, batch: int = 256):

@@ -16,9 +16,11 @@ case = page.require_case() if pkg is not None else None
 if pkg is None or case is None:
     st.stop()
 
+tta = st.toggle("Test-time augmentation", key="pred_tta", disabled=case.image is None or "image" not in pkg.modalities,
+                help="Average the calibrated probabilities over the image as is, flipped both ways and turned 90 degrees.")
 try:
     with st.spinner("Predicting (MC-dropout samples of the head)…"):
-        pred = loaders.predict(pkg, case)
+        pred = loaders.predict(pkg, case, tta=tta)
 except (CaseError, PackageError, ValueError) as e:
     show_error(e)
     st.stop()
@@ -31,6 +33,9 @@ c1.metric("Predicted class", pred.label, help="The class with the highest calibr
 c2.metric("Calibrated probability", f"{top:.1%}")
 c3.metric("Uncertainty (normalised entropy)", f"{pred.uncertainty['normalised_entropy']:.2f}",
           help="0 = all probability on one class, 1 = spread evenly over every class.")
+if "tta_spread" in pred.uncertainty:
+    st.caption(f"Test-time augmentation: averaged over 4 views; the predicted class's probability varies by "
+               f"±{pred.uncertainty['tta_spread']:.3f} between them.")
 if page.label:
     match = "matches" if page.label == pred.label else "differs from"
     st.info(f"True label recorded with this demo case: **{md_escape(page.label)}**; the prediction {match} it.")

@@ -62,6 +62,26 @@ with right:
 if "gates_per_dim" in diag and st.checkbox("Show the gate of every fused dimension", key="show_gates_per_dim"):
     st.plotly_chart(plots.gates_per_dim_heatmap(mods, arr(diag["gates_per_dim"])), key="gates_per_dim_chart")
 
+# ---- the head and modality disagreement ----------------------------------------------------------------------------
+head_type = (pkg.config.get("architecture", {}).get("head", {}) or {}).get("type", "residual")
+if "expert_weights" in diag:
+    st.subheader("Which experts decided")
+    ew = arr(diag["expert_weights"])
+    st.plotly_chart(plots.weight_bars([f"expert {i + 1}" for i in range(len(ew))], ew,
+                                      "Mixture-of-experts routing for this case"), key="experts_chart")
+    st.caption("The router sends each case to its top-2 of 4 expert networks and mixes them with these weights; "
+               "experts at 0 took no part in this prediction.")
+elif head_type != "residual":
+    st.caption(f"Head: {md_escape(head_type)}.")
+dis = float(arr(diag.get("modality_disagreement", np.nan)))
+if np.isfinite(dis):
+    st.metric("Modality disagreement", f"{dis:.3f} nats",
+              help="Mean symmetric KL divergence between the predictions this model makes from each input alone "
+                   "(the others replaced as if missing). High: the inputs point to different classes.")
+if pkg.config.get("architecture", {}).get("missing") == "reconstruct" and not all(pred.present.values()):
+    st.caption("This model reconstructs a missing input's features from the present ones (seed 001) instead of "
+               "using a fixed 'missing' embedding.")
+
 # ---- learned temperature --------------------------------------------------------------------------------------
 if "temperature" in diag:
     st.subheader("Learned temperature and gate polarisation")
