@@ -51,9 +51,13 @@ class MissingEmbedding(nn.Module):
                                     scatter(None, tok_miss), mask_miss.expand(B, n))
         mask = torch.zeros(B, n, dtype=torch.bool, device=present.device).index_copy(0, idx, feats.token_mask)
         mask = torch.where(absent, mask_miss.expand(B, n), mask)
+        extras = None
+        if feats.extras:  # per-case encoder diagnostics: NaN for the absent rows
+            extras = {k: torch.full((B, *v.shape[1:]), float("nan"), dtype=v.dtype, device=v.device).index_copy(0, idx, v)
+                      for k, v in feats.extras.items()}
         return ModalityFeatures(scatter(feats.pooled, self.pooled),
                                 tuple(scatter(x, l) for x, l in zip(feats.levels, self.levels)),  # type: ignore[arg-type]
-                                scatter(feats.tokens, tok_miss), mask)
+                                scatter(feats.tokens, tok_miss), mask, extras)
 
 
 class FeatureReconstructor(nn.Module):
@@ -155,7 +159,7 @@ class MultimodalClassifier(nn.Module):
             tokens[:, 0] = torch.where(fill, f.tokens[:, 0] + self.reconstruct[m].token(hat), f.tokens[:, 0])
             out.append(ModalityFeatures(torch.where(fill, hat, f.pooled),
                                         tuple(torch.where(fill, h, l) for h, l in zip(hat_levels, f.levels)),  # type: ignore[arg-type]
-                                        tokens, f.token_mask))
+                                        tokens, f.token_mask, f.extras))
         self.last_reconstruction_loss = torch.stack(losses).mean() if (self.training and losses) else None
         return out
 
@@ -165,6 +169,9 @@ class MultimodalClassifier(nn.Module):
         logits, log_var = self.head(fused, mc_samples, generator)
         if hasattr(self.head, "diagnostics"):
             diag = {**diag, **self.head.diagnostics(fused)}
+        for m, f in zip(self.modalities, feats):
+            for k, v in (f.extras or {}).items():
+                diag[f"{m}_{k}"] = v
         return ModelOutput(logits, log_var, fused, diag, list(feats))
 
     def forward(self, inputs: Mapping[str, Mapping[str, torch.Tensor] | None], present: torch.Tensor,

@@ -91,7 +91,7 @@ def build_model(arch: Mapping[str, Any], reuse: Mapping[str, Any] | None = None)
 
 
 def _external_prefixes(model: MultimodalClassifier) -> list[str]:
-    return [f"encoders.{m}." for m, e in model.encoders.items() if e.external_weights and e.frozen]
+    return [f"encoders.{m}.{p}" for m, e in model.encoders.items() for p in e.external_state_prefixes()]
 
 
 def save_package(model: MultimodalClassifier, path: str | Path, labels: Sequence[str], *, name: str,
@@ -314,6 +314,8 @@ def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case], skip: froz
                 v, w = enc.schema.validate(v)
                 warnings[i] += w
                 v = v if any(x is not None for x in v.values()) else None
+            if m == "image" and v is not None and getattr(enc, "wants_mask", False):
+                v = (v, c.mask)              # the dual-expert encoder crops the lesion from the mask
             if m == "spectrum" and v is not None:
                 try:
                     enc.resample(v)

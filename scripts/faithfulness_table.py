@@ -18,7 +18,8 @@ from core.explain.cohort import cohort_faithfulness
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100, help="test cases per package")
-    ap.add_argument("--cohort-n", type=int, default=6000)
+    ap.add_argument("--cohort-n", type=int, default=10000)
+    ap.add_argument("--only", nargs="*", help="measure only these package folders (the others keep their numbers)")
     ap.add_argument("--models", default="assets/models/dermatology")
     ap.add_argument("--generator-version", help="load a cached cohort of this generator version (the one the "
                                                 "packages were trained on, recorded in their config.json)")
@@ -37,6 +38,8 @@ def main() -> None:
     decided = [it for it in test if it.evidence in ("lesion", "context")]
     items = (decided + [it for it in test if it not in decided])[: args.n]
     for path in discover_packages(args.models):
+        if args.only and path.name not in args.only:
+            continue
         pkg = load_package(path)
         if "image" not in pkg.modalities and "note" not in pkg.modalities:
             continue
@@ -53,15 +56,16 @@ def main() -> None:
 
 
 def table(models: str) -> str:
-    lines = ["| model | CAM mass in lesion: lesion-decided | CAM mass in lesion: context-decided | CAM mass in context ring: context-decided | pointing game | Shapley top = evidence |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | CAM mass in lesion: lesion-decided | CAM mass in lesion: context-decided | CAM mass in context ring: context-decided | pointing game | Shapley top = evidence | lesion gate w_l: lesion- / context-decided |",
+             "|---|---|---|---|---|---|---|"]
     fmt = lambda v: "—" if v != v else f"{v:.2f}"  # noqa: E731  (NaN -> dash)
     for path in discover_packages(models):
         f = json.loads((path / "metrics.json").read_text()).get("faithfulness")
         if f:
             lines.append(f"| `{path.name}` | {fmt(f['cam_lesion_share_lesion_decided'])} | {fmt(f['cam_lesion_share_context_decided'])} "
                          f"| {fmt(f['cam_context_share_context_decided'])} | {fmt(f['pointing_game_rate'])} "
-                         f"| {fmt(f['shapley_top_equals_evidence'])} |")
+                         f"| {fmt(f['shapley_top_equals_evidence'])} "
+                         f"| {fmt(f.get('lesion_gate_lesion_decided', float('nan')))} / {fmt(f.get('lesion_gate_context_decided', float('nan')))} |")
     return "\n".join(lines)
 
 

@@ -19,11 +19,13 @@ DEFAULT_TYPE = {"image": "image", "note": "text", "metadata": "tabular", "spectr
 
 def _register_heavy() -> None:
     # image / text pull in torchvision and transformers; registered here all the same
+    from .dual import DualExpertEncoder
     from .image import ImageEncoder
     from .text import TextEncoder
 
     ENCODERS.register("image")(ImageEncoder)
     ENCODERS.register("text")(TextEncoder)
+    ENCODERS.register("dual_expert")(DualExpertEncoder)
 
 
 _register_heavy()

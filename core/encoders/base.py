@@ -28,6 +28,10 @@ class ModalityFeatures:
     levels: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     tokens: torch.Tensor
     token_mask: torch.Tensor
+    extras: dict[str, torch.Tensor] | None = None   # per-case diagnostics of the encoder ([B] tensors)
+
+    def _extras(self, fn) -> dict[str, torch.Tensor] | None:
+        return None if not self.extras else {k: fn(v) for k, v in self.extras.items()}
 
     def detach(self) -> "ModalityFeatures":
         return ModalityFeatures(
@@ -35,17 +39,20 @@ class ModalityFeatures:
             tuple(t.detach() for t in self.levels),  # type: ignore[arg-type]
             self.tokens.detach(),
             self.token_mask,
+            self._extras(lambda v: v.detach()),
         )
 
     def index(self, idx: torch.Tensor) -> "ModalityFeatures":
         return ModalityFeatures(
-            self.pooled[idx], tuple(t[idx] for t in self.levels), self.tokens[idx], self.token_mask[idx]  # type: ignore[arg-type]
+            self.pooled[idx], tuple(t[idx] for t in self.levels), self.tokens[idx], self.token_mask[idx],  # type: ignore[arg-type]
+            self._extras(lambda v: v[idx]),
         )
 
     def repeat(self, n: int) -> "ModalityFeatures":
         """Each case repeated ``n`` times along the batch (row-major: case0 x n, case1 x n, ...)."""
         rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
-        return ModalityFeatures(rep(self.pooled), tuple(rep(t) for t in self.levels), rep(self.tokens), rep(self.token_mask))  # type: ignore[arg-type]
+        return ModalityFeatures(rep(self.pooled), tuple(rep(t) for t in self.levels), rep(self.tokens), rep(self.token_mask),  # type: ignore[arg-type]
+                                self._extras(rep))
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,11 @@ class Encoder(nn.Module):
 
     def spec(self) -> ModalitySpec:
         return ModalitySpec(self.modality, self.out_dim, tuple(self.level_dims), self.token_dim)  # type: ignore[arg-type]
+
+    def external_state_prefixes(self) -> list[str]:
+        """State-dict prefixes (inside this encoder) whose weights a package references instead of
+        storing: everything for a frozen pip-shipped encoder."""
+        return [""] if self.external_weights and self.frozen else []
 
     def freeze(self) -> "Encoder":
         for p in self.parameters():

@@ -111,8 +111,9 @@ def image_attributions(ctx: ExplainContext, method: str = "integrated_gradients"
     drop in the target logit when a window is occluded."""
     x = ctx.inputs["image"]["pixels"]
     enc = ctx.model.encoders["image"]
-    black = (torch.zeros_like(x) - enc._mean.cpu()) / enc._std.cpu()
-    f = ctx.target_fn("image", "pixels")
+    mean, std = (enc.backbone._mean, enc.backbone._std) if hasattr(enc, "local_backbone") else (enc._mean, enc._std)
+    black = (torch.zeros_like(x) - mean.cpu()) / std.cpu()
+    f = ctx.target_fn("image", "pixels", **ctx.image_fixed())
     if method == "integrated_gradients":
         with torch.enable_grad():
             attr = IntegratedGradients(f).attribute(x, baselines=black, n_steps=n_steps, method="gausslegendre",

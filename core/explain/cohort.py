@@ -33,6 +33,10 @@ def cohort_faithfulness(pkg: Package, items: Sequence[CohortItem], method: str =
         if ctx.has("image") and case.mask is not None:
             s = cam_shares(image_cam(ctx, method), case.mask, context_ring(case.mask))
             row.update(lesion_share=s["lesion"], context_share=s["context"], hit=s["pointing_game"]["hit_lesion"])
+        if ctx.has("image") and "local_pixels" in ctx.inputs["image"]:  # dual expert: its own lesion gate
+            with __import__("torch").no_grad():
+                f = ctx.model.encoders["image"](**ctx.inputs["image"])
+            row["lesion_gate"] = float(f.extras["lesion_gate"][0])
         sh = modality_shapley(ctx)
         if it.evidence in EVIDENCE_MODALITY and sh["top_modality"] is not None:
             row["shapley_agrees"] = sh["top_modality"] == EVIDENCE_MODALITY[it.evidence]
@@ -49,5 +53,8 @@ def cohort_faithfulness(pkg: Package, items: Sequence[CohortItem], method: str =
             "cam_context_share_context_decided": mean("context_share", lambda r: r["evidence"] == "context"),
             "pointing_game_rate": mean("hit"),
             "shapley_top_equals_evidence": mean("shapley_agrees"),
+            # dual-expert models: does the lesion / context gate lean on context where the context decides?
+            "lesion_gate_lesion_decided": mean("lesion_gate", lambda r: r["evidence"] == "lesion"),
+            "lesion_gate_context_decided": mean("lesion_gate", lambda r: r["evidence"] == "context"),
             "n_lesion_decided": sum(r["evidence"] == "lesion" for r in rows),
             "n_context_decided": sum(r["evidence"] == "context" for r in rows)}

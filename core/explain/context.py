@@ -40,6 +40,12 @@ class ExplainContext:
     def has(self, modality: str) -> bool:
         return modality in self.model.modalities and bool(self.present[0, self.model.modalities.index(modality)])
 
+    def image_fixed(self) -> dict[str, torch.Tensor]:
+        """Image inputs to hold fixed when the whole image is varied: a dual-expert encoder's lesion
+        box (its lesion stream is then cut from the varied image, so both streams see the change)."""
+        image = self.inputs.get("image") or {}
+        return {"crop_box": image["crop_box"]} if "crop_box" in image else {}
+
     def present_features(self) -> dict[str, ModalityFeatures]:
         """Every present modality's encoder output (what ``Package.predict(features=...)`` takes)."""
         return {m: self.raw_features(m) for m in self.model.modalities if self.has(m)}
@@ -94,14 +100,18 @@ class ImageTargetModel(nn.Module):
     """pixels -> calibrated logits of the fused model, the other modalities held fixed: the single-input
     model pytorch-grad-cam expects."""
 
-    def __init__(self, ctx: ExplainContext, mc_seed: int | None = None):
+    def __init__(self, ctx: ExplainContext, mc_seed: int | None = None, stream: str = "global"):
         super().__init__()
         self.ctx = ctx
         self.encoder = ctx.private_encoder("image")  # hooks go on this copy, never on the shared model
         self.mc_seed = mc_seed
+        # a dual-expert encoder has two image inputs: vary one stream, hold the other at the case's
+        self.key = "pixels" if stream == "global" else "local_pixels"
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if not pixels.requires_grad and pixels.is_leaf:
             pixels.requires_grad_(True)  # the shared model's weights are frozen; gradients flow from the input
         gen = None if self.mc_seed is None else torch.Generator().manual_seed(self.mc_seed)
-        return self.ctx.calibrated_logits("image", {"pixels": pixels}, gen, encoder=self.encoder)
+        n = pixels.shape[0]
+        inp = {self.key: pixels, **{k: v.expand(n, *v.shape[1:]) for k, v in self.ctx.inputs["image"].items() if k != self.key}}
+        return self.ctx.calibrated_logits("image", inp, gen, encoder=self.encoder)

@@ -31,6 +31,7 @@ class Explanation:
     target: int
     target_label: str
     cams: dict[str, np.ndarray] = field(default_factory=dict)          # method -> [S, S] in [0, 1]
+    lesion_stream_cam: np.ndarray | None = None                         # dual-expert models: the lesion stream's map
     cam_layer: str | None = None
     lesion_context: dict[str, Any] | None = None
     stability: dict[str, Any] | None = None
@@ -46,6 +47,7 @@ class Explanation:
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("target", "target_label", "cams", "cam_layer", "lesion_context", "stability",
                                            "note", "table", "spectrum", "modality", "image_attributions", "faithfulness", "timings",
+                                           "lesion_stream_cam",
                                            "skipped")}
         d = to_jsonable(d)
         d["prediction"] = self.prediction.to_dict()
@@ -91,6 +93,8 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
         ex.cam_layer = cam_layer
         for m in cam_methods:
             ex.cams[m] = timed(f"cam:{m}", image_cam, ctx, m, cam_layer, tta)
+        if "local_pixels" in ctx.inputs["image"] and cam_methods:  # dual expert: the lesion stream too
+            ex.lesion_stream_cam = timed("cam:lesion_stream", image_cam, ctx, cam_methods[0], cam_layer, False, "lesion")
     if has_image and "lesion_context" in parts and ex.cams:
         ex.lesion_context = timed("lesion_context", lesion_context_report, ctx, ex.cams)
     if has_image and "stability" in parts:
@@ -151,8 +155,9 @@ def lesion_context_report(ctx: ExplainContext, cams: dict[str, np.ndarray]) -> d
                 "neither": keep_region(img, np.zeros_like(mask))}
     enc = ctx.model.encoders["image"]
     pixels = enc.prepare(list(variants.values()))["pixels"]
+    fixed = {k: v.expand(len(pixels), *v.shape[1:]) for k, v in ctx.image_fixed().items()}
     with torch.no_grad():
-        probs = torch.softmax(ctx.calibrated_logits("image", {"pixels": pixels}), -1)[:, ctx.target]
+        probs = torch.softmax(ctx.calibrated_logits("image", {"pixels": pixels, **fixed}), -1)[:, ctx.target]
     return {"mask_source": source, "mask": mask, "ring": ring, "shares": shares,
             "lesion_only_map": maps["lesion_only"], "context_only_map": maps["context_only"],
             "confidence": {k: float(p) for k, p in zip(variants, probs)}}

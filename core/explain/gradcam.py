@@ -38,7 +38,12 @@ TTA: list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[np.ndarray], n
 ]
 
 
-def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str, mc_seed: int | None = None) -> np.ndarray:
+def is_dual(ctx: ExplainContext) -> bool:
+    return "local_pixels" in (ctx.inputs.get("image") or {})
+
+
+def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str, mc_seed: int | None = None,
+             stream: str = "global") -> np.ndarray:
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHODS)}.")
     enc = ctx.model.encoders["image"]
@@ -46,8 +51,8 @@ def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str,
     if layer not in layers:
         raise ValueError(f"unknown layer '{layer}'; choose one of: {', '.join(layers)}.")
     cls = CAM_METHODS[method][0]
-    wrapper = ImageTargetModel(ctx, mc_seed)
-    target_layer = wrapper.encoder.cam_layers()[layer]
+    wrapper = ImageTargetModel(ctx, mc_seed, stream)
+    target_layer = (wrapper.encoder.cam_layers(stream) if is_dual(ctx) else wrapper.encoder.cam_layers())[layer]
     targets = [ClassifierOutputTarget(ctx.target)] * pixels.shape[0]
     with cls(model=wrapper, target_layers=[target_layer]) as cam:
         cam.batch_size = 32  # ScoreCAM: masked images per forward pass
@@ -57,8 +62,17 @@ def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str,
     return np.asarray(maps, dtype=np.float32)
 
 
-def image_cam(ctx: ExplainContext, method: str = "gradcam", layer: str = "last stage", tta: bool = False) -> np.ndarray:
-    """[S, S] heatmap in [0, 1] at the model's input resolution (resize to the upload for overlays)."""
+def image_cam(ctx: ExplainContext, method: str = "gradcam", layer: str = "last stage", tta: bool = False,
+              stream: str = "global") -> np.ndarray:
+    """[S, S] heatmap in [0, 1] at the model's input resolution (resize to the upload for overlays).
+
+    ``stream="lesion"`` (dual-expert models): the heatmap of the lesion stream, computed on its crop
+    and pasted back where the crop lies in the whole image (zero elsewhere)."""
+    if stream == "lesion":
+        if not is_dual(ctx):
+            raise ValueError("only a dual-expert image model has a lesion stream.")
+        crop = _run_cam(ctx, ctx.inputs["image"]["local_pixels"], method, layer, stream="lesion")[0]
+        return paste_crop(crop, ctx.inputs["image"]["crop_box"][0])
     pixels = ctx.inputs["image"]["pixels"]
     if not tta:
         return _run_cam(ctx, pixels, method, layer)[0]
@@ -66,6 +80,18 @@ def image_cam(ctx: ExplainContext, method: str = "gradcam", layer: str = "last s
     maps = _run_cam(ctx, batch, method, layer)
     merged = np.mean([inv(maps[i]) for i, (_, inv) in enumerate(TTA)], axis=0)
     return (merged / max(float(merged.max()), 1e-12)).astype(np.float32)
+
+
+def paste_crop(crop_map: np.ndarray, box: torch.Tensor) -> np.ndarray:
+    """A map computed on the lesion crop -> the same map placed on the whole image's grid."""
+    import cv2
+
+    s = crop_map.shape[0]
+    x0, y0, x1, y1 = (box * s).round().long().tolist()
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    out = np.zeros((s, s), dtype=np.float32)
+    out[y0:y1, x0:x1] = cv2.resize(crop_map.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def cam_stability(ctx: ExplainContext, method: str = "gradcam", layer: str = "last stage", samples: int = 8,

@@ -73,7 +73,7 @@ def image_deletion_insertion(ctx: ExplainContext, heatmap: np.ndarray, patch: in
         m = torch.nn.functional.pad(m, (0, S - g * patch, 0, S - g * patch))
         return m.view(1, 1, S, S)
 
-    return _curves(_prob(ctx, "image", "pixels"), x, blurred, order, unit_index)
+    return _curves(_prob(ctx, "image", "pixels", ctx.image_fixed()), x, blurred, order, unit_index)
 
 
 def token_deletion_insertion(ctx: ExplainContext, note: dict[str, Any]) -> dict[str, Any]:

@@ -93,10 +93,13 @@ class SplitTensors:
 
 
 def _cache_key(model: MultimodalClassifier, m: str, items: Sequence[CohortItem], tag: str) -> str:
+    return _encoder_cache_key(model.encoders[m], items, tag)
+
+
+def _encoder_cache_key(enc, items: Sequence[CohortItem], tag: str) -> str:
     from ..encoders import encoder_config
 
     h = hashlib.sha256()
-    enc = model.encoders[m]
     h.update(json.dumps(encoder_config(enc), sort_keys=True, default=str).encode())
     if not enc.external_weights:  # weights trained here (stage 1): the cache depends on them too
         for k, v in sorted(enc.state_dict().items()):
@@ -114,8 +117,17 @@ def build_split(model: MultimodalClassifier, items: Sequence[CohortItem], labels
     modalities, and run each frozen encoder once (loaded from the on-disk cache when present)."""
     model.eval()
     frozen = [m for m in model.modalities if model.encoders[m].frozen]
-    cheap = [m for m in model.modalities if m not in frozen and m in ("metadata", "spectrum")]
-    lazy_m = [m for m in model.modalities if m not in frozen and m not in cheap]
+    # trainable encoders with a frozen backbone (the dual expert): the backbone outputs are computed
+    # once, like a frozen encoder's, and the trainable part runs on them every batch
+    pre = [m for m in model.modalities if m not in frozen and hasattr(model.encoders[m], "frozen_inputs")]
+    cheap = [m for m in model.modalities if m not in frozen and m not in pre and m in ("metadata", "spectrum")]
+    lazy_m = [m for m in model.modalities if m not in frozen and m not in cheap and m not in pre]
+    pre_files = {m: cache_root() / "features" / f"{m}-pre-{_cache_key(model, m, items, tag)}.safetensors" for m in pre}
+    pre_todo = [m for m in pre if not (use_cache and pre_files[m].is_file())]
+    # the dual expert's global stream is the plain frozen image encoder: reuse its cache when there is one
+    global_files = {m: cache_root() / "features" / f"{m}-{_encoder_cache_key(model.encoders[m].backbone, items, tag)}.safetensors"
+                    for m in pre_todo if hasattr(model.encoders[m], "local_backbone")}
+    pre_parts: dict[str, list[dict[str, torch.Tensor]]] = {m: [] for m in pre_todo}
     cache_files = {m: cache_root() / "features" / f"{m}-{_cache_key(model, m, items, tag)}.safetensors" for m in frozen}
     todo = [m for m in frozen if not (use_cache and cache_files[m].is_file())]
     chunks: dict[str, list[ModalityFeatures]] = {m: [] for m in todo}
@@ -136,6 +148,15 @@ def build_split(model: MultimodalClassifier, items: Sequence[CohortItem], labels
             for m in todo:
                 if inputs[m] is not None:
                     chunks[m].append(model.encoders[m](**inputs[m]))
+            for m in pre_todo:
+                if inputs[m] is not None:
+                    enc = model.encoders[m]
+                    if m in global_files and global_files[m].is_file():
+                        loc = enc.local_backbone(inputs[m]["local_pixels"])
+                        pre_parts[m].append({"l_pooled": loc.pooled, "l_l0": loc.levels[0], "l_l1": loc.levels[1],
+                                             "l_l2": loc.levels[2], "l_tokens": loc.tokens})
+                    else:
+                        pre_parts[m].append(enc.frozen_inputs(**inputs[m]))
         if progress:
             print(f"\r  prepared {min(start + chunk, len(items))}/{len(items)} cases", end="", flush=True)
     if progress:
@@ -156,6 +177,23 @@ def build_split(model: MultimodalClassifier, items: Sequence[CohortItem], labels
             cached[m] = feats
     prepared = {m: {k: torch.cat([p[k] for p in prepared_parts[m]]) for k in prepared_parts[m][0]}
                 for m in cheap if prepared_parts[m]}
+    for m in pre:
+        if m in pre_todo:
+            if not pre_parts[m]:
+                continue
+            d = {k: torch.cat([p[k] for p in pre_parts[m]]) for k in pre_parts[m][0]}
+            if "g_pooled" not in d:
+                g = _dict_to_features(load_file(str(global_files[m])))
+                d.update({"g_pooled": g.pooled, "g_l0": g.levels[0], "g_l1": g.levels[1], "g_l2": g.levels[2],
+                          "g_tokens": g.tokens})
+            if use_cache:
+                pre_files[m].parent.mkdir(parents=True, exist_ok=True)
+                tmp = pre_files[m].with_suffix(f".tmp{os.getpid()}")
+                save_file({k: v.contiguous() for k, v in d.items()}, str(tmp))
+                tmp.replace(pre_files[m])
+        else:
+            d = load_file(str(pre_files[m]))
+        prepared[m] = d
     row_of = {}
     for j, m in enumerate(model.modalities):
         col = present[:, j]

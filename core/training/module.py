@@ -71,6 +71,10 @@ class LitClassifier(L.LightningModule):
             weights = weights / weights.mean()
             loss = loss + 0.3 * aux_loss
         loss = loss + (weights * per_case).mean()
+        for j, m in enumerate(self.model.modalities):  # encoders with an auxiliary classifier (dual expert, entropy gate)
+            aux_logits = getattr(self.model.encoders[m], "last_aux_logits", None)
+            if aux_logits is not None and aux_logits.shape[0] == int(b["present"][:, j].sum()):
+                loss = loss + 0.3 * F.cross_entropy(aux_logits, y[b["present"][:, j]])
         if self.model.last_reconstruction_loss is not None:  # missing: reconstruct
             loss = loss + self.opts.reconstruction_weight * self.model.last_reconstruction_loss
         balance = getattr(self.model.head, "last_balance_loss", None)

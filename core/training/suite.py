@@ -38,6 +38,9 @@ EXTRAS: dict[str, dict[str, Any]] = {
     "gated_moe": {"variant": "gated", "head": {"type": "moe", "hidden": 128, "experts": 4, "top_k": 2, "dropout": 0.2}},
     "gated_kan": {"variant": "gated", "head": {"type": "kan", "hidden": 32, "grid": 8, "dropout": 0.2}},
     "gated_reconstruct": {"variant": "gated", "missing": "reconstruct"},
+    # seed 003's lesion / context dual expert (image cohorts only): learned gate between the streams
+    "gated_dual_expert": {"variant": "gated", "cohorts": ["dermatology"],
+                          "encoders": {"image": {"type": "dual_expert", "frozen": False, "gate": "learned"}}},
 }
 
 
@@ -45,7 +48,8 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
                   epochs: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
     spec = SUITES[cohort]
     mods = spec["modalities"]
-    names = list(variants) if variants else [v for v in FUSIONS.names() if not FUSIONS.get(v).unimodal] + list(EXTRAS)
+    names = list(variants) if variants else [v for v in FUSIONS.names() if not FUSIONS.get(v).unimodal] + \
+        [e for e, spec_e in EXTRAS.items() if cohort in spec_e.get("cohorts", [cohort])]
     unknown = [v for v in names if v not in FUSIONS and v not in EXTRAS]
     if unknown:
         raise ValueError(f"unknown suite member '{unknown[0]}'; choose fusion variants or: {', '.join(EXTRAS)}.")
@@ -70,7 +74,8 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
                     **{k: v for k, v in extra.items() if k in ("head", "missing")},
                     "out": str(out_root / cohort / label),
                     "data": {"cohort": cohort, "n": n or spec.get("n", 10000), "seed": seed},
-                    "encoders": {m: dict(c) for m, c in spec.get("encoders", {}).items() if m in ms},
+                    "encoders": {m: {**spec.get("encoders", {}).get(m, {}), **extra.get("encoders", {}).get(m, {})}
+                                 for m in ms if m in spec.get("encoders", {}) or m in extra.get("encoders", {})},
                     "train": train, "trainer": {"accelerator": "auto", "progress_bar": False}})
     return out
 
@@ -129,15 +134,23 @@ def train_suite(cohort_name: str, out_root: str | Path = "assets/models", varian
     # stage 2: every other package on features computed once (frozen encoders cached)
     rest = [c for c in cfgs if not (c.variant == "unimodal" and c.modalities[0] in spec["stage1"])]
     if rest:
-        full = max(rest, key=lambda c: len(c.modalities))
-        splits = _prepare(build(full), cohort, full, log)
+        plain = [c for c in rest if not _own_inputs(c)]
+        if plain:
+            full = max(plain, key=lambda c: len(c.modalities))
+            splits = _prepare(build(full), cohort, full, log)
         for cfg in rest:
-            run(cfg, splits, shared)
+            # a package whose encoders take other inputs (the dual expert's two image streams) gets its own
+            # splits; their frozen parts are cached too, and the global image stream comes from the cache above
+            run(cfg, _prepare(build(cfg), cohort, cfg, log) if _own_inputs(cfg) else splits, shared)
     summary = {"cohort": cohort_name, "n_cases": len(cohort.items), "seed": seed,
                "total_seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     (out_root / cohort_name).mkdir(parents=True, exist_ok=True)
     (out_root / cohort_name / "suite.json").write_text(json.dumps(summary, indent=2))
     return rows
+
+
+def _own_inputs(cfg) -> bool:
+    return any(e.get("type") == "dual_expert" for e in cfg.encoders.values())
 
 
 def _prepare(template, cohort, cfg, log):

@@ -94,6 +94,22 @@ with right:
         else:
             st.caption("The heatmap is all zero: it puts no mass anywhere, so there are no shares to report.")
 
+if ex.lesion_stream_cam is not None:
+    st.subheader("Dual expert: the lesion stream and the global stream")
+    gate = float(np.asarray(pred.diagnostics.get("image_lesion_gate", np.nan)))
+    a, b, c = st.columns([1, 2, 2])
+    a.metric("Lesion gate w_l", "n/a" if not np.isfinite(gate) else f"{gate:.2f}",
+             help="The model's own weight on the lesion stream for this case; 1 - w_l goes to the whole image.")
+    a.caption("Near 1: the model decides from the lesion crop. Near 0: it leans on the whole image, the context.")
+    with b:
+        fig = plots.cam_overlay(case.image, ex.lesion_stream_cam, opacity, lc.get("mask"), None, "lesion stream")
+        st.plotly_chart(fig, key="lesion_stream_chart")
+    with c:
+        st.plotly_chart(plots.cam_overlay(case.image, cam, opacity, lc.get("mask"), None, "global stream"),
+                        key="global_stream_chart")
+    st.caption("Each stream's Grad-CAM for the same class: the lesion stream sees only the crop around the lesion "
+               "(zero outside it), the global stream the whole image; the other stream is held fixed.")
+
 if lc:
     st.subheader("Lesion or context?")
     a, b = st.columns(2)
