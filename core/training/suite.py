@@ -145,7 +145,19 @@ def train_suite(cohort_name: str, out_root: str | Path = "assets/models", varian
     summary = {"cohort": cohort_name, "n_cases": len(cohort.items), "seed": seed,
                "total_seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     (out_root / cohort_name).mkdir(parents=True, exist_ok=True)
-    (out_root / cohort_name / "suite.json").write_text(json.dumps(summary, indent=2))
+    path = out_root / cohort_name / "suite.json"
+    if variants and path.is_file():  # a subset retrained: keep the other packages' rows, record the run
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if isinstance(old, dict) and isinstance(old.get("rows"), list):
+            mine = {r["model"] for r in rows}
+            old["rows"] = [r for r in old["rows"] if r.get("model") not in mine] + rows
+            old.setdefault("partial_runs", []).append({k: summary[k] for k in ("n_cases", "seed", "total_seconds")}
+                                                      | {"models": sorted(mine)})
+            summary = old
+    path.write_text(json.dumps(summary, indent=2))
     return rows
 
 
