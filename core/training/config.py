@@ -26,6 +26,7 @@ class TrainOptions:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
+    warmup_epochs: int = 0             # linear learning-rate warm-up before the cosine decay (transformer fusions)
     weight_decay: float = 1e-4
     patience: int = 6                  # early stopping on validation balanced accuracy
     loss: str = "ce"                   # "ce" | "focal"

@@ -111,7 +111,14 @@ class LitClassifier(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.opts.lr, weight_decay=self.opts.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.opts.epochs))
+        w, total = self.opts.warmup_epochs, max(1, self.opts.epochs)
+
+        def factor(epoch: int) -> float:  # linear warm-up, then cosine decay to 0 (per epoch)
+            if epoch < w:
+                return (epoch + 1) / (w + 1)
+            return 0.5 * (1 + math.cos(math.pi * (epoch - w) / max(1, total - w)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": sched}
 
 

@@ -28,7 +28,9 @@ SUITES: dict[str, dict[str, Any]] = {
     "diabetes": {"modalities": ["spectrum", "metadata"], "stage1": ["spectrum"],
                  "encoders": {"spectrum": {"channels": 8, "pca_components": 20}},
                  "train": {"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 12, "modality_dropout": 0.1},
-                 "stage1_train": {"epochs": 80, "patience": 20, "lr": 3e-3, "weight_decay": 0.05}},
+                 "stage1_train": {"epochs": 80, "patience": 20, "lr": 3e-3, "weight_decay": 0.05},
+                 # irene's transformer blocks collapse to one class on 538 patients at the suite's lr
+                 "variant_train": {"irene": {"lr": 3e-4, "warmup_epochs": 5, "patience": 20}}},
 }
 
 
@@ -64,6 +66,7 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
         extra = EXTRAS.get(variant, {})
         variant = extra.get("variant", variant)
         train = dict(spec["train"], seed=seed)
+        train.update(spec.get("variant_train", {}).get(variant, {}))
         if epochs:
             train["epochs"] = epochs
         if variant == "unimodal":
