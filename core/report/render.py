@@ -86,6 +86,17 @@ def _images(rep: CaseReport) -> list[tuple[str, bytes]]:
     return out
 
 
+def _model_rows(model: Mapping[str, Any], dash: str) -> list[tuple[str, str]]:
+    """The model table of both reports (``dash``: the range sign the output's font has)."""
+    rows = [("Package", model["name"]), ("Fusion variant", model["variant"]), ("Model sha256", model["sha256"]),
+            ("Inputs", ", ".join(model["modalities"])), ("Training data", model["training_data"] or "-"),
+            ("Calibration temperature", f"{model['calibration_temperature']:.3f}")]
+    for k, m in model["test_metrics"].items():
+        ci = m.get("ci95")
+        rows.append((f"Test {k.replace('_', ' ')}", f"{m['value']:.3f}" + (f" (95% CI {ci[0]:.3f}{dash}{ci[1]:.3f})" if ci else "")))
+    return rows
+
+
 def _rows(d: Mapping[str, Any]) -> list[tuple[str, str]]:
     out = []
     for k, v in d.items():
@@ -131,13 +142,7 @@ def render_html(rep: CaseReport) -> str:
     parts.append(_table_html([("Case id", d["case"]["case_id"] or "-"), ("Case reference", ref or "-"),
                               ("Generated", d["generated_at"]), ("Software", f"FusionLens {d['software']['version']}")]))
     parts.append("<h2>Model</h2>")
-    rows = [("Package", model["name"]), ("Fusion variant", model["variant"]), ("sha256", model["sha256"]),
-            ("Inputs", ", ".join(model["modalities"])), ("Training data", model["training_data"] or "-"),
-            ("Calibration temperature", f"{model['calibration_temperature']:.3f}")]
-    for k, m in model["test_metrics"].items():
-        ci = m.get("ci95")
-        rows.append((f"Test {k.replace('_', ' ')}", f"{m['value']:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")))
-    parts.append(_table_html(rows))
+    parts.append(_table_html(_model_rows(model, "–")))
     if model["synthetic_training_data"]:
         parts.append("<p><b>Trained on synthetic demo data.</b></p>")
     parts.append("<h2>Prediction</h2>")
@@ -259,13 +264,7 @@ def render_pdf(rep: CaseReport) -> bytes:
     table([("Case id", d["case"]["case_id"] or "-"), ("Case reference", d["case"]["case_reference"] or "-"),
            ("Generated", d["generated_at"]), ("Software", f"FusionLens {d['software']['version']}")])
     para("Model", "Heading2")
-    rows = [("Package", model["name"]), ("Fusion variant", model["variant"]), ("Model sha256", model["sha256"]),
-            ("Inputs", ", ".join(model["modalities"])), ("Training data", model["training_data"] or "-"),
-            ("Calibration temperature", f"{model['calibration_temperature']:.3f}")]
-    for k, m in model["test_metrics"].items():
-        ci = m.get("ci95")
-        rows.append((f"Test {k.replace('_', ' ')}", f"{m['value']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")))
-    table(rows)
+    table(_model_rows(model, "-"))
     para("Prediction", "Heading2")
     para(f"Predicted class <b>{e(pred['label'])}</b>, calibrated probability <b>{_pct(pred['probability'])}</b>, "
          f"uncertainty (normalised entropy) {pred['uncertainty']['normalised_entropy']:.3f}.")
