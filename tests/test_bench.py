@@ -32,7 +32,7 @@ def test_bench_quick_mode_reports_every_stage_ratio_and_memory(tmp_path, capsys)
         assert set(GOALS) <= set(r["ratios"]) and all(v == v for v in r["ratios"].values())  # no NaN
         assert set(r["goals"]) == set(GOALS)
         m = r["memory_mib"]
-        assert m["holding_every_package"] > m["before_loading"] > 0 and m["explained_cases"] == 2
+        assert m["holding_every_package"] >= m["before_loading"] > 0 and m["explained_cases"] == 2
     derm = result["cohorts"]["dermatology"]["stages"]
     assert {"encoder:image", "encoder:note", "encoder:metadata", "explain_part:cam:gradcam", "explain_part:image_ig",
             "explain_part:note", "explain_part:lesion_context"} <= set(derm)
