@@ -9,7 +9,7 @@ from state import setup_page
 
 page = setup_page("Home")
 st.title("FusionLens")
-st.warning(RESEARCH_NOTICE, icon="⚠️")
+st.warning(RESEARCH_NOTICE, icon=":material/warning:")
 st.markdown(
     "FusionLens shows **why** a multimodal clinical classifier said what it said: the calibrated prediction "
     "with its uncertainty, how the fusion weighed image, note, metadata and spectrum (gates, learned "
@@ -62,6 +62,9 @@ st.markdown(
     "4. **Fusion internals**: how the fusion weighed each input (gates, temperature, level weights, attention) "
     "and each input's Shapley value.\n"
     "5. **Image explanations**: Grad-CAM family heatmaps, lesion vs context, stability.\n"
-    "6. **Attributions**: note words, table values and spectral bands that pushed the prediction."
+    "6. **Attributions**: note words, table values and spectral bands that pushed the prediction.\n"
+    "7. **Compare**: 2 to 4 fusion variants side by side on this case (or all as a table), how far they agree on "
+    "the label and on the explanation, and every package's test metrics.\n\n"
+    "Every page with results ends with a **Case report** panel: PDF, self-contained HTML or JSON."
 )
 st.caption(RESEARCH_NOTICE)

@@ -53,7 +53,7 @@ def report_panel(pkg: Package, case: Case, key: str) -> None:
     try:
         reference = clean_reference(ref_raw)
     except ReportError as e:
-        st.error(str(e), icon=":material/block:")
+        st.error(str(e))
         return
     rkey = (pkg.sha256, str(pkg.path), loaders.case_fingerprint(case), reference)
     store = st.session_state.setdefault(REPORTS_KEY, {})
@@ -66,7 +66,7 @@ def report_panel(pkg: Package, case: Case, key: str) -> None:
                 store[rkey] = {"pdf": rep.pdf(), "html": rep.html().encode("utf-8"), "json": rep.json().encode("utf-8"),
                                "names": {f: rep.filename(f) for f in MIME}}
         except (CaseError, PackageError, ReportError, ValueError) as e:
-            st.error(f"The report could not be made: {e}", icon=":material/block:")
+            st.error(f"The report could not be made: {e}")
             return
     ready = store.get(rkey)
     if ready is None:

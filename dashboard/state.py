@@ -57,7 +57,7 @@ class Page:
     def require_case(self) -> Case | None:
         if self.case is None:
             st.info("No case is loaded yet: upload one or pick a demo case on the **Case** page.")
-            st.page_link("pages/1_Case.py", label="Open the Case page", icon="📂")
+            st.page_link("pages/1_Case.py", label="Open the Case page", icon=":material/folder_open:")
         return self.case
 
 
@@ -78,7 +78,7 @@ def md_escape(text: str) -> str:
 
 
 def show_error(e: BaseException) -> None:
-    st.error(error_sentence(e), icon="🚫")
+    st.error(error_sentence(e))
 
 
 def _init() -> None:
@@ -174,16 +174,16 @@ def _case_summary(case: Case | None, summary: dict[str, Any] | None) -> None:
         st.sidebar.caption(f"{len(errors)} input(s) were left out because of errors; see the Case page.")
 
 
-def setup_page(title: str, icon: str = "🔎") -> Page:
+def setup_page(title: str, icon: str = ":material/search:") -> Page:
     """Page config, session defaults, the sidebar; call first on every page."""
     st.set_page_config(page_title=f"{title} · FusionLens", page_icon=icon, layout="wide")
     _init()
     summaries, problems = loaders.package_summaries()
-    st.sidebar.warning(RESEARCH_NOTICE, icon="⚠️")
+    st.sidebar.warning(RESEARCH_NOTICE, icon=":material/warning:")
     summary = _model_picker(summaries)
     for p in problems:
         st.sidebar.caption(f"Skipped a model folder: {p}")
     case = st.session_state.get(CASE)
     _case_summary(case, summary)
-    st.caption(f"⚠️ {SHORT_NOTICE} Never use it to diagnose or treat a patient.")
+    st.caption(f":material/warning: {SHORT_NOTICE} Never use it to diagnose or treat a patient.")
     return Page(summary, summaries, case, st.session_state.get(CASE_LABEL))

@@ -13,7 +13,7 @@ import state
 from core import Case, CaseError, Package, plots
 from state import md_escape, setup_page, show_error
 
-page = setup_page("Case", "📂")
+page = setup_page("Case", ":material/folder_open:")
 st.title("Case")
 pkg = page.package()
 schema = pkg.schema if pkg is not None else None
@@ -121,7 +121,7 @@ if mode == "Upload files":
     if st.session_state.get(state.CASE_SOURCE) == UPLOADED:
         for field, msg in (st.session_state.get(state.CASE_ERRORS) or {}).items():
             slot = slots.get(field) or slots.get(field.split(".")[0]) or slots["case"]
-            slot.error(msg, icon="🚫")
+            slot.error(msg)
 
 elif mode == "Case bundle":
     up = st.file_uploader("Case bundle: a .zip holding image.png, mask.png, note.txt, metadata.json, spectrum.csv "
@@ -163,10 +163,10 @@ source = st.session_state.get(state.CASE_SOURCE) or ""
 st.caption(f"{md_escape(case.case_id or 'unnamed case')} · from {md_escape(source)}")
 if errors:
     st.warning(f"{len(errors)} input(s) were left out because of the error(s) shown; everything else was kept. "
-               "Fix them and load the case again.", icon="✏️")
+               "Fix them and load the case again.", icon=":material/edit:")
     if source != UPLOADED:
         for field, msg in errors.items():
-            st.error(f"{field}: {msg}", icon="🚫")
+            st.error(f"{field}: {msg}")
 for w in st.session_state.get(state.CASE_WARNINGS) or []:
     st.info(w)
 if page.label:

@@ -9,7 +9,7 @@ from report_ui import report_panel
 from core import CaseError, PackageError, plots
 from state import md_escape, setup_page, show_error
 
-page = setup_page("Prediction", "📊")
+page = setup_page("Prediction", ":material/bar_chart:")
 st.title("Prediction")
 pkg = page.package()
 case = page.require_case() if pkg is not None else None
@@ -42,10 +42,10 @@ if page.label:
 
 if pred.refer:
     st.warning(f"**Advise re-check by a clinician.** This case's uncertainty ({pred.referral['value']:.2f}) is above "
-               f"the package's referral threshold ({pred.referral['threshold']:.2f}).", icon="🔁")
+               f"the package's referral threshold ({pred.referral['threshold']:.2f}).", icon=":material/flag:")
 else:
     st.success(f"No referral flag: the uncertainty ({pred.referral['value']:.2f}) is below the package's referral "
-               f"threshold ({pred.referral['threshold']:.2f}).", icon="✅")
+               f"threshold ({pred.referral['threshold']:.2f}).", icon=":material/check_circle:")
 for w in pred.warnings:
     st.info(w)
 missing = [m for m, ok in pred.present.items() if not ok]

@@ -11,7 +11,7 @@ from report_ui import report_panel
 from core import FUSIONS, CaseError, PackageError, plots
 from state import md_escape, setup_page, show_error
 
-page = setup_page("Fusion internals", "🧬")
+page = setup_page("Fusion internals", ":material/hub:")
 st.title("Fusion internals")
 pkg = page.package()
 case = page.require_case() if pkg is not None else None

@@ -11,7 +11,7 @@ from core import CaseError, PackageError, plots
 from core.explain import CAM_METHODS
 from state import setup_page, show_error
 
-page = setup_page("Image explanations", "🖼️")
+page = setup_page("Image explanations", ":material/image:")
 st.title("Image explanations")
 pkg = page.package()
 case = page.require_case() if pkg is not None else None

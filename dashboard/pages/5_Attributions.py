@@ -9,7 +9,7 @@ from report_ui import report_panel
 from core import CaseError, PackageError, plots
 from state import setup_page, show_error
 
-page = setup_page("Attributions", "🖍️")
+page = setup_page("Attributions", ":material/highlight:")
 st.title("Attributions")
 pkg = page.package()
 case = page.require_case() if pkg is not None else None
