@@ -168,3 +168,14 @@ def test_dashboard_shows_the_lesion_gate_and_both_streams(tmp_path, monkeypatch)
     assert 0 < float(gate.value) < 1
     titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")]
     assert "lesion stream" in titles and "global stream" in titles
+
+
+def test_a_strict_state_dict_round_trip_works_with_tied_streams():
+    """Training restores the best weights with a strict load: the tied stream must not be asked for."""
+    model = dual_model()
+    other = dual_model(seed=1)
+    other.load_state_dict(model.state_dict())                       # strict
+    x = other.encoders["image"].prepare([(make_case(0).image, None)])
+    assert torch.equal(other.encoders["image"].local_backbone.backbone[0][0].weight,
+                       model.encoders["image"].backbone.backbone[0][0].weight)
+    assert torch.allclose(other.encoders["image"](**x).pooled, model.encoders["image"](**x).pooled)

@@ -84,6 +84,7 @@ class DualExpertEncoder(Encoder):
         self.local_backbone = ImageEncoder(arch, False, image_size, token_grid).freeze()
         _tie(self.local_backbone, self.backbone)
         self._register_state_dict_hook(_drop_tied_keys)
+        self.register_load_state_dict_post_hook(_ignore_tied_keys)
         self.arch, self.pretrained, self.image_size, self.token_grid = arch, pretrained, int(image_size), token_grid
         self.gate_mode, self.n_classes, self.margin = gate, n_classes, float(margin)
         self.external_weights = self.backbone.external_weights
@@ -174,6 +175,13 @@ class DualExpertEncoder(Encoder):
         return {"arch": self.arch, "pretrained": self.pretrained if isinstance(self.pretrained, bool) else False,
                 "image_size": self.image_size, "token_grid": self.token_grid, "gate": self.gate_mode,
                 "n_classes": self.n_classes, "margin": self.margin}
+
+
+def _ignore_tied_keys(module: nn.Module, incompatible_keys: Any) -> None:
+    """The local stream's weights are the global stream's: a state dict never holds them, and a strict
+    load must not ask for them."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if "local_backbone." not in k]
 
 
 def _drop_tied_keys(module: nn.Module, state: dict, prefix: str, local_metadata: Any) -> None:
