@@ -136,7 +136,10 @@ def build_split(model: MultimodalClassifier, items: Sequence[CohortItem], labels
     for start in range(0, len(items), chunk):
         part = items[start:start + chunk]
         cases: list[Case] = [it.to_case(with_mask=False) for it in part]
-        inputs, present, _ = prepare_batch(model, cases)
+        # encoders whose outputs come from the disk cache need no preprocessing (the dual expert's
+        # lesion crops need a segmentation per image, so this matters)
+        inputs, present, _ = prepare_batch(model, cases, skip={m for m in frozen if m not in todo} |
+                                           {m for m in pre if m not in pre_todo})
         present_rows.append(present)
         label_idx += [labels.index(it.label) for it in part]
         for m in cheap:
