@@ -171,6 +171,12 @@ class DualExpertEncoder(Encoder):
             raise ValueError("stream must be 'global' or 'lesion'.")
         return (self.backbone if stream == "global" else self.local_backbone).cam_layers()
 
+    def frozen_config(self) -> dict[str, Any]:
+        """What the cached backbone outputs depend on (training caches them under this key)."""
+        from . import encoder_config
+
+        return {"backbone": encoder_config(self.backbone), "margin": self.margin}
+
     def config(self) -> dict[str, Any]:
         return {"arch": self.arch, "pretrained": self.pretrained if isinstance(self.pretrained, bool) else False,
                 "image_size": self.image_size, "token_grid": self.token_grid, "gate": self.gate_mode,

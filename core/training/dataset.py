@@ -96,6 +96,17 @@ def _cache_key(model: MultimodalClassifier, m: str, items: Sequence[CohortItem],
     return _encoder_cache_key(model.encoders[m], items, tag)
 
 
+def _pre_cache_key(enc, items: Sequence[CohortItem], tag: str) -> str:
+    """Key of a trainable encoder's cached frozen part: only what that part depends on
+    (``enc.frozen_config()``, e.g. the dual expert's backbone and crop margin, not its gate)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(enc.frozen_config(), sort_keys=True, default=str).encode())
+    h.update(tag.encode())
+    for it in items:
+        h.update(it.case_id.encode())
+    return h.hexdigest()[:20]
+
+
 def _encoder_cache_key(enc, items: Sequence[CohortItem], tag: str) -> str:
     from ..encoders import encoder_config
 
@@ -122,7 +133,8 @@ def build_split(model: MultimodalClassifier, items: Sequence[CohortItem], labels
     pre = [m for m in model.modalities if m not in frozen and hasattr(model.encoders[m], "frozen_inputs")]
     cheap = [m for m in model.modalities if m not in frozen and m not in pre and m in ("metadata", "spectrum")]
     lazy_m = [m for m in model.modalities if m not in frozen and m not in cheap and m not in pre]
-    pre_files = {m: cache_root() / "features" / f"{m}-pre-{_cache_key(model, m, items, tag)}.safetensors" for m in pre}
+    pre_files = {m: cache_root() / "features" / f"{m}-pre-{_pre_cache_key(model.encoders[m], items, tag)}.safetensors"
+                 for m in pre}
     pre_todo = [m for m in pre if not (use_cache and pre_files[m].is_file())]
     # the dual expert's global stream is the plain frozen image encoder: reuse its cache when there is one
     global_files = {m: cache_root() / "features" / f"{m}-{_encoder_cache_key(model.encoders[m].backbone, items, tag)}.safetensors"

@@ -43,6 +43,9 @@ EXTRAS: dict[str, dict[str, Any]] = {
     # seed 003's lesion / context dual expert (image cohorts only): learned gate between the streams
     "gated_dual_expert": {"variant": "gated", "cohorts": ["dermatology"],
                           "encoders": {"image": {"type": "dual_expert", "frozen": False, "gate": "learned"}}},
+    # the same with seed 003's entropy gate w_l = sigmoid(-H(p_l)): uncertain lesions lean on the context
+    "gated_dual_entropy": {"variant": "gated", "cohorts": ["dermatology"],
+                           "encoders": {"image": {"type": "dual_expert", "frozen": False, "gate": "entropy", "n_classes": 7}}},
 }
 
 
