@@ -67,13 +67,14 @@ class Comparison:
     explanation_agreement: dict[str, Any]
     encoder_passes: dict[str, int]                       # modality -> encoder runs for the whole comparison
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # package name -> why it could not read this case
 
     def to_dict(self) -> dict[str, Any]:
         return to_jsonable({
             "case_id": self.case_id, "target": self.target, "target_label": self.target_label,
             "columns": [c.summary() for c in self.columns], "agreement": self.agreement, "ensemble": self.ensemble,
             "explanation_agreement": self.explanation_agreement, "encoder_passes": self.encoder_passes,
-            "timings": self.timings})
+            "timings": self.timings, "skipped": self.skipped})
 
 
 # ---- helpers on one column ----------------------------------------------------------------------------------------
@@ -245,8 +246,20 @@ def compare_variants(packages: Sequence[Package], case: Case, explain: bool = Tr
         if p.labels != labels:
             raise ValueError(f"'{p.name}' predicts different classes from '{packages[0].name}'; "
                              "compare models of the same cohort.")
+    from .case import CaseError
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    skipped: dict[str, str] = {}
+    usable = []
+    for p in packages:  # a package none of whose inputs the case has (a note-only model, no note) sits out
+        if any(case.present().get(m) for m in p.modalities):
+            usable.append(p)
+        else:
+            skipped[p.name] = f"the case has none of its inputs ({', '.join(p.modalities)})."
+    if not usable:
+        raise CaseError({"case": "The case has none of the inputs these models use; add at least one."})
+    packages = usable
     cache = SharedEncoderCache(case)
     feats = [cache.features_for(p) if share_encoders else {} for p in packages]
     timings["shared_encoders"] = round(time.perf_counter() - t0, 4)
@@ -273,7 +286,7 @@ def compare_variants(packages: Sequence[Package], case: Case, explain: bool = Tr
                 passes[m] = passes.get(m, 0) + (2 if explain else 1)
     timings["total"] = round(time.perf_counter() - t0, 4)
     return Comparison(case.case_id, columns, tgt, labels[tgt], agreement_summary(columns), ens,
-                      explanation_agreement(columns) if explain else {"pairs": [], "mean": {}}, passes, timings)
+                      explanation_agreement(columns) if explain else {"pairs": [], "mean": {}}, passes, timings, skipped)
 
 
 # ---- the cohort view --------------------------------------------------------------------------------------------------

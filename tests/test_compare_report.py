@@ -234,3 +234,14 @@ def test_cli_compare_json(suite, tmp_path, capsys):
                  "--no-explain", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert len(d["columns"]) == 3 and d["encoder_passes"]["image"] == 1
+
+
+def test_a_package_that_cannot_read_the_case_sits_out(tmp_path, pkgs):
+    from core import CaseError
+
+    note_only = load_package(save_suite(tmp_path, ("unimodal",), ("note",), cohort="n", shared=())[0])
+    case = make_case(0, missing=("note",))
+    cmp = compare_variants([pkgs[0], note_only], case, explain=False)
+    assert [c.package.name for c in cmp.columns] == [pkgs[0].name] and note_only.name in cmp.skipped
+    with pytest.raises(CaseError):
+        compare_variants([note_only], case, explain=False)

@@ -55,6 +55,8 @@ except (CaseError, PackageError, ValueError) as e:
 remember_comparison(case, cmp)
 d = cmp.to_dict()
 agree, ens, ea = d["agreement"], d["ensemble"], d["explanation_agreement"].get("mean", {})
+for name, why in d.get("skipped", {}).items():
+    st.caption(f"Not compared: {md_escape(name)}, because {md_escape(why)}")
 
 # ---- agreement above the columns -------------------------------------------------------------------------------
 a, b, c, e = st.columns(4)
