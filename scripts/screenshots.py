@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "dashboard"))
 import e2e_harness as h  # noqa: E402
 
 PAGE_FILES = {"Home": "home", "Case": "case", "Prediction": "prediction", "Fusion internals": "fusion_internals",
-              "Image explanations": "image_explanations", "Attributions": "attributions"}
+              "Image explanations": "image_explanations", "Attributions": "attributions", "Compare": "compare"}
 WAIT_MS = 300_000   # real encoders on a CPU: a page's explanations may take a while
 
 
@@ -170,7 +170,7 @@ def main() -> int:
             h.keyed(page, "demo_load").locator("button").click()
             h.main(page).get_by_text(f"from demo case {demo_key}").wait_for(timeout=WAIT_MS)
             shot("Case")
-            for name in ("Prediction", "Fusion internals", "Image explanations", "Attributions"):
+            for name in ("Prediction", "Fusion internals", "Image explanations", "Attributions", "Compare"):
                 h.goto_page(page, name, timeout=WAIT_MS)
                 shot(name)
             context.close()
