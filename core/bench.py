@@ -147,7 +147,7 @@ def naive_explain(pkg: Package, case: Case) -> None:
     ctx = ExplainContext(pkg, case)
     if ctx.has("image"):
         image_cam(ctx)
-        enc = ctx.model.encoders["image"]
+        enc = ctx.pixel_encoder
         x = ctx.inputs["image"]["pixels"]
         naive_tensor_ig(ctx, "image", "pixels", (torch.zeros_like(x) - enc._mean) / enc._std)
     if ctx.has("note"):

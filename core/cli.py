@@ -97,23 +97,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explain import CAM_METHODS, PARTS, explain_case
+    from .explain import CAM_METHODS, DEFAULT_PARTS, explain_case
     from .package import load_package
 
-    parts = args.parts or None
-    bad = [p for p in (parts or []) if p not in PARTS]
-    if bad:
-        raise UsageError(f"unknown part '{bad[0]}'; choose from: {', '.join(PARTS)}.")
+    parts = _explain_parts(args, DEFAULT_PARTS)
     bad = [m for m in args.cam if m not in CAM_METHODS]
     if bad:
         raise UsageError(f"unknown CAM method '{bad[0]}'; choose from: {', '.join(CAM_METHODS)}.")
     pkg = load_package(args.model)
     case = _case_from_args(args)
     try:
-        kwargs = {"parts": parts} if parts else {}
         target = int(args.target) if args.target and args.target.isdigit() else args.target
-        ex = explain_case(pkg, case, target=target, cam_methods=args.cam or ("gradcam",), tta=args.tta,
-                          ig_steps=args.ig_steps, **kwargs)
+        ex = explain_case(pkg, case, target=target, parts=parts, cam_methods=args.cam or ("gradcam",), tta=args.tta,
+                          ig_steps=args.ig_steps)
     except ValueError as e:
         raise UsageError(str(e)) from None
     d = ex.to_dict()

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .case import Case
+from .case import Case, CaseError
 from .encoders import ModalityFeatures
 from .package import Package, Prediction, to_jsonable
 
@@ -246,8 +246,6 @@ def compare_variants(packages: Sequence[Package], case: Case, explain: bool = Tr
         if p.labels != labels:
             raise ValueError(f"'{p.name}' predicts different classes from '{packages[0].name}'; "
                              "compare models of the same cohort.")
-    from .case import CaseError
-
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     skipped: dict[str, str] = {}

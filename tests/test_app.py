@@ -234,12 +234,7 @@ def test_bundle_errors_are_one_sentence_in_the_app(app):
 
 # ---- case bundles (no streamlit) ---------------------------------------------------------------------------------------
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in members.items():
-            z.writestr(name, data)
-    return buf.getvalue()
+from hostile import _zip  # noqa: E402  (the same deflated-zip builder as the hostile corpus)
 
 
 def _png() -> bytes:

@@ -110,9 +110,8 @@ def image_attributions(ctx: ExplainContext, method: str = "integrated_gradients"
     """[S, S] non-negative map: |IG| summed over colour channels (baseline: a black image), or the
     drop in the target logit when a window is occluded."""
     x = ctx.inputs["image"]["pixels"]
-    enc = ctx.model.encoders["image"]
-    mean, std = (enc.backbone._mean, enc.backbone._std) if hasattr(enc, "local_backbone") else (enc._mean, enc._std)
-    black = (torch.zeros_like(x) - mean.cpu()) / std.cpu()
+    enc = ctx.pixel_encoder
+    black = (torch.zeros_like(x) - enc._mean.cpu()) / enc._std.cpu()
     f = ctx.target_fn("image", "pixels", **ctx.image_fixed())
     if method == "integrated_gradients":
         with torch.enable_grad():

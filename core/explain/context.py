@@ -40,6 +40,13 @@ class ExplainContext:
     def has(self, modality: str) -> bool:
         return modality in self.model.modalities and bool(self.present[0, self.model.modalities.index(modality)])
 
+    @property
+    def pixel_encoder(self) -> nn.Module:
+        """The plain image encoder that turns images into ``pixels`` (a dual expert's global backbone):
+        its ``prepare`` and normalisation, without the dual expert's lesion segmentation and crop."""
+        enc = self.model.encoders["image"]
+        return enc.backbone if hasattr(enc, "local_backbone") else enc
+
     def image_fixed(self) -> dict[str, torch.Tensor]:
         """Image inputs to hold fixed when the whole image is varied: a dual-expert encoder's lesion
         box (its lesion stream is then cut from the varied image, so both streams see the change)."""

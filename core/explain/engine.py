@@ -153,8 +153,7 @@ def lesion_context_report(ctx: ExplainContext, cams: dict[str, np.ndarray]) -> d
     maps = split_heatmap(first, mask, ring)
     variants = {"full": img, "lesion_only": keep_region(img, mask), "context_only": keep_region(img, ring),
                 "neither": keep_region(img, np.zeros_like(mask))}
-    enc = ctx.model.encoders["image"]
-    pixels = enc.prepare(list(variants.values()))["pixels"]
+    pixels = ctx.pixel_encoder.prepare(list(variants.values()))["pixels"]
     fixed = {k: v.expand(len(pixels), *v.shape[1:]) for k, v in ctx.image_fixed().items()}
     with torch.no_grad():
         probs = torch.softmax(ctx.calibrated_logits("image", {"pixels": pixels, **fixed}), -1)[:, ctx.target]

@@ -56,10 +56,9 @@ def image_deletion_insertion(ctx: ExplainContext, heatmap: np.ndarray, patch: in
     """Units are patch x patch squares ranked by mean heatmap; the baseline is a heavily blurred image."""
     from .lesion_context import keep_region
 
-    enc = ctx.model.encoders["image"]
     x = ctx.inputs["image"]["pixels"]
     S = x.shape[-1]
-    blurred = enc.prepare([keep_region(ctx.case.image.resize((S, S)), np.zeros((S, S), dtype=bool))])["pixels"]
+    blurred = ctx.pixel_encoder.prepare([keep_region(ctx.case.image.resize((S, S)), np.zeros((S, S), dtype=bool))])["pixels"]
     g = S // patch
     hm = torch.nn.functional.interpolate(torch.as_tensor(heatmap)[None, None].float(), size=(g * patch, g * patch),
                                          mode="bilinear", align_corners=False)

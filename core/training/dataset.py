@@ -99,23 +99,22 @@ def _cache_key(model: MultimodalClassifier, m: str, items: Sequence[CohortItem],
 def _pre_cache_key(enc, items: Sequence[CohortItem], tag: str) -> str:
     """Key of a trainable encoder's cached frozen part: only what that part depends on
     (``enc.frozen_config()``, e.g. the dual expert's backbone and crop margin, not its gate)."""
-    h = hashlib.sha256()
-    h.update(json.dumps(enc.frozen_config(), sort_keys=True, default=str).encode())
-    h.update(tag.encode())
-    for it in items:
-        h.update(it.case_id.encode())
-    return h.hexdigest()[:20]
+    return _key(enc.frozen_config(), items, tag)
 
 
 def _encoder_cache_key(enc, items: Sequence[CohortItem], tag: str) -> str:
     from ..encoders import encoder_config
 
+    # weights trained here (stage 1): the cache depends on them too
+    return _key(encoder_config(enc), items, tag, None if enc.external_weights else enc.state_dict())
+
+
+def _key(config: Any, items: Sequence[CohortItem], tag: str, state: dict[str, torch.Tensor] | None = None) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps(encoder_config(enc), sort_keys=True, default=str).encode())
-    if not enc.external_weights:  # weights trained here (stage 1): the cache depends on them too
-        for k, v in sorted(enc.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for k, v in sorted((state or {}).items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
     h.update(tag.encode())
     for it in items:
         h.update(it.case_id.encode())
