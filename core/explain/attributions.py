@@ -59,6 +59,24 @@ def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_siz
             "n_steps": n_steps, "n_tokens": int(ids.shape[1]), "truncated": len(word_ids) >= enc.max_length}
 
 
+def _shapley_sampling(f, seed: int) -> ShapleyValueSampling:
+    """Captum's ShapleyValueSampling with its permutations drawn from a private generator.
+
+    Captum draws them with ``torch.randperm`` from the process-wide generator, which every other user's
+    request shares (seeding it, or saving and restoring it, races between threads). Captum asks the
+    instance's ``permutation_generator(num_features, n_samples)`` for them, so this instance gets one
+    that uses its own seeded ``torch.Generator``: the same permutations for the same seed, in any thread."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def permutations(num_features: int, num_samples: int):
+        for _ in range(num_samples):
+            yield torch.randperm(num_features, generator=gen).tolist()
+
+    sampler = ShapleyValueSampling(f)
+    sampler.permutation_generator = permutations
+    return sampler
+
+
 def table_attributions(ctx: ExplainContext, n_steps: int = 32, shapley_samples: int = 40, seed: int = 0) -> dict[str, Any]:
     enc = ctx.model.encoders["metadata"]
     schema = enc.schema
@@ -73,14 +91,9 @@ def table_attributions(ctx: ExplainContext, n_steps: int = 32, shapley_samples: 
         group[0, s] = i
     sv = torch.full_like(x, float("nan"))
     if shapley_samples > 0:  # 0: integrated gradients only
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # ShapleyValueSampling draws permutations from the global generator
-        try:
-            with torch.no_grad():
-                sv = ShapleyValueSampling(f).attribute(x, baselines=base, feature_mask=group, n_samples=shapley_samples,
-                                                       perturbations_per_eval=16)
-        finally:
-            torch.random.set_rng_state(gen_state)
+        with torch.no_grad():
+            sv = _shapley_sampling(f, seed).attribute(x, baselines=base, feature_mask=group, n_samples=shapley_samples,
+                                                      perturbations_per_eval=16)
     values, _ = schema.validate(ctx.case.metadata or {})
     rows = []
     for i, (feat, s) in enumerate(zip(schema.features, schema.slices)):

@@ -148,12 +148,16 @@ def infidelity_sensitivity(ctx: ExplainContext, modality: str, n_perturb: int = 
         noise = torch.randn(inp.shape, generator=gen) * 0.05 * scale
         return noise, inp - noise
 
+    def ball(inp: torch.Tensor, radius: float) -> torch.Tensor:
+        # Captum's default draws from the process-wide generator; this one uses the private ``gen``
+        return inp + (torch.rand(inp.shape, generator=gen, dtype=inp.dtype) * 2 - 1) * radius
+
     with torch.enable_grad():
         attr = ig.attribute(x, baselines=base, n_steps=16, method="gausslegendre", internal_batch_size=16)
         infid = infidelity(f, perturb, x, attr, n_perturb_samples=n_perturb)
         sens = sensitivity_max(lambda inp: ig.attribute(inp, baselines=base, n_steps=8, method="gausslegendre",
-                                                        internal_batch_size=8), x, perturb_radius=0.02 * scale,
-                               n_perturb_samples=4)
+                                                        internal_batch_size=8), x, perturb_func=ball,
+                               perturb_radius=0.02 * scale, n_perturb_samples=4)
     return {"infidelity": float(infid), "max_sensitivity": float(sens)}
 
 
@@ -163,11 +167,14 @@ def randomisation_check(ctx: ExplainContext, explain: Callable[[ExplainContext],
     original = np.asarray(explain(ctx)).ravel()
     random_ctx = copy.copy(ctx)
     random_ctx.model = copy.deepcopy(ctx.model)
-    torch.manual_seed(seed)
-    for mod in random_ctx.model.head.modules():
-        if isinstance(mod, torch.nn.Linear):
-            torch.nn.init.normal_(mod.weight, std=1.0)
-            torch.nn.init.normal_(mod.bias, std=1.0)
+    # A private generator: the process-wide one (which other users' explanations draw from) is never touched.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in random_ctx.model.head.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen, dtype=mod.weight.dtype))
+                if mod.bias is not None:
+                    mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen, dtype=mod.bias.dtype))
     randomised = np.asarray(explain(random_ctx)).ravel()
     rho = spearmanr(original, randomised).statistic if original.std() > 0 and randomised.std() > 0 else 0.0
     rho = 0.0 if not np.isfinite(rho) else float(rho)
