@@ -129,6 +129,8 @@ def test_demo_case_on_every_page_and_switching_the_variant(app):
     assert len(figs) == 5
     assert any(s["type"] == "path" for s in figs[0]["layout"]["shapes"])
     assert any(m.label == "Mean pairwise correlation" for m in at.metric)
+    # the per-case faithfulness panel: the cohort table's measures, each beside its chance level
+    assert any("relevance mass ratio" in c.value and "a random point" in c.value for c in at.caption)
 
     goto(at, PAGES[4])  # note words and table bars (this model has no spectrum)
     assert any("fl-note" in m.value and "<span" in m.value for m in at.markdown)

@@ -9,8 +9,11 @@ import loaders
 from report_ui import report_panel
 from core import CaseError, PackageError, plots
 from core.explain import CAM_METHODS
+from core.explain.cohort import map_measures
+from auth import require_sign_in
 from state import setup_page, show_error
 
+require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = setup_page("Image explanations", ":material/image:")
 st.title("Image explanations")
 pkg = page.package()
@@ -86,11 +89,14 @@ with right:
     if shares:
         st.plotly_chart(plots.region_shares(shares), key="shares_chart")
         if np.isfinite(shares.get("lesion", np.nan)):
-            ratio = shares["lesion"] / max(shares["lesion_area"], 1e-9)
+            fm = map_measures(cam, lc["mask"], lc.get("ring"))   # the cohort table's measures (core/explain/cohort.py)
+            yes = lambda hit: "yes" if hit else "no"  # noqa: E731
             st.caption(f"The lesion holds {shares['lesion']:.0%} of the heatmap's mass on {shares['lesion_area']:.0%} of "
-                       f"the image ({ratio:.1f}× its area share); the context ring {shares['context']:.0%} on "
-                       f"{shares['context_area']:.0%}. Peak in the lesion: "
-                       f"{'yes' if (shares.get('pointing_game') or {}).get('hit_lesion') else 'no'}.")
+                       f"the image: relevance mass ratio {fm['lesion_ratio']:.1f} (1.0 = a uniform map); the context "
+                       f"ring {shares['context']:.0%} on {shares['context_area']:.0%} (ratio {fm['context_ratio']:.1f}). "
+                       f"Peak in the lesion: {yes(fm['lesion_hit'])} (a random point: {fm['lesion_hit_chance']:.0%}); "
+                       f"in the ring: {yes(fm['context_hit'])} ({fm['context_hit_chance']:.0%}). Energy in the lesion's "
+                       f"box: {fm['lesion_energy']:.0%} (uniform map: {fm['lesion_energy_chance']:.0%}).")
         else:
             st.caption("The heatmap is all zero: it puts no mass anywhere, so there are no shares to report.")
 

@@ -237,6 +237,56 @@ def _metadata(rng: np.random.Generator, label: str, kind: str) -> dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------
+# Known-answer controls: the label carried by ONE source only
+# ---------------------------------------------------------------------------------------------
+
+#: sources a control cohort can put the label in (``generate_dermatology(single_source=...)``)
+SINGLE_SOURCES = ("lesion", "context", "note", "metadata")
+#: metadata-only controls plant the label in one feature: the site (one site per class); age and sex
+#: come from a label-independent decoy class
+CONTROL_SITE = {"akiec": "scalp", "bcc": "ear", "bkl": "chest", "df": "lower extremity", "mel": "back",
+                "nv": "abdomen", "vasc": "genital"}
+CONTROL_PLANTED_FEATURE = "localization"
+
+
+def _single_source_plan(rng: np.random.Generator, label: str, source: str) -> tuple[_Plan, str]:
+    """A plan in which only ``source`` depends on the label; every other source is drawn for decoy
+    classes picked uniformly at random, independently of the label (so an accurate model must use
+    ``source``). Returns the plan and the decoy class for the metadata."""
+    if source not in SINGLE_SOURCES:
+        raise ValueError(f"single_source must be one of {', '.join(SINGLE_SOURCES)}, not {source!r}.")
+    d_lesion, d_context, d_note, d_meta = (str(c) for c in rng.choice(LABELS, size=4))
+    if source == "lesion":
+        look, strength, pig = label, float(rng.uniform(0.7, 1.0)), bool(rng.random() < _PIGMENTED_P[label])
+    elif rng.random() < 0.5:   # a decoy's hallmarks: the lesion is not blank, only uninformative
+        look, strength, pig = d_lesion, float(rng.uniform(0.5, 1.0)), bool(rng.random() < _PIGMENTED_P[d_lesion])
+    else:
+        look, strength, pig = "generic", 0.0, bool(rng.random() < _PIGMENTED_P[d_lesion])
+    if source == "context":
+        cue, cstrength = label, float(rng.uniform(0.75, 1.0))
+    elif rng.random() < 0.5:
+        cue, cstrength = d_context, float(rng.uniform(0.5, 1.0))
+    else:
+        cue, cstrength = None, 0.0
+    if source == "note":
+        note_kind, note_class = "decisive", label
+    else:   # "misleading" draws the decoy's hallmark sentences (and its weak phrases), never the label's
+        note_kind = _pick(rng, {"misleading": 0.35, "weak": 0.2, "vague": 0.25, "missing": 0.2})
+        note_class = d_note
+    # "prototype" keeps the note from restating the metadata (the site would leak into a metadata-only
+    # control's note); the metadata itself is drawn by _single_source_metadata
+    plan = _Plan(label, source, look, strength, pig, cue, cstrength, note_kind, note_class, "prototype")
+    return plan, d_meta
+
+
+def _single_source_metadata(rng: np.random.Generator, label: str, source: str, decoy: str) -> dict[str, Any]:
+    md = _metadata(rng, decoy, "typical")
+    if source == "metadata":
+        md["localization"] = CONTROL_SITE[label]
+    return md
+
+
+# ---------------------------------------------------------------------------------------------
 # Clinical notes
 # ---------------------------------------------------------------------------------------------
 
@@ -366,6 +416,26 @@ def _decisive_sentences(rng: np.random.Generator, cls: str, k: int) -> list[str]
     bank = _DECISIVE[cls]
     idx = rng.choice(len(bank), size=min(k, len(bank)), replace=False)
     return [_fill(rng, bank[i]) for i in idx]
+
+
+def decisive_spans(note: str | None, cls: str) -> list[tuple[int, int]]:
+    """Character spans of ``note`` that are the generator's decisive sentences for class ``cls`` (its
+    hallmark history and the "Clinical impression" line): the words it planted. Recovered by matching
+    the sentence templates (placeholders and the "Pt" abbreviation included), so it also works on
+    cached cohorts."""
+    import re
+
+    if not note or cls not in _DECISIVE:   # not this generator's class: it planted nothing
+        return []
+    spans = []
+    pats = [*_DECISIVE[cls], f"Clinical impression: ?{_IMPRESSION[cls]}."]
+    for t in pats:
+        rx = re.escape(t)
+        for key, options in _FILL.items():
+            rx = rx.replace(re.escape("{" + key + "}"), "(?:" + "|".join(map(re.escape, options)) + ")")
+        rx = rx.replace("Patient", "(?:Patient|Pt)").replace("patient", "(?:patient|pt)")
+        spans += [(m.start(), m.end()) for m in re.finditer(rx, note)]
+    return sorted(spans)
 
 
 def _weak_sentences(rng: np.random.Generator, cls: str, k: int) -> list[str]:
@@ -1170,12 +1240,17 @@ def _png(path: Path, arr: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def draw_case(seed: int, index: int, label: str, image_size: int = 224) -> dict[str, Any]:
+def draw_case(seed: int, index: int, label: str, image_size: int = 224, single_source: str | None = None) -> dict[str, Any]:
     """Draw one case in memory: ``image`` (uint8 RGB), ``mask`` / ``context`` (bool) and the item fields.
-    Independent streams for plan, metadata, note and image: editing the note templates never moves a pixel."""
+    Independent streams for plan, metadata, note and image: editing the note templates never moves a pixel.
+    ``single_source``: a known-answer control case in which only that source depends on the label."""
     plan_ss, meta_ss, note_ss, image_ss = np.random.SeedSequence([seed, index]).spawn(4)
-    plan = _plan(np.random.default_rng(plan_ss), label)
-    md = _metadata(np.random.default_rng(meta_ss), label, plan.metadata_kind)
+    if single_source is None:
+        plan = _plan(np.random.default_rng(plan_ss), label)
+        md = _metadata(np.random.default_rng(meta_ss), label, plan.metadata_kind)
+    else:
+        plan, decoy = _single_source_plan(np.random.default_rng(plan_ss), label, single_source)
+        md = _single_source_metadata(np.random.default_rng(meta_ss), label, single_source, decoy)
     note = _note(np.random.default_rng(note_ss), plan, md)
     image, mask, context, facts = _render(np.random.default_rng(image_ss), plan, image_size)
     extras = {"ambiguous": plan.evidence is None, "lesion_look": plan.lesion_look,
@@ -1183,13 +1258,17 @@ def draw_case(seed: int, index: int, label: str, image_size: int = 224) -> dict[
               "context_cue": plan.context_cue, "context_strength": round(plan.context_strength, 3),
               "note_kind": plan.note_kind, "note_class": plan.note_class, "metadata_kind": plan.metadata_kind,
               **facts}
+    if single_source is not None:
+        extras["single_source"] = single_source
+        if single_source == "metadata":
+            extras["planted_feature"] = CONTROL_PLANTED_FEATURE
     return {"image": image, "mask": mask, "context": context, "label": label, "note": note, "metadata": md,
             "evidence": plan.evidence, "extras": extras}
 
 
-def _write_case(job: tuple[int, int, int, str, int, str]) -> dict[str, Any]:
-    seed, index, n, label, image_size, root = job
-    case = draw_case(seed, index, label, image_size)
+def _write_case(job: tuple[Any, ...]) -> dict[str, Any]:
+    seed, index, n, label, image_size, root, *rest = job   # rest: (single_source,) for control cohorts
+    case = draw_case(seed, index, label, image_size, *rest)
     cid = _case_id(index, n)
     out = Path(root)
     _png(out / "images" / f"{cid}.png", case.pop("image"))
@@ -1203,13 +1282,17 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already
 
 
-def default_cache_dir(n: int, seed: int, image_size: int) -> Path:
+def default_cache_dir(n: int, seed: int, image_size: int, single_source: str | None = None) -> Path:
     root = Path(os.environ.get("FUSIONLENS_CACHE") or Path.home() / ".cache" / "fusionlens")
-    return root / "cohorts" / f"dermatology-s{seed}-n{n}-{image_size}"
+    tail = f"-only-{single_source}" if single_source else ""
+    return root / "cohorts" / f"dermatology-s{seed}-n{n}-{image_size}{tail}"
 
 
-def _params(n: int, seed: int, image_size: int) -> dict[str, Any]:
-    return {"n": n, "seed": seed, "image_size": image_size}
+def _params(n: int, seed: int, image_size: int, single_source: str | None = None) -> dict[str, Any]:
+    p: dict[str, Any] = {"n": n, "seed": seed, "image_size": image_size}
+    if single_source is not None:   # absent for ordinary cohorts: their cached index stays valid
+        p["single_source"] = single_source
+    return p
 
 
 def _load_index(root: Path, params: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -1226,11 +1309,16 @@ def _load_index(root: Path, params: dict[str, Any]) -> list[dict[str, Any]] | No
     return items
 
 
-def _generate(root: Path, n: int, seed: int, image_size: int, workers: int) -> list[dict[str, Any]]:
+def _generate(root: Path, n: int, seed: int, image_size: int, workers: int,
+              single_source: str | None = None) -> list[dict[str, Any]]:
     for sub in ("images", "masks", "context"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    labels = sample_labels(n, seed)
-    jobs = [(seed, i, n, labels[i], image_size, str(root)) for i in range(n)]
+    if single_source is None:
+        labels = sample_labels(n, seed)
+        jobs: list[tuple[Any, ...]] = [(seed, i, n, labels[i], image_size, str(root)) for i in range(n)]
+    else:   # controls: balanced classes (a known answer needs every class, not HAM10000's long tail)
+        labels = list(np.random.default_rng([seed, n, 7919]).permutation([LABELS[i % len(LABELS)] for i in range(n)]))
+        jobs = [(seed, i, n, labels[i], image_size, str(root), single_source) for i in range(n)]
     if workers <= 1 or n < 2 * workers:
         return [_write_case(j) for j in jobs]
     # forkserver: forking a process that already runs threads (torch, streamlit, OpenCV) can deadlock.
@@ -1245,18 +1333,22 @@ def _generate(root: Path, n: int, seed: int, image_size: int, workers: int) -> l
 
 
 def generate_dermatology(n: int = 10000, seed: int = 0, cache_dir: str | Path | None = None,
-                         workers: int | None = None, image_size: int = 224) -> Cohort:
+                         workers: int | None = None, image_size: int = 224, single_source: str | None = None) -> Cohort:
     """The generated dermatology cohort (synthetic demo data), drawn once into ``cache_dir`` and loaded
-    from its ``index.json`` afterwards. Splits 70/15/15 stratified by label (each case its own group)."""
+    from its ``index.json`` afterwards. Splits 70/15/15 stratified by label (each case its own group).
+    ``single_source`` (one of SINGLE_SOURCES): a known-answer control cohort, balanced classes, in which
+    only that source carries the label (every case's ``evidence`` is that source)."""
+    if single_source is not None and single_source not in SINGLE_SOURCES:
+        raise ValueError(f"single_source must be one of {', '.join(SINGLE_SOURCES)}, not {single_source!r}.")
     if n < 1:
         raise ValueError("n must be at least 1.")
     if not 64 <= image_size <= 1024:
         raise ValueError(f"image_size must be between 64 and 1024 pixels, not {image_size}.")
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir(n, seed, image_size)
-    params = _params(n, seed, image_size)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir(n, seed, image_size, single_source)
+    params = _params(n, seed, image_size, single_source)
     records = _load_index(root, params)
     if records is None:
-        records = _generate(root, n, seed, image_size, workers or os.cpu_count() or 1)
+        records = _generate(root, n, seed, image_size, workers or os.cpu_count() or 1, single_source)
         splits = grouped_split([r["case_id"] for r in records], None, [r["label"] for r in records], seed=seed)
         for r, sp in zip(records, splits):
             r["split"] = sp
@@ -1331,4 +1423,5 @@ def write_demo_cases(cohort: Cohort, dest: str | Path, per_kind: int = 2) -> lis
 
 
 __all__ = ["LABELS", "DERM_SCHEMA", "SITES", "EVIDENCE", "DEMO_KINDS", "GENERATOR_VERSION", "generate_dermatology",
-           "write_demo_cases", "sample_labels", "label_counts", "draw_case", "default_cache_dir"]
+           "write_demo_cases", "sample_labels", "label_counts", "draw_case", "default_cache_dir",
+           "SINGLE_SOURCES", "CONTROL_SITE", "CONTROL_PLANTED_FEATURE", "decisive_spans"]
