@@ -39,6 +39,18 @@ HAM_SCHEMA: list[dict[str, Any]] = [
     {"name": "localization", "type": "categorical", "categories": HAM_SITES,
      "description": "Anatomical site of the lesion (HAM10000's 15 sites)."},
 ]
+HAM_LICENCE = {
+    "licence": "CC BY-NC 4.0 (Creative Commons Attribution-NonCommercial): non-commercial research use only",
+    "provenance": "HAM10000 training set (ViDIR Group, Medical University of Vienna, and Cliff Rosendahl's practice) "
+                  "via the ISIC archive; images downsized to 200 x 150",
+    "citation": ["Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of multi-source "
+                 "dermatoscopic images of common pigmented skin lesions. Scientific Data 5, 180161 (2018).",
+                 "Codella N. et al. Skin Lesion Analysis Toward Melanoma Detection 2018: A Challenge Hosted by the "
+                 "International Skin Imaging Collaboration (ISIC). arXiv:1902.03368 (2019).",
+                 "Lesion masks: Tschandl P. et al. Human-computer collaboration for skin cancer recognition. "
+                 "Nature Medicine 26, 1229-1234 (2020)."],
+}
+HAM_COLUMNS = ("lesion_id", "image_id", "dx")
 _SITE_PHRASE = {"genital": "in the genital area", "acral": "on an acral site (palm or sole)"}
 MAX_LISTED = 5
 
@@ -159,14 +171,40 @@ def _read_notes(notes: str | Path | None) -> dict[str, str] | None:
     return {r["image_id"]: r["note"] for _, r in rows if r["note"]}
 
 
+def _ham_csv(root: Path) -> Path:
+    """``HAM10000_metadata.csv``, else the one CSV in ``root`` with HAM10000's columns (the ISIC 2018
+    Task 3 ground truth, ``ISIC2018_Task3_Test_GroundTruth.csv``, has them)."""
+    if (root / "HAM10000_metadata.csv").is_file():
+        return root / "HAM10000_metadata.csv"
+    found = [p for p in sorted(root.glob("*.csv")) if _has_ham_columns(p)]
+    if len(found) != 1:
+        raise DataError(f"{root}: expected HAM10000_metadata.csv or one CSV with the columns "
+                        f"{', '.join(HAM_COLUMNS)}; found {len(found)}.")
+    return found[0]
+
+
+def _has_ham_columns(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = [h.strip() for h in next(csv.reader(f), [])]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(c in header for c in HAM_COLUMNS)
+
+
 def load_ham10000(root: str | Path, masks_dir: str | Path | None = None, seed: int = 0,
                   notes: str | Path | None = "metadata", labels: Sequence[str] | None = None) -> Cohort:
     """HAM10000 as distributed: ``HAM10000_metadata.csv`` + images ``<image_id>.jpg`` anywhere below
     ``root``; optional masks ``<image_id>_segmentation.png`` in ``masks_dir``. Splits are grouped by
     lesion_id. ``notes``: "metadata" (template narratives), "none", or a JSON / CSV of image_id -> note;
-    a ``note`` column in the metadata CSV wins over both."""
+    a ``note`` column in the metadata CSV wins over both.
+
+    A folder with another CSV in the same format instead (the ISIC 2018 Task 3 test ground truth, whose
+    lesions are ``HAMTEST_...`` and whose age / sex may be empty) is an external test set: every image
+    goes to the ``test`` split."""
     root = Path(root)
-    meta_path = root / "HAM10000_metadata.csv"
+    meta_path = _ham_csv(root)
+    external = meta_path.name != "HAM10000_metadata.csv"
     header, rows = _read_csv(meta_path, required=("lesion_id", "image_id", "dx"))
     labels = list(labels) if labels is not None else list(HAM_LABELS)
     _check_labels(((line, r["dx"]) for line, r in rows), labels, meta_path, "dx")
@@ -215,19 +253,26 @@ def load_ham10000(root: str | Path, masks_dir: str | Path | None = None, seed: i
         raise DataError(f"{meta_path.name}: {_listing(bad)}.")
     if missing:
         raise _missing_images(missing, root)
-    _split_items(items, seed)
+    if external:
+        for it in items:
+            it.split = "test"
+    else:
+        _split_items(items, seed)
     note_source = ("metadata column 'note'" if "note" in header else "file" if external_notes is not None
                    else "generated from age / sex / site" if str(notes) == "metadata" else "none")
     modalities = ["image", "note", "metadata"] if any(it.note for it in items) else ["image", "metadata"]
     n_lesions = len({it.group for it in items})
+    what = ("an external test set in HAM10000's format (every image in 'test')" if external
+            else "HAM10000 (real dermoscopy, CC BY-NC)")
     return Cohort(
         name="ham10000", labels=labels, items=items, modalities=modalities,
-        schema=fit_schema(HAM_SCHEMA, [it for it in items if it.split == "train"]),
-        description=(f"HAM10000 dermatoscopic images from {meta_path.parent}: {len(items)} images of {n_lesions} "
-                     f"lesions, split by lesion. Notes: {note_source}."),
+        schema=fit_schema(HAM_SCHEMA, [it for it in items if it.split == ("test" if external else "train")]),
+        description=(f"{what}, {meta_path.name}: {len(items)} images of {n_lesions} lesions"
+                     f"{'' if external else ', split by lesion'}. Notes: {note_source}. dx_type is never an input."),
         synthetic=False, label_descriptions={k: v for k, v in HAM_LABEL_DESCRIPTIONS.items() if k in labels},
-        info={"seed": seed, "source": str(meta_path), "notes": note_source, "n_lesions": n_lesions,
-              "n_masks": sum(it.mask_path is not None for it in items)})
+        info={"seed": seed, "source": meta_path.name, "notes": note_source, "n_lesions": n_lesions,
+              "n_masks": sum(it.mask_path is not None for it in items), "external_test_set": external,
+              **HAM_LICENCE})
 
 
 # ---------------------------------------------------------------- seed 003 layout
@@ -423,7 +468,10 @@ def load_dataset(path: str | Path, **kwargs: Any) -> Cohort:
         if path.suffix.lower() != ".csv":
             raise DataError(f"{path.name}: expected a CSV file or a dataset folder.")
         return load_generic_csv(path, **kwargs)
-    if (path / "HAM10000_metadata.csv").is_file():
+    if (path / "HAM10000_metadata.csv").is_file() or any(_has_ham_columns(p) for p in path.glob("*.csv")):
+        masks = path / "HAM10000_segmentations_lesion"
+        if masks.is_dir() and "masks_dir" not in kwargs:
+            kwargs["masks_dir"] = masks
         return load_ham10000(path, **kwargs)
     csvs, jsons = sorted(path.glob("*.csv")), sorted(path.glob("*.json"))
     if len(csvs) == 1 and len(jsons) == 1:

@@ -58,6 +58,18 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], skip_prefix: s
         )
 
 
+def _image_size(size: int | Sequence[int]) -> int | tuple[int, int]:
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or min(int(v) for v in size) < 16:
+            raise ValueError(f"image_size must be one number or [width, height] of at least 16 px each; got {size!r}.")
+        return int(size[0]), int(size[1])
+    return int(size)
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
 def _tiny_stage(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
@@ -65,8 +77,8 @@ def _tiny_stage(cin: int, cout: int) -> nn.Sequential:
 class ImageEncoder(Encoder):
     modality = "image"
 
-    def __init__(self, arch: str = "efficientnet_lite0", pretrained: bool | str = True, image_size: int = 224,
-                 token_grid: int | None = None) -> None:
+    def __init__(self, arch: str = "efficientnet_lite0", pretrained: bool | str = True,
+                 image_size: int | Sequence[int] = 224, token_grid: int | None = None) -> None:
         super().__init__()
         # token_grid: average-pool the last feature map to token_grid x token_grid patch tokens
         # (e.g. 4 -> 16 tokens instead of 49), which keeps cached token features small for training
@@ -75,7 +87,9 @@ class ImageEncoder(Encoder):
             raise ValueError(f"Unknown image architecture {arch!r}; choose one of {', '.join(ARCHS)}.")
         self.arch = arch
         self.pretrained = pretrained
-        self.image_size = int(image_size)
+        # an int: square resize (the generated cohort); [width, height]: a fixed non-square size, e.g.
+        # HAM10000's native 200 x 150, so real images are neither upscaled nor squashed
+        self.image_size: int | tuple[int, int] = _image_size(image_size)
         self.external_weights = False
         weights_path = pretrained if isinstance(pretrained, str) else None
 
@@ -142,8 +156,11 @@ class ImageEncoder(Encoder):
     # --- data ---------------------------------------------------------------------------------
     def prepare(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         s = self.image_size
+        size = s if isinstance(s, tuple) else (s, s)
         # PIL's bilinear resize widens its kernel when shrinking, i.e. it is antialiased.
-        arrs = [np.asarray(im.convert("RGB").resize((s, s), Image.Resampling.BILINEAR), dtype=np.uint8) for im in images]
+        rgb = [_rgb(im) for im in images]
+        arrs = [np.asarray(im if im.size == size else im.resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+                for im in rgb]
         x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
         return {"pixels": (x - self._mean.cpu()) / self._std.cpu()}
 
@@ -206,6 +223,6 @@ class ImageEncoder(Encoder):
         return {
             "arch": self.arch,
             "pretrained": self.pretrained if isinstance(self.pretrained, bool) else False,
-            "image_size": self.image_size,
+            "image_size": list(self.image_size) if isinstance(self.image_size, tuple) else self.image_size,
             "token_grid": self.token_grid,
         }

@@ -1,0 +1,158 @@
+"""HAM10000 / ISIC 2018: the loader on both CSV layouts, the stage-1 fine-tune and the suite wiring on tiny
+generated images, and the shipped real demo cases (licence file, predict / explain / report)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.data import DataError
+from core.data.loaders import HAM_LABELS, load_dataset, load_ham10000
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = ROOT / "assets" / "cases" / "ham10000"
+MODELS = ROOT / "assets" / "models" / "ham10000"
+
+
+def _image(path: Path, k: int, size=(200, 150)) -> None:
+    rng = np.random.default_rng(k)
+    arr = (rng.random((size[1], size[0], 3)) * 60 + 40 * (k % 7)).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def make_ham(root: Path, per_class: int = 4, masks: bool = True) -> Path:
+    """A tiny HAM10000 layout: metadata CSV, 200 x 150 JPEGs, binary masks; two images per lesion."""
+    (root / "HAM10000_images").mkdir(parents=True)
+    if masks:
+        (root / "HAM10000_segmentations_lesion").mkdir()
+    rows, k = [], 0
+    for dx in HAM_LABELS:
+        for j in range(per_class):
+            k += 1
+            image_id = f"ISIC_{k:07d}"
+            rows.append({"lesion_id": f"HAM_{(k + 1) // 2:07d}", "image_id": image_id, "dx": dx,
+                         "dx_type": "histo", "age": str(20 + 5 * (k % 12)), "sex": ("male", "female")[k % 2],
+                         "localization": ("back", "face", "lower extremity")[k % 3]})
+            _image(root / "HAM10000_images" / f"{image_id}.jpg", k)
+            if masks:
+                m = np.zeros((150, 200), np.uint8)
+                m[40:110, 60:140] = 255
+                Image.fromarray(m).save(root / "HAM10000_segmentations_lesion" / f"{image_id}_segmentation.png")
+    with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def make_isic(root: Path) -> Path:
+    """The ISIC 2018 Task 3 ground-truth layout: HAMTEST_ lesions, images/ folder, missing age / sex."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for k, dx in enumerate(HAM_LABELS * 2):
+        image_id = f"ISIC_{34524 + k:07d}"
+        rows.append({"lesion_id": f"HAMTEST_{k:07d}", "image_id": image_id, "dx": dx, "dx_type": "histo",
+                     "age": "" if k % 3 == 0 else str(30 + k), "sex": "" if k % 4 == 0 else "unknown" if k % 4 == 1
+                     else "female", "localization": "unknown" if k % 5 == 0 else "back", "dataset": "vidir_modern"})
+        _image(root / "images" / f"{image_id}.jpg", k)
+    with open(root / "ISIC2018_Task3_Test_GroundTruth.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_ham_loader_splits_by_lesion_and_records_licence(tmp_path):
+    c = load_ham10000(make_ham(tmp_path / "ham"), masks_dir=tmp_path / "ham" / "HAM10000_segmentations_lesion")
+    assert len(c.items) == 28 and c.info["n_masks"] == 28
+    by_lesion = {}
+    for it in c.items:
+        by_lesion.setdefault(it.group, set()).add(it.split)
+    assert all(len(s) == 1 for s in by_lesion.values())            # never one lesion in two splits
+    assert "CC BY-NC" in c.training_data()["licence"] and c.training_data()["citation"]
+    assert "dx_type" not in c.items[0].metadata                       # the label leak is not an input
+    assert not c.info["external_test_set"]
+
+
+def test_isic_ground_truth_csv_is_an_external_test_set(tmp_path):
+    c = load_dataset(make_isic(tmp_path / "isic"))
+    assert c.name == "ham10000" and len(c.items) == 14
+    assert {it.split for it in c.items} == {"test"} and c.info["external_test_set"]
+    ages = [it.metadata["age"] for it in c.items]
+    sexes = [it.metadata["sex"] for it in c.items]
+    assert ages[0] is None and sexes[0] is None and sexes[1] == "unknown" and ages[1] == 31.0
+    assert all(it.group.startswith("HAMTEST_") for it in c.items)
+
+
+def test_ham_loader_names_a_bad_age(tmp_path):
+    root = make_isic(tmp_path / "isic")
+    p = root / "ISIC2018_Task3_Test_GroundTruth.csv"
+    p.write_text(p.read_text().replace(",31,", ",old,", 1))
+    with pytest.raises(DataError, match="age 'old'"):
+        load_dataset(root)
+
+
+def test_image_encoder_keeps_native_non_square_size():
+    from core.encoders.image import ImageEncoder
+
+    enc = ImageEncoder("tiny", False, [200, 150])
+    x = enc.prepare([Image.new("RGB", (200, 150)), Image.new("RGB", (400, 300))])["pixels"]
+    assert tuple(x.shape) == (2, 3, 150, 200)
+    assert enc.config()["image_size"] == [200, 150]
+    assert ImageEncoder("tiny", False, 32).config()["image_size"] == 32     # old packages: square
+
+
+def test_finetune_top_trains_only_the_top_and_primes_features():
+    import torch
+
+    from core.encoders.image import ImageEncoder
+    from core.training.finetune import frozen_part, full_features, finetune_top
+
+    torch.manual_seed(0)
+    enc = ImageEncoder("efficientnet_lite0", False, [64, 48], token_grid=2)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    with torch.no_grad():
+        x, l0, l1 = frozen_part(enc, torch.randn(12, 3, 48, 64))
+    data = {"map": x.half(), "l0": l0, "l1": l1}
+    y = torch.arange(12) % 3
+    info = finetune_top(enc, data, y, data, y, 3, epochs=1, samples_per_epoch=8, batch_size=4, threads=1, log=lambda m: None)
+    after = enc.state_dict()
+    assert torch.equal(before["backbone._conv_stem.weight"], after["backbone._conv_stem.weight"])
+    assert not torch.equal(before["backbone._conv_head.weight"], after["backbone._conv_head.weight"])
+    assert enc.frozen and len(info["history"]) == 1
+    feats = full_features(enc, data)
+    with torch.no_grad():
+        direct = enc(enc.prepare([Image.new("RGB", (64, 48))])["pixels"])
+    assert feats["tokens"].shape[1:] == direct.tokens.shape[1:] and feats["pooled"].shape[1] == direct.pooled.shape[1]
+
+
+def test_demo_cases_ship_with_their_licence():
+    if not CASES.is_dir():
+        pytest.skip("no HAM10000 demo cases shipped")
+    source = (CASES / "SOURCE.txt").read_text()
+    assert "CC BY-NC" in source and "Tschandl" in source
+    folders = [p for p in CASES.iterdir() if p.is_dir()]
+    assert 12 <= len(folders) <= 20
+    for f in folders:
+        assert (f / "image.png").is_file() or (f / "image.jpg").is_file()
+        assert (f / "mask.png").is_file() and not (f / "note.txt").exists()
+        meta = json.loads((f / "metadata.json").read_text())
+        assert set(meta) <= {"age", "sex", "localization"}
+
+
+def test_a_real_demo_case_through_predict_explain_report(tmp_path):
+    if not (MODELS / "gated").is_dir() or not CASES.is_dir():
+        pytest.skip("the HAM10000 suite is not shipped")
+    from core.case import Case
+    from core.package import load_package
+
+    pkg = load_package(MODELS / "gated")
+    assert "CC BY-NC" in pkg.config["training_data"]["licence"]
+    case = Case.from_folder(sorted(p for p in CASES.iterdir() if p.is_dir())[0])
+    assert case.mask is not None
+    pred = pkg.predict(case)
+    assert pred.label in HAM_LABELS
