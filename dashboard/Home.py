@@ -5,8 +5,10 @@ import streamlit as st
 
 import loaders
 from core import RESEARCH_NOTICE
+from auth import require_sign_in
 from state import setup_page
 
+require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = setup_page("Home")
 st.title("FusionLens")
 st.warning(RESEARCH_NOTICE, icon=":material/warning:")
@@ -40,6 +42,9 @@ for s in summaries:
     })
 if rows:
     st.dataframe(rows, hide_index=True, width="stretch", key="packages")
+    if any(s["cohort"] == "ham10000" for s in summaries):
+        st.caption("Packages of the **ham10000** cohort were trained on HAM10000 (real dermoscopy, CC BY-NC: "
+                   "non-commercial research use; Tschandl et al., Sci. Data 2018) at 200 × 150 pixels.")
     if any(s["synthetic"] for s in summaries):
         st.caption("Packages marked **synthetic demo data** were trained on generated cases: their numbers "
                    "show how the software works, not how well any model diagnoses anything.")

@@ -11,8 +11,10 @@ import cases
 import loaders
 import state
 from core import Case, CaseError, Package, plots
+from auth import require_sign_in
 from state import md_escape, setup_page, show_error
 
+require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = setup_page("Case", ":material/folder_open:")
 st.title("Case")
 pkg = page.package()

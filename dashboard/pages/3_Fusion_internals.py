@@ -9,8 +9,10 @@ import streamlit as st
 import loaders
 from report_ui import report_panel
 from core import FUSIONS, CaseError, PackageError, plots
+from auth import require_sign_in
 from state import md_escape, setup_page, show_error
 
+require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = setup_page("Fusion internals", ":material/hub:")
 st.title("Fusion internals")
 pkg = page.package()

@@ -8,10 +8,12 @@ import loaders
 from core import CaseError, FUSIONS, PackageError, plots
 from core.compare import cohort_metrics
 from report_ui import remember_comparison, report_panel
+from auth import require_sign_in
 from state import md_escape, setup_page, show_error
 
 MAX_SIDE_BY_SIDE = 4
 
+require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = setup_page("Compare variants", ":material/compare:")
 st.title("Compare fusion variants")
 pkg = page.package()
