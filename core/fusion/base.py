@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from ..encoders.base import ModalityFeatures, ModalitySpec, masked_mean
 from ..registry import Registry
@@ -37,6 +38,14 @@ class Fusion(nn.Module):
     registry_name: ClassVar[str] = ""
     #: True for the single-modality baseline, the only variant built from one modality
     unimodal: ClassVar[bool] = False
+    #: options training adds unless a config sets them (``build_from_config``). The constructor's own
+    #: defaults stay those of packages saved before the option existed, so an old package (its
+    #: ``options`` recorded as they were) rebuilds exactly the forward it was trained with.
+    TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: learned scalars / vectors that *are* the mechanism (name suffixes in this module): trained
+    #: without weight decay and with ``train.mechanism_lr_mult``; their movement from ``MECHANISM_INIT``
+    #: is measured by ``core.explain.mechanisms``
+    MECHANISM_PARAMETERS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, **options: Any):
         super().__init__()
@@ -58,6 +67,15 @@ class Fusion(nn.Module):
 
 def projector(d_in: int, d_out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.GELU())
+
+
+def unit_scale(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the last dimension *without* a learned gain or bias: zero mean, unit RMS.
+
+    Put in front of whatever a mechanism weighs, so that the mechanism's own value is the only thing
+    that sets the mix: a neighbouring layer can no longer rescale its input and absorb the value
+    (which left the old gates, temperature and level / scale weights unidentifiable)."""
+    return F.layer_norm(x, x.shape[-1:])
 
 
 def norm_shares(x: torch.Tensor) -> torch.Tensor:

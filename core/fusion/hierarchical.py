@@ -10,7 +10,8 @@ from torch import nn
 
 from ..encoders.base import ModalityFeatures, ModalitySpec, masked_mean
 from .attention import ATTENTION_DIAGNOSTICS
-from .base import FUSIONS, AttentionBlock, Fusion, TokenProjector, attention_mass, concat_others, norm_shares, projector
+from .base import (FUSIONS, AttentionBlock, Fusion, TokenProjector, attention_mass, concat_others, norm_shares, projector,
+                   unit_scale)
 from .simple import GateMixer
 
 
@@ -21,15 +22,19 @@ class HierarchicalFusion(Fusion):
         "level_weights": "[3] weight a_i of the early / middle / last level (sigma(w_i), or softmax(w) summing to 1)",
         "level_gates": "[B, 3, M] per level, mean effective gate of each modality (rows sum to 1)",
     }
+    # softmax: only the level weights' ratios can matter to the LayerNorm'ed output, so weights that sum
+    # to 1 are the identifiable form; identifiable: each level's output at unit scale before a_i weighs it
+    TRAINING_DEFAULTS = {"identifiable": True, "level_weighting": "softmax"}
+    MECHANISM_PARAMETERS = ("level_logits", "gate.weight", "gate.bias")
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, level_weighting: str = "sigmoid",
-                 dropout: float = 0.1, **options: Any):
+                 dropout: float = 0.1, identifiable: bool = False, **options: Any):
         super().__init__(specs, out_dim, **options)
         if level_weighting not in ("sigmoid", "softmax"):
             raise ValueError("level_weighting must be 'sigmoid' or 'softmax'.")
-        self.level_weighting = level_weighting
+        self.level_weighting, self.identifiable = level_weighting, identifiable
         self.proj = nn.ModuleList(nn.ModuleList(projector(s.level_dims[i], dim) for s in specs) for i in range(3))
-        self.mixers = nn.ModuleList(GateMixer(len(specs), dim) for _ in range(3))
+        self.mixers = nn.ModuleList(GateMixer(len(specs), dim, identifiable) for _ in range(3))
         self.level_logits = nn.Parameter(torch.zeros(3))
         self.out = nn.Sequential(nn.Linear(dim, out_dim), nn.LayerNorm(out_dim), nn.GELU(), nn.Dropout(dropout))
 
@@ -42,7 +47,7 @@ class HierarchicalFusion(Fusion):
         fused, gates = 0, []
         for i in range(3):
             mixed, w = self.mixers[i]([p(f.levels[i]) for p, f in zip(self.proj[i], feats)])
-            fused = fused + a[i] * mixed
+            fused = fused + a[i] * (unit_scale(mixed) if self.identifiable else mixed)
             gates.append(w.mean(-1))
         level_gates = torch.stack(gates, 1)
         weights = norm_shares((level_gates * a.view(1, 3, 1)).sum(1))
@@ -62,16 +67,22 @@ class EnhancedMMTM(Fusion):
         "gate_polarisation": "[B] 0 = the modalities are gated equally, 1 = one modality takes all the gate mass",
         "scale_weights": "[3] softmax weights of the global / meso / local scale features (sum to 1)",
     }
+    # sharpness: sigmoid(z / tau), the behaviour seed 000's text describes (high tau = smooth gate, low tau =
+    # polarised); identifiable: z, the gated vectors and each scale's output at unit scale, so tau, the gates
+    # and the scale weights cannot be absorbed by the layers around them (docs/architecture.md)
+    TRAINING_DEFAULTS = {"identifiable": True, "temperature_mode": "sharpness"}
+    MECHANISM_PARAMETERS = ("log_tau", "scale_logits", "interaction.4.weight", "interaction.4.bias")
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, heads: int = 8, bottleneck: int = 128,
-                 temperature_mode: str = "scale", init_temperature: float = 1.0, dropout: float = 0.1, **options: Any):
+                 temperature_mode: str = "scale", init_temperature: float = 1.0, dropout: float = 0.1,
+                 identifiable: bool = False, **options: Any):
         super().__init__(specs, out_dim, **options)
         if temperature_mode not in ("scale", "sharpness"):
             raise ValueError("temperature_mode must be 'scale' (sigmoid(z)*tau, seed 000) or 'sharpness' (sigmoid(z/tau)).")
         if init_temperature <= 0:
             raise ValueError("init_temperature must be positive.")
         k = len(specs)
-        self.k, self.dim, self.temperature_mode = k, dim, temperature_mode
+        self.k, self.dim, self.temperature_mode, self.identifiable = k, dim, temperature_mode, identifiable
         self.tokens = TokenProjector(specs, dim)
         self.self_attn = nn.ModuleList(AttentionBlock(dim, heads, dropout) for _ in specs)
         self.cross_attn = nn.ModuleList(AttentionBlock(dim, heads, dropout) for _ in specs)
@@ -85,7 +96,9 @@ class EnhancedMMTM(Fusion):
         scales = (dim, dim // 2, dim // 4)
         n_terms = k + k * (k - 1) // 2  # each modality and every pairwise Hadamard product
         self.scale_proj = nn.ModuleList(nn.ModuleList(nn.Linear(dim, s) for _ in specs) for s in scales)
-        self.scale_out = nn.ModuleList(nn.Sequential(nn.Linear(n_terms * s, out_dim), nn.LayerNorm(out_dim)) for s in scales)
+        self.scale_out = nn.ModuleList(nn.Sequential(nn.Linear(n_terms * s, out_dim),
+                                                     nn.LayerNorm(out_dim, elementwise_affine=not identifiable))
+                                       for s in scales)
         self.scale_logits = nn.Parameter(torch.zeros(3))
         self.post = nn.Sequential(nn.GELU(), nn.Dropout(dropout))
 
@@ -108,7 +121,11 @@ class EnhancedMMTM(Fusion):
             attn[self.names[i]], spans_all[self.names[i]] = w, spans
             vs.append(masked_mean(y, masks[i]) + self.pooled_proj[i](feats[i].pooled))
         # 2. adaptive gate with the learnable temperature, residual final = gated + original
-        z = self.interaction(torch.cat([b(v) for b, v in zip(self.bottleneck, vs)], -1)).view(B, M, self.dim)
+        z = self.interaction(torch.cat([b(v) for b, v in zip(self.bottleneck, vs)], -1))
+        if self.identifiable:  # one unit scale over all modalities' z: their relative levels survive, tau sets the sharpness
+            z = unit_scale(z)
+            vs = [unit_scale(v) for v in vs]
+        z = z.view(B, M, self.dim)
         tau = self.temperature
         g = torch.sigmoid(z) * tau if self.temperature_mode == "scale" else torch.sigmoid(z / tau)
         finals = [g[:, i] * v + v for i, v in enumerate(vs)]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..encoders.base import ModalityFeatures, ModalitySpec
-from .base import FUSIONS, Fusion, contribution_shares, norm_shares, projector
+from .base import FUSIONS, Fusion, contribution_shares, norm_shares, projector, unit_scale
 
 
 @FUSIONS.register("unimodal")
@@ -85,11 +85,16 @@ class MultiplyFusion(_ProjectedFusion):
 class GateMixer(nn.Module):
     """Seed 001's gate over k vectors of one width. Two: ``g = sigmoid(W[a; b])``,
     ``g*a + (1-g)*b``; more: a sigmoid gate per modality from all of them, normalised to sum to 1.
-    LayerNorm over the mix plus a residual mean of the inputs."""
 
-    def __init__(self, k: int, dim: int):
+    ``identifiable=False`` (packages saved before the option): LayerNorm over the mix plus a residual
+    mean of the inputs; each input keeps its own learned scale, so a modality's share is set as much
+    by the scale of its projection as by its gate. ``identifiable=True`` (what training now uses):
+    the gate still reads the raw inputs, but what it weighs is each input brought to unit scale
+    (:func:`unit_scale`) and there is no ungated residual, so the gate alone sets each modality's share."""
+
+    def __init__(self, k: int, dim: int, identifiable: bool = False):
         super().__init__()
-        self.k, self.dim = k, dim
+        self.k, self.dim, self.identifiable = k, dim, identifiable
         self.gate = nn.Linear(k * dim, dim if k == 2 else k * dim)
         self.norm = nn.LayerNorm(dim)
 
@@ -103,6 +108,8 @@ class GateMixer(nn.Module):
             g = torch.sigmoid(z.view(z.shape[0], self.k, self.dim))
             w = g / g.sum(1, keepdim=True).clamp_min(1e-6)
         stacked = torch.stack(list(hs), 1)
+        if self.identifiable:
+            return self.norm((w * unit_scale(stacked)).sum(1)), w
         return self.norm((w * stacked).sum(1) + stacked.mean(1)), w
 
 
@@ -113,11 +120,14 @@ class GatedFusion(Fusion):
         "gates": "[B, M] mean over dimensions of each modality's effective gate (rows sum to 1)",
         "gates_per_dim": "[B, M, d] per-dimension effective gate (sums to 1 over modalities)",
     }
+    TRAINING_DEFAULTS = {"identifiable": True}
+    MECHANISM_PARAMETERS = ("mixer.gate.weight", "mixer.gate.bias")
 
-    def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, dropout: float = 0.1, **options: Any):
+    def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, dropout: float = 0.1,
+                 identifiable: bool = False, **options: Any):
         super().__init__(specs, out_dim, **options)
         self.proj = nn.ModuleList(projector(s.dim, dim) for s in specs)
-        self.mixer = GateMixer(len(specs), dim)
+        self.mixer = GateMixer(len(specs), dim, identifiable)
         self.out = nn.Sequential(nn.Linear(dim, out_dim), nn.LayerNorm(out_dim), nn.GELU(), nn.Dropout(dropout))
 
     def forward(self, feats: Sequence[ModalityFeatures], present: torch.Tensor):
@@ -133,6 +143,7 @@ class LowRankBilinearFusion(Fusion):
         "contribution_norms": "[B, M] L2 norm of each modality's factor beyond its constant term",
         "rank_weights": "[R] learned weight of each rank-1 term",
     }
+    MECHANISM_PARAMETERS = ("rank_logits",)
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, rank: int = 4, dropout: float = 0.1, **options: Any):
         super().__init__(specs, out_dim, **options)

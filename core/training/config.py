@@ -27,7 +27,12 @@ class TrainOptions:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_epochs: int = 0             # linear learning-rate warm-up before the cosine decay (transformer fusions)
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4         # on weight matrices only: never on biases, norms, missing-modality
+                                       # embeddings or the fusion's mechanism parameters (module.param_groups)
+    mechanism_lr_mult: float = 10.0    # learning-rate multiplier of the mechanism parameters (temperature,
+                                       # level / scale / rank logits, gate biases, MoE router)
+    gate_entropy_weight: float = 0.0   # optional regulariser: + w * mean binary entropy of the modality weights
+                                       # (decisive gates); off by default
     patience: int = 6                  # early stopping on validation balanced accuracy
     loss: str = "ce"                   # "ce" | "focal"
     focal_gamma: float = 2.0
@@ -100,6 +105,8 @@ def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
         raise ConfigError("'modalities' must list at least one of image, note, metadata, spectrum.")
     if (cfg.data.cohort is None) == (cfg.data.path is None):
         raise ConfigError("set exactly one of 'data.cohort' (dermatology or diabetes) and 'data.path'.")
+    if cfg.train.mechanism_lr_mult <= 0:
+        raise ConfigError("'train.mechanism_lr_mult' must be positive.")
     if cfg.train.loss not in ("ce", "focal"):
         raise ConfigError("'train.loss' must be 'ce' or 'focal'.")
     return cfg

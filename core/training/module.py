@@ -81,6 +81,9 @@ class LitClassifier(L.LightningModule):
         if balance is not None:  # mixture-of-experts head: keep every expert in use
             loss = loss + self.opts.moe_balance_weight * balance
         # log_var learns to predict this case's loss (data uncertainty), without reweighting the classifier
+        if self.opts.gate_entropy_weight and "modality_weights" in out.diagnostics:  # optional: decisive gates
+            w = out.diagnostics["modality_weights"].clamp(1e-6, 1.0)
+            loss = loss + self.opts.gate_entropy_weight * (-(w * w.log()).sum(-1)).mean()
         ce = F.cross_entropy(out.logits, y, reduction="none").detach()
         loss = loss + self.opts.uncertainty_weight * (torch.exp(-out.log_var) * ce + out.log_var).mean()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(y))
@@ -109,8 +112,7 @@ class LitClassifier(L.LightningModule):
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.opts.lr, weight_decay=self.opts.weight_decay)
+        opt = torch.optim.AdamW(param_groups(self.model, self.opts, extra=self.aux), lr=self.opts.lr)
         w, total = self.opts.warmup_epochs, max(1, self.opts.epochs)
 
         def factor(epoch: int) -> float:  # linear warm-up, then cosine decay to 0 (per epoch)
@@ -120,6 +122,41 @@ class LitClassifier(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": sched}
+
+
+#: parameters that are embeddings in timm's sense (no weight decay), by name fragment
+_EMBEDDINGS = ("missing.", "type_emb", "fusion.pos", "fusion.cls")
+
+
+def mechanism_parameter(name: str, model: MultimodalClassifier) -> bool:
+    """True for a parameter that is the fusion's (or the MoE head's) mechanism: a temperature, level /
+    scale / rank logits, a gate bias, the router."""
+    if name.startswith("fusion."):
+        return any(name.endswith(s) for s in getattr(model.fusion, "MECHANISM_PARAMETERS", ()))
+    return name.startswith("head.router.")
+
+
+def param_groups(model: MultimodalClassifier, opts: TrainOptions, extra: nn.Module | None = None) -> list[dict[str, Any]]:
+    """AdamW groups in the manner of timm's ``param_groups_weight_decay`` and nanoGPT's decay split:
+    weight matrices decay; biases, norms (every parameter of < 2 dimensions) and embeddings (missing-
+    modality stand-ins, type / position / class tokens) do not; the mechanism parameters neither, and
+    they learn ``mechanism_lr_mult`` times faster, since each is one scalar that the whole training set
+    has to move (issue 14: at the base rate and with decay they stayed at their initial values)."""
+    decay, no_decay, mech = [], [], []
+    named = list(model.named_parameters()) + ([(f"aux.{n}", p) for n, p in extra.named_parameters()] if extra else [])
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        if mechanism_parameter(name, model):
+            mech.append(p)
+        elif p.ndim < 2 or any(e in name for e in _EMBEDDINGS):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": opts.weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+              {"params": mech, "weight_decay": 0.0, "lr": opts.lr * opts.mechanism_lr_mult, "name": "mechanism"}]
+    return [g for g in groups if g["params"]]
 
 
 def _to_device(b: dict[str, Any], device: torch.device) -> dict[str, Any]:

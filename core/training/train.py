@@ -40,8 +40,12 @@ def load_cohort(data: DataConfig) -> Cohort:
         from ..data.cohorts.diabetes import build_diabetes
 
         return build_diabetes(seed=data.seed)
+    if data.cohort == "ham10000":   # real data: the path comes from --data / FUSIONLENS_HAM10000, never the config
+        from ..data.cohorts.ham10000 import load_ham10000_cohort
+
+        return load_ham10000_cohort(seed=data.seed)
     if data.cohort is not None:
-        raise ValueError(f"unknown cohort '{data.cohort}'; use dermatology or diabetes, or data.path for your own data.")
+        raise ValueError(f"unknown cohort '{data.cohort}'; use dermatology, diabetes or ham10000, or data.path for your own data.")
     from ..data.loaders import load_dataset
 
     return load_dataset(data.path)
@@ -69,8 +73,14 @@ def build_from_config(cfg: TrainConfig, cohort: Cohort) -> MultimodalClassifier:
         train = [it.spectrum for it in cohort.split("train") if it.spectrum is not None]
         encoders["spectrum"].set_normalisation(np.stack([encoders["spectrum"].resample(s) for s in train]))
     torch.manual_seed(cfg.train.seed)
-    return MultimodalClassifier(encoders, len(cohort.labels), cfg.variant, cfg.fusion_options, cfg.fused_dim, cfg.head,
-                                cfg.missing)
+    return MultimodalClassifier(encoders, len(cohort.labels), cfg.variant, fusion_options_for(cfg), cfg.fused_dim,
+                                cfg.head, cfg.missing)
+
+
+def fusion_options_for(cfg: TrainConfig) -> dict[str, Any]:
+    """The variant's training defaults (identifiable mechanisms, see ``Fusion.TRAINING_DEFAULTS``) under
+    the config's own ``fusion_options``; the package records the result, so it rebuilds the same forward."""
+    return {**FUSIONS.get(cfg.variant).TRAINING_DEFAULTS, **cfg.fusion_options}
 
 
 def predict_split(model: MultimodalClassifier, data: SplitTensors, mc_samples: int, seed: int = 0, batch: int = 256):

@@ -1,0 +1,187 @@
+"""Issue 14: fusion mechanisms that are identifiable and learn, and their measured readability."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.encoders.base import Encoder, ModalityFeatures
+from core.fusion import FUSIONS
+from core.model import MultimodalClassifier
+from core.training.config import TrainerOptions, TrainOptions
+from core.training.dataset import SplitTensors
+
+from tiny import make_case, make_model
+from core.package import prepare_batch
+
+D, TOK, N_CLASSES = 16, 4, 3
+SIGNAL_NOISE = 1.0
+
+
+class FixedEncoder(Encoder):
+    """Stands for a frozen encoder whose outputs are cached: the synthetic features go straight to fusion."""
+
+    def __init__(self, modality: str):
+        super().__init__()
+        self.modality, self.out_dim, self.level_dims, self.token_dim = modality, D, (D, D, D), D
+        self.dummy = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+
+
+def synthetic_split(n: int, seed: int) -> tuple[SplitTensors, torch.Tensor]:
+    """Two modalities; for half the cases only the first carries the label (the other is noise of the
+    same size), for the rest only the second. Returns the split and which modality is informative."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(2, N_CLASSES, D, generator=torch.Generator().manual_seed(123))
+    protos = protos / protos.norm(dim=-1, keepdim=True) * math.sqrt(D)
+    y = torch.randint(0, N_CLASSES, (n,), generator=g)
+    informative = torch.arange(n) % 2
+    feats = {}
+    for m, name in enumerate(("image", "note")):
+        signal = protos[m, y] + SIGNAL_NOISE * torch.randn(n, D, generator=g)
+        noise = torch.randn(n, D, generator=g) * math.sqrt(1 + SIGNAL_NOISE ** 2)
+        pooled = torch.where((informative == m).unsqueeze(-1), signal, noise)
+        tokens = pooled.unsqueeze(1) + 0.3 * torch.randn(n, TOK, D, generator=g)
+        feats[name] = ModalityFeatures(pooled, (pooled, pooled, pooled), tokens, torch.ones(n, TOK, dtype=torch.bool))
+    ids = [f"s{seed}-{i}" for i in range(n)]
+    present = torch.ones(n, 2, dtype=torch.bool)
+    split = SplitTensors(ids, ["image", "note"], y, present, feats, {}, {}, {m: torch.arange(n) for m in feats})
+    return split, informative
+
+
+def synthetic_model(variant: str, seed: int = 0) -> MultimodalClassifier:
+    torch.manual_seed(seed)
+    encoders = {m: FixedEncoder(m) for m in ("image", "note")}
+    opts = {**getattr(FUSIONS.get(variant), "TRAINING_DEFAULTS", {}), "dim": 32}
+    if variant == "mmtm":
+        opts.update(heads=4, bottleneck=32)
+    return MultimodalClassifier(encoders, N_CLASSES, variant, opts, fused_dim=32,
+                                head_options={"hidden": 32, "blocks": 1, "dropout": 0.1})
+
+
+def train_synthetic(variant: str, tmp_path, epochs: int = 12):
+    from core.training.train import fit
+
+    train, _ = synthetic_split(1200, 0)
+    val, _ = synthetic_split(300, 1)
+    model = synthetic_model(variant)
+    opts = TrainOptions(epochs=epochs, batch_size=64, lr=1e-3, patience=epochs, seed=0)
+    model, _ = fit(model, train, val, opts, TrainerOptions(accelerator="cpu", progress_bar=False), tmp_path / variant)
+    return model
+
+
+def gates_on(model: MultimodalClassifier, split: SplitTensors) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        b = split.batch(model, torch.arange(len(split)))
+        return model(b["inputs"], b["present"]).diagnostics["modality_weights"]
+
+
+@pytest.mark.parametrize("variant", ["gated", "mmtm"])
+def test_gates_follow_the_informative_modality_per_case(variant, tmp_path):
+    """Fails on the training before issue 14 (gates and temperature that could not learn)."""
+    model = train_synthetic(variant, tmp_path)
+    test, informative = synthetic_split(400, 2)
+    w = gates_on(model, test)[:, 0]          # weight of the first modality
+    a, b = w[informative == 0], w[informative == 1]
+    diff = float(a.mean() - b.mean())
+    noise = float(torch.sqrt(a.var() / len(a) + b.var() / len(b)))
+    print(variant, "gate difference", diff, "noise", noise)
+    assert diff > 0.07 and diff > 8 * noise
+    if variant == "mmtm":
+        print("log_tau", float(model.fusion.log_tau))
+        assert abs(float(model.fusion.log_tau)) > 0.1, "the temperature never left its initial value"
+
+
+def _tiny(variant, identifiable=True, **opts):
+    base = dict(FUSIONS.get(variant).TRAINING_DEFAULTS) if identifiable else {}
+    base.update(opts)
+    return make_model(variant, ("spectrum", "metadata"), **base).eval()
+
+
+def _out(model, n=4):
+    inputs, present, _ = prepare_batch(model, [make_case(i) for i in range(n)])
+    with torch.no_grad():
+        return model(inputs, present).logits
+
+
+@pytest.mark.parametrize("identifiable", [False, True])
+def test_level_weight_cannot_be_absorbed_by_the_level_norm(identifiable):
+    """Old form: halving a level weight and doubling that level's LayerNorm gain gives the same output,
+    so the level weight is not identifiable. Identifiable form: the same change alters the output."""
+    model = _tiny("hierarchical", identifiable, level_weighting="sigmoid")
+    with torch.no_grad():
+        model.fusion.level_logits.copy_(torch.tensor([0.5, -0.3, 0.2]))
+        before = _out(model)
+        a0 = torch.sigmoid(model.fusion.level_logits[0])
+        model.fusion.level_logits[0] = torch.logit(a0 / 2)
+        model.fusion.mixers[0].norm.weight.mul_(2)
+        model.fusion.mixers[0].norm.bias.mul_(2)
+        after = _out(model)
+    assert torch.allclose(before, after, atol=1e-5) != identifiable
+
+
+@pytest.mark.parametrize("identifiable", [False, True])
+def test_temperature_cannot_be_absorbed_by_the_interaction_layer(identifiable):
+    """sigmoid(z / tau): doubling tau and the last interaction layer is invisible unless z is normalised."""
+    model = _tiny("mmtm", identifiable, temperature_mode="sharpness")
+    with torch.no_grad():
+        before = _out(model)
+        model.fusion.log_tau.add_(math.log(2.0))
+        model.fusion.interaction[4].weight.mul_(2)
+        model.fusion.interaction[4].bias.mul_(2)
+        after = _out(model)
+    assert torch.allclose(before, after, atol=1e-5) != identifiable
+
+
+def test_mechanism_scalars_get_gradients_in_the_shipped_form():
+    for variant, names in (("mmtm", ("log_tau", "scale_logits")), ("hierarchical", ("level_logits",))):
+        model = _tiny(variant).train()
+        inputs, present, _ = prepare_batch(model, [make_case(i) for i in range(6)])
+        y = torch.tensor([0, 1, 2, 0, 1, 2])
+        torch.nn.functional.cross_entropy(model(inputs, present).logits, y).backward()
+        for n in names:
+            g = getattr(model.fusion, n).grad
+            assert g is not None and float(g.abs().sum()) > 0, f"{variant}.{n} gets no gradient"
+
+
+def test_sharpness_temperature_polarises_identifiable_gates():
+    model = _tiny("mmtm")
+    inputs, present, _ = prepare_batch(model, [make_case(i) for i in range(4)])
+    spread = []
+    for tau in (4.0, 0.1):
+        with torch.no_grad():
+            model.fusion.log_tau.fill_(math.log(tau))
+            g = model(inputs, present).diagnostics["gates_per_dim"]
+        spread.append(float((g - 0.5).abs().mean()))
+    assert spread[1] > 2 * spread[0]  # high tau = smooth (near 0.5), low tau = polarised (seed 000)
+
+
+def test_old_packages_keep_their_forward():
+    """A package saved before issue 14 records no such options: the constructor defaults rebuild it."""
+    for variant in ("gated", "hierarchical", "mmtm"):
+        old = make_model(variant, ("spectrum", "metadata"))
+        assert not getattr(old.fusion, "identifiable", False)
+    assert make_model("mmtm", ("spectrum", "metadata")).fusion.temperature_mode == "scale"
+
+
+def test_param_groups_split_decay_and_mechanisms():
+    from core.training.module import param_groups
+
+    model = _tiny("mmtm")
+    opts = TrainOptions(lr=1e-3, weight_decay=0.01, mechanism_lr_mult=5.0)
+    groups = {g["name"]: g for g in param_groups(model, opts)}
+    ids = {k: {id(p) for p in g["params"]} for k, g in groups.items()}
+    named = dict(model.named_parameters())
+    assert id(named["fusion.log_tau"]) in ids["mechanism"] and id(named["fusion.scale_logits"]) in ids["mechanism"]
+    assert groups["mechanism"]["lr"] == pytest.approx(5e-3) and groups["mechanism"]["weight_decay"] == 0
+    assert groups["no_decay"]["weight_decay"] == 0 and groups["decay"]["weight_decay"] == 0.01
+    for n, p in named.items():
+        if not p.requires_grad or id(p) in ids["mechanism"]:
+            continue
+        if p.ndim < 2 or n.startswith("missing.") or "type_emb" in n:
+            assert id(p) in ids["no_decay"], n
+        else:
+            assert id(p) in ids["decay"], n
+    all_ids = set().union(*ids.values())
+    assert all_ids == {id(p) for p in model.parameters() if p.requires_grad}
