@@ -30,6 +30,8 @@ def _parse_meta(pairs: Sequence[str], meta_file: str | None) -> dict[str, Any] |
             raise UsageError(f"metadata file '{meta_file}' does not exist.") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"metadata file '{meta_file}' is not valid JSON ({e}).") from None
+        except RecursionError:
+            raise UsageError(f"metadata file '{meta_file}' is nested too deeply to be metadata.") from None
         if not isinstance(data, dict):
             raise UsageError(f"metadata file '{meta_file}' must hold a JSON object of name: value pairs.")
         meta.update(data)
@@ -288,6 +290,21 @@ def cmd_train_suite(args: argparse.Namespace) -> int:
 
     if args.n is not None and args.n < 50:
         raise UsageError("--n must be at least 50 cases.")
+    if args.cohort == "ham10000":
+        from .data import DataError
+        from .data.cohorts.ham10000 import ENV
+        from .data.loaders import _ham_csv
+
+        if args.data:
+            os.environ[ENV] = args.data
+        if not os.environ.get(ENV):
+            raise UsageError(f"--cohort ham10000 needs its data: pass --data PATH or set {ENV}.")
+        try:
+            _ham_csv(Path(os.environ[ENV]))
+        except DataError as e:
+            raise UsageError(str(e)) from None
+    elif args.data:
+        raise UsageError("--data is only for --cohort ham10000; the other demo cohorts are generated.")
     train_suite(args.cohort, args.out, args.variants, args.n, args.epochs, args.seed)
     return 0
 
@@ -307,7 +324,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             cohort = load_cohort(DataConfig(cohort=args.cohort, n=args.n, seed=args.seed))
         else:
             cohort = load_cohort(DataConfig(path=args.data))
-        metrics = evaluate_package(pkg, select_items(cohort, args.split), mc_samples=args.mc_samples, drop=args.drop)
+        items = select_items(cohort, args.split)
+        metrics = evaluate_package(pkg, items, mc_samples=args.mc_samples, drop=args.drop)
+        if getattr(args, "mechanisms", False):   # issue 14: can each fusion mechanism be read on these cases?
+            from .explain.mechanisms import measure_cases
+
+            metrics["mechanisms"] = measure_cases(pkg, items)
     except (DataError, ValueError) as e:
         raise UsageError(str(e)) from None
     metrics = {"model": pkg.info(), "data": {"cohort": cohort.name, "seed": args.seed, "split": args.split,
@@ -318,6 +340,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "error_detection_auroc"):
             v = metrics[k]
             print(f"{k:24s} {v['value']:.3f}  (95% CI {v['ci95'][0]:.3f}-{v['ci95'][1]:.3f})")
+        if "mechanisms" in metrics:
+            from .explain.mechanisms import text_report
+
+            print(text_report(metrics["mechanisms"]))
     return 0
 
 
@@ -371,7 +397,8 @@ def build_parser() -> Parser:
     p.add_argument("--out", help="override the config's output folder")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("train-suite", help="train every variant + unimodal baselines for a demo cohort")
-    p.add_argument("--cohort", required=True, choices=["dermatology", "diabetes"])
+    p.add_argument("--cohort", required=True, choices=["dermatology", "diabetes", "ham10000"])
+    p.add_argument("--data", help="ham10000: the folder with HAM10000_metadata.csv (or set FUSIONLENS_HAM10000)")
     p.add_argument("--out", default="assets/models")
     p.add_argument("--variants", nargs="*", help="a subset of the registry (default: all)")
     p.add_argument("--n", type=int, help="dermatology cohort size (default 10000)")
@@ -388,12 +415,17 @@ def build_parser() -> Parser:
     p.add_argument("--mc-samples", type=int, default=None)
     p.add_argument("--int8", action="store_true", help="evaluate the int8 (dynamically quantized) model")
     p.add_argument("--drop", nargs="*", default=[], metavar="MODALITY", help="remove these inputs from every case")
+    p.add_argument("--mechanisms", action="store_true",
+                   help="also measure each fusion mechanism (movement, spread, agreement with Shapley / the evidence)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("variants", help="list the fusion variants (and heads) in the registry")
     p.add_argument("--json", action="store_true")
     p.add_argument("--heads", action="store_true", help="with --json: list the heads instead")
     p.set_defaults(func=cmd_variants)
+    from .cohort.cli import add_explain_cohort  # issue 18: batch explanations of a cohort to Parquet
+
+    add_explain_cohort(sub)
     return parser
 
 

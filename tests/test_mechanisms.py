@@ -185,3 +185,119 @@ def test_param_groups_split_decay_and_mechanisms():
             assert id(p) in ids["decay"], n
     all_ids = set().union(*ids.values())
     assert all_ids == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+# ---- §2: measuring the mechanisms --------------------------------------------------------------------------------
+
+def test_batch_shapley_is_exact_and_sums_to_full_minus_none():
+    from core.explain.mechanisms import batch_measure
+
+    model = make_model("gated", ("image", "note", "metadata")).eval()
+    cases = [make_case(i) for i in range(5)] + [make_case(5, missing=("note",))]
+    inputs, present, _ = prepare_batch(model, cases)
+    values, weights, shap, target = batch_measure(model, inputs, present, 1.5)
+    with torch.no_grad():
+        full = torch.softmax(model(inputs, present).logits / 1.5, -1).gather(1, target[:, None]).squeeze(1)
+        none_p = torch.zeros_like(present)
+        empty = torch.softmax(model({m: None for m in model.modalities}, none_p).logits / 1.5, -1)
+        empty = empty.gather(1, target[:, None]).squeeze(1)
+    assert torch.allclose(shap.sum(1), full - empty, atol=1e-5)
+    assert float(shap[5, 1].abs()) < 1e-6          # an absent input contributes nothing
+    assert set(values) >= {"gates:image", "gates:note", "gates:metadata", "modality_weights:image"}
+    assert torch.allclose(weights.sum(1), torch.ones(6), atol=1e-5)
+
+
+def test_summary_spread_agreement_and_readings():
+    from core.explain.mechanisms import THRESHOLDS, readings, summarise
+    import numpy as np
+
+    model = make_model("mmtm", ("image", "note", "metadata"))
+    rng = np.random.default_rng(0)
+    n = 200
+    shap = rng.normal(size=(n, 3))
+    weights = np.exp(shap) / np.exp(shap).sum(1, keepdims=True)        # ranks exactly like Shapley
+    flat = np.full(n, 0.33) + rng.normal(scale=0.001, size=n)
+    values = {"modality_weights:image": weights[:, 0], "gates:image": flat}
+    evidence = [["lesion", "note", "metadata"][int(i)] for i in shap.argmax(1)]
+    rec = summarise(model, values, weights, shap, np.ones((n, 3), bool), evidence)
+    a = rec["agreement_with_shapley"]
+    assert a["spearman_mean"] == pytest.approx(1.0) and a["top_match"] == 1.0 and a["top_match_chance"] == pytest.approx(1 / 3)
+    assert abs(a["spearman_shuffled_cases"]) < 0.2
+    e = rec["agreement_with_evidence"]
+    assert e["balanced_weight_top_rate"] == 1.0 and e["chance"] == pytest.approx(1 / 3)
+    assert rec["movement"]["temperature"]["moved"] == pytest.approx(0.0)
+    by = {r["name"]: r for r in readings(rec)}
+    assert by["gates:image"]["trust_level"] == "model" and "property of the model" in by["gates:image"]["reading_sentence"]
+    assert rec["spread"]["modality_weights:image"] >= THRESHOLDS["spread_varies"]
+    assert by["modality_weights:image"]["trust_level"] == "case" and "ρ = 1.00" in by["modality_weights:image"]["reading_sentence"]
+    assert by["temperature"]["trust_level"] == "model"   # never left its initial value
+    # a prediction's own value is placed in the test split's distribution
+    pr = readings(rec, {"diagnostics": {"modality_weights": [0.9, 0.05, 0.05], "gates": [0.33, 0.33, 0.34]}})
+    row = next(r for r in pr if r["name"] == "modality_weights:image")
+    assert row["value"] == pytest.approx(0.9) and row["percentile"] > 90
+
+
+def test_readings_are_empty_for_packages_without_a_record():
+    from core.explain.mechanisms import readings
+
+    assert readings({}) == [] and readings({"mechanisms": {}}) == []
+
+
+def test_measure_split_on_a_trained_model(tmp_path):
+    """What finish_package stores in metrics.json under "mechanisms", on a trained model's test split."""
+    import json
+
+    from core.explain.mechanisms import measure_split
+
+    model = train_synthetic("gated", tmp_path, epochs=2)
+    test, informative = synthetic_split(200, 3)
+    rec = measure_split(model, test, 1.0, ["lesion" if i == 0 else "note" for i in informative.tolist()])
+    json.dumps(rec)   # serialisable as it is stored
+    assert rec["n_cases"] == 200 and "modality_weights:image" in rec["spread"]
+    assert rec["agreement_with_evidence"]["n_cases"] == 200 and rec["agreement_with_evidence"]["chance"] == 0.5
+    assert set(rec["readings"]) == set(rec["spread"]) | set(rec["movement"])
+
+
+# ---- §3: the Fusion internals page reads the record ------------------------------------------------------------
+
+def test_fusion_internals_page_shows_readings(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+    from streamlit.testing.v1 import AppTest
+
+    from core import load_package
+    from core.explain.mechanisms import batch_measure, summarise
+    from pathlib import Path
+    from tiny import save_suite
+
+    root = Path(__file__).resolve().parents[1]
+    models = tmp_path / "models"
+    paths = save_suite(models, ("gated", "mmtm"))
+    for p in paths:
+        pkg = load_package(p)
+        inputs, present, _ = prepare_batch(pkg.model, [make_case(i) for i in range(12)])
+        vals, w, sh, _ = batch_measure(pkg.model, inputs, present, pkg.temperature)
+        rec = summarise(pkg.model, {k: v.numpy() for k, v in vals.items()}, w.numpy(), sh.numpy(), present.numpy())
+        (p / "metrics.json").write_text(json.dumps({"n": 12, "mechanisms": rec}))
+    case = make_case(0)
+    demo = tmp_path / "cases" / "dermatology" / "demo-1"
+    demo.mkdir(parents=True)
+    case.image.save(demo / "image.png")
+    (demo / "note.txt").write_text(case.note)
+    (demo / "metadata.json").write_text(json.dumps({**case.metadata, "label": "malignant"}))
+    monkeypatch.setenv("FUSIONLENS_MODELS", str(models))
+    monkeypatch.setenv("FUSIONLENS_CASES", str(tmp_path / "cases"))
+    at = AppTest.from_file(str(root / "dashboard" / "Home.py"), default_timeout=120).run()
+    at.switch_page("pages/1_Case.py").run()
+    at.radio(key="case_mode").set_value("Demo case").run()
+    at.button(key="demo_load").click().run()
+    at.switch_page("pages/3_Fusion_internals.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(s.value == "Can these values be read as an explanation of this case?" for s in at.subheader)
+    texts = [m.value for m in at.markdown]
+    assert any("gate of the image" in t and ("property of the model" in t or "varies" in t) for t in texts)
+    assert any("percentile of the test split" in t for t in texts)
+    figs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    dist = [f for f in figs if "test cases" in ((f["layout"].get("title") or {}).get("text", ""))]
+    assert dist and any(sh.get("type") == "line" for sh in dist[0]["layout"]["shapes"])

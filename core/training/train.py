@@ -192,6 +192,11 @@ def finish_package(model: MultimodalClassifier, cohort: Cohort, val: SplitTensor
     metrics["referral_threshold"] = threshold
     metrics["validation_balanced_accuracy"] = train_info.get("best_val_balanced_accuracy")
     metrics["training"] = train_info
+    from ..explain.mechanisms import measure_split
+
+    # can each fusion mechanism be read as an explanation of a case? (issue 14; test split)
+    evidence = {it.case_id: it.evidence for it in cohort.items}
+    metrics["mechanisms"] = measure_split(model, test, temperature, [evidence.get(i) for i in test.ids])
     out = Path(cfg.out)
     save_package(model, out, cohort.labels, name=cfg.name, cohort=cohort.name, calibration_temperature=temperature,
                  referral_threshold=threshold, mc_samples=opts.mc_samples, training_data=cohort.training_data(),

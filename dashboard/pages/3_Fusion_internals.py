@@ -8,7 +8,10 @@ import streamlit as st
 
 import loaders
 from report_ui import report_panel
+import plotly.graph_objects as go
+
 from core import FUSIONS, CaseError, PackageError, plots
+from core.explain.mechanisms import readings as mechanism_readings, record_of as mechanism_record
 from auth import require_sign_in
 from state import md_escape, setup_page, show_error
 
@@ -63,6 +66,40 @@ with right:
 
 if "gates_per_dim" in diag and st.checkbox("Show the gate of every fused dimension", key="show_gates_per_dim"):
     st.plotly_chart(plots.gates_per_dim_heatmap(mods, arr(diag["gates_per_dim"])), key="gates_per_dim_chart")
+
+# ---- can these values be read as an explanation of this case? (measured per package, issue 14) -------------------
+st.subheader("Can these values be read as an explanation of this case?")
+mech_rows = mechanism_readings(pkg, pred)
+if not mech_rows:
+    st.caption("This package carries no measurement of its mechanisms (it was trained before they were measured): "
+               "read its gates and weights with care, next to the Shapley values below. `python -m core evaluate "
+               "--model DIR --cohort ... --mechanisms` measures them on any cohort.")
+else:
+    TRUST_ICON = {"case": ":material/check_circle:", "summary": ":material/info:", "model": ":material/block:",
+                  "weak": ":material/warning:"}
+    for r in mech_rows:
+        value = r["value"]
+        shown = (f" — this case: {value:.3f}" + (f" ({r['percentile']:.0f}th percentile of the test split)"
+                                                 if r.get("percentile") is not None else "")) if isinstance(value, float) else ""
+        st.markdown(f"{TRUST_ICON.get(r['trust_level'], '')} **{md_escape(r['label'])}**{shown}. "
+                    f"{md_escape(r['reading_sentence'])}")
+    rec = mechanism_record(pkg) or {}
+    per_case = [r for r in mech_rows if isinstance(r["value"], float) and r["name"] in rec.get("distribution", {})]
+    if per_case:
+        pick = st.selectbox("Where this case falls in the test split", [r["name"] for r in per_case], key="mechanism_dist",
+                            format_func=lambda n: next(r["label"] for r in per_case if r["name"] == n))
+        row = next(r for r in per_case if r["name"] == pick)
+        d = rec["distribution"][pick]
+        edges = np.asarray(d["edges"], dtype=np.float64)
+        fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=d["hist"], width=np.diff(edges), marker_color="#9aa5b1",
+                               name="test split"))
+        fig.add_vline(x=row["value"], line_color="#d62728", line_width=3, annotation_text="this case")
+        fig.update_layout(title=f"{row['label']}: this case against the {rec.get('n_cases', '')} test cases",
+                          xaxis_title=row["label"], yaxis_title="cases", height=300, margin=dict(t=50, b=40, l=40, r=20),
+                          showlegend=False)
+        st.plotly_chart(fig, key="mechanism_dist_chart")
+    st.caption("Thresholds: `core.explain.mechanisms.THRESHOLDS` (spread across the test split, movement from the "
+               "initial value in training, mean per-case Spearman correlation with the modality Shapley values).")
 
 # ---- the head and modality disagreement ----------------------------------------------------------------------------
 head_type = (pkg.config.get("architecture", {}).get("head", {}) or {}).get("type", "residual")
