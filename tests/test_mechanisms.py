@@ -301,3 +301,8 @@ def test_fusion_internals_page_shows_readings(tmp_path, monkeypatch):
     figs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
     dist = [f for f in figs if "test cases" in ((f["layout"].get("title") or {}).get("text", ""))]
     assert dist and any(sh.get("type") == "line" for sh in dist[0]["layout"]["shapes"])
+    # Compare: each column carries the reading of its variant's modality weights (and temperature for mmtm)
+    at.switch_page("pages/6_Compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    caps = [c.value for c in at.caption]
+    assert sum("modality weight" in c for c in caps) >= 2 and any("temperature" in c for c in caps)

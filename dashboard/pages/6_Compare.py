@@ -7,6 +7,7 @@ import streamlit as st
 import loaders
 from core import CaseError, FUSIONS, PackageError, plots
 from core.compare import cohort_metrics
+from core.explain.mechanisms import readings as mechanism_readings
 from report_ui import remember_comparison, report_panel
 from auth import require_sign_in
 from state import md_escape, setup_page, show_error
@@ -107,6 +108,12 @@ if explain:
             if shown:
                 st.dataframe([{"diagnostic": k, "value": str(v)} for k, v in shown.items()], hide_index=True,
                              key=f"cmp_internals_{i}")
+            # how far each internal can be read (core.explain.mechanisms, measured on the package's test split)
+            mech = mechanism_readings(vc.package, vc.prediction)
+            firsts = [r for r in mech if r["name"].startswith("modality_weights")][:1] + \
+                [r for r in mech if r["name"] in ("temperature", "level_weights", "scale_weights")]
+            for r in firsts:
+                st.caption(md_escape(r["reading_sentence"]))
             ex = vc.explanation
             if ex is not None and ex.cams and case.image is not None:
                 cam = next(iter(ex.cams.values()))
