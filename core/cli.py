@@ -376,7 +376,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("report", help="write the case report (PDF, HTML or JSON)")
     add_case_arguments(p)
     p.add_argument("--out", required=True, help="report file (.pdf, .html, .json); a folder with --cases-root")
-    p.add_argument("--format", choices=["pdf", "html", "json"], help="default: from the --out suffix (pdf)")
+    p.add_argument("--format", choices=["pdf", "html", "json", "csv"], help="default: from the --out suffix (pdf)")
     p.add_argument("--cases-root", help="batch: a folder of case folders, one report each")
     p.add_argument("--compare", nargs="*", default=[], metavar="DIR", help="also compare these model folders")
     p.add_argument("--reference", help="a free case reference printed on the report (no patient names)")

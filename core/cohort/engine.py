@@ -1,0 +1,512 @@
+"""One row per (case, package): the batched explainer behind ``python -m core explain-cohort``.
+
+:class:`CohortExplainer` loads its packages once and explains a batch of cases at a time:
+
+* every frozen encoder shared by several packages (same ``encoder_fingerprint``) runs **once per batch**
+  for all of them, every other encoder once per batch and package;
+* the prediction (MC-dropout samples of the head drawn per case with the same generator seed as
+  ``Package.predict``, so a row does not depend on which batch its case fell into), exact modality
+  Shapley values (all coalitions of all cases in one pass), Grad-CAM (one private copy of the image
+  encoder per package, every case of the batch in one backward pass), integrated gradients of the note
+  and of the table (the batch's cases x steps in one pass) are computed from those features.
+
+The quantities are those of ``core.explain.explain_case`` (the per-case ``loop`` engine calls it
+case by case; the tests check both give the same rows). A case that cannot be read or explained
+becomes a row with ``status = "failed"`` and a one-sentence ``error``; the others go on.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..case import Case, CaseError
+from ..fusion import case_diagnostics
+from ..package import Package, load_package, posterior
+
+ROW_PARTS = ("prediction", "modality", "cam_summary", "note_top", "table_top", "embedding")
+MODALITIES = ("image", "note", "metadata", "spectrum")
+TOP_K = 5
+CAM_GRID = 8            # downsized CAM (CAM_GRID x CAM_GRID) kept for the shortcut finder
+THUMB = 64              # thumbnail side in pixels (JPEG in the row)
+IG_STEPS = 24           # the note / table integrated-gradients steps of explain_case's defaults
+SITE_KEYS = ("localization", "site", "anatom_site_general")
+
+
+class CohortError(ValueError):
+    """A cohort run that can't start (bad flags, a results folder of another run); one sentence."""
+
+
+# ---- case records: what a worker needs to rebuild a case (plain values, picklable for Ray) -----------------------
+
+def item_record(item: Any) -> dict[str, Any]:
+    """A ``core.data.CohortItem`` -> a plain record (paths as text, metadata and spectrum as JSON)."""
+    spectrum = None if item.spectrum is None else json.dumps(np.asarray(item.spectrum, float).tolist())
+    return {"case_id": str(item.case_id), "label": item.label, "split": item.split, "evidence": item.evidence,
+            "image_path": str(item.image_path) if item.image_path else None,
+            "mask_path": str(item.mask_path) if item.mask_path else None,
+            "note": item.note, "metadata_json": json.dumps(item.metadata or {}, default=str), "spectrum_json": spectrum}
+
+
+def record_case(rec: Mapping[str, Any]) -> Case:
+    meta = json.loads(rec.get("metadata_json") or "{}") or None
+    spectrum = json.loads(rec["spectrum_json"]) if rec.get("spectrum_json") else None
+    return Case.from_inputs(image=rec.get("image_path") or None, mask=rec.get("mask_path") or None,
+                            note=rec.get("note") or None, metadata=meta, spectrum=spectrum, case_id=rec["case_id"])
+
+
+def one_sentence(e: BaseException) -> str:
+    if isinstance(e, CaseError):
+        text = " ".join(f"{k}: {v}" for k, v in e.errors.items())
+    else:
+        text = str(e) or type(e).__name__
+    text = " ".join(text.split())[:300]
+    return text[0].upper() + text[1:] if text else "This case could not be explained."
+
+
+# ---- the per-case intermediate both engines produce, and the row made of it -----------------------------------------
+
+@dataclass
+class CaseResult:
+    calibrated: np.ndarray
+    uncertainty: dict[str, float]
+    refer: bool
+    diagnostics: dict[str, Any]
+    present: dict[str, bool]
+    target: int
+    shapley: dict[str, Any] | None = None
+    cam: np.ndarray | None = None
+    note_words: list[dict[str, Any]] | None = None
+    table_rows: list[dict[str, Any]] | None = None
+    fused: np.ndarray | None = None
+
+
+def _scalar(v: Any) -> float | None:
+    try:
+        a = np.asarray(v.detach().cpu() if torch.is_tensor(v) else v, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return float(a) if a.size == 1 and np.isfinite(a).all() else None
+
+
+def _vector(v: Any) -> list[float] | None:
+    try:
+        a = np.asarray(v.detach().cpu() if torch.is_tensor(v) else v, dtype=float).ravel()
+    except (TypeError, ValueError):
+        return None
+    return [float(x) for x in a] if 0 < a.size <= 16 and np.isfinite(a).all() else None
+
+
+def _thumbnail(case: Case) -> bytes | None:
+    if case.image is None:
+        return None
+    img = case.image.copy()
+    img.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def failed_row(rec: Mapping[str, Any], pkg_name: str, sha: str, error: str) -> dict[str, Any]:
+    return {"case_id": rec["case_id"], "package": pkg_name, "package_sha256": sha, "split": rec.get("split"),
+            "label": rec.get("label"), "evidence": rec.get("evidence"), "status": "failed", "error": error}
+
+
+def make_row(pkg: Package, rec: Mapping[str, Any], case: Case, r: CaseResult, parts: Sequence[str],
+             seconds: float) -> dict[str, Any]:
+    labels = pkg.labels
+    k = int(np.argmax(r.calibrated))
+    true = rec.get("label")
+    row: dict[str, Any] = {
+        "case_id": rec["case_id"], "package": pkg.name, "package_sha256": pkg.sha256, "variant": pkg.variant,
+        "split": rec.get("split"), "label": true, "evidence": rec.get("evidence"), "status": "ok", "error": None,
+        "pred_label": labels[k], "pred_index": k, "target": r.target,
+        "probabilities": [float(x) for x in r.calibrated], "p_pred": float(r.calibrated[k]),
+        "total_uncertainty": float(r.uncertainty["predictive_entropy"]),
+        "normalised_entropy": float(r.uncertainty["normalised_entropy"]),
+        "aleatoric": float(r.uncertainty["aleatoric"]), "epistemic": float(r.uncertainty["epistemic"]),
+        "refer": bool(r.refer), "calibration_temperature": pkg.temperature,
+        "present": "+".join(m for m in MODALITIES if r.present.get(m)), "seconds": float(seconds),
+        "note": case.note, "image_path": rec.get("image_path"), "mask_path": rec.get("mask_path"),
+        "metadata_json": rec.get("metadata_json"), "thumbnail": _thumbnail(case),
+    }
+    if true in labels:
+        p_true = float(r.calibrated[labels.index(true)])
+        row.update(p_true=p_true, correct=labels[k] == true, loss=float(-math.log(max(p_true, 1e-12))))
+    meta = json.loads(rec.get("metadata_json") or "{}")
+    row["age"] = _scalar(meta.get("age")) if meta.get("age") not in (None, "") else None
+    row["sex"] = str(meta["sex"]) if meta.get("sex") not in (None, "") else None
+    site = next((meta[s] for s in SITE_KEYS if meta.get(s) not in (None, "")), None)
+    row["site"] = str(site) if site is not None else None
+    # the variant's diagnostics, summarised
+    d = r.diagnostics
+    weights = d.get("modality_weights")
+    if weights is not None:
+        w = np.asarray(weights.detach() if torch.is_tensor(weights) else weights, float).ravel()
+        for m, x in zip(pkg.modalities, w):
+            row[f"weight_{m}"] = float(x)
+    row["fusion_temperature"] = _scalar(d.get("temperature"))
+    row["level_weights"] = _vector(d.get("level_weights")) or _vector(d.get("scale_weights"))
+    gates = _vector(d.get("gates"))
+    row["gate_spread"] = float(max(gates) - min(gates)) if gates and len(gates) > 1 else None
+    row["gate_polarisation"] = _scalar(d.get("gate_polarisation"))
+    if "modality" in parts and r.shapley:
+        for m, v in r.shapley["values"].items():
+            row[f"shapley_{m}"] = float(v)
+        row["shapley_full"], row["shapley_none"] = float(r.shapley["full"]), float(r.shapley["none"])
+        row["top_modality"] = r.shapley["top_modality"]
+    if "cam_summary" in parts and r.cam is not None:
+        import cv2
+
+        small = cv2.resize(np.asarray(r.cam, np.float32), (CAM_GRID, CAM_GRID), interpolation=cv2.INTER_AREA)
+        row["cam_small"] = small.ravel().astype(np.float16)
+        if case.mask is not None:
+            from ..explain.lesion_context import cam_shares, context_ring
+
+            s = cam_shares(r.cam, case.mask, context_ring(case.mask))
+            row.update(cam_lesion=s["lesion"], cam_context=s["context"], cam_background=s["background"],
+                       cam_lesion_ratio=s["lesion"] / s["lesion_area"] if s["lesion_area"] > 0 else None,
+                       cam_context_ratio=s["context"] / s["context_area"] if s["context_area"] > 0 else None,
+                       cam_hit_lesion=s["pointing_game"]["hit_lesion"])
+    if "note_top" in parts and r.note_words:
+        words = sorted(r.note_words, key=lambda w: -abs(w["score"]))[:TOP_K]
+        row["note_top_words"] = [w["text"] for w in words]
+        row["note_top_scores"] = [float(w["score"]) for w in words]
+    if "table_top" in parts and r.table_rows:
+        feats = sorted(r.table_rows, key=lambda f: -abs(f["integrated_gradients"]))[:TOP_K]
+        row["table_top_features"] = [f["name"] for f in feats]
+        row["table_top_scores"] = [float(f["integrated_gradients"]) for f in feats]
+        row["table_top_values"] = [None if f["value"] is None else str(f["value"]) for f in feats]
+    if "embedding" in parts and r.fused is not None:
+        row["fused"] = np.asarray(r.fused, np.float16)
+    return row
+
+
+def shapley_from_values(players: Sequence[str], v: Mapping[frozenset, float]) -> dict[str, Any]:
+    """Exact Shapley values from every coalition's value (the formula of core.explain.modality)."""
+    k = len(players)
+    values = {}
+    for m in players:
+        others = [p for p in players if p != m]
+        phi = 0.0
+        for r in range(len(others) + 1):
+            w = math.factorial(r) * math.factorial(k - r - 1) / math.factorial(k)
+            for s in itertools.combinations(others, r):
+                s = frozenset(s)
+                phi += w * (v[s | {m}] - v[s])
+        values[m] = phi
+    full = frozenset(players)
+    return {"values": values, "full": v[full], "none": v[frozenset()],
+            "top_modality": max(values, key=values.get) if values else None}
+
+
+# ---- the batched engine -----------------------------------------------------------------------------------------------
+
+class _Batch:
+    """One package's view of a batch of cases: raw encoder outputs of the present rows per modality."""
+
+    def __init__(self, pkg: Package, cases: Sequence[Case], shared: dict[str, tuple[Any, Any]]):
+        self.pkg, self.model = pkg, pkg.model
+        keys = {m: pkg.encoder_fingerprint(m) for m in pkg.modalities}
+        skip = {m for m, k in keys.items() if k is not None and k in shared}
+        self.inputs, self.present, _ = pkg.prepare(cases, skip)
+        self.raw: dict[str, Any] = {}
+        with torch.no_grad():
+            for j, m in enumerate(pkg.modalities):
+                if not bool(self.present[:, j].any()):
+                    continue
+                if m in skip:
+                    self.inputs[m], self.raw[m] = shared[keys[m]]
+                else:
+                    self.raw[m] = self.model.encoders[m](**self.inputs[m])
+                    if keys[m] is not None:
+                        shared[keys[m]] = (self.inputs[m], self.raw[m])
+        # position of case i among the present rows of modality j (-1 when absent)
+        self.pos = (self.present.long().cumsum(0) - 1).masked_fill(~self.present, -1)
+
+    def gather(self, rows: torch.Tensor, present: torch.Tensor | None = None, replace: Mapping[str, Any] | None = None):
+        """Encoder inputs for the cases ``rows`` (repeats allowed) with presence ``present`` (default
+        the cases' own); ``replace`` gives a modality's input for all of these rows."""
+        present = self.present[rows] if present is None else present
+        inputs: dict[str, Any] = {}
+        for j, m in enumerate(self.model.modalities):
+            col = present[:, j]
+            if replace and m in replace:
+                inputs[m] = replace[m]
+            elif bool(col.any()):
+                inputs[m] = self.raw[m].index(self.pos[rows[col], j])
+            else:
+                inputs[m] = None
+        return inputs, present
+
+    def logits(self, rows: torch.Tensor, present: torch.Tensor | None = None, replace: Mapping[str, Any] | None = None):
+        inputs, present = self.gather(rows, present, replace)
+        feats = self.model.encode(inputs, present)
+        fused, _ = self.model.fusion(feats, present)
+        return self.model.head(fused)[0] / self.pkg.temperature
+
+
+class _BatchImageTarget(nn.Module):
+    """pixels of the batch's image rows -> calibrated logits, the other modalities held at their features
+    (the batched form of core.explain.context.ImageTargetModel); the encoder is a private copy."""
+
+    def __init__(self, b: _Batch, rows: torch.Tensor, encoder: nn.Module):
+        super().__init__()
+        self.b, self.rows, self.encoder = b, rows, encoder
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not pixels.requires_grad and pixels.is_leaf:
+            pixels.requires_grad_(True)  # the weights are frozen; gradients flow from the input
+        fixed = {k: v for k, v in self.b.inputs["image"].items() if k != "pixels"}
+        return self.b.logits(self.rows, replace={"image": self.encoder(pixels=pixels, **fixed)})
+
+
+class CohortExplainer:
+    """Loads packages once; ``explain(records)`` -> rows (one per record and package)."""
+
+    def __init__(self, model_dirs: Sequence[str | Path], parts: Sequence[str] = ROW_PARTS, ig_steps: int = IG_STEPS,
+                 threads: int | None = None):
+        if threads:
+            torch.set_num_threads(int(threads))
+        bad = [p for p in parts if p not in ROW_PARTS]
+        if bad:
+            raise CohortError(f"unknown part '{bad[0]}'; choose from: {', '.join(ROW_PARTS)}.")
+        self.packages = [load_package(d) for d in model_dirs]
+        self.parts = tuple(parts)
+        self.ig_steps = ig_steps
+        self._cam_encoders: dict[str, nn.Module] = {}
+
+    # -- public ---------------------------------------------------------------------------------------------------------
+    def explain(self, records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        rows: list[dict[str, Any]] = []
+        cases, good = [], []
+        for rec in records:
+            try:
+                cases.append(record_case(rec))
+                good.append(rec)
+            except (CaseError, ValueError, OSError) as e:
+                rows += [failed_row(rec, p.name, p.sha256, one_sentence(e)) for p in self.packages]
+        if good:
+            try:
+                rows += self._explain_cases(good, cases, t0)
+            except (CaseError, ValueError, RuntimeError) as e:
+                if len(good) == 1:
+                    rows += [failed_row(good[0], p.name, p.sha256, one_sentence(e)) for p in self.packages]
+                else:  # isolate the bad case(s): each case alone
+                    for rec, case in zip(good, cases):
+                        try:
+                            rows += self._explain_cases([rec], [case], time.perf_counter())
+                        except (CaseError, ValueError, RuntimeError) as e1:
+                            rows += [failed_row(rec, p.name, p.sha256, one_sentence(e1)) for p in self.packages]
+        order = {r["case_id"]: i for i, r in enumerate(records)}
+        names = {p.name: i for i, p in enumerate(self.packages)}
+        rows.sort(key=lambda r: (order.get(r["case_id"], 0), names.get(r["package"], 0)))
+        return rows
+
+    # -- internals ------------------------------------------------------------------------------------------------------
+    def _explain_cases(self, recs: Sequence[Mapping[str, Any]], cases: Sequence[Case], t0: float) -> list[dict[str, Any]]:
+        shared: dict[str, tuple[Any, Any]] = {}
+        results: list[tuple[Package, list[CaseResult]]] = []
+        for pkg in self.packages:
+            usable = [i for i, c in enumerate(cases) if any(c.present().get(m) for m in pkg.modalities)]
+            if len(usable) < len(cases):
+                raise CaseError({"case": f"The case has none of the inputs of '{pkg.name}' ({', '.join(pkg.modalities)})."})
+            results.append((pkg, self._package_results(pkg, cases, shared)))
+        seconds = (time.perf_counter() - t0) / len(cases)
+        rows = []
+        for i, (rec, case) in enumerate(zip(recs, cases)):
+            for pkg, res in results:
+                rows.append(make_row(pkg, rec, case, res[i], self.parts, seconds))
+        return rows
+
+    def _package_results(self, pkg: Package, cases: Sequence[Case], shared: dict) -> list[CaseResult]:
+        b = _Batch(pkg, cases, shared)
+        model = pkg.model
+        n = len(cases)
+        rows = torch.arange(n)
+        with torch.no_grad():
+            inputs, present = b.gather(rows)
+            det = model.fuse_and_classify(model.encode(inputs, present), present)
+        targets = det.logits.argmax(-1)
+        T = pkg.mc_samples
+        out = []
+        for i in range(n):  # MC samples per case with the generator seed of Package.predict: batch-independent rows
+            with torch.no_grad():
+                mc_logits, mc_log_var = model.head(det.fused[i:i + 1], max(T, 1), torch.Generator().manual_seed(0))
+            post = posterior(det.logits[i:i + 1], mc_logits, mc_log_var, pkg.temperature)
+            u = post.uncertainty
+            value = float(u.normalised_entropy[0])
+            out.append(CaseResult(
+                calibrated=post.calibrated[0].numpy(),
+                uncertainty={"predictive_entropy": float(u.predictive_entropy[0]), "normalised_entropy": value,
+                             "aleatoric": float(u.aleatoric[0]), "epistemic": float(u.epistemic[0])},
+                refer=value > pkg.referral_threshold, diagnostics=case_diagnostics(det.diagnostics, i),
+                present={m: bool(b.present[i, j]) for j, m in enumerate(pkg.modalities)}, target=int(targets[i]),
+                fused=det.fused[i].numpy() if "embedding" in self.parts else None))
+        if "modality" in self.parts:
+            self._shapley(b, targets, out)
+        if "cam_summary" in self.parts and "image" in pkg.modalities:
+            self._cam(b, targets, out)
+        if "note_top" in self.parts and "note" in pkg.modalities:
+            self._note(b, cases, targets, out)
+        if "table_top" in self.parts and "metadata" in pkg.modalities:
+            self._table(b, cases, targets, out)
+        return out
+
+    def _shapley(self, b: _Batch, targets: torch.Tensor, out: list[CaseResult]) -> None:
+        mods = b.model.modalities
+        row_idx, masks, keys = [], [], []
+        for i in range(len(out)):
+            players = [m for j, m in enumerate(mods) if bool(b.present[i, j])]
+            for r in range(len(players) + 1):
+                for c in itertools.combinations(players, r):
+                    mask = torch.zeros(len(mods), dtype=torch.bool)
+                    for m in c:
+                        mask[mods.index(m)] = True
+                    row_idx.append(i)
+                    masks.append(mask)
+                    keys.append((i, frozenset(c)))
+        rows = torch.tensor(row_idx)
+        with torch.no_grad():
+            probs = torch.softmax(b.logits(rows, torch.stack(masks)), -1)
+        values: dict[int, dict[frozenset, float]] = {}
+        for (i, c), p, r in zip(keys, probs, row_idx):
+            values.setdefault(i, {})[c] = float(p[targets[r]])
+        for i, res in enumerate(out):
+            players = [m for j, m in enumerate(mods) if bool(b.present[i, j])]
+            res.shapley = shapley_from_values(players, values[i])
+
+    def _cam_encoder(self, pkg: Package) -> nn.Module:
+        """A private copy of the image encoder (pytorch-grad-cam hooks it), one per package and explainer."""
+        key = f"{pkg.path}:{pkg.sha256}"
+        if key not in self._cam_encoders:
+            self._cam_encoders[key] = copy.deepcopy(pkg.model.encoders["image"])
+        return self._cam_encoders[key]
+
+    def _cam(self, b: _Batch, targets: torch.Tensor, out: list[CaseResult]) -> None:
+        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        j = b.model.modalities.index("image")
+        rows = b.present[:, j].nonzero().squeeze(1)
+        if len(rows) == 0:
+            return
+        enc = self._cam_encoder(b.pkg)
+        image_inputs = b.inputs["image"]
+        dual = "local_pixels" in image_inputs
+
+        layer = (enc.cam_layers("global") if dual else enc.cam_layers())["last stage"]
+        cam_targets = [ClassifierOutputTarget(int(targets[i])) for i in rows]
+        with GradCAM(model=_BatchImageTarget(b, rows, enc), target_layers=[layer]) as cam, torch.enable_grad():
+            maps = cam(input_tensor=image_inputs["pixels"].clone(), targets=cam_targets)
+        for k, i in enumerate(rows.tolist()):
+            out[i].cam = np.asarray(maps[k], np.float32)
+
+    def _note(self, b: _Batch, cases: Sequence[Case], targets: torch.Tensor, out: list[CaseResult]) -> None:
+        from captum.attr import IntegratedGradients
+
+        j = b.model.modalities.index("note")
+        rows = b.present[:, j].nonzero().squeeze(1)
+        if len(rows) == 0:
+            return
+        enc = b.model.encoders["note"]
+        notes = [cases[i].note or "" for i in rows.tolist()]
+        tok = enc.tokenizer(notes, truncation=True, max_length=enc.max_length, padding="longest",
+                            return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
+        ids, mask = tok["input_ids"], tok["attention_mask"]
+        special = tok["special_tokens_mask"].bool() | ~mask.bool()
+        baseline = torch.where(special, ids, torch.full_like(ids, enc.pad_token_id))
+        with torch.no_grad():
+            emb, base_emb = enc.embedding_layer(ids), enc.embedding_layer(baseline)
+
+        def f(x: torch.Tensor, attn: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            return b.logits(r, replace={"note": {"inputs_embeds": x, "attention_mask": attn}})
+
+        with torch.enable_grad():
+            attr = IntegratedGradients(f).attribute(emb, baselines=base_emb, n_steps=self.ig_steps, method="gausslegendre",
+                                                    additional_forward_args=(mask, rows), target=targets[rows])
+        scores = attr.sum(-1).detach().numpy()
+        for k, i in enumerate(rows.tolist()):
+            out[i].note_words = _merge_words(notes[k], tok.word_ids(k), tok["offset_mapping"][k].tolist(), scores[k])
+
+    def _table(self, b: _Batch, cases: Sequence[Case], targets: torch.Tensor, out: list[CaseResult]) -> None:
+        from captum.attr import IntegratedGradients
+
+        j = b.model.modalities.index("metadata")
+        rows = b.present[:, j].nonzero().squeeze(1)
+        if len(rows) == 0:
+            return
+        schema = b.model.encoders["metadata"].schema
+        x = b.inputs["metadata"]["values"]
+        base = torch.tensor([schema.baseline_row()], dtype=x.dtype).expand_as(x).contiguous()
+
+        def f(v: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            return b.logits(r, replace={"metadata": {"values": v}})
+
+        with torch.enable_grad():
+            ig = IntegratedGradients(f).attribute(x, baselines=base, n_steps=self.ig_steps, method="gausslegendre",
+                                                  additional_forward_args=(rows,), target=targets[rows])
+        for k, i in enumerate(rows.tolist()):
+            values, _ = schema.validate(cases[i].metadata or {})
+            out[i].table_rows = [{"name": feat.name, "value": values.get(feat.name), "integrated_gradients": float(ig[k, s].sum())}
+                                 for feat, s in zip(schema.features, schema.slices)]
+
+
+def _merge_words(note: str, word_ids: Sequence[int | None], offsets: Sequence[Sequence[int]], scores: np.ndarray
+                 ) -> list[dict[str, Any]]:
+    """Word-piece scores -> word scores (the merge of core.explain.attributions.note_attributions)."""
+    words: list[dict[str, Any]] = []
+    for i, w in enumerate(word_ids):
+        if w is None:
+            continue
+        s, e = offsets[i]
+        if words and words[-1]["word_id"] == w:
+            words[-1]["score"] += float(scores[i])
+            words[-1]["end"] = e
+        else:
+            words.append({"word_id": w, "start": s, "end": e, "score": float(scores[i])})
+    for wd in words:
+        wd["text"] = note[wd["start"]:wd["end"]]
+    return words
+
+
+# ---- the naive engine: explain_case case by case (the benchmark's baseline, and the tests' reference) --------------
+
+class LoopExplainer(CohortExplainer):
+    """The same rows from ``core.explain.explain_case``, one case and one package at a time."""
+
+    def _explain_cases(self, recs, cases, t0):
+        from ..explain import explain_case
+
+        rows = []
+        for rec, case in zip(recs, cases):
+            t1 = time.perf_counter()
+            results = []
+            for pkg in self.packages:
+                parts = [p for p, want in (("cam", "cam_summary"), ("note", "note_top"), ("table", "table_top"),
+                                           ("modality", "modality")) if want in self.parts]
+                ex = explain_case(pkg, case, parts=parts, ig_steps=self.ig_steps, shapley_samples=0)
+                p = ex.prediction
+                fused = None
+                if "embedding" in self.parts:
+                    det, _, _, _ = pkg.run([case], 0)
+                    fused = det.fused[0].numpy()
+                results.append((pkg, CaseResult(
+                    calibrated=p.calibrated, uncertainty=p.uncertainty, refer=p.refer, diagnostics=p.diagnostics,
+                    present=p.present, target=ex.target, shapley=ex.modality, cam=ex.cams.get("gradcam"),
+                    note_words=ex.note["words"] if ex.note else None,
+                    table_rows=ex.table["features"] if ex.table else None, fused=fused)))
+            seconds = time.perf_counter() - t1
+            rows += [make_row(pkg, rec, case, r, self.parts, seconds) for pkg, r in results]
+        return rows

@@ -1,0 +1,229 @@
+"""``run_cohort``: explain every case of a cohort with every package, locally or on Ray, into a results set.
+
+Engines:
+
+* ``local`` (default, no extra dependency): batches of cases through :class:`CohortExplainer` in this
+  process (frozen encoders once per batch for all packages).
+* ``ray``: Ray Data ``map_batches`` on a pool of actors, each loading the packages once; on a local Ray
+  (``ray.init(num_cpus=workers)``) or a cluster (``address="auto"`` or ``"ray://host:10001"``). The
+  driver writes the parts, so the results folder only has to be reachable from the driver
+  (a shared or object-store path works the same through pyarrow filesystems).
+* ``loop``: ``explain_case`` case by case (the naive way; the benchmark's baseline).
+
+Resumable: a case whose rows are already in the folder (status ok, same packages) is skipped.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .. import __version__
+from ..package import read_package_summary
+from .engine import ROW_PARTS, CohortError, CohortExplainer, LoopExplainer, item_record
+from .store import FORMAT, ResultsStore
+
+ENGINES = ("local", "ray", "loop")
+Progress = Callable[[dict[str, Any]], Any]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def load_records(cohort: str | None = None, data: str | None = None, seed: int = 0, n: int = 2000,
+                 split: str = "test") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Case records of a generated cohort or a dataset in a supported layout, and their description."""
+    from ..training.config import DataConfig
+    from ..training.evaluate import select_items
+    from ..training.train import load_cohort
+
+    if (cohort is None) == (data is None):
+        raise CohortError("give exactly one of --cohort and --data.")
+    c = load_cohort(DataConfig(cohort=cohort, n=n, seed=seed) if cohort else DataConfig(path=data))
+    items = select_items(c, split)
+    desc = {"cohort": c.name, "data": data, "seed": seed if cohort else None, "n_generated": n if cohort == "dermatology" else None,
+            "split": split, "synthetic": c.synthetic, "description": c.description, "labels": c.labels}
+    return [item_record(it) for it in items], desc
+
+
+def _packages_info(model_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    out = []
+    for d in model_dirs:
+        s = read_package_summary(d)
+        out.append({"name": s["name"], "variant": s["variant"], "path": str(Path(d).resolve()), "sha256": s["sha256"],
+                    "labels": s["labels"], "modalities": s["modalities"], "cohort": s["cohort"]})
+    names = [p["name"] for p in out]
+    if len(set(names)) < len(names):
+        raise CohortError("two of the packages have the same name; give each package once.")
+    return out
+
+
+def done_cases(store: ResultsStore, packages: Sequence[str]) -> set[str]:
+    """Case ids that have an ok row for every package."""
+    t = store.read(["status"])
+    ok: dict[str, set[str]] = {}
+    for c, p, s in zip(t.column("case_id").to_pylist(), t.column("package").to_pylist(), t.column("status").to_pylist()):
+        if s == "ok":
+            ok.setdefault(c, set()).add(p)
+    need = set(packages)
+    return {c for c, ps in ok.items() if need <= ps}
+
+
+def run_cohort(model_dirs: Sequence[str | Path], records: Sequence[Mapping[str, Any]], out: str,
+               parts: Sequence[str] = ROW_PARTS, engine: str = "local", batch_size: int = 16, workers: int = 2,
+               address: str | None = None, source: Mapping[str, Any] | None = None, progress: Progress | None = None,
+               threads: int | None = None, max_cases: int | None = None) -> dict[str, Any]:
+    """Explain ``records`` (see ``item_record``) into the results set ``out``; returns the manifest.
+
+    ``progress(info)`` is called after every part with done / total / cases_per_s / seconds_left; when it
+    returns False the run stops there (the parts written so far stay, a rerun resumes). ``max_cases``
+    stops after that many new cases (to split a run, and for the resume test)."""
+    if engine not in ENGINES:
+        raise CohortError(f"unknown engine '{engine}'; choose from: {', '.join(ENGINES)}.")
+    if not 1 <= batch_size <= 512:
+        raise CohortError("--batch-size must be between 1 and 512.")
+    if not 1 <= workers <= 1024:
+        raise CohortError("--workers must be between 1 and 1024.")
+    bad = [p for p in parts if p not in ROW_PARTS]
+    if bad:
+        raise CohortError(f"unknown part '{bad[0]}'; choose from: {', '.join(ROW_PARTS)}.")
+    ids = [r["case_id"] for r in records]
+    if len(set(ids)) < len(ids):
+        raise CohortError("the case ids of the cohort are not unique; each case needs its own id.")
+    pkgs = _packages_info(model_dirs)
+    store = ResultsStore(out)
+    previous = store.read_manifest()
+    if previous is not None:
+        before = {(p["name"], p["sha256"]) for p in previous.get("packages", [])}
+        if before != {(p["name"], p["sha256"]) for p in pkgs} or list(previous.get("parts", [])) != list(parts):
+            raise CohortError(f"'{out}' holds results of other packages or parts; write to a new folder.")
+    done = done_cases(store, [p["name"] for p in pkgs])
+    todo = [dict(r) for r in records if r["case_id"] not in done]
+    if max_cases is not None:
+        todo = todo[:max_cases]
+    manifest: dict[str, Any] = dict(previous or {})
+    manifest.update({
+        "format": FORMAT, "core_version": __version__, "packages": pkgs, "parts": list(parts), "engine": engine,
+        "workers": workers if engine == "ray" else 1, "batch_size": batch_size, "source": dict(source or {}),
+        "n_cases": len(records), "started": manifest.get("started") or _now(), "finished": None,
+        "runs": manifest.get("runs", []) + [{"started": _now(), "engine": engine, "cases": len(todo)}],
+        "notice": "Research use only, not a medical device.",
+    })
+    manifest.setdefault("failures", [])
+    store.write_manifest(manifest)
+    t0 = time.perf_counter()
+    state = {"done": 0, "index": store.next_part_index(), "stopped": False}
+    total = len(todo)
+
+    def write(rows: list[dict[str, Any]]) -> bool:
+        if not rows:
+            return True
+        store.write_part(rows, state["index"])
+        state["index"] += 1
+        new_cases = {r["case_id"] for r in rows}
+        state["done"] += len(new_cases)
+        fails = {(f["case_id"], f["package"]) for f in manifest["failures"]}
+        for r in rows:
+            if r["status"] == "failed" and (r["case_id"], r["package"]) not in fails:
+                manifest["failures"].append({"case_id": r["case_id"], "package": r["package"], "reason": r["error"]})
+            elif r["status"] == "ok" and (r["case_id"], r["package"]) in fails:  # a retried case that now worked
+                manifest["failures"] = [f for f in manifest["failures"]
+                                        if (f["case_id"], f["package"]) != (r["case_id"], r["package"])]
+        _update_counts(manifest, store, pkgs)
+        store.write_manifest(manifest)
+        elapsed = time.perf_counter() - t0
+        rate = state["done"] / elapsed if elapsed > 0 else 0.0
+        info = {"done": state["done"], "total": total, "cases_per_s": rate,
+                "seconds_left": (total - state["done"]) / rate if rate > 0 else None, "elapsed": elapsed}
+        if progress is not None and progress(info) is False:
+            state["stopped"] = True
+            return False
+        return True
+
+    if todo:
+        if engine == "ray":
+            _run_ray([p["path"] for p in pkgs], todo, parts, batch_size, workers, address, threads, write)
+        else:
+            cls = LoopExplainer if engine == "loop" else CohortExplainer
+            explainer = cls([p["path"] for p in pkgs], parts, threads=threads)
+            for start in range(0, len(todo), batch_size):
+                if not write(explainer.explain(todo[start:start + batch_size])):
+                    break
+    elapsed = time.perf_counter() - t0
+    manifest["runs"][-1].update(finished=_now(), seconds=round(elapsed, 3), cases_done=state["done"],
+                                cases_per_s=round(state["done"] / elapsed, 4) if elapsed > 0 else None)
+    _update_counts(manifest, store, pkgs)
+    complete = manifest["counts"]["cases_ok"] + manifest["counts"]["cases_failed"] >= len(records)
+    manifest["finished"] = _now() if complete and not state["stopped"] else None
+    store.write_manifest(manifest)
+    return manifest
+
+
+def _update_counts(manifest: dict[str, Any], store: ResultsStore, pkgs: Sequence[Mapping[str, Any]]) -> None:
+    t = store.read(["status"])
+    status: dict[str, set[str]] = {}
+    for c, s in zip(t.column("case_id").to_pylist(), t.column("status").to_pylist()):
+        status.setdefault(c, set()).add(s)
+    manifest["counts"] = {"rows": t.num_rows, "cases_ok": sum(s == {"ok"} for s in status.values()),
+                          "cases_failed": sum("failed" in s for s in status.values()), "packages": len(pkgs)}
+
+
+# ---- Ray ----------------------------------------------------------------------------------------------------------------
+
+class _RayWorker:
+    """An actor of the pool: loads the packages once, explains one batch (a pyarrow table) per call."""
+
+    def __init__(self, model_dirs: Sequence[str], parts: Sequence[str], threads: int | None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        self.explainer = CohortExplainer(model_dirs, parts, threads=threads or 1)
+
+    def __call__(self, batch):
+        from .store import rows_table
+
+        rows = self.explainer.explain(batch.to_pylist())
+        return rows_table(rows)
+
+
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _run_ray(model_dirs: Sequence[str], todo: Sequence[Mapping[str, Any]], parts: Sequence[str], batch_size: int,
+             workers: int, address: str | None, threads: int | None, write: Callable[[list[dict[str, Any]]], bool]) -> None:
+    if not ray_available():
+        raise CohortError("the ray engine needs Ray: pip install -r requirements-scale.txt (or use --engine local).")
+    import pyarrow as pa
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
+        started = True
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.execution_options.preserve_order = True
+        # one block per batch, put by the driver: no read / repartition tasks compete with the actors for CPUs
+        ds = ray.data.from_arrow([pa.Table.from_pylist([dict(r) for r in todo[i:i + batch_size]])
+                                  for i in range(0, len(todo), batch_size)])
+        out = ds.map_batches(_RayWorker, fn_constructor_args=(list(model_dirs), list(parts), threads),
+                             batch_size=batch_size, batch_format="pyarrow", concurrency=workers, num_cpus=1)
+        for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if not write(batch.to_pylist()):
+                break
+    finally:
+        if started:
+            ray.shutdown()
