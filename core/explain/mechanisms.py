@@ -38,6 +38,9 @@ THRESHOLDS: dict[str, float] = {
     "moved": 0.05,             # a learned scalar that moved less than this never left its initial value
     "rho_summary": 0.5,        # mean per-case Spearman with Shapley at or above this: a reasonable summary
     "rho_weak": 0.2,           # below this: it does not rank the inputs like their contributions
+    "rho_over_shuffled": 0.1,  # and it must beat, by this much, the same weights paired with other cases'
+                               # Shapley values (a constant ranking that happens to match the usual winner
+                               # scores as high as it agrees, but explains no single case)
 }
 
 #: the generator's decisive source -> the modality that carries it
@@ -244,13 +247,15 @@ def mechanism_names(rec: Mapping[str, Any]) -> list[str]:
 
 def measure_split(model, split, temperature: float, evidence: Sequence[str | None] | None = None,
                   batch: int = 256) -> dict[str, Any]:
-    """The record for a prepared split (``core.training.dataset.SplitTensors``, cached features)."""
+    """The record for a prepared split (``core.training.dataset.SplitTensors``, cached features), or for
+    several pooled (a list; ``evidence`` then runs over their cases in order)."""
     model.eval()
     chunks = []
-    for start in range(0, len(split), batch):
-        idx = torch.arange(start, min(start + batch, len(split)))
-        b = split.batch(model, idx)
-        chunks.append((*batch_measure(model, b["inputs"], b["present"], temperature), b["present"]))
+    for sp in (split if isinstance(split, (list, tuple)) else [split]):
+        for start in range(0, len(sp), batch):
+            idx = torch.arange(start, min(start + batch, len(sp)))
+            b = sp.batch(model, idx)
+            chunks.append((*batch_measure(model, b["inputs"], b["present"], temperature), b["present"]))
     return _collect(model, chunks, evidence)
 
 
@@ -317,8 +322,14 @@ def reading(rec: Mapping[str, Any], name: str) -> dict[str, Any]:
                             "model, not of this case."}
     agree = rec.get("agreement_with_shapley", {})
     rho = agree.get("spearman_mean")
+    shuffled = agree.get("spearman_shuffled_cases")
     ranks_inputs = name.split(":")[0] in ("modality_weights", "gates", "attention_mass", "level_gates")
     if ranks_inputs and rho is not None:
+        if shuffled is not None and rho - shuffled < t["rho_over_shuffled"]:
+            return {"name": name, "label": label, "value": sd, "trust": "weak",
+                    "sentence": f"The {label} varies (σ = {sd:.2f}) but ranks the inputs no better with this case's "
+                                f"Shapley contributions (ρ = {rho:.2f}) than with another case's ({shuffled:.2f}): "
+                                "it does not say what decided this case; use the Shapley values."}
         if rho >= t["rho_summary"] and sd >= t["spread_varies"]:
             return {"name": name, "label": label, "value": sd, "trust": "case",
                     "sentence": f"The {label} varies from case to case (σ = {sd:.2f}) and across the test split the "
