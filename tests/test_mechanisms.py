@@ -299,7 +299,7 @@ def test_fusion_internals_page_shows_readings(tmp_path, monkeypatch):
     assert any("gate of the image" in t and ("property of the model" in t or "varies" in t) for t in texts)
     assert any("percentile of the test split" in t for t in texts)
     figs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-    dist = [f for f in figs if "test cases" in ((f["layout"].get("title") or {}).get("text", ""))]
+    dist = [f for f in figs if "this case against the 12 cases" in ((f["layout"].get("title") or {}).get("text", ""))]
     assert dist and any(sh.get("type") == "line" for sh in dist[0]["layout"]["shapes"])
     # Compare: each column carries the reading of its variant's modality weights (and temperature for mmtm)
     at.switch_page("pages/6_Compare.py").run()

@@ -246,7 +246,7 @@ def mechanism_names(rec: Mapping[str, Any]) -> list[str]:
 
 
 def measure_split(model, split, temperature: float, evidence: Sequence[str | None] | None = None,
-                  batch: int = 256) -> dict[str, Any]:
+                  batch: int = 256, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The record for a prepared split (``core.training.dataset.SplitTensors``, cached features), or for
     several pooled (a list; ``evidence`` then runs over their cases in order)."""
     model.eval()
@@ -256,7 +256,10 @@ def measure_split(model, split, temperature: float, evidence: Sequence[str | Non
             idx = torch.arange(start, min(start + batch, len(sp)))
             b = sp.batch(model, idx)
             chunks.append((*batch_measure(model, b["inputs"], b["present"], temperature), b["present"]))
-    return _collect(model, chunks, evidence)
+    rec = _collect(model, chunks, evidence)
+    if data:
+        rec["data"] = dict(data)   # which cases (cohort, seed, split): the page says what the distribution is of
+    return rec
 
 
 def measure_cases(pkg, items: Sequence[Any], batch: int = 64) -> dict[str, Any]:

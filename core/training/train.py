@@ -196,7 +196,8 @@ def finish_package(model: MultimodalClassifier, cohort: Cohort, val: SplitTensor
 
     # can each fusion mechanism be read as an explanation of a case? (issue 14; test split)
     evidence = {it.case_id: it.evidence for it in cohort.items}
-    metrics["mechanisms"] = measure_split(model, test, temperature, [evidence.get(i) for i in test.ids])
+    metrics["mechanisms"] = measure_split(model, test, temperature, [evidence.get(i) for i in test.ids],
+                                          data={"cohort": cohort.name, "seed": cfg.data.seed, "split": "test"})
     out = Path(cfg.out)
     save_package(model, out, cohort.labels, name=cfg.name, cohort=cohort.name, calibration_temperature=temperature,
                  referral_threshold=threshold, mc_samples=opts.mc_samples, training_data=cohort.training_data(),

@@ -94,7 +94,10 @@ else:
         fig = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=d["hist"], width=np.diff(edges), marker_color="#9aa5b1",
                                name="test split"))
         fig.add_vline(x=row["value"], line_color="#d62728", line_width=3, annotation_text="this case")
-        fig.update_layout(title=f"{row['label']}: this case against the {rec.get('n_cases', '')} test cases",
+        src = rec.get("data") or {}
+        where = (f"{src.get('split', 'test')} split of {src.get('cohort', 'the cohort')}"
+                 + (f" seed {src['seed']}" if src.get("seed") is not None else "")) if src else "test split"
+        fig.update_layout(title=f"{row['label']}: this case against the {rec.get('n_cases', '')} cases ({where})",
                           xaxis_title=row["label"], yaxis_title="cases", height=300, margin=dict(t=50, b=40, l=40, r=20),
                           showlegend=False)
         st.plotly_chart(fig, key="mechanism_dist_chart")
