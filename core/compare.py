@@ -210,11 +210,45 @@ class SharedEncoderCache:
         self._store: dict[str, ModalityFeatures] = {}
         self.passes: dict[str, int] = {}
 
+    def _dual_streams(self, pkg: Package, inputs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """A dual-expert image encoder's frozen backbone outputs for this case, cached like any frozen
+        encoder's: the global stream is the plain image encoder of the same weights (the same pixels),
+        the lesion stream is keyed by the backbone and the crop margin. Only its gate runs per package."""
+        enc = pkg.model.encoders["image"]
+        back = json.dumps({"modality": "image", "encoder": {"type": "image", "frozen": True, **enc.backbone.config()},
+                           "weights": "external"}, sort_keys=True)
+        if not enc.backbone.external_weights:
+            return None  # backbone weights stored in the package: its outputs are that package's own
+        image = inputs.get("image")
+        if image is None:
+            return None
+        out: dict[str, torch.Tensor] = {}
+        for prefix, key, px, module in (("g_", back, "pixels", enc.backbone),
+                                        ("l_", json.dumps({"local": back, "margin": enc.margin, "mask": self.case.mask is not None}),
+                                         "local_pixels", enc.local_backbone)):
+            if key not in self._store:
+                with torch.no_grad():
+                    self._store[key] = module(image[px])
+                self.passes["image"] = self.passes.get("image", 0) + 1
+            f = self._store[key]
+            out.update({f"{prefix}pooled": f.pooled, f"{prefix}l0": f.levels[0], f"{prefix}l1": f.levels[1],
+                        f"{prefix}l2": f.levels[2], f"{prefix}tokens": f.tokens})
+        out["crop_box"] = image["crop_box"]
+        return out
+
     def features_for(self, pkg: Package) -> dict[str, ModalityFeatures]:
         inputs = None
         out: dict[str, ModalityFeatures] = {}
         for m in pkg.modalities:
             key = pkg.encoder_fingerprint(m)
+            if key is None and m == "image" and hasattr(pkg.model.encoders[m], "local_backbone"):
+                if inputs is None:
+                    inputs, _, _ = pkg.prepare([self.case])
+                streams = self._dual_streams(pkg, inputs)
+                if streams is not None:
+                    with torch.no_grad():
+                        out[m] = pkg.model.encoders[m](**streams)   # the gate only
+                continue
             if key is None:
                 continue
             if key not in self._store:
@@ -231,12 +265,16 @@ class SharedEncoderCache:
 
 def compare_variants(packages: Sequence[Package], case: Case, explain: bool = True,
                      parts: Sequence[str] = COMPARE_PARTS, target: int | str | None = None,
-                     mc_samples: int | None = None, share_encoders: bool = True, **explain_options: Any) -> Comparison:
+                     mc_samples: int | None = None, share_encoders: bool = True, reuse: Sequence[Any] = (),
+                     **explain_options: Any) -> Comparison:
     """Run ``case`` through every package (same label set required) and compare them.
 
     The explanations of every column are for one common target: ``target`` if given, else the class
     with the highest mean calibrated probability across the variants, so attributions are comparable.
-    ``share_encoders=False`` re-encodes the case per variant (the naive way, kept for benchmarks)."""
+    ``share_encoders=False`` re-encodes the case per variant (the naive way, kept for benchmarks).
+    ``reuse``: explanations of this case already computed (e.g. the dashboard's default explanation);
+    one made by a column's package for the common target with default options, holding every part
+    asked for, stands in for that column's explanation."""
     from .explain import explain_case
 
     if not packages:
@@ -271,10 +309,15 @@ def compare_variants(packages: Sequence[Package], case: Case, explain: bool = Tr
         target = labels.index(target)
     tgt = int(np.argmax(ens["mean_probabilities"])) if target is None else int(target)
     if explain:
+        # the columns compare integrated gradients (top features, rank agreement); the table's Shapley
+        # sampling (the slowest part of a column) is not shown there, so it is skipped unless asked for
+        explain_options.setdefault("shapley_samples", 0)
         t2 = time.perf_counter()
         for col, f in zip(columns, feats):
-            col.explanation = explain_case(col.package, case, target=tgt, parts=parts, mc_samples=mc_samples,
-                                           features=f or None, **explain_options)
+            col.explanation = _reusable(reuse, col.package, tgt, parts, mc_samples, explain_options)
+            if col.explanation is None:
+                col.explanation = explain_case(col.package, case, target=tgt, parts=parts, mc_samples=mc_samples,
+                                               features=f or None, **explain_options)
         timings["explanations"] = round(time.perf_counter() - t2, 4)
     passes = dict(cache.passes)
     present = case.present()
@@ -285,6 +328,23 @@ def compare_variants(packages: Sequence[Package], case: Case, explain: bool = Tr
     timings["total"] = round(time.perf_counter() - t0, 4)
     return Comparison(case.case_id, columns, tgt, labels[tgt], agreement_summary(columns), ens,
                       explanation_agreement(columns) if explain else {"pairs": [], "mean": {}}, passes, timings, skipped)
+
+
+_PART_FIELDS = {"cam": "cams", "lesion_context": "lesion_context", "stability": "stability", "note": "note", "table": "table",
+                "spectrum": "spectrum", "modality": "modality"}
+
+
+def _reusable(done: Sequence[Any], pkg: Package, target: int, parts: Sequence[str], mc_samples: int | None,
+              options: Mapping[str, Any]) -> Any | None:
+    if mc_samples is not None or set(options) - {"shapley_samples"} or not set(parts) <= set(_PART_FIELDS):
+        return None
+    for ex in done:
+        if ex is None or ex.target != target or ex.prediction.model.get("path") != str(pkg.path) \
+                or ex.prediction.model.get("sha256") != pkg.sha256:
+            continue
+        if all(getattr(ex, _PART_FIELDS[p]) or p in ex.skipped for p in parts):
+            return ex
+    return None
 
 
 # ---- the cohort view --------------------------------------------------------------------------------------------------

@@ -414,11 +414,53 @@ class Package:
         gen = torch.Generator().manual_seed(seed)
         model = self.inference_model
         with torch.inference_mode():
-            det = model(inputs, present)
+            det = self._forward_with_single_rows(model, inputs, present)
             logits, log_var = model.head(det.fused, max(T, 1), gen)
-            det.diagnostics["modality_disagreement"] = self.modality_disagreement(det, present)
         mc = ModelOutput(logits, log_var, det.fused, det.diagnostics, det.features)
         return det, mc, present, warnings
+
+    def _forward_with_single_rows(self, model: MultimodalClassifier, inputs: Mapping[str, Any],
+                                  present: torch.Tensor) -> ModelOutput:
+        """The deterministic forward pass of the cases, with the single-modality rows that
+        ``modality_disagreement`` needs appended to the same fusion + head batch (one pass instead of
+        two; each encoder still runs once). Diagnostics and features are those of the cases' rows."""
+        B, M = present.shape
+        raw: dict[str, Any] = {}
+        for j, m in enumerate(self.modalities):
+            x = inputs.get(m)
+            raw[m] = None if x is None or not bool(present[:, j].any()) else (
+                x if isinstance(x, ModalityFeatures) else model.encoders[m](**x))
+        sel = present & (present.sum(1, keepdim=True) >= 2)
+        rows, cols = sel.nonzero(as_tuple=True)
+        if M < 2 or len(rows) == 0:
+            det = model.fuse_and_classify(model.encode(raw, present), present)
+            det.diagnostics["modality_disagreement"] = torch.full((B,), float("nan"))
+            return det
+        single = torch.zeros(len(rows), M, dtype=torch.bool)
+        single[torch.arange(len(rows)), cols] = True
+        both = torch.cat([present, single])
+        joined: dict[str, Any] = {}
+        for j, m in enumerate(self.modalities):
+            f = raw[m]
+            extra = rows[cols == j]
+            if f is None or len(extra) == 0:
+                joined[m] = f
+                continue
+            pos = (present[:, j].long().cumsum(0) - 1)[extra]    # the case's row among the encoded rows
+            joined[m] = _cat_features(f, f.index(pos))
+        out = model.fuse_and_classify(model.encode(joined, both), both)
+        logp = torch.log_softmax(out.logits[B:] / self.temperature, -1)
+        dis = torch.full((B,), float("nan"))
+        for i in rows.unique().tolist():
+            lp = logp[rows == i]
+            p = lp.exp()
+            kl = [((p[a] * (lp[a] - lp[b])).sum() + (p[b] * (lp[b] - lp[a])).sum()) / 2
+                  for a in range(len(lp)) for b in range(a + 1, len(lp))]
+            dis[i] = torch.stack(kl).mean()
+        keep = torch.arange(B)
+        diag = _first_rows(out.diagnostics, B)
+        diag["modality_disagreement"] = dis
+        return ModelOutput(out.logits[:B], out.log_var[:B], out.fused[:B], diag, [f.index(keep) for f in out.features])
 
     def predict_tta(self, case: Case, mc_samples: int | None = None, seed: int = 0) -> Prediction:
         """Test-time augmentation (seed 003): the case with its image as is, flipped left-right,
@@ -512,6 +554,26 @@ class Package:
                 present={m: bool(present[i, j]) for j, m in enumerate(self.modalities)},
                 diagnostics=diag, model=self.info() | {"path": str(self.path)}, warnings=warnings[i], case_id=c.case_id))
         return out[0] if single else out
+
+
+def _cat_features(a: ModalityFeatures, b: ModalityFeatures) -> ModalityFeatures:
+    """Rows of ``a`` followed by rows of ``b`` (same encoder, so the same token count)."""
+    extras = None if not a.extras else {k: torch.cat([v, b.extras[k]]) for k, v in a.extras.items()}
+    return ModalityFeatures(torch.cat([a.pooled, b.pooled]), tuple(torch.cat([x, y]) for x, y in zip(a.levels, b.levels)),
+                            torch.cat([a.tokens, b.tokens]), torch.cat([a.token_mask, b.token_mask]), extras)
+
+
+def _first_rows(diag: dict[str, Any], n: int) -> dict[str, Any]:
+    """The first ``n`` rows of batch diagnostics (global entries kept as they are)."""
+    from .fusion import GLOBAL_DIAGNOSTICS
+
+    def pick(key: str, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: pick(key, x) for k, x in v.items()}
+        if torch.is_tensor(v) and v.dim() > 0 and key not in GLOBAL_DIAGNOSTICS:
+            return v[:n]
+        return v
+    return {k: pick(k, v) for k, v in diag.items()}
 
 
 def discover_packages(root: str | Path) -> list[Path]:

@@ -8,6 +8,8 @@ The quantity explained is the *calibrated* logit (logit / T_cal) of the target c
 from __future__ import annotations
 
 import copy
+import threading
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -103,6 +105,33 @@ class ExplainContext:
         return f
 
 
+# Private copies of a shared encoder for explainers that hook layers, kept for reuse: a deep copy of an
+# image backbone costs as much as a forward pass, and every Grad-CAM run needs one. A copy is handed to
+# one user at a time and comes back (hook-free) when that user is gone; a few are kept per encoder.
+_PRIVATE: "weakref.WeakKeyDictionary[nn.Module, list[nn.Module]]" = weakref.WeakKeyDictionary()
+_PRIVATE_LOCK = threading.Lock()
+_PRIVATE_KEEP = 4
+
+
+def borrow_private_copy(shared: nn.Module) -> nn.Module:
+    with _PRIVATE_LOCK:
+        free = _PRIVATE.get(shared)
+        if free:
+            return free.pop()
+    return copy.deepcopy(shared)
+
+
+def return_private_copy(shared_ref: "weakref.ref[nn.Module]", private: nn.Module) -> None:
+    shared = shared_ref()
+    if shared is None or any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or
+                             getattr(m, "_backward_pre_hooks", None) for m in private.modules()):
+        return  # a copy that still carries hooks (an explainer failed mid-way) is dropped, never reused
+    with _PRIVATE_LOCK:
+        free = _PRIVATE.setdefault(shared, [])
+        if len(free) < _PRIVATE_KEEP:
+            free.append(private)
+
+
 class ImageTargetModel(nn.Module):
     """pixels -> calibrated logits of the fused model, the other modalities held fixed: the single-input
     model pytorch-grad-cam expects."""
@@ -110,7 +139,9 @@ class ImageTargetModel(nn.Module):
     def __init__(self, ctx: ExplainContext, mc_seed: int | None = None, stream: str = "global"):
         super().__init__()
         self.ctx = ctx
-        self.encoder = ctx.private_encoder("image")  # hooks go on this copy, never on the shared model
+        shared = ctx.model.encoders["image"]
+        self.encoder = borrow_private_copy(shared)  # hooks go on this copy, never on the shared model
+        weakref.finalize(self, return_private_copy, weakref.ref(shared), self.encoder)
         self.mc_seed = mc_seed
         # a dual-expert encoder has two image inputs: vary one stream, hold the other at the case's
         self.key = "pixels" if stream == "global" else "local_pixels"

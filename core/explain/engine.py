@@ -5,9 +5,10 @@ dashboard) turn them into figures.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,10 +19,11 @@ from ..package import Package, Prediction, to_jsonable
 from .attributions import image_attributions, note_attributions, spectrum_attributions, table_attributions
 from .context import ExplainContext
 from .gradcam import CAM_METHODS, cam_stability, image_cam
+from .image_ig import middle_stage_ig
 from .modality import modality_shapley
 
 PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality", "image_ig", "occlusion",
-         "faithfulness")
+         "faithfulness", "image_ig_pixels")
 DEFAULT_PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality")
 
 
@@ -40,13 +42,14 @@ class Explanation:
     spectrum: dict[str, Any] | None = None
     modality: dict[str, Any] | None = None
     image_attributions: dict[str, np.ndarray] = field(default_factory=dict)
+    image_attribution_info: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> steps, layer, delta
     faithfulness: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)               # part -> why it was not computed
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("target", "target_label", "cams", "cam_layer", "lesion_context", "stability",
-                                           "note", "table", "spectrum", "modality", "image_attributions", "faithfulness", "timings",
+                                           "note", "table", "spectrum", "modality", "image_attributions", "image_attribution_info", "faithfulness", "timings",
                                            "lesion_stream_cam",
                                            "skipped")}
         d = to_jsonable(d)
@@ -54,14 +57,23 @@ class Explanation:
         return d
 
 
+class ExplainCancelled(Exception):
+    """``explain_case`` was told to stop (its ``cancel`` event was set) between two parts."""
+
+
 def explain_case(package: Package, case: Case, target: int | str | None = None, parts: Sequence[str] = DEFAULT_PARTS,
                  cam_methods: Sequence[str] = ("gradcam",), cam_layer: str = "last stage", tta: bool = False,
                  ig_steps: int = 24, stability_samples: int = 8, shapley_samples: int = 40,
-                 mc_samples: int | None = None, features: dict[str, Any] | None = None) -> Explanation:
+                 mc_samples: int | None = None, features: dict[str, Any] | None = None,
+                 progress: Callable[[str, "Explanation"], None] | None = None,
+                 cancel: threading.Event | None = None) -> Explanation:
     """Explain ``case`` for ``target`` (class index or label; default: the predicted class).
 
     Every encoder runs once: the context's features feed the prediction too. ``features`` (modality ->
-    encoder output, e.g. from a variant comparison sharing frozen encoders) skips those encoders."""
+    encoder output, e.g. from a variant comparison sharing frozen encoders) skips those encoders.
+    Parts run in the order given (the lesion/context check after the heatmaps, faithfulness last);
+    ``progress(part, explanation)`` is called as each is done ("prediction" first), and a set
+    ``cancel`` event stops the work between parts (``ExplainCancelled``)."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"unknown explanation part '{unknown[0]}'; choose from: {', '.join(PARTS)}.")
@@ -80,40 +92,83 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
     ctx = timed("context", ExplainContext, package, case, target, features)
     pred = timed("prediction", package.predict, case, mc_samples, 0, ctx.present_features())
     ex = Explanation(pred, ctx.target, package.labels[ctx.target], timings=timings)
+    if progress is not None:
+        progress("prediction", ex)
     has_image = ctx.has("image")
     for part, modality in (("note", "note"), ("table", "metadata"), ("spectrum", "spectrum")):
         if part in parts and not ctx.has(modality):
             what = {"note": "a clinical note", "metadata": "metadata", "spectrum": "a spectrum"}[modality]
             ex.skipped[part] = (f"the case has no {modality}" if modality in package.modalities
                                 else f"This model does not use {what}.")
-    for part in ("cam", "lesion_context", "stability", "image_ig", "occlusion"):
+    for part in ("cam", "lesion_context", "stability", "image_ig", "occlusion", "image_ig_pixels"):
         if part in parts and not has_image:
             ex.skipped[part] = "the case has no image" if "image" in package.modalities else "This model does not use images."
-    if has_image and "cam" in parts:
+
+    def cam() -> None:
         ex.cam_layer = cam_layer
         for m in cam_methods:
             ex.cams[m] = timed(f"cam:{m}", image_cam, ctx, m, cam_layer, tta)
         if "local_pixels" in ctx.inputs["image"] and cam_methods:  # dual expert: the lesion stream too
             ex.lesion_stream_cam = timed("cam:lesion_stream", image_cam, ctx, cam_methods[0], cam_layer, False, "lesion")
-    if has_image and "lesion_context" in parts and ex.cams:
-        ex.lesion_context = timed("lesion_context", lesion_context_report, ctx, ex.cams)
-    if has_image and "stability" in parts:
+
+    def lesion_context() -> None:
+        if ex.cams:
+            ex.lesion_context = timed("lesion_context", lesion_context_report, ctx, ex.cams)
+
+    def stability() -> None:
         ex.stability = timed("stability", cam_stability, ctx, cam_methods[0] if cam_methods else "gradcam", cam_layer,
                              stability_samples)
-    if "note" in parts and ctx.has("note"):
+
+    def image_ig() -> None:  # on the middle stage: converges where pixel IG does not, at a fraction of the cost
+        info = timed("image_ig", middle_stage_ig, ctx)
+        ex.image_attributions["integrated_gradients"] = info.pop("map")
+        ex.image_attribution_info["integrated_gradients"] = info
+
+    def image_ig_pixels() -> None:
+        ex.image_attributions["integrated_gradients_pixels"] = timed("image_ig_pixels", image_attributions, ctx,
+                                                                     "integrated_gradients")
+        ex.image_attribution_info["integrated_gradients_pixels"] = {"layer": "pixels", "n_steps": 16,
+                                                                    "baseline": "black image"}
+
+    def note() -> None:
         ex.note = timed("note", note_attributions, ctx, ig_steps, ig_steps)
-    if "table" in parts and ctx.has("metadata"):
+
+    def table() -> None:
         ex.table = timed("table", table_attributions, ctx, ig_steps, shapley_samples)
-    if "spectrum" in parts and ctx.has("spectrum"):
+
+    def spectrum() -> None:
         ex.spectrum = timed("spectrum", spectrum_attributions, ctx, ig_steps)
-    if "modality" in parts:
+
+    def modality() -> None:
         ex.modality = timed("modality", modality_shapley, ctx)
-    if has_image and "image_ig" in parts:
-        ex.image_attributions["integrated_gradients"] = timed("image_ig", image_attributions, ctx, "integrated_gradients")
-    if has_image and "occlusion" in parts:
+
+    def occlusion() -> None:
         ex.image_attributions["occlusion"] = timed("occlusion", image_attributions, ctx, "occlusion")
-    if "faithfulness" in parts:
+
+    def faithfulness() -> None:
         timed("faithfulness", _faithfulness, ctx, ex, cam_layer)
+
+    runnable = {"cam": (cam, has_image), "lesion_context": (lesion_context, has_image), "stability": (stability, has_image),
+                "note": (note, ctx.has("note")), "table": (table, ctx.has("metadata")),
+                "spectrum": (spectrum, ctx.has("spectrum")), "modality": (modality, True),
+                "image_ig": (image_ig, has_image), "image_ig_pixels": (image_ig_pixels, has_image),
+                "occlusion": (occlusion, has_image), "faithfulness": (faithfulness, True)}
+    order = list(dict.fromkeys(parts))
+    if "cam" in order and "lesion_context" in order and order.index("lesion_context") < order.index("cam"):
+        order.remove("lesion_context")
+        order.insert(order.index("cam") + 1, "lesion_context")
+    if "faithfulness" in order:
+        order.remove("faithfulness")
+        order.append("faithfulness")
+    for part in order:
+        fn, ok = runnable[part]
+        if not ok:
+            continue
+        if cancel is not None and cancel.is_set():
+            raise ExplainCancelled(part)
+        fn()
+        if progress is not None:
+            progress(part, ex)
     timings["total"] = round(sum(v for k, v in timings.items()), 4)
     return ex
 
