@@ -88,6 +88,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("--mc-samples must be between 0 and 1000.")
     pkg = load_package(args.model, int8=args.int8 or None)
     case = _case_from_args(args)
+    if args.set or args.set_note is not None or args.blur or args.drop_modality:  # issue 18: what-if
+        from .whatif import Edit, WhatIfSession, format_result, parse_sets
+
+        try:
+            edit = Edit(parse_sets(args.set), args.set_note, args.blur, tuple(args.drop_modality))
+            result = WhatIfSession(pkg, case, args.mc_samples).run(edit)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        print(json.dumps(result.to_dict()) if args.json else format_result(result) + "\nResearch use only, not a medical device.")
+        return 0
     pred = pkg.predict_tta(case, args.mc_samples) if args.tta else pkg.predict(case, mc_samples=args.mc_samples)
     if args.json:
         print(json.dumps(pred.to_dict()))
@@ -355,6 +365,11 @@ def build_parser() -> Parser:
     p.add_argument("--mc-samples", type=int, default=30, help="MC-dropout samples of the head (default 30)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over 4 views of the image")
     p.add_argument("--int8", action="store_true", help="int8 linear layers (faster CPU inference; see the README)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="what-if: change one metadata value (repeatable; NAME= clears it) and compare with the original")
+    p.add_argument("--set-note", help="what-if: replace the note (\"\" removes it)")
+    p.add_argument("--blur", choices=["lesion", "context"], help="what-if: blur the lesion or the context ring around it")
+    p.add_argument("--drop-modality", action="append", default=[], metavar="MODALITY", help="what-if: remove an input")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("explain", help="explain one case: Grad-CAM, attributions, modality Shapley")

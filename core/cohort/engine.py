@@ -138,7 +138,7 @@ def make_row(pkg: Package, rec: Mapping[str, Any], case: Case, r: CaseResult, pa
         "refer": bool(r.refer), "calibration_temperature": pkg.temperature,
         "present": "+".join(m for m in MODALITIES if r.present.get(m)), "seconds": float(seconds),
         "note": case.note, "image_path": rec.get("image_path"), "mask_path": rec.get("mask_path"),
-        "metadata_json": rec.get("metadata_json"), "thumbnail": _thumbnail(case),
+        "metadata_json": rec.get("metadata_json"), "spectrum_json": rec.get("spectrum_json"), "thumbnail": _thumbnail(case),
     }
     if true in labels:
         p_true = float(r.calibrated[labels.index(true)])

@@ -98,4 +98,8 @@ if isinstance(curve, dict) and curve.get("fractions") and curve.get("accuracy"):
 else:
     st.caption("This package has no accuracy-vs-referred curve (metrics.json).")
 
+from whatif_ui import whatif_panel  # noqa: E402  (issue 18: what-if on this case)
+
+whatif_panel(pkg, case)
+
 report_panel(pkg, case, "prediction_report")

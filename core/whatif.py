@@ -1,0 +1,215 @@
+"""What-if on one case: edit metadata values, the note, blur the lesion or its context, drop a modality,
+and compare the new calibrated prediction, uncertainty and modality Shapley values with the original.
+
+A :class:`WhatIfSession` encodes the original case once (every encoder once). Each edit re-encodes
+**only the modalities it changes**; the others enter as the original's encoder outputs, so a metadata
+or note edit costs one small encoder pass, the fusion and the head. Shapley values of both cases are
+for the original's predicted class, so they can be read side by side.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .case import Case, CaseError, clean_note
+from .package import Package, Prediction
+
+BLUR_REGIONS = ("lesion", "context")
+
+
+@dataclass
+class Edit:
+    """What to change. ``metadata``: name -> new value (None or "" clears it); ``note``: the new note
+    (None = unchanged, "" = remove it); ``blur``: "lesion" or "context"; ``drop``: modalities to remove."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+    blur: str | None = None
+    drop: tuple[str, ...] = ()
+
+    def is_empty(self) -> bool:
+        return not self.metadata and self.note is None and self.blur is None and not self.drop
+
+
+@dataclass
+class Outcome:
+    prediction: Prediction
+    shapley: dict[str, Any]
+    fused: np.ndarray
+
+    def summary(self) -> dict[str, Any]:
+        p = self.prediction
+        return {"label": p.label, "probability": float(p.calibrated[p.label_index]),
+                "probabilities": dict(zip(p.labels, map(float, p.calibrated))),
+                "normalised_entropy": p.uncertainty["normalised_entropy"], "aleatoric": p.uncertainty["aleatoric"],
+                "epistemic": p.uncertainty["epistemic"], "refer": bool(p.refer),
+                "modality_shapley": {m: float(v) for m, v in self.shapley["values"].items()},
+                "present": dict(p.present)}
+
+
+@dataclass
+class WhatIfResult:
+    original: Outcome
+    edited: Outcome
+    changes: list[str]                  # one sentence per change made
+    reencoded: list[str]                # modalities whose encoder ran for the edit
+    seconds: float
+    case: Case                          # the edited case
+
+    def changed(self) -> dict[str, bool]:
+        """Which headline numbers changed: label, referral flag, top modality."""
+        a, b = self.original.summary(), self.edited.summary()
+        top = lambda s: max(s["modality_shapley"], key=s["modality_shapley"].get) if s["modality_shapley"] else None  # noqa: E731
+        return {"label": a["label"] != b["label"], "refer": a["refer"] != b["refer"], "top_modality": top(a) != top(b)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"original": self.original.summary(), "what_if": self.edited.summary(), "changes": self.changes,
+                "changed": self.changed(), "reencoded": self.reencoded, "seconds": round(self.seconds, 4),
+                "target": self.original.prediction.label,
+                "notice": "Research use only, not a medical device."}
+
+
+def blur_region(case: Case, region: str) -> Case:
+    """The case with its lesion (or the context ring around it) blurred; the mask is the uploaded one
+    or, without one, the automatic lesion mask."""
+    from .explain.lesion_context import auto_lesion_mask, context_ring, keep_region
+
+    if region not in BLUR_REGIONS:
+        raise ValueError(f"blur must be one of: {', '.join(BLUR_REGIONS)}.")
+    if case.image is None:
+        raise CaseError({"image": "The case has no image to blur."})
+    mask = case.mask if case.mask is not None else auto_lesion_mask(case.image)
+    area = mask if region == "lesion" else context_ring(mask)
+    return replace(case, image=keep_region(case.image, ~area), extras=dict(case.extras))
+
+
+def apply_edit(case: Case, edit: Edit, schema: Any = None) -> tuple[Case, list[str], set[str]]:
+    """-> (edited case, sentences describing each change, modalities changed). Values are checked by
+    the package's schema (CaseError naming the field)."""
+    changes: list[str] = []
+    touched: set[str] = set()
+    new = replace(case, extras={k: v for k, v in case.extras.items() if k != "fingerprint"})
+    bad = [m for m in edit.drop if m not in ("image", "note", "metadata", "spectrum")]
+    if bad:
+        raise ValueError(f"unknown modality '{bad[0]}' to drop; use image, note, metadata or spectrum.")
+    if edit.metadata:
+        meta = dict(case.metadata or {})
+        for k, v in edit.metadata.items():
+            before = meta.get(k)
+            if v is None or (isinstance(v, str) and not v.strip()):
+                meta.pop(k, None)
+                changes.append(f"{k}: {before} → (missing)")
+            else:
+                meta[k] = v
+                if str(before) != str(v):
+                    changes.append(f"{k}: {before if before is not None else '(missing)'} → {v}")
+        if schema is not None:
+            schema.validate(meta)  # a bad value: CaseError("metadata.<name>": one sentence)
+        new.metadata = meta or None
+        touched.add("metadata")
+    if edit.note is not None:
+        try:
+            note = clean_note(edit.note)
+        except ValueError as e:
+            raise CaseError({"note": str(e)[0].upper() + str(e)[1:]}) from None
+        if note != case.note:
+            changes.append("note edited" if note else "note removed")
+        new.note = note
+        touched.add("note")
+    if edit.blur:
+        new = blur_region(new, edit.blur)
+        changes.append(f"{edit.blur} blurred")
+        touched.add("image")
+    for m in edit.drop:
+        setattr(new, m, None)
+        if m == "image":
+            new.mask = None
+        changes.append(f"{m} dropped")
+        touched.add(m)
+    return new, changes, touched
+
+
+class WhatIfSession:
+    """The original case of one package, encoded once; ``run(edit)`` answers each what-if."""
+
+    def __init__(self, package: Package, case: Case, mc_samples: int | None = None):
+        from .explain.context import ExplainContext
+        from .explain.modality import modality_shapley
+
+        self.package, self.case, self.mc_samples = package, case, mc_samples
+        self.ctx = ExplainContext(package, case)
+        self.target = self.ctx.target
+        self.features = self.ctx.present_features()
+        self.original = Outcome(package.predict(case, mc_samples, 0, self.features), modality_shapley(self.ctx),
+                                self._fused(self.ctx))
+
+    @staticmethod
+    def _fused(ctx: Any) -> np.ndarray:
+        with torch.no_grad():
+            fused, _ = ctx.model.fusion(ctx.features, ctx.present)
+        return fused[0].numpy()
+
+    def run(self, edit: Edit) -> WhatIfResult:
+        from .explain.context import ExplainContext
+        from .explain.modality import modality_shapley
+
+        t0 = time.perf_counter()
+        new, changes, touched = apply_edit(self.case, edit, self.package.schema)
+        keep = {m: f for m, f in self.features.items() if m not in touched}
+        ctx = ExplainContext(self.package, new, self.target, keep)
+        pred = self.package.predict(new, self.mc_samples, 0, ctx.present_features())
+        outcome = Outcome(pred, modality_shapley(ctx), self._fused(ctx))
+        reencoded = sorted(m for m in touched if ctx.has(m))
+        return WhatIfResult(self.original, outcome, changes or ["no change"], reencoded, time.perf_counter() - t0, new)
+
+
+def what_if(package: Package, case: Case, edit: Edit, mc_samples: int | None = None) -> WhatIfResult:
+    """One what-if (encodes the original too; keep a WhatIfSession to answer several)."""
+    return WhatIfSession(package, case, mc_samples).run(edit)
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["age=40", "sex=male", "site="]`` -> {"age": "40", "sex": "male", "site": None}."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects name=value, got '{pair}'.")
+        out[key.strip()] = value.strip() or None
+    return out
+
+
+def format_result(r: WhatIfResult) -> str:
+    a, b = r.original.summary(), r.edited.summary()
+    lines = [f"changes: {'; '.join(r.changes)} (re-encoded: {', '.join(r.reencoded) or 'nothing'}; {r.seconds * 1000:.0f} ms)",
+             f"{'':22s}{'original':>14s}{'what-if':>14s}",
+             f"{'label':22s}{a['label']:>14s}{b['label']:>14s}{'  *' if a['label'] != b['label'] else ''}"]
+    for k in a["probabilities"]:
+        lines.append(f"{'p(' + k + ')':22s}{a['probabilities'][k]:14.3f}{b['probabilities'][k]:14.3f}")
+    lines.append(f"{'normalised entropy':22s}{a['normalised_entropy']:14.3f}{b['normalised_entropy']:14.3f}")
+    lines.append(f"{'refer':22s}{str(a['refer']):>14s}{str(b['refer']):>14s}{'  *' if a['refer'] != b['refer'] else ''}")
+    for m in a["modality_shapley"]:
+        bv = b["modality_shapley"].get(m)
+        lines.append(f"{'Shapley ' + m:22s}{a['modality_shapley'][m]:+14.3f}{'' if bv is None else format(bv, '+14.3f'):>14s}")
+    return "\n".join(lines)
+
+
+def nearest_cases(table: Any, fused: np.ndarray, package_sha256: str, k: int = 5,
+                  exclude: str | None = None) -> list[dict[str, Any]]:
+    """The ``k`` cases of a results table (rows of the package with this sha256) nearest to ``fused`` in the
+    fused space (cosine distance): id, label, prediction, distance, thumbnail."""
+    rows = [r for r in (table.to_pylist() if hasattr(table, "to_pylist") else table)
+            if r.get("package_sha256") == package_sha256 and r.get("status") == "ok" and r.get("fused") is not None
+            and r.get("case_id") != exclude]
+    if not rows:
+        return []
+    X = np.asarray([np.asarray(r["fused"], np.float32) for r in rows])
+    q = np.asarray(fused, np.float32)
+    d = 1 - (X @ q) / (np.linalg.norm(X, axis=1) * np.linalg.norm(q) + 1e-12)
+    order = np.argsort(d)[:k]
+    return [{"case_id": rows[i]["case_id"], "label": rows[i].get("label"), "prediction": rows[i].get("pred_label"),
+             "distance": float(d[i]), "thumbnail": rows[i].get("thumbnail")} for i in order]
