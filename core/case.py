@@ -272,6 +272,8 @@ class Case:
                 metadata = json.loads(meta.read_text(encoding="utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
                 raise CaseError({"metadata": f"{meta.name} is not valid JSON ({e})."}) from None
+            except RecursionError:
+                raise CaseError({"metadata": f"{meta.name} is nested too deeply to be metadata."}) from None
             if isinstance(metadata, dict):
                 metadata = dict(metadata)
                 for k in ("label", "evidence", "kind"):

@@ -59,6 +59,10 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
         raise ValueError(f"The {what} is not UTF-8 text; save it as UTF-8 JSON.") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"The {what} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from None
+    except RecursionError:
+        raise ValueError(f"The {what} is nested too deeply to be a case's JSON.") from None
+    except ValueError:  # e.g. an integer longer than Python converts (4300 digits)
+        raise ValueError(f"The {what} holds a number too long to read.") from None
     if not isinstance(value, dict):
         raise ValueError(f"The {what} must be a JSON object of name: value pairs, not a {type(value).__name__}.")
     return value

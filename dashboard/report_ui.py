@@ -17,7 +17,7 @@ from core.report import ReportError, clean_reference, make_report
 REPORT_PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality", "faithfulness")
 REPORTS_KEY = "fl_reports"        # (package sha, folder, case fingerprint) -> {fmt: bytes, "name": str}
 COMPARISON_KEY = "fl_comparison"  # (case fingerprint, tuple of package folders) -> core.compare.Comparison
-MIME = {"pdf": "application/pdf", "html": "text/html", "json": "application/json"}
+MIME = {"pdf": "application/pdf", "html": "text/html", "json": "application/json"}  # CSV: the CLI's `report --out x.csv`
 
 
 def last_comparison(case: Case, pkg: Package) -> Any | None:
@@ -43,9 +43,9 @@ def report_panel(pkg: Package, case: Case, key: str) -> None:
     """The "Case report" section: reference field, a Prepare button, then three download buttons."""
     st.divider()
     st.subheader("Case report")
-    st.caption("A PDF, a self-contained HTML page (interactive figures) or JSON (every number) with the inputs, the "
-               "model and its sha256, the calibrated prediction with uncertainty and referral advice, heatmaps, "
-               "attributions, fusion internals, faithfulness and any variant comparison of this case. Built in "
+    st.caption("A PDF or a self-contained HTML page (page 1: the heatmap, the calibrated prediction with its uncertainty "
+               "in words, the referral advice, the strongest reasons per input, the model and its training data; then "
+               "details, fusion internals, faithfulness and any variant comparison) or JSON (every number). Built in "
                "memory; nothing is stored on the server.")
     ref_raw = st.text_input("Case reference (optional)", key=f"{key}_reference", max_chars=120,
                             placeholder="a study or ticket id, never a patient name",
@@ -72,7 +72,7 @@ def report_panel(pkg: Package, case: Case, key: str) -> None:
     if ready is None:
         st.caption("Press **Prepare the report** (a few seconds: it computes every explanation of this case).")
         return
-    cols = st.columns(3)
+    cols = st.columns(len(MIME))
     for col, fmt in zip(cols, MIME):
         col.download_button(f"Download {fmt.upper()}", data=ready[fmt], file_name=ready["names"][fmt], mime=MIME[fmt],
                             key=f"{key}_download_{fmt}", on_click="ignore", icon=":material/download:")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+import unicodedata
 from importlib import resources
 from typing import Any, Mapping
 
@@ -54,6 +55,16 @@ def clean_reference(reference: str | None) -> str | None:
         raise ReportError(f"The case reference is {len(text)} characters long; keep it to {MAX_REFERENCE} "
                           "(a study or ticket id, never a patient name).")
     return text or None
+
+
+def clean_case_id(case_id: Any) -> str | None:
+    """A case id as it may be printed: one line of printable text (no NUL, control or bidi-override
+    characters), at most 80 characters. It is never used as a path; file names are built separately."""
+    if case_id is None:
+        return None
+    text = "".join(ch if ch.isprintable() and unicodedata.category(ch) != "Cf" else " " for ch in str(case_id))
+    text = " ".join(text.split())
+    return (text[:MAX_REFERENCE - 1] + "…" if len(text) > MAX_REFERENCE else text) or None
 
 
 def inputs_summary(case: Case, package: Package) -> dict[str, Any]:
@@ -147,6 +158,181 @@ def explanation_summary(ex: Any, top_k: int = 8) -> dict[str, Any]:
     return to_jsonable(out)
 
 
+# ---- page 1 in plain language ------------------------------------------------------------------------------------------
+
+INPUT_NAMES = {"image": "Image", "note": "Clinical note", "metadata": "Patient details (metadata)", "spectrum": "Spectrum"}
+#: internal names of fusion diagnostics and uncertainty measures -> what a person reads
+READABLE = {
+    "modality_weights": "Weight the fusion gave each input", "metadata_feature_gates": "How much of each detail the fusion let through",
+    "temperature": "Fusion temperature (lower: sharper choice between inputs)", "gate_polarisation": "How decisive the gates were (0-1)",
+    "level_weights": "Weight of each encoder depth", "scale_weights": "Weight of each image scale", "rank_weights": "Weight of each rank",
+    "gates": "Gate per input", "level_gates": "Gate per encoder depth", "attention_mass": "Share of attention per input",
+    "expert_weights": "Weight of each expert", "image_lesion_gate": "Weight of the lesion stream (vs whole image)",
+    "normalised_entropy": "Uncertainty (0 = certain, 1 = every class equally likely)",
+    "predictive_entropy": "Total uncertainty (nats)", "aleatoric": "Uncertainty from the data itself (nats)",
+    "epistemic": "Uncertainty of the model (nats)", "data_variance": "Predicted noise in the data",
+    "tta_spread": "Spread across flipped / rotated copies of the image",
+    "deletion_auc": "Deletion score (lower = explanation more faithful)",
+    "insertion_auc": "Insertion score (higher = explanation more faithful)",
+    "infidelity": "Infidelity (lower is better)", "max_sensitivity": "Sensitivity to tiny input changes (lower is better)",
+    "spearman": "Rank correlation with the randomised-model heatmap", "passed": "Sanity check passed",
+}
+FAITHFULNESS_NAMES = {"note": "Note words", "table": "Patient details", "spectrum": "Spectrum bands",
+                      "cam_randomisation": "Heatmap sanity check (model randomised)"}
+
+
+def readable_name(key: str) -> str:
+    if key in READABLE:
+        return READABLE[key]
+    if key.startswith("cam:"):
+        return f"Heatmap ({key[4:]})"
+    return FAITHFULNESS_NAMES.get(key, key.replace("_", " ").capitalize())
+
+
+def readable_value(v: Any, digits: int = 2) -> str:
+    """Rounded for a person: booleans as yes/no, numbers to ``digits`` decimals, mappings as 'a 0.42, b 0.10'."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e6:
+        return str(int(v))
+    if isinstance(v, float):
+        return f"{v:.2g}" if 0 < abs(v) < 0.05 else f"{v:.{digits}f}"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k} {readable_value(x, digits)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(readable_value(x, digits) for x in v)
+    return str(v)
+
+
+def readable_rows(d: Mapping[str, Any] | None, skip: tuple[str, ...] = (), names: list[str] | None = None) -> list[list[str]]:
+    """``names``: the model's inputs, to label per-input lists (weights shown as percentages)."""
+    rows = []
+    for k, v in (d or {}).items():
+        if k in skip:
+            continue
+        if names and isinstance(v, (list, tuple)) and len(v) == len(names) and all(isinstance(x, (int, float)) for x in v):
+            pct = k in ("modality_weights", "attention_mass") or abs(sum(v) - 1) < 1e-3
+            v = {n: (f"{x:.0%}" if pct else readable_value(float(x))) for n, x in zip(names, v)}
+            rows.append([readable_name(k), ", ".join(f"{n} {x}" for n, x in v.items())])
+        else:
+            rows.append([readable_name(k), readable_value(v)])
+    return rows
+
+
+def _points(p: float) -> str:
+    return f"{abs(p) * 100:.0f} percentage point{'s' if round(abs(p) * 100) != 1 else ''}"
+
+
+def uncertainty_words(pred: Mapping[str, Any]) -> dict[str, str]:
+    u = float(pred["uncertainty"]["normalised_entropy"])
+    t = float(pred["referral"]["threshold"])
+    level = "Low" if u <= t / 2 else ("Moderate" if u <= t else "High")
+    sd = float(pred["mc_std"].get(pred["label"], 0.0))
+    return {"level": level.lower(),
+            "sentence": f"{level} uncertainty: {u:.2f} on a 0-1 scale, where cases above {t:.2f} are referred. "
+                        f"Re-running the model {pred['mc_samples']} times with dropout moves the probability by about "
+                        f"±{sd * 100:.0f} percentage points."}
+
+
+def _reasons_image(ex: Mapping[str, Any], label: str) -> list[str]:
+    out = []
+    lc = ex.get("lesion_context")
+    if lc and lc.get("shares"):
+        method, s = next(iter(lc["shares"].items()))
+        out.append(f"The heatmap puts {s['lesion']:.0%} of its weight on the lesion, which covers {s.get('lesion_area', 0):.0%} "
+                   f"of the image ({'more' if s['lesion'] > s.get('lesion_area', 0) else 'less'} than its size alone would give).")
+        pg = lc.get("pointing_game", {}).get(method)
+        if pg is not None:
+            out.append("The hottest point of the heatmap lies " + ("inside" if pg else "outside") + " the lesion outline.")
+        conf = lc.get("confidence", {})
+        if "lesion_only" in conf and "context_only" in conf:
+            out.append(f"With only the lesion kept sharp the probability of {label} is {conf['lesion_only']:.0%}; with only "
+                       f"the skin around it, {conf['context_only']:.0%}.")
+    return out
+
+
+def _reasons_words(items: list[dict[str, Any]], label: str, what) -> list[str]:
+    return [f"{what(it)} {'supports' if it['score'] > 0 else 'argues against'} {label}." for it in items[:3]]
+
+
+def clinical_summary(report: Mapping[str, Any], explanation: Any | None) -> dict[str, Any]:
+    """What page 1 carries, in words: prediction, uncertainty, referral advice, the three strongest
+    reasons per input, provenance. Built from the report's own numbers (rounded for people)."""
+    pred, model, ex = report["prediction"], report["model"], report.get("explanation") or {}
+    label = pred["label"]
+    unc = uncertainty_words(pred)
+    refer = bool(pred["refer"])
+    referral = ("Advise re-check by a clinician: the model is less certain about this case than its referral threshold "
+                "allows." if refer else "No referral flag: the model's uncertainty is below its referral threshold. "
+                "This is not a diagnosis.")
+    shap = (ex.get("modality_shapley") or {}).get("values", {})
+    reasons = []
+    for m in report["case"]["inputs"]["used_by_model"]:
+        lines: list[str] = []
+        if m == "image":
+            lines = _reasons_image(ex, label)
+        elif m == "note" and ex.get("note"):
+            words = [w for w in ex["note"]["top_words"] if any(ch.isalnum() for ch in w["text"])]
+            lines = _reasons_words(words, label, lambda w: f"The word “{w['text']}”")
+        elif m == "metadata" and ex.get("table"):
+            unit = {f["name"]: f.get("unit") for f in ex["table"]["features"]}
+            lines = _reasons_words(ex["table"]["top_features"], label,
+                                   lambda f: f"{f['name'].replace('_', ' ').capitalize()} = {readable_value(f['value'])}"
+                                             + (f" {unit.get(f['name'])}" if unit.get(f["name"]) else ""))
+        elif m == "spectrum" and explanation is not None and getattr(explanation, "spectrum", None):
+            sp = explanation.spectrum
+            xs, sm = np.asarray(sp["wavelengths"], float), np.asarray(sp["smoothed"], float)
+            from ..plots import attribution_bands
+
+            bands = sorted(attribution_bands(xs, sm), key=lambda b: -float(np.abs(sm[(xs >= b[0]) & (xs <= b[1])]).sum()))[:3]
+            for lo, hi in bands:
+                sign = float(sm[(xs >= lo) & (xs <= hi)].sum())
+                lines.append(f"The band {lo:.0f}-{hi:.0f} {'supports' if sign > 0 else 'argues against'} {label}.")
+        present = pred["present"].get(m, False)
+        contrib = shap.get(m)
+        head = INPUT_NAMES.get(m, m)
+        if not present:
+            lines = ["Missing from this case; the model used its learned stand-in."]
+        elif contrib is not None:
+            head += (f": raised the probability of {label} by {_points(contrib)}" if contrib >= 0 else
+                     f": lowered the probability of {label} by {_points(contrib)}")
+        reasons.append({"input": m, "title": head, "reasons": lines[:3] or ["No explanation computed for this input."]})
+    metrics = model.get("test_metrics", {})
+    perf = []
+    for k, name in (("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC"), ("ece", "calibration error")):
+        if k in metrics:
+            ci = metrics[k].get("ci95")
+            perf.append(f"{name} {metrics[k]['value']:.2f}" + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else ""))
+    provenance = [f"Model {model['name']} (fusion variant {model['variant']}), inputs: {', '.join(model['modalities'])}; "
+                  f"weights sha256 {model['sha256'][:12]}…, FusionLens {report['software']['version']}.",
+                  "Trained on: " + (model["training_data"] or "not described by the package") + "."
+                  + (" Synthetic demo data: the numbers show how the software works, not how well it diagnoses."
+                     if model["synthetic_training_data"] else "")]
+    if perf:
+        provenance.append("On its held-out test split" + (f" ({model['test_n']} cases)" if model.get("test_n") else "")
+                          + ": " + "; ".join(perf) + ".")
+    return {"label": label, "probability": float(pred["probability"]),
+            "headline": f"Predicted class {label}: calibrated probability {pred['probability']:.0%}",
+            "uncertainty": unc, "refer": refer, "referral": referral, "reasons": reasons, "provenance": provenance}
+
+
+def mechanism_readings(package: Package, prediction: Prediction) -> list[dict[str, Any]]:
+    """Plain-language readings of the fusion mechanisms (core.explain.mechanisms, issue 14), if the package
+    carries their measurement; [] otherwise."""
+    try:
+        from ..explain.mechanisms import readings
+    except ImportError:
+        return []
+    try:
+        rows = readings(package, prediction)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return []
+    return [{"label": str(r.get("label", r.get("name"))), "value": readable_value(r.get("value")) if r.get("value") is not None else "",
+             "sentence": str(r.get("reading_sentence", "")), "trust": str(r.get("trust_level", ""))} for r in rows]
+
+
 def build_report(package: Package, case: Case, prediction: Prediction | None = None, explanation: Any | None = None,
                  comparison: Comparison | None = None, case_reference: str | None = None,
                  now: _dt.datetime | None = None) -> dict[str, Any]:
@@ -159,7 +345,7 @@ def build_report(package: Package, case: Case, prediction: Prediction | None = N
         "generated_at": now.isoformat(timespec="seconds"),
         "software": {"name": "FusionLens", "version": __version__},
         "notice": RESEARCH_NOTICE,
-        "case": {"case_id": case.case_id, "case_reference": clean_reference(case_reference),
+        "case": {"case_id": clean_case_id(case.case_id), "case_reference": clean_reference(case_reference),
                  "inputs": inputs_summary(case, package)},
         "model": model_summary(package),
         "prediction": prediction_summary(prediction),
@@ -168,6 +354,13 @@ def build_report(package: Package, case: Case, prediction: Prediction | None = N
         "comparison": comparison_summary(comparison) if comparison is not None else None,
     }
     report = to_jsonable(report)
+    report["summary"] = to_jsonable(clinical_summary(report, explanation))
+    report["readable"] = to_jsonable({
+        "uncertainty": readable_rows(report["prediction"]["uncertainty"]),
+        "fusion_internals": readable_rows(report["fusion_internals"], names=list(report["model"]["modalities"])),
+        "mechanisms": mechanism_readings(package, prediction),
+        "faithfulness": [[readable_name(k), "; ".join(f"{readable_name(kk)} {readable_value(vv)}" for kk, vv in v.items())]
+                         for k, v in ((report["explanation"] or {}).get("faithfulness") or {}).items()]})
     validate_report(report)
     return report
 
