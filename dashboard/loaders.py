@@ -134,7 +134,18 @@ def _cached(kind: str, pkg: Package, case: Case, options: tuple, compute: Callab
     return value
 
 
+def _job(pkg: Package, case: Case):
+    """This session's background job for (package, case) (dashboard/background.py), or None."""
+    import background
+
+    return background.current_job(st.session_state, pkg, case, case_fingerprint(case))
+
+
 def predict(pkg: Package, case: Case, tta: bool = False) -> Prediction:
+    job = None if tta else _job(pkg, case)
+    ex = job.wait(("prediction",)) if job is not None else None
+    if ex is not None:
+        return ex.prediction
     if tta:
         return _cached("predict_tta", pkg, case, (), lambda: pkg.predict_tta(case))
     return _cached("predict", pkg, case, (), lambda: pkg.predict(case))
@@ -143,6 +154,13 @@ def predict(pkg: Package, case: Case, tta: bool = False) -> Prediction:
 def explain(pkg: Package, case: Case, parts: Sequence[str], only_cached: bool = False, **options: Any) -> Explanation | None:
     """``core.explain.explain_case`` once per (package, case, parts, options) in this session;
     ``only_cached``: None instead of computing (for slow methods that wait for a button)."""
+    job = _job(pkg, case)
+    if job is not None:
+        import background
+
+        ex = background.explanation_for(job, parts, options)   # the session's default explanation answers it
+        if ex is not None:
+            return ex
     opts = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in options.items()))
     compute = None if only_cached else (lambda: explain_case(pkg, case, parts=tuple(parts), **options))
     return _cached("explain", pkg, case, (tuple(parts), opts), compute)
@@ -167,6 +185,11 @@ def compare(pkgs: Sequence[Package], case: Case, explain: bool, only_cached: boo
 
     store = st.session_state.setdefault(RESULTS_KEY, OrderedDict())
     key = ("compare", tuple((p.sha256, str(p.path)) for p in pkgs), case_fingerprint(case), explain)
+    job = _job(pkgs[0], case) if explain and pkgs else None
+    done = job.wait_comparison(key[1]) if job is not None else None
+    if done is not None:
+        store[key] = done          # the same object the job holds: no copy
+        return done
     if key in store:
         store.move_to_end(key)
         return store[key]

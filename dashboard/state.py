@@ -26,6 +26,7 @@ CASE_WARNINGS = "fl_case_warnings"  # sentences about ignored bundle files, meta
 RESULTS = loaders.RESULTS_KEY     # per-session cache of predictions and explanations
 # sidebar widget keys
 COHORT_W = "w_cohort"
+DEFAULT_COHORT = "ham10000"     # real dermoscopy first; the generated cohorts are the faithfulness laboratory
 VARIANT_W = "w_variant"
 
 DEFAULTS: dict[str, Any] = {MODEL: None, CASE: None, CASE_SOURCE: None, CASE_LABEL: None, CASE_ERRORS: {},
@@ -132,8 +133,8 @@ def _model_picker(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     groups = _by_cohort(summaries)
     current = next((s for g in groups.values() for s in g.values() if s["path"] == st.session_state.get(MODEL)), None)
-    if current is None:  # default: the first cohort's first fused variant (a unimodal baseline only if alone)
-        first = list(next(iter(groups.values())).values())
+    if current is None:  # default: the real-data cohort (else the first)'s first fused variant (a unimodal baseline only if alone)
+        first = list((groups.get(DEFAULT_COHORT) or next(iter(groups.values()))).values())
         current = next((s for s in first if s["variant"] != "unimodal"), first[0])
         st.session_state[MODEL] = current["path"]
     cohort = current.get("cohort") or "custom"
@@ -146,6 +147,8 @@ def _model_picker(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
                          help="Every package found in the models folders; the operator decides which folders.")
     if current.get("synthetic"):
         st.sidebar.caption("Trained on **synthetic demo data**.")
+    elif current.get("cohort") == "ham10000":
+        st.sidebar.caption("Trained on **HAM10000 (real dermoscopy, CC BY-NC)**; research use only.")
     return current
 
 
@@ -186,4 +189,57 @@ def setup_page(title: str, icon: str = ":material/search:") -> Page:
     case = st.session_state.get(CASE)
     _case_summary(case, summary)
     st.caption(f":material/warning: {SHORT_NOTICE} Never use it to diagnose or treat a patient.")
+    _work_ahead(summary, summaries, case)
     return Page(summary, summaries, case, st.session_state.get(CASE_LABEL))
+
+
+# ---- work done before a page asks for it (dashboard/background.py) -------------------------------------------------
+
+def cohort_packages(summary: dict[str, Any], summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The packages comparable with ``summary`` (same cohort and classes) in the Compare page's order."""
+    cohort = summary.get("cohort") or "custom"
+    same = [s for s in summaries if (s.get("cohort") or "custom") == cohort and s["labels"] == summary["labels"]]
+    order = {n: i for i, n in enumerate(FUSIONS.names())}
+    return sorted(same, key=lambda s: (order.get(s["variant"], 99), s["name"]))
+
+
+def _first_demo_case(cohort: str | None) -> Case | None:
+    import cases
+
+    demo = next((d for d in loaders.demo_cases() if d.cohort == cohort), None)
+    if demo is None:
+        return None
+    return Case.from_inputs(**cases.read_demo_case(demo).as_kwargs(), partial=True)
+
+
+def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]], case: Case | None) -> None:
+    """Warm the server once (first session), and start this session's default explanation of its case."""
+    import background
+
+    if summary is None:
+        return
+    try:
+        from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        attach = (lambda t: add_script_run_ctx(t, ctx)) if ctx is not None else None
+    except ImportError:  # pragma: no cover  (older Streamlit)
+        attach = None
+    same = cohort_packages(summary, summaries)
+    background.warm_up(loaders.load, summary, same, lambda: _first_demo_case(summary.get("cohort")), attach)
+    if case is None:
+        background.cancel_job(st.session_state)
+        return
+    try:
+        pkg = loaders.load(summary)
+    except (PackageError, ValueError):
+        return  # the page reports it
+    paths = background.default_compare_paths(summary, same)
+    by_path = {s["path"]: s for s in same}
+    chosen = [by_path[p] for p in paths if p in by_path]
+    key = tuple((str(s.get("sha256")), s["path"]) for s in chosen) if len(chosen) >= 2 else None
+
+    def compare_pkgs() -> list[Package]:
+        return [loaders.load(s) for s in chosen] if key else []
+
+    background.ensure_job(st.session_state, pkg, case, loaders.case_fingerprint(case), compare_pkgs, key, attach)

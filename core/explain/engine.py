@@ -162,12 +162,11 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
         order.append("faithfulness")
     for part in order:
         fn, ok = runnable[part]
-        if not ok:
-            continue
         if cancel is not None and cancel.is_set():
             raise ExplainCancelled(part)
-        fn()
-        if progress is not None:
+        if ok:
+            fn()
+        if progress is not None:  # also for a part this case or model has nothing for (see ``skipped``)
             progress(part, ex)
     timings["total"] = round(sum(v for k, v in timings.items()), 4)
     return ex

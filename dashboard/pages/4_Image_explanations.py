@@ -61,11 +61,6 @@ progress = st.progress(0.0, text="Heatmap and lesion / context check…")
 try:
     if ex is None:
         ex = loaders.explain(pkg, case, ("cam", "lesion_context"), **options)
-    stab = None
-    if not slow or st.session_state.get("slow_stability"):
-        progress.progress(0.5, text=f"Stability across {samples} MC-dropout samples…")
-        stab = loaders.explain(pkg, case, ("stability",), stability_samples=samples, **options)
-    progress.progress(1.0, text="Done.")
 except (CaseError, PackageError, ValueError) as e:
     progress.empty()
     show_error(e)
@@ -133,6 +128,13 @@ if lc:
 st.subheader("Stability across MC-dropout samples")
 if slow:
     st.checkbox(f"Compute the stability of {method} too (one {method} run per sample: slow)", key="slow_stability")
+stab = None
+if not slow or st.session_state.get("slow_stability"):  # the heatmap above is drawn before this wait
+    try:
+        with st.spinner(f"Stability across {samples} MC-dropout samples…"):
+            stab = loaders.explain(pkg, case, ("stability",), stability_samples=samples, **options)
+    except (CaseError, PackageError, ValueError) as e:
+        show_error(e)
 s = stab.stability if stab is not None else None
 if s:
     corr = s["mean_pairwise_correlation"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import background
 import loaders
 from core import CaseError, FUSIONS, PackageError, plots
 from core.compare import cohort_metrics
@@ -33,9 +34,7 @@ if len(same) < 2:
 
 mode = st.radio("View", ["Side by side (2 to 4 variants)", "Every variant as a table"], horizontal=True, key="cmp_mode")
 if mode.startswith("Side"):
-    preferred = [page.summary["path"]] + [s["path"] for s in same if s["variant"] in ("concat", "gated", "mmtm", "hierarchical")
-                                          and s["path"] != page.summary["path"]]
-    default = preferred[:3] if len(preferred) >= 3 else [s["path"] for s in same][:3]
+    default = background.default_compare_paths(page.summary, same)  # what the session computed ahead
     chosen = st.multiselect("Variants", list(labels), default=default, format_func=labels.get, key="cmp_variants",
                             max_selections=MAX_SIDE_BY_SIDE, help="Pick 2 to 4 packages of this cohort.")
     if len(chosen) < 2:

@@ -1,0 +1,222 @@
+"""Work done before it is asked for: the case's default explanation per session, and warm packages.
+
+* As soon as a session has a case and a model, one background thread computes the case's **default
+  explanation** (what the pages show before the user changes a control: the prediction, modality
+  Shapley values, the Grad-CAM heatmap with the lesion / context check, its stability, the note /
+  table / spectrum attributions) with one encoder pass, part by part in the order the pages come,
+  and then the default variant comparison of the Compare page. Every page reads it through
+  ``loaders.predict`` / ``loaders.explain`` / ``loaders.compare``, waiting only for the parts it draws.
+  One job per session (bounded memory: one explanation, one comparison); a new case or model cancels
+  the old job between two parts. At most ``MAX_CONCURRENT`` jobs run at once in the process.
+* The first session of the server process starts ``warm_up``: the heavy imports, the default
+  cohort's packages loaded into the shared cache, and one prediction + explanation of a demo case
+  (allocator and kernel warm-up), while the user is still choosing a case. Streamlit has no hook
+  before the first session, so this is the earliest moment.
+
+Pure core calls run in the threads; no Streamlit element is drawn from them.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+JOB_KEY = "fl_background"          # session_state: the session's Job
+ORDER = ("modality", "cam", "lesion_context", "stability", "note", "table", "spectrum")  # the pages' order
+DEFAULTS: dict[str, Any] = {"cam_methods": ("gradcam",), "cam_layer": "last stage", "tta": False, "ig_steps": 24,
+                            "stability_samples": 8, "shapley_samples": 40}
+# which explain_case options each part depends on (besides the target)
+PART_OPTIONS = {"cam": ("cam_methods", "cam_layer", "tta"), "lesion_context": ("cam_methods", "cam_layer", "tta"),
+                "stability": ("cam_methods", "cam_layer", "stability_samples"), "note": ("ig_steps",),
+                "table": ("ig_steps", "shapley_samples"), "spectrum": ("ig_steps",), "modality": ()}
+COMPARE_VARIANTS = ("concat", "gated", "mmtm", "hierarchical")
+MAX_CONCURRENT = 2
+WAIT_S = 300.0
+
+_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT)
+
+
+def default_compare_paths(summary: Mapping[str, Any], same: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The Compare page's default side-by-side choice: the current package and up to two of the main
+    fused variants of its cohort (``same``: the cohort's packages in the page's order)."""
+    preferred = [summary["path"]] + [s["path"] for s in same if s["variant"] in COMPARE_VARIANTS and s["path"] != summary["path"]]
+    return preferred[:3] if len(preferred) >= 3 else [s["path"] for s in same][:3]
+
+
+def _norm(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+class Job:
+    """The default explanation (and comparison) of one case under one package, computed in a thread."""
+
+    def __init__(self, key: tuple, pkg: Any, case: Any, compare_pkgs: Callable[[], list] | None = None,
+                 compare_key: tuple | None = None):
+        self.key, self.pkg, self.case = key, pkg, case
+        self.cancel = threading.Event()
+        self.cond = threading.Condition()
+        self.done: set[str] = set()
+        self.explanation: Any = None
+        self.comparison: Any = None
+        self.compare_key = compare_key            # ((sha256, folder), ...) of the default comparison
+        self.error: BaseException | None = None
+        self.finished = False
+        self.started = time.perf_counter()
+        self._compare_pkgs = compare_pkgs
+        self.thread = threading.Thread(target=self._run, name="fusionlens-default-explanation", daemon=True)
+
+    def start(self, attach: Callable[[threading.Thread], None] | None = None) -> "Job":
+        if attach is not None:
+            attach(self.thread)
+        self.thread.start()
+        return self
+
+    # -- the thread -----------------------------------------------------------------------------
+    def _progress(self, part: str, ex: Any) -> None:
+        with self.cond:
+            self.explanation = ex
+            self.done.add(part)
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        from core.compare import compare_variants
+        from core.explain import explain_case
+        from core.explain.engine import ExplainCancelled
+
+        try:
+            with _SLOTS:
+                if self.cancel.is_set():
+                    return
+                explain_case(self.pkg, self.case, parts=ORDER, progress=self._progress, cancel=self.cancel, **DEFAULTS)
+                self._progress("all", self.explanation)
+                pkgs = self._compare_pkgs() if self._compare_pkgs is not None else []
+                if len(pkgs) >= 2 and not self.cancel.is_set():
+                    cmp = compare_variants(pkgs, self.case, explain=True, reuse=[self.explanation])
+                    with self.cond:
+                        self.comparison = cmp if tuple((p.sha256, str(p.path)) for p in pkgs) == self.compare_key else None
+        except ExplainCancelled:
+            pass
+        except Exception as e:  # noqa: BLE001  (a page asking for the part computes it itself and shows the error)
+            self.error = e
+        finally:
+            with self.cond:
+                self.finished = True
+                self.cond.notify_all()
+
+    # -- the pages ------------------------------------------------------------------------------
+    def wait(self, parts: Sequence[str], timeout: float = WAIT_S) -> Any | None:
+        """The explanation once ``parts`` are done; None when the job ended without them."""
+        need = set(parts)
+        with self.cond:
+            self.cond.wait_for(lambda: self.finished or need <= self.done, timeout)
+            return self.explanation if need <= self.done else None
+
+    def wait_comparison(self, key: tuple, timeout: float = WAIT_S) -> Any | None:
+        if key != self.compare_key:
+            return None
+        with self.cond:
+            self.cond.wait_for(lambda: self.finished or self.comparison is not None, timeout)
+            return self.comparison if self.compare_key == key else None
+
+
+def current_job(session_state: Mapping[str, Any], pkg: Any, case: Any, fingerprint: str) -> Job | None:
+    job = session_state.get(JOB_KEY)
+    if job is None or job.cancel.is_set() or job.key != (pkg.sha256, str(pkg.path), fingerprint):
+        return None
+    return job
+
+
+def ensure_job(session_state: Any, pkg: Any, case: Any, fingerprint: str,
+               compare_pkgs: Callable[[], list] | None = None, compare_key: tuple | None = None,
+               attach: Callable[[threading.Thread], None] | None = None) -> Job:
+    """The session's job for (package, case), started if needed; any other job of the session is cancelled."""
+    key = (pkg.sha256, str(pkg.path), fingerprint)
+    job = session_state.get(JOB_KEY)
+    if job is not None and job.key == key and not job.cancel.is_set():
+        return job
+    if job is not None:
+        job.cancel.set()
+    job = session_state[JOB_KEY] = Job(key, pkg, case, compare_pkgs, compare_key).start(attach)
+    return job
+
+
+def cancel_job(session_state: Any) -> None:
+    job = session_state.get(JOB_KEY)
+    if job is not None:
+        job.cancel.set()
+        session_state[JOB_KEY] = None
+
+
+def covers(job: Job, parts: Sequence[str], options: Mapping[str, Any]) -> bool:
+    """Whether the default explanation answers a request for ``parts`` with ``options`` (target checked later)."""
+    if not set(parts) <= set(PART_OPTIONS):
+        return False
+    unknown = set(options) - set(DEFAULTS) - {"target"}
+    if unknown:
+        return False
+    for part in parts:
+        for opt in PART_OPTIONS[part]:
+            if _norm(options.get(opt, DEFAULTS[opt])) != _norm(DEFAULTS[opt]):
+                return False
+    return True
+
+
+def explanation_for(job: Job, parts: Sequence[str], options: Mapping[str, Any]) -> Any | None:
+    """The default explanation when it answers the request (waiting for its parts), else None."""
+    if not covers(job, parts, options):
+        return None
+    target = options.get("target")
+    if target is not None:
+        first = job.wait(("prediction",))
+        if first is None or first.target != (first.prediction.labels.index(target) if isinstance(target, str) else int(target)):
+            return None
+    return job.wait(tuple(parts))
+
+
+# ---- server warm-up -------------------------------------------------------------------------------------------------
+
+_WARM_LOCK = threading.Lock()
+_WARM: dict[str, Any] = {"started": False, "done": threading.Event(), "seconds": None, "error": None}
+
+
+def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any], same: Sequence[Mapping[str, Any]],
+            demo_case: Callable[[], Any] | None = None, attach: Callable[[threading.Thread], None] | None = None) -> bool:
+    """Start the process-wide warm-up once (the selected package and the Compare page's default
+    variants, ``same`` being the cohort's packages); True when this call started it."""
+    with _WARM_LOCK:
+        if _WARM["started"]:
+            return False
+        _WARM["started"] = True
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        try:
+            import core.compare  # noqa: F401  (the heavy imports: captum, pytorch-grad-cam, plotly)
+            import core.explain  # noqa: F401
+            import core.plots  # noqa: F401
+            from core.explain import explain_case
+
+            by_path = {s["path"]: s for s in same}
+            loaded = [load(summary)] + [load(by_path[p]) for p in default_compare_paths(summary, same)[1:] if p in by_path]
+            case = demo_case() if demo_case is not None else None
+            if case is not None:
+                with _SLOTS:
+                    for pkg in loaded:
+                        pkg.predict(case)
+                    explain_case(loaded[0], case, parts=ORDER, **{**DEFAULTS, "stability_samples": 2, "ig_steps": 4,
+                                                                   "shapley_samples": 4})
+        except Exception as e:  # noqa: BLE001  (warming is an optimisation; the pages report real errors)
+            _WARM["error"] = repr(e)
+        finally:
+            _WARM["seconds"] = round(time.perf_counter() - t0, 2)
+            _WARM["done"].set()
+
+    thread = threading.Thread(target=run, name="fusionlens-warm-up", daemon=True)
+    if attach is not None:
+        attach(thread)
+    thread.start()
+    return True
+
+
+def warm_status() -> dict[str, Any]:
+    return {"started": _WARM["started"], "done": _WARM["done"].is_set(), "seconds": _WARM["seconds"], "error": _WARM["error"]}

@@ -1,0 +1,63 @@
+"""The dashboard's work-ahead job (dashboard/background.py): one default explanation per session, read by
+every page, parts published as they are done, cancelled when the case changes."""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import load_package, save_package
+from core.explain import explain_case
+from tiny import LABELS, make_case, make_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
+import background  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pkg(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bg") / "gated"
+    return load_package(save_package(make_model("gated", modalities=("image", "note", "metadata")), path, LABELS, name="g"))
+
+
+def test_default_explanation_answers_every_page_request_and_matches_a_direct_one(pkg):
+    case = make_case(0)
+    state: dict = {}
+    job = background.ensure_job(state, pkg, case, "fp0")
+    assert background.ensure_job(state, pkg, case, "fp0") is job            # one job per (package, case)
+    first = job.wait(("prediction",))
+    assert first is not None and first.prediction.label == pkg.predict(case).label
+    # a part the model has no input for (spectrum) is published too: nobody waits for the whole job
+    ex = background.explanation_for(job, ("note", "table", "spectrum"), {"target": first.target, "ig_steps": 24,
+                                                                         "shapley_samples": 40})
+    assert ex is not None and ex.note and ex.table and "spectrum" in ex.skipped
+    direct = explain_case(pkg, case, parts=("cam", "modality"), target=first.target)
+    got = background.explanation_for(job, ("cam", "lesion_context"), {"target": first.target})
+    assert np.allclose(got.cams["gradcam"], direct.cams["gradcam"], atol=1e-5)
+    assert got.modality["values"] == pytest.approx(direct.modality["values"], abs=1e-6)
+    # other options or another class: not the default explanation, the page computes its own
+    assert background.explanation_for(job, ("cam",), {"cam_layer": "early stage"}) is None
+    assert background.explanation_for(job, ("note",), {"ig_steps": 8}) is None
+    other = (first.target + 1) % len(LABELS)
+    assert background.explanation_for(job, ("modality",), {"target": other}) is None
+    job.thread.join(60)
+    assert job.finished and job.error is None and {"stability", "all"} <= job.done
+
+
+def test_a_new_case_cancels_the_old_job_between_parts(pkg):
+    state: dict = {}
+    gate = threading.Event()
+    old = background.ensure_job(state, pkg, make_case(1), "fp1")
+    new = background.ensure_job(state, pkg, make_case(2), "fp2")
+    assert old.cancel.is_set() and not new.cancel.is_set() and state[background.JOB_KEY] is new
+    old.thread.join(60)
+    new.thread.join(60)
+    assert old.finished and "all" not in old.done and old.error is None      # stopped early, quietly
+    assert "all" in new.done and background.current_job(state, pkg, make_case(2), "fp2") is new
+    assert background.current_job(state, pkg, make_case(1), "fp1") is None
+    background.cancel_job(state)
+    assert state[background.JOB_KEY] is None and new.cancel.is_set()
+    gate.set()
