@@ -168,3 +168,91 @@ def test_ray_engine_gives_the_rows_of_the_local_engine(suite, tmp_path):
     assert m["engine"] == "ray" and m["workers"] == 2 and m["counts"]["cases_ok"] == 5
     assert_same_rows(rows_by_key(ResultsStore(str(tmp_path / "local"))), rows_by_key(ResultsStore(str(tmp_path / "ray"))),
                      atol=1e-5)
+
+
+# ---- the Cohort page (AppTest) ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory):
+    """The tiny app suite and demo case, and one results set of both packages over 10 tiny cases."""
+    from core.cohort import run_cohort
+    from test_whatif import _app_suite
+
+    root = tmp_path_factory.mktemp("cohort-app")
+    models, cases = _app_suite(root)
+    records = write_cohort(root / "cohort-cases", 10)
+    pkgs = [models / "dermatology" / "gated", models / "dermatology" / "mmtm"]
+    run_cohort(pkgs, records, str(root / "results" / "tiny-set"), ("prediction", "modality", "cam_summary", "table_top",
+                                                                    "embedding"), batch_size=10,
+               source={"cohort": "tiny", "seed": 1, "split": "test", "synthetic": True})
+    return {"FUSIONLENS_MODELS": str(models), "FUSIONLENS_CASES": str(cases),
+            "FUSIONLENS_RESULTS": str(root / "results"), "FUSIONLENS_CACHE": str(root / "cache")}
+
+
+@pytest.fixture
+def cohort_app(app_env, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from test_app import APP
+
+    for k, v in app_env.items():
+        monkeypatch.setenv(k, v)
+    return AppTest.from_file(APP, default_timeout=180)
+
+
+def test_cohort_page_shows_slices_map_errors_explanations_and_comparison(cohort_app):
+    from test_app import charts, goto
+
+    at = goto(cohort_app.run(), "pages/7_Cohort.py")
+    assert at.title[0].value == "Cohort"
+    assert at.selectbox(key="co_set").value.endswith("tiny-set")
+    assert at.selectbox(key="co_package").options == ["tiny-gated", "tiny-mmtm"]
+    table = next(d.value for d in at.dataframe if "much worse" in d.value)
+    assert table["slice"][0] == "all" and table["n"][0] == 10
+    assert (table["CI low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["CI high"]).all()
+    focus = at.selectbox(key="co_focus")
+    assert focus.options[0] == "whole cohort" and len(focus.options) > 3
+    titles = [c.get("layout", {}).get("title", {}).get("text", "") for c in charts(at)]
+    assert any(t.startswith("Reliability") for t in titles) and any(t.startswith("Confusion") for t in titles)
+    assert any("Fused vectors (PCA)" in t for t in titles)              # 10 cases: PCA (UMAP needs 20)
+    assert sum(t.startswith("cluster") for t in titles) >= 2            # the shortcut finder's CAM clusters
+    assert any("|shapley| image" in d.value for d in at.dataframe)       # explanations per class
+    assert any("Disagree on" in m.label for m in at.metric)             # two packages side by side
+    # slicing by sex, and focusing on the worst slice, redraw the views
+    at.radio(key="co_slicing").set_value("sex").run()
+    assert set(next(d.value for d in at.dataframe if "much worse" in d.value)["slice"]) >= {"female", "male"}
+    at.selectbox(key="co_focus").select_index(1).run()                  # the worst slice
+    assert not at.exception
+    rel = next(c["layout"]["title"]["text"] for c in charts(at) if c["layout"]["title"]["text"].startswith("Reliability"))
+    assert "whole cohort" not in rel and " = " in rel
+
+
+def test_error_browser_opens_a_case_on_the_prediction_page(cohort_app):
+    from test_app import goto, ok
+
+    at = goto(cohort_app.run(), "pages/7_Cohort.py")
+    at.selectbox(key="co_package").set_value("tiny-mmtm").run()
+    buttons = [b for b in at.button if b.key and b.key.startswith("co_open_")]
+    assert buttons, "the error browser shows no case"
+    ok(buttons[0].click().run())
+    assert at.title[0].value == "Prediction"                             # switched pages
+    case = at.session_state["fl_case"]
+    assert case.case_id.startswith("case-") and case.image is not None and case.mask is not None
+    assert at.session_state["fl_model"].endswith("mmtm")                 # the package of the row is selected
+    assert any(case.case_id in t.value for t in at.sidebar.text)
+    assert any(s.value == "What if?" for s in at.subheader)
+
+
+def test_cohort_page_computes_a_small_cohort_in_the_app(cohort_app, monkeypatch, tmp_path):
+    from core.cohort import runner
+    from test_app import goto, ok
+
+    records = write_cohort(tmp_path / "in-app", 4)
+    monkeypatch.setattr(runner, "load_records", lambda *a, **k: (records, {"cohort": "tiny", "seed": 2, "split": "all"}))
+    at = goto(cohort_app.run(), "pages/7_Cohort.py")
+    at.radio(key="co_mode").set_value("Compute a small cohort here").run()
+    assert at.number_input(key="co_n").max == 500
+    ok(at.button(key="co_compute").click().run())
+    assert not at.error, [e.value for e in at.error]
+    assert "-s4242-n60-" in at.selectbox(key="co_set").value             # the new set is shown
+    assert next(d.value for d in at.dataframe if "much worse" in d.value)["n"][0] == 4

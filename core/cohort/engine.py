@@ -59,10 +59,12 @@ def item_record(item: Any) -> dict[str, Any]:
 
 
 def record_case(rec: Mapping[str, Any]) -> Case:
-    meta = json.loads(rec.get("metadata_json") or "{}") or None
-    spectrum = json.loads(rec["spectrum_json"]) if rec.get("spectrum_json") else None
-    return Case.from_inputs(image=rec.get("image_path") or None, mask=rec.get("mask_path") or None,
-                            note=rec.get("note") or None, metadata=meta, spectrum=spectrum, case_id=rec["case_id"])
+    """A record (or a results row; pandas' NaN counts as empty) -> a validated Case."""
+    text = lambda k: rec.get(k) if isinstance(rec.get(k), str) and rec.get(k) else None  # noqa: E731
+    meta = json.loads(text("metadata_json") or "{}") or None
+    spectrum = json.loads(text("spectrum_json")) if text("spectrum_json") else None
+    return Case.from_inputs(image=text("image_path"), mask=text("mask_path"), note=text("note"), metadata=meta,
+                            spectrum=spectrum, case_id=str(rec["case_id"]))
 
 
 def one_sentence(e: BaseException) -> str:

@@ -1,0 +1,13 @@
+"""Cohort: a whole cohort's explanations (a results set of `python -m core explain-cohort`, or a small cohort
+computed here): metrics by slice, the embedding map, the error browser, explanations per class with a
+shortcut finder, and two packages side by side. The drawing lives in cohort_ui, the numbers in core.cohort."""
+from __future__ import annotations
+
+import streamlit as st
+
+import cohort_ui
+from state import setup_page
+
+page = setup_page("Cohort", ":material/groups:")
+st.title("Cohort")
+cohort_ui.render(page)
