@@ -295,6 +295,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_faithfulness(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    if args.controls:
+        from .explain import controls as K
+
+        rows = K.run_controls(args.sources, n=args.n, n_eval=args.eval_n, epochs=args.epochs, retrain=args.retrain,
+                              log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(json.dumps(rows, indent=2, default=float) if args.json else K.controls_table(rows))
+        return 0
+    if not args.packages:
+        raise UsageError("give model package folders to measure, or --controls.")
+    if args.seed == 0:
+        raise UsageError("seed 0 is the training cohort's seed; measure on a fresh seed (e.g. 9201).")
+    from .data.cohorts.dermatology import generate_dermatology
+    from .explain.cohort import KINDS, cohort_faithfulness
+
+    cohort = generate_dermatology(n=args.cohort_n, seed=args.seed, workers=1)
+    items = [it for k in KINDS for it in [i for i in cohort.items if i.evidence == k][: args.per_kind]]
+    out = {}
+    for path in args.packages:
+        from .package import load_package
+
+        out[path] = cohort_faithfulness(load_package(path), items)
+    if args.json:
+        print(json.dumps(out, indent=2, default=float))
+    else:
+        for path, f in out.items():
+            a = f["predicted"]["all"]
+            print(f"{path}: accuracy {f['accuracy']:.2f} on {f['n']} cases of seed {args.seed}; lesion mass ratio "
+                  f"{a['lesion_ratio_lesion_decided']:.2f} (chance 1.00); pointing game, decisive region "
+                  f"{a['pointing_game_decisive']:.2f} (chance {a['pointing_game_decisive_chance']:.2f}); Shapley decisive "
+                  f"modality, balanced {a['shapley_decisive_balanced']:.2f} (chance {a['shapley_decisive_balanced_chance']:.2f})")
+    return 0
+
+
 def cmd_train_suite(args: argparse.Namespace) -> int:
     from .training.suite import train_suite
 
@@ -434,6 +471,23 @@ def build_parser() -> Parser:
                    help="also measure each fusion mechanism (movement, spread, agreement with Shapley / the evidence)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("faithfulness", help="explanations measured against the generator's ground truth: "
+                                            "known-answer controls (--controls) or packages on a fresh seed")
+    p.add_argument("packages", nargs="*", help="model package folders to measure on a fresh generator seed")
+    p.add_argument("--controls", action="store_true", help="train / load the single-source control models and "
+                                                           "print the known-answer table (trained vs randomised)")
+    p.add_argument("--sources", nargs="+", default=["lesion", "context", "note", "metadata"],
+                   choices=["lesion", "context", "note", "metadata"])
+    p.add_argument("--n", type=int, default=700, help="control training cohort size")
+    p.add_argument("--eval-n", type=int, default=140, help="control evaluation cohort size (fresh seed)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--retrain", action="store_true", help="retrain the controls even if cached")
+    p.add_argument("--seed", type=int, default=9201, help="packages: fresh generator seed (never the training seed 0)")
+    p.add_argument("--cohort-n", type=int, default=600)
+    p.add_argument("--per-kind", type=int, default=10, help="packages: cases per evidence kind")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_faithfulness)
     p = sub.add_parser("variants", help="list the fusion variants (and heads) in the registry")
     p.add_argument("--json", action="store_true")
     p.add_argument("--heads", action="store_true", help="with --json: list the heads instead")

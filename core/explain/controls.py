@@ -1,0 +1,193 @@
+"""Known-answer controls: is the *explainer* faithful? (issue #15 §2, the FunnyBirds / CLEVR-XAI idea)
+
+A model may legitimately use other evidence than the generator intended, so agreement with the generator
+mixes "right for the right reason" with "the explainer is faithful". The controls separate the two: small
+packages trained on generator variants in which the label is carried by ONE source only (lesion, context,
+note or metadata; every other source drawn for random decoy classes), so an accurate control must use that
+source. Their explanations must then find it, and a randomised-weights copy of each must not:
+
+    lesion-only    CAM lesion mass ratio >= 3 and pointing game in the lesion >= 0.9
+    context-only   CAM mass ratio in the generator's context region >= 1.5 and lesion ratio <= 1
+    note-only      decisive modality by Shapley = note >= 0.95; note IG mass on the planted words >= 0.6
+    metadata-only  decisive modality by Shapley = metadata >= 0.95; table IG top feature = the planted
+                   feature (the site) >= 0.9
+
+Controls are trained on generator seed ``TRAIN_SEED`` and measured on the fresh seed ``EVAL_SEED`` (never
+seen in training), each measure beside its chance level. ``python -m core faithfulness --controls``
+trains them on demand (minutes on 2 cores) into the cache (~/.cache/fusionlens/controls), never the repo.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..data.cohorts.dermatology import SINGLE_SOURCES, generate_dermatology
+from ..package import Package, load_package
+from .cohort import cohort_faithfulness
+
+TRAIN_SEED = 9301       # generator seed the controls train on (not the suite's 0, not #14's 9101, not 9201/9202)
+EVAL_SEED = 9302        # fresh seed the controls are measured on
+
+#: source -> [(summary key, chance key or a constant, operator, threshold, what it says)]
+CRITERIA: dict[str, list[tuple[str, str | float, str, float, str]]] = {
+    "lesion": [("lesion_ratio_lesion_decided", 1.0, ">=", 3.0, "CAM lesion mass ratio"),
+               ("pointing_game_lesion_decided", "pointing_game_lesion_decided_chance", ">=", 0.9, "pointing game in the lesion")],
+    "context": [("context_ratio_context_decided", 1.0, ">=", 1.5, "CAM context-region mass ratio"),
+                ("lesion_ratio_context_decided", 1.0, "<=", 1.0, "CAM lesion mass ratio")],
+    "note": [("shapley_decisive_note", "shapley_decisive_note_chance", ">=", 0.95, "Shapley top modality = note"),
+             ("note_decisive_mass", "note_decisive_mass_chance", ">=", 0.6, "note IG mass on the planted words")],
+    "metadata": [("shapley_decisive_metadata", "shapley_decisive_metadata_chance", ">=", 0.95, "Shapley top modality = metadata"),
+                 ("table_top_is_planted", "table_top_is_planted_chance", ">=", 0.9, "table IG top feature = planted (site)")],
+}
+PARTS = {"lesion": ("image", "shapley"), "context": ("image", "shapley"), "note": ("shapley", "note"),
+         "metadata": ("shapley", "table")}
+
+
+def check(summary: dict[str, Any], source: str) -> list[dict[str, Any]]:
+    """The §2 criteria of one control on a cohort summary (core.explain.cohort.summarise): value, chance,
+    threshold and pass / fail. A measure that could not be computed (NaN) fails."""
+    out = []
+    for key, chance, op, thr, what in CRITERIA[source]:
+        v = float(summary.get(key, float("nan")))
+        c = float(chance) if isinstance(chance, (int, float)) else float(summary.get(chance, float("nan")))
+        ok = (not math.isnan(v)) and (v >= thr if op == ">=" else v <= thr)
+        out.append({"measure": what, "key": key, "value": v, "chance": c, "criterion": f"{op} {thr:g}", "passed": ok})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ packages
+
+def controls_root() -> Path:
+    return Path(os.environ.get("FUSIONLENS_CACHE") or Path.home() / ".cache" / "fusionlens") / "controls"
+
+
+def control_config(source: str, out: Path, epochs: int = 40, tiny: bool = False, image_size: int = 224, n: int = 700):
+    """A small late-fusion package over image + note + metadata. ``tiny``: test-sized encoders (random
+    init, 32 px) that train in seconds."""
+    from ..training.config import config_from_dict
+
+    enc = tiny_encoders() if tiny else {
+        "image": {"image_size": image_size},
+        "note": {"max_length": 64},
+        "metadata": {"hidden": 32, "out_dim": 32, "token_dim": 16}}
+    return config_from_dict({
+        "name": f"control-{source}-only", "variant": "concat", "modalities": ["image", "note", "metadata"],
+        "out": str(out),
+        # the cohort is passed to train() directly; ``data`` only names it. It must differ between the four
+        # controls: the feature cache is keyed by it and the case ids, which the control cohorts share.
+        "data": {"path": f"generated dermatology control, {source} only: seed {TRAIN_SEED}, n {n}, {image_size} px",
+                 "seed": TRAIN_SEED, "n": n, "image_size": image_size},
+        "encoders": enc, "fused_dim": 32 if not tiny else 16,
+        "head": {"hidden": 64 if not tiny else 16, "blocks": 1, "dropout": 0.1},
+        "train": {"epochs": epochs, "batch_size": 32, "lr": 3e-3, "patience": epochs if tiny else 8,
+                  # Shapley coalitions replace a modality by its learned missing embedding: modality dropout
+                  # trains those embeddings (without it the image / metadata one is never seen)
+                  "modality_dropout": 0.2,
+                  "mc_samples": 8, "seed": 0, "cpu_threads": 1},
+        "trainer": {"accelerator": "cpu", "progress_bar": False}})
+
+
+def tiny_encoders() -> dict[str, dict[str, Any]]:
+    """Test-sized encoders (the same as tests/tiny.py's): nothing downloaded, seconds to train."""
+    return {"image": {"type": "image", "arch": "tiny", "pretrained": False, "image_size": 32, "frozen": True},
+            "note": {"type": "text", "source": "minilm", "max_length": 32, "frozen": True,
+                     "random_init": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                     "intermediate_size": 64}},
+            "metadata": {"hidden": 16, "out_dim": 16, "token_dim": 8}}
+
+
+def train_control(source: str, n: int = 700, root: Path | None = None, image_size: int = 224, epochs: int = 40,
+                  tiny: bool = False, retrain: bool = False) -> Path:
+    """Train (or reuse) the ``source``-only control package on a ``n``-case control cohort of TRAIN_SEED."""
+    from ..training.train import train
+
+    root = Path(root) if root is not None else controls_root()
+    out = root / f"{source}-only-n{n}-{image_size}{'-tiny' if tiny else ''}"
+    if (out / "config.json").is_file() and not retrain:
+        return out
+    cohort = generate_dermatology(n=n, seed=TRAIN_SEED, image_size=image_size, single_source=source,
+                                  workers=1 if tiny else min(2, os.cpu_count() or 1))
+    cfg = control_config(source, out, epochs, tiny, image_size, n)
+    path = train(cfg, cohort, progress=False)
+    assert path is not None
+    return path
+
+
+def randomised_copy(pkg: Package, seed: int = 0) -> Package:
+    """The package with every trained weight re-drawn at random (Adebayo et al.'s model randomisation):
+    fusion, head, the table encoder and missing-modality embeddings get Gaussian weights of each tensor's
+    own scale; frozen pretrained encoders stay as they are (the model no longer uses what they extract)."""
+    rnd = copy.copy(pkg)
+    rnd.model = rnd.inference_model = copy.deepcopy(pkg.model)
+    rnd.int8 = False
+    rnd.sha256 = f"{pkg.sha256}-randomised-{seed}"   # never shares a cache entry with the trained package
+    # a loaded package is read-only (no parameter requires grad): which encoders were frozen in training
+    # is recorded in its config
+    arch = (pkg.config.get("architecture") or {}).get("modalities") or {}
+    frozen = {f"encoders.{m}." for m in rnd.model.encoders if (arch.get(m) or {}).get("frozen")}
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in rnd.model.named_parameters():
+            if any(name.startswith(f) for f in frozen):
+                continue
+            scale = float(p.float().std()) if p.numel() > 1 else abs(float(p)) or 0.02
+            p.copy_(torch.randn(p.shape, generator=g) * max(scale, 1e-3))
+    return rnd
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+def evaluate_control(pkg: Package, source: str, items: Sequence[Any]) -> dict[str, Any]:
+    """The control's explanations for the TRUE class on every case (the known answer is about the label's
+    evidence), with the criteria checked."""
+    f = cohort_faithfulness(pkg, items, parts=PARTS[source], targets=("true",))
+    s = f["true"]["all"]
+    return {"accuracy": f["accuracy"], "n": f["n"], "summary": s, "checks": check(s, source)}
+
+
+def run_controls(sources: Sequence[str] = SINGLE_SOURCES, n: int = 700, n_eval: int = 140, image_size: int = 224,
+                 epochs: int = 40, tiny: bool = False, retrain: bool = False, root: Path | None = None,
+                 log=print) -> list[dict[str, Any]]:
+    """Train / load each control, measure it and its randomised copy on the fresh EVAL_SEED cohort."""
+    rows = []
+    for source in sources:
+        path = train_control(source, n, root, image_size, epochs, tiny, retrain)
+        pkg = load_package(path)
+        items = generate_dermatology(n=n_eval, seed=EVAL_SEED, image_size=image_size, single_source=source,
+                                     workers=1 if tiny else min(2, os.cpu_count() or 1)).items
+        real = evaluate_control(pkg, source, items)
+        rand = evaluate_control(randomised_copy(pkg), source, items)
+        rows.append({"source": source, "package": str(path), "n_eval": len(items), "trained": real, "randomised": rand})
+        log(f"{source}-only: accuracy {real['accuracy']:.2f} (chance {1 / len(pkg.labels):.2f}); "
+            + "; ".join(f"{c['measure']} {c['value']:.2f} ({'pass' if c['passed'] else 'FAIL'})" for c in real["checks"]))
+    return rows
+
+
+def controls_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one line per criterion, the trained control and its randomised copy side by side."""
+    lines = ["| control | accuracy (chance 0.14): trained / randomised | measure | criterion | trained (chance) | met | randomised | fails as it should |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        t, z = r["trained"], r["randomised"]
+        acc = f"{t['accuracy']:.2f} / {z['accuracy']:.2f}"
+        for ct, cz in zip(t["checks"], z["checks"]):
+            fmt = lambda v: "—" if v != v else f"{v:.2f}"  # noqa: E731
+            lines.append(f"| {r['source']}-only | {acc} | {ct['measure']} | {ct['criterion']} | {fmt(ct['value'])} ({fmt(ct['chance'])}) "
+                         f"| {'yes' if ct['passed'] else 'no'} | {fmt(cz['value'])} | {'yes' if not cz['passed'] else 'no'} |")
+            acc = ""
+    return "\n".join(lines)
+
+
+def save_rows(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(list(rows), indent=2, default=float))
+
+
+__all__ = ["CRITERIA", "TRAIN_SEED", "EVAL_SEED", "check", "train_control", "randomised_copy", "evaluate_control",
+           "run_controls", "controls_table", "tiny_encoders"]

@@ -1,0 +1,130 @@
+"""Known-answer controls (core/explain/controls.py): the single-source generator really carries the label in
+one source only; the §2 criteria pass and fail on known summaries; a tiny metadata-only control, trained in
+seconds, meets its criteria and its randomised-weights copy fails them."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core.data.cohorts.dermatology import CONTROL_SITE, LABELS, draw_case, generate_dermatology
+from core.explain import controls as K
+
+
+def _draw(source, n=70, seed=5):
+    return [draw_case(seed, i, LABELS[i % 7], 64, source) for i in range(n)]
+
+
+@pytest.mark.parametrize("source", ["lesion", "context", "note", "metadata"])
+def test_single_source_cohorts_carry_the_label_in_one_source_only(source):
+    cases = _draw(source)
+    assert all(c["evidence"] == source and c["extras"]["single_source"] == source for c in cases)
+    look = np.mean([c["extras"]["lesion_look"] == c["label"] for c in cases])
+    cue = np.mean([c["extras"]["context_cue"] == c["label"] for c in cases])
+    note = np.mean([c["extras"]["note_class"] == c["label"] and c["extras"]["note_kind"] != "missing" for c in cases])
+    site = np.mean([c["metadata"]["localization"] == CONTROL_SITE[c["label"]] for c in cases])
+    rates = {"lesion": look, "context": cue, "note": note, "metadata": site}
+    assert rates[source] == 1.0
+    for other, r in rates.items():
+        if other != source:   # decoys: the label's own hallmarks only by chance (about 1/7 or less)
+            assert r < 0.3, (other, r)
+    if source == "note":
+        from core.data.cohorts.dermatology import decisive_spans
+        assert all(decisive_spans(c["note"], c["label"]) for c in cases)
+    if source == "metadata":   # the site must not leak into the note: no "lesion on the <site>" sentence
+        assert not any("esion on the" in (c["note"] or "") or "not recorded" in (c["note"] or "") for c in cases)
+
+
+def test_control_cohort_is_balanced_and_cached_apart(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSIONLENS_CACHE", str(tmp_path))
+    c = generate_dermatology(n=28, seed=1, image_size=64, single_source="context", workers=1)
+    assert sorted(it.label for it in c.items) == sorted(LABELS * 4)
+    assert c.info["single_source"] == "context" and "only-context" in str(c.items[0].image_path)
+    plain = generate_dermatology(n=28, seed=1, image_size=64, workers=1)
+    assert "single_source" not in plain.info and "only" not in str(plain.items[0].image_path)
+    with pytest.raises(ValueError, match="single_source"):
+        generate_dermatology(n=28, seed=1, image_size=64, single_source="spectrum", workers=1)
+
+
+def test_criteria_pass_and_fail_on_known_summaries():
+    good = {"lesion_ratio_lesion_decided": 3.5, "pointing_game_lesion_decided": 0.95, "pointing_game_lesion_decided_chance": 0.1}
+    assert [c["passed"] for c in K.check(good, "lesion")] == [True, True]
+    assert [c["passed"] for c in K.check({**good, "lesion_ratio_lesion_decided": 2.9}, "lesion")] == [False, True]
+    assert K.check(good, "lesion")[1]["chance"] == 0.1 and K.check(good, "lesion")[0]["chance"] == 1.0
+    ctx = {"context_ratio_context_decided": 1.6, "lesion_ratio_context_decided": 1.2}
+    assert [c["passed"] for c in K.check(ctx, "context")] == [True, False]            # "<= 1" on the lesion
+    assert [c["passed"] for c in K.check({}, "note")] == [False, False]                # not measured = not met
+    meta = {"shapley_decisive_metadata": 0.95, "table_top_is_planted": float("nan")}
+    assert [c["passed"] for c in K.check(meta, "metadata")] == [True, False]
+
+
+def test_randomised_copy_redraws_trained_weights_only():
+    from tiny import LABELS as TL, make_model
+    from core import load_package, save_package
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        model = make_model("concat", modalities=("image", "metadata"))
+        model.encoders["image"].freeze()
+        pkg = load_package(save_package(model, f"{d}/p", TL, name="t"))
+        rnd = K.randomised_copy(pkg)
+        a, b = dict(pkg.model.named_parameters()), dict(rnd.model.named_parameters())
+        for name in a:
+            same = torch.equal(a[name], b[name])
+            assert same == name.startswith("encoders.image."), name
+        assert rnd.model is not pkg.model and rnd.labels == pkg.labels
+
+
+@pytest.fixture(scope="module")
+def tiny_metadata_control(tmp_path_factory):
+    import os
+
+    root = tmp_path_factory.mktemp("controls")
+    old = os.environ.get("FUSIONLENS_CACHE")
+    os.environ["FUSIONLENS_CACHE"] = str(root / "cache")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # tiny tensors: one thread is several times faster than contended two
+    torch.manual_seed(0)       # the tiny random-init encoders are drawn from the global generator
+    try:
+        rows = K.run_controls(["metadata"], n=210, n_eval=28, image_size=64, epochs=40, tiny=True, root=root,
+                              log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+        if old is None:
+            os.environ.pop("FUSIONLENS_CACHE", None)
+        else:
+            os.environ["FUSIONLENS_CACHE"] = old
+    return rows[0]
+
+
+def test_tiny_metadata_control_meets_its_criteria_and_its_randomised_copy_fails(tiny_metadata_control):
+    r = tiny_metadata_control
+    t, z = r["trained"], r["randomised"]
+    assert t["accuracy"] >= 0.8 and z["accuracy"] < 0.5          # it learned the site; the random copy did not
+    assert all(c["passed"] for c in t["checks"]), t["checks"]
+    assert not any(c["passed"] for c in z["checks"]), z["checks"]
+    # chance: 1/3 per case with all three modalities, 1/2 where the note is missing; 1/3 of the features
+    assert 1 / 3 <= t["checks"][0]["chance"] <= 1 / 2 and t["checks"][1]["chance"] == pytest.approx(1 / 3)
+    table = K.controls_table([r])
+    assert table.count("| metadata-only") == 2 and "| yes |" in table
+    assert not math.isnan(t["summary"]["table_top_is_planted"])
+
+
+def test_cli_faithfulness_controls_table_and_usage_errors(monkeypatch, capsys):
+    from core.cli import main
+
+    checks = lambda v: [{"measure": "m", "key": "k", "value": v, "chance": 0.1, "criterion": ">= 0.9", "passed": v >= 0.9}]  # noqa: E731
+    rows = [{"source": "lesion", "trained": {"accuracy": 0.9, "checks": checks(0.95)},
+             "randomised": {"accuracy": 0.1, "checks": checks(0.2)}}]
+    seen = {}
+    monkeypatch.setattr(K, "run_controls", lambda sources, **kw: seen.update(sources=sources, **kw) or rows)
+    assert main(["faithfulness", "--controls", "--sources", "lesion", "--n", "350"]) == 0
+    out = capsys.readouterr().out
+    assert "| lesion-only | 0.90 / 0.10 | m | >= 0.9 | 0.95 (0.10) | yes | 0.20 | yes |" in out
+    assert seen["sources"] == ["lesion"] and seen["n"] == 350
+    assert main(["faithfulness"]) != 0
+    assert "give model package folders" in capsys.readouterr().err
+    assert main(["faithfulness", "some/package", "--seed", "0"]) != 0
+    assert "training cohort's seed" in capsys.readouterr().err
