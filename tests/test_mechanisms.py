@@ -306,3 +306,24 @@ def test_fusion_internals_page_shows_readings(tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     caps = [c.value for c in at.caption]
     assert sum("modality weight" in c for c in caps) >= 2 and any("temperature" in c for c in caps)
+
+
+def test_evaluate_mechanisms_cli_matches_the_stored_record(capsys):
+    """`evaluate --mechanisms` through the deployed path reproduces the record training stored, on the
+    shipped diabetes `hierarchical` (retrained in issue 14: its level weights moved)."""
+    import json
+    from pathlib import Path
+
+    from core.cli import main
+    from core.explain.mechanisms import THRESHOLDS
+
+    pkg = Path(__file__).resolve().parents[1] / "assets" / "models" / "diabetes" / "hierarchical"
+    stored = json.loads((pkg / "metrics.json").read_text())["mechanisms"]
+    assert main(["evaluate", "--model", str(pkg), "--cohort", "diabetes", "--split", "test", "--mechanisms", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)["mechanisms"]
+    assert rec["n_cases"] == stored["n_cases"] == 115
+    assert rec["movement"]["level_weights"]["moved"] > THRESHOLDS["moved"]
+    assert rec["agreement_with_shapley"]["spearman_mean"] == pytest.approx(stored["agreement_with_shapley"]["spearman_mean"], abs=0.02)
+    for k, v in stored["spread"].items():
+        assert rec["spread"][k] == pytest.approx(v, abs=2e-3)
+
