@@ -158,7 +158,8 @@ def check_metadata(value: Any) -> dict[str, Any] | None:
         if not isinstance(k, str):
             raise ValueError("metadata names must be text.")
         if v is not None and not isinstance(v, (str, int, float, bool)):
-            raise ValueError(f"metadata '{k}' must be a number or text, not {type(v).__name__}.")
+            shown = "".join(ch if ch.isprintable() else " " for ch in k)[:60]   # a name may hold a newline
+            raise ValueError(f"metadata '{shown}' must be a number or text, not {type(v).__name__}.")
         out[k] = v
     return out or None
 

@@ -630,12 +630,13 @@ def test_zz_hostile_inputs_counted():
     for (channel, got), n in sorted(OUTCOMES.items()):
         outcomes.setdefault(channel, {})[got] = n
     crashed = sum(n for (_, got), n in OUTCOMES.items() if got == "crashed")
-    hand_made = hostile.corpus() + hostile.case_ids()
+    hand_made = CORE_CORPUS + BUNDLES + hostile.case_ids()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "reliability.json").write_text(json.dumps({
         "inputs_per_channel": dict(per_channel), "outcomes": outcomes, "total": total, "crashes": crashed,
         "crashed": CRASHES[:50], "hand_made_corpus": len(hand_made),
-        "hand_made_distinct": len({(c, n) for c, n, *_ in hand_made}), "hand_made_verdicts": hostile.verdict_counts()},
+        "hand_made_distinct": len({(c, n) for c, n, *_ in hand_made}),
+        "hand_made_verdicts": dict(Counter(v for *_, v, _ in hand_made))},
         indent=2))
     assert crashed == len(CRASHES) == 0, CRASHES[:5]
     assert total >= 500, dict(per_channel)
