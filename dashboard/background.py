@@ -203,8 +203,10 @@ def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any]
                 with _SLOTS:
                     for pkg in loaded:
                         pkg.predict(case)
-                    explain_case(loaded[0], case, parts=ORDER, **{**DEFAULTS, "stability_samples": 2, "ig_steps": 4,
-                                                                   "shapley_samples": 4})
+                    ex = explain_case(loaded[0], case, parts=ORDER, **{**DEFAULTS, "stability_samples": 2, "ig_steps": 4,
+                                                                        "shapley_samples": 4})
+                _warm_figures(ex, case)
+            import core.report  # noqa: F401  (every page's report panel)
         except Exception as e:  # noqa: BLE001  (warming is an optimisation; the pages report real errors)
             _WARM["error"] = repr(e)
         finally:
@@ -216,6 +218,35 @@ def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any]
         attach(thread)
     thread.start()
     return True
+
+
+def _warm_figures(ex: Any, case: Any) -> None:
+    """Build (and serialise) the figures the pages draw once: plotly validates lazily, and the first
+    figure of each kind in a process costs far more than the next."""
+    from core import plots
+
+    p = ex.prediction
+    figs = [lambda: plots.probability_bars(p.labels, p.calibrated, p.mc_samples.std(0)),
+            lambda: plots.mc_distribution(p.labels, p.mc_samples),
+            lambda: plots.modality_bars({"a": 0.5, "b": 0.5}, "weights", reference=0.5),
+            lambda: plots.shapley_bars(ex.modality), lambda: plots.counterfactual_bars(ex.modality)]
+    if ex.cams and case.image is not None:
+        cam = next(iter(ex.cams.values()))
+        lc = ex.lesion_context or {}
+        figs += [lambda: plots.cam_overlay(case.image, cam, 0.5, lc.get("mask"), lc.get("ring"), "warm-up")]
+        if lc:
+            figs += [lambda: plots.region_shares(next(iter(lc["shares"].values()))),
+                     lambda: plots.confidence_check(lc["confidence"], p.label),
+                     lambda: plots.heatmap_pair(lc["lesion_only_map"], lc["context_only_map"])]
+        if ex.stability:
+            figs.append(lambda: plots.stability_figure(ex.stability))
+    if ex.table:
+        figs.append(lambda: plots.table_attribution_bars(ex.table["features"], "integrated_gradients"))
+    for make in figs:
+        try:
+            make().to_json()
+        except Exception:  # noqa: BLE001, S112  (a figure that fails here fails on its page with a message)
+            continue
 
 
 def warm_status() -> dict[str, Any]:
