@@ -144,7 +144,7 @@ def _load_region(path: Path | None) -> np.ndarray | None:
 
 
 def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: bool, method: str,
-               parts: Iterable[str]) -> dict[str, Any]:
+               parts: Iterable[str], ig_steps: int = 24) -> dict[str, Any]:
     import torch
 
     from ..data.cohorts.dermatology import decisive_spans
@@ -181,11 +181,11 @@ def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: boo
     if "note" in parts and it.evidence == "note" and ctx.has("note"):
         spans = decisive_spans(it.note, it.label)
         if spans:
-            w = word_mass_share(note_attributions(ctx)["words"], spans)
+            w = word_mass_share(note_attributions(ctx, n_steps=ig_steps, internal_batch_size=ig_steps)["words"], spans)
             row.update(note_mass=w["share"], note_mass_chance=w["chance"])
     planted = it.extras.get("planted_feature")
     if "table" in parts and it.evidence == "metadata" and planted and ctx.has("metadata"):
-        ta = table_attributions(ctx, shapley_samples=0)
+        ta = table_attributions(ctx, n_steps=max(ig_steps, 8), shapley_samples=0)
         feats = ta["features"]
         at_base = next((r["value"] == r["baseline"] for r in feats if r["name"] == planted), True)
         if not at_base:   # a feature at its baseline value gets no attribution from any baseline method
@@ -245,10 +245,11 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def cohort_faithfulness(pkg: Package, items: Sequence[CohortItem], method: str = "gradcam",
                         parts: Iterable[str] = ("image", "shapley", "note", "table"),
-                        targets: Sequence[str] = TARGETS, keep_rows: bool = False) -> dict[str, Any]:
+                        targets: Sequence[str] = TARGETS, keep_rows: bool = False, ig_steps: int = 24) -> dict[str, Any]:
     """Explain each case for the predicted class and for the true class; summarise every measure for all,
     correct and incorrect cases separately (``targets`` -> group -> :func:`summarise`). For correct cases
-    both targets are the same class and share one explanation."""
+    both targets are the same class and share one explanation. ``ig_steps``: integrated-gradients steps
+    for the note and table attributions (Gauss-Legendre)."""
     from ..case import CaseError
 
     parts = tuple(parts)
@@ -270,7 +271,7 @@ def cohort_faithfulness(pkg: Package, items: Sequence[CohortItem], method: str =
             if correct and tag != targets[0]:
                 rows.append({**rows[-1], "target": tag})
                 continue
-            rows.append(_case_rows(pkg, it, p if tag == "predicted" else true, tag, correct, method, parts))
+            rows.append(_case_rows(pkg, it, p if tag == "predicted" else true, tag, correct, method, parts, ig_steps))
     out: dict[str, Any] = {"n": n_cases, "method": method, "accuracy": n_correct / n_cases if n_cases else float("nan")}
     for tag in targets:
         tr = [r for r in rows if r["target"] == tag]

@@ -143,15 +143,15 @@ def randomised_copy(pkg: Package, seed: int = 0) -> Package:
 
 # ------------------------------------------------------------------------------------------------ measuring
 
-def evaluate_control(pkg: Package, source: str, items: Sequence[Any]) -> dict[str, Any]:
+def evaluate_control(pkg: Package, source: str, items: Sequence[Any], ig_steps: int = 12) -> dict[str, Any]:
     """The control's explanations for the TRUE class on every case (the known answer is about the label's
     evidence), with the criteria checked."""
-    f = cohort_faithfulness(pkg, items, parts=PARTS[source], targets=("true",))
+    f = cohort_faithfulness(pkg, items, parts=PARTS[source], targets=("true",), ig_steps=ig_steps)
     s = f["true"]["all"]
     return {"accuracy": f["accuracy"], "n": f["n"], "summary": s, "checks": check(s, source)}
 
 
-def run_controls(sources: Sequence[str] = SINGLE_SOURCES, n: int = 700, n_eval: int = 140, image_size: int = 224,
+def run_controls(sources: Sequence[str] = SINGLE_SOURCES, n: int = 700, n_eval: int = 70, image_size: int = 224,
                  epochs: int = 40, tiny: bool = False, retrain: bool = False, root: Path | None = None,
                  log=print) -> list[dict[str, Any]]:
     """Train / load each control, measure it and its randomised copy on the fresh EVAL_SEED cohort."""
@@ -161,6 +161,7 @@ def run_controls(sources: Sequence[str] = SINGLE_SOURCES, n: int = 700, n_eval: 
         pkg = load_package(path)
         items = generate_dermatology(n=n_eval, seed=EVAL_SEED, image_size=image_size, single_source=source,
                                      workers=1 if tiny else min(2, os.cpu_count() or 1)).items
+        log(f"{source}-only: trained, measuring on {len(items)} cases of seed {EVAL_SEED}")
         real = evaluate_control(pkg, source, items)
         rand = evaluate_control(randomised_copy(pkg), source, items)
         rows.append({"source": source, "package": str(path), "n_eval": len(items), "trained": real, "randomised": rand})
