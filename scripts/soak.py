@@ -206,6 +206,7 @@ def soak(sessions: int, duration: float, models: Path | None, ttl: int, max_roun
     from tiny import make_case
 
     t_start = time.time()
+    load_start = os.getloadavg()[0]
     models = models or tiny_models(work / "models")
     pkg = load_package(find_package(models))
     canary = f"CANARY-{uuid.uuid4().hex}"
@@ -269,6 +270,7 @@ def soak(sessions: int, duration: float, models: Path | None, ttl: int, max_roun
         "sessions": sessions, "duration_s": duration, "wall_s": round(wall, 1), "server_alive": alive,
         "models": "tiny generated suite" if models == work / "models" else str(models),
         "rounds": sum(s.rounds for s in runs[1:]), "rounds_per_session": [s.rounds for s in runs[1:]],
+        "sessions_without_a_round": sum(s.rounds == 0 for s in runs[1:]),
         "errors": len(errors), "error_samples": errors[:10], "foreign_views": sum(s.foreign for s in runs[1:]),
         "page_time_s": {k: {"n": len(v), "p50": pct(v, 0.5), "p95": pct(v, 0.95), "max": pct(v, 1.0)} for k, v in times.items()},
         "page_time_all_s": {"n": len(all_times), "p50": pct(all_times, 0.5), "p95": pct(all_times, 0.95),
@@ -276,7 +278,7 @@ def soak(sessions: int, duration: float, models: Path | None, ttl: int, max_roun
         "rss_mib": {"start": round(rss_start, 1), "peak": round(max(peak), 1), "at_sessions_end": round(rss_end_sessions, 1),
                     "after_release": round(rss_after, 1), "after_vs_start_percent": round(100 * (rss_after / rss_start - 1), 1)},
         "session_ttl_s": ttl, "canary_found_in": leaks,
-        "cpu": f"{os.cpu_count()} cores, load average at the end {os.getloadavg()[0]:.1f}",
+        "cpu": f"{os.cpu_count()} cores, 1-min load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
     }
 
 
@@ -302,5 +304,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     r = main()
-    ok = r["errors"] == 0 and r["foreign_views"] == 0 and not r["canary_found_in"] and r["rss_mib"]["after_vs_start_percent"] <= 10
+    ok = r["errors"] == 0 and r["foreign_views"] == 0 and r["sessions_without_a_round"] == 0 and not r["canary_found_in"] and r["rss_mib"]["after_vs_start_percent"] <= 10
     sys.exit(0 if ok else 1)

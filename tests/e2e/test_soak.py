@@ -35,9 +35,9 @@ def test_the_canary_scan_finds_a_planted_copy(tmp_path):
 def test_a_short_soak_has_no_error_no_crosstalk_flat_memory_and_no_leak():
     import soak
 
-    r = soak.main(["--sessions", "3", "--duration", "40", "--ramp", "4", "--ttl", "5", "--max-rounds", "6",
+    r = soak.main(["--sessions", "3", "--duration", "30", "--ramp", "3", "--ttl", "3", "--max-rounds", "6",
                    "--out", str(ROOT / "tests" / ".results" / "soak-short.json")])
-    assert r["server_alive"] and r["rounds"] >= 3, json.dumps(r)
+    assert r["server_alive"] and r["sessions_without_a_round"] == 0, json.dumps(r)
     assert r["errors"] == 0, r["error_samples"]
     assert r["foreign_views"] == 0
     assert r["canary_found_in"] == []
