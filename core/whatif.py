@@ -213,3 +213,54 @@ def nearest_cases(table: Any, fused: np.ndarray, package_sha256: str, k: int = 5
     order = np.argsort(d)[:k]
     return [{"case_id": rows[i]["case_id"], "label": rows[i].get("label"), "prediction": rows[i].get("pred_label"),
              "distance": float(d[i]), "thumbnail": rows[i].get("thumbnail")} for i in order]
+
+
+def bench(model_dir: str, case_dirs: Sequence[str], repeats: int = 5) -> dict[str, Any]:
+    """Seconds per what-if answer (after the session's one-time encoding) for a metadata edit, a note edit and a
+    lesion blur, against one plain ``Package.predict`` of the same case (which encodes everything), per case."""
+    import statistics
+
+    from .package import load_package
+
+    pkg = load_package(model_dir)
+    times: dict[str, list[float]] = {"metadata": [], "note": [], "blur_lesion": [], "plain_predict": [], "session_start": [],
+                                     "metadata_cpu": [], "note_cpu": []}
+    for d in case_dirs:
+        case = Case.from_folder(d)
+        t0 = time.perf_counter()
+        session = WhatIfSession(pkg, case)
+        times["session_start"].append(time.perf_counter() - t0)
+        schema = pkg.schema
+        num = next((f for f in schema.features if f.type == "numeric"), None) if schema is not None else None
+        for r in range(repeats):
+            if num is not None:
+                lo, hi = (num.min or 0.0), (num.max or 100.0)
+                c0 = time.process_time()
+                times["metadata"].append(session.run(Edit(metadata={num.name: lo + (hi - lo) * (r + 1) / (repeats + 2)})).seconds)
+                times["metadata_cpu"].append(time.process_time() - c0)
+            if "note" in pkg.modalities:
+                c0 = time.process_time()
+                times["note"].append(session.run(Edit(note=f"Lesion growing for {r + 2} months, bleeding on contact.")).seconds)
+                times["note_cpu"].append(time.process_time() - c0)
+            t0 = time.perf_counter()
+            pkg.predict(case)
+            times["plain_predict"].append(time.perf_counter() - t0)
+        if case.image is not None and "image" in pkg.modalities:
+            times["blur_lesion"].append(session.run(Edit(blur="lesion")).seconds)
+    import os
+
+    out: dict[str, Any] = {"model": str(model_dir), "cases": len(case_dirs), "repeats": repeats,
+                           "torch_threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 1)}
+    for k, v in times.items():
+        if v:
+            s = sorted(v)
+            out[k] = {"median_s": round(statistics.median(s), 4), "p90_s": round(s[min(len(s) - 1, int(0.9 * len(s)))], 4),
+                      "n": len(s)}
+    return out
+
+
+if __name__ == "__main__":  # python -m core.whatif MODEL CASE_DIR [CASE_DIR ...]: the what-if latency figures
+    import json
+    import sys
+
+    print(json.dumps(bench(sys.argv[1], sys.argv[2:]), indent=2))

@@ -56,7 +56,7 @@ def rows_by_key(store) -> dict:
 
 def assert_same_rows(a: dict, b: dict, atol: float = 2e-4) -> None:
     assert a.keys() == b.keys()
-    skip = {"seconds", "thumbnail"}
+    skip = {"seconds", "cpu_seconds", "thumbnail"}
     for key in a:
         ra, rb = a[key], b[key]
         for col, va in ra.items():

@@ -38,18 +38,29 @@ def bench_engines(model_dirs: Sequence[str], records: Sequence[Mapping[str, Any]
         folders[eng] = folder
         log(f"bench: {eng} on {len(records)} cases x {len(model_dirs)} packages …")
         torch.set_num_threads(threads)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         m = run_cohort(model_dirs, records, folder, parts, eng, batch_size, workers,
                        threads=1 if eng == "ray" else threads)
-        secs = time.perf_counter() - t0
+        secs, driver_cpu = time.perf_counter() - t0, time.process_time() - c0
+        rows = ResultsStore(folder).read(["status", "cpu_seconds"]).to_pylist()
+        per_case = {r["case_id"]: r["cpu_seconds"] for r in rows if r.get("cpu_seconds") is not None}
+        explain_cpu = float(sum(per_case.values()))
+        # CPU seconds spent: this process (loading, writing, and for local / loop the explaining); Ray's actors
+        # report the CPU of their batches in the rows (Ray's own daemons are not counted)
+        cpu = driver_cpu + (explain_cpu if eng == "ray" else 0.0)
         result["engines"][eng] = {"seconds": round(secs, 2), "cases_per_s": round(len(records) / secs, 4),
+                                  "cpu_seconds": round(cpu, 2), "cpu_seconds_per_case": round(cpu / len(records), 4),
+                                  "explain_cpu_seconds_per_case": round(explain_cpu / max(len(per_case), 1), 4),
                                   "cases_ok": m["counts"]["cases_ok"], "cases_failed": m["counts"]["cases_failed"],
-                                  "folder": folder}
-        log(f"bench: {eng}: {secs:.1f} s, {len(records) / secs:.3f} cases/s")
+                                  "load_average_1min": round(os.getloadavg()[0], 1), "folder": folder}
+        log(f"bench: {eng}: {secs:.1f} s wall, {len(records) / secs:.3f} cases/s; {cpu:.1f} CPU s "
+            f"(load {os.getloadavg()[0]:.1f})")
     e = result["engines"]
     result["local_over_loop"] = round(e["local"]["cases_per_s"] / e["loop"]["cases_per_s"], 3)
+    result["local_over_loop_cpu"] = round(e["loop"]["cpu_seconds"] / e["local"]["cpu_seconds"], 3)
     if "ray" in e:
         result["local_over_ray"] = round(e["local"]["cases_per_s"] / e["ray"]["cases_per_s"], 3)
+        result["ray_over_local_cpu"] = round(e["ray"]["cpu_seconds"] / e["local"]["cpu_seconds"], 3)
     # same answers: the largest difference of a calibrated probability between engines, per pair
     tables = {eng: ResultsStore(f).read(["status", "probabilities"]).to_pylist() for eng, f in folders.items()}
     probs = {eng: {(r["case_id"], r["package"]): r["probabilities"] for r in rows if r["status"] == "ok"}
@@ -66,13 +77,15 @@ def bench_engines(model_dirs: Sequence[str], records: Sequence[Mapping[str, Any]
 def bench_table(r: Mapping[str, Any]) -> str:
     lines = [f"{r['cases']} cases x {len(r['packages'])} packages, parts {','.join(r['parts'])}, batch {r['batch_size']}, "
              f"{r['torch_threads']} torch threads, {r['cpus']} CPUs",
-             f"{'engine':8s} {'seconds':>9s} {'cases/s':>9s}"]
+             f"{'engine':8s} {'seconds':>9s} {'cases/s':>9s} {'CPU s/case':>11s} {'load':>6s}"]
     for eng, e in r["engines"].items():
-        lines.append(f"{eng:8s} {e['seconds']:9.1f} {e['cases_per_s']:9.3f}")
-    lines.append(f"local / loop: {r['local_over_loop']:.2f}x (goal >= {GOALS['local_over_loop']})")
+        lines.append(f"{eng:8s} {e['seconds']:9.1f} {e['cases_per_s']:9.3f} {e['cpu_seconds_per_case']:11.2f} "
+                     f"{e['load_average_1min']:6.1f}")
+    lines.append(f"local / loop: {r['local_over_loop']:.2f}x wall, {r['local_over_loop_cpu']:.2f}x CPU "
+                 f"(goal >= {GOALS['local_over_loop']})")
     if "local_over_ray" in r:
-        lines.append(f"local / ray ({r['ray_workers']} workers): {r['local_over_ray']:.2f}x "
-                     f"(goal <= {GOALS['local_over_ray_at_most']})")
+        lines.append(f"local / ray ({r['ray_workers']} workers): {r['local_over_ray']:.2f}x wall; ray / local CPU "
+                     f"{r['ray_over_local_cpu']:.2f}x (goal <= {GOALS['local_over_ray_at_most']})")
     lines.append("largest calibrated-probability difference vs the loop: "
                  + ", ".join(f"{k} {v:.2e}" if v is not None else f"{k} n/a" for k, v in r["max_probability_difference"].items()))
     return "\n".join(lines)

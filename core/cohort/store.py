@@ -36,7 +36,7 @@ FIELDS: list[tuple[str, pa.DataType]] = [
     ("table_top_features", pa.list_(_S)), ("table_top_scores", pa.list_(_F)), ("table_top_values", pa.list_(_S)),
     ("fused", pa.list_(pa.float16())),
     ("age", _F), ("sex", _S), ("site", _S), ("metadata_json", _S), ("spectrum_json", _S), ("note", _S), ("image_path", _S), ("mask_path", _S),
-    ("thumbnail", pa.binary()), ("seconds", _F),
+    ("thumbnail", pa.binary()), ("seconds", _F), ("cpu_seconds", _F),
 ]
 SCHEMA = pa.schema(FIELDS)
 

@@ -1,0 +1,112 @@
+"""The cohort journey in a real browser: open Cohort, pick the worst slice, open a case from the error
+browser, change a metadata value in the what-if section and see the prediction change.
+
+A module fixture writes the tiny suite and demo case (as tests/test_whatif.py does) plus one results set
+of both packages over 10 tiny cases, and starts `streamlit run` with FUSIONLENS_MODELS / FUSIONLENS_CASES /
+FUSIONLENS_RESULTS pointing there. Skipped only when /usr/bin/chromium is absent and ``CI`` is not set.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import e2e_harness as h
+
+pytestmark = pytest.mark.e2e
+
+if not Path(h.CHROMIUM).exists() and not h.ci():
+    pytest.skip(f"no browser at {h.CHROMIUM} (install Debian's `chromium`; under CI=true this test fails instead)",
+                allow_module_level=True)
+
+from playwright.sync_api import expect  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_cohort_explorer import write_cohort  # noqa: E402
+from test_whatif import _app_suite  # noqa: E402
+
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+WAIT = 120_000
+expect.set_options(timeout=WAIT)
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    from core.cohort import run_cohort
+
+    root = tmp_path_factory.mktemp("cohort-journey")
+    models, cases = _app_suite(root)
+    records = write_cohort(root / "cohort-cases", 10)
+    run_cohort([models / "dermatology" / "gated", models / "dermatology" / "mmtm"], records,
+               str(root / "results" / "tiny-set"), ("prediction", "modality", "cam_summary", "table_top", "embedding"),
+               batch_size=10, source={"cohort": "tiny", "seed": 1, "split": "test", "synthetic": True})
+    env = {"FUSIONLENS_MODELS": str(models), "FUSIONLENS_CASES": str(cases), "FUSIONLENS_RESULTS": str(root / "results"),
+           "FUSIONLENS_CACHE": str(root / "cache")}
+    with h.server(env, root / "streamlit.log") as srv:
+        yield srv.url
+        if not srv.alive():
+            pytest.fail(f"the streamlit server died during the test:\n{srv.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(h.CHROMIUM).exists():
+        pytest.fail(f"CI is set but there is no browser at {h.CHROMIUM}: install chromium and chromium-driver.")
+    with h.chromium() as b:
+        yield b
+
+
+def test_cohort_worst_slice_to_a_case_to_a_what_if(browser, app_url):
+    context = browser.new_context(viewport=h.VIEWPORT)
+    context.set_default_timeout(WAIT)
+    page = context.new_page()
+    try:
+        h.open_app(page, app_url)
+        # Cohort (a client-side switch through the sidebar link keeps the session)
+        page.locator('[data-testid="stSidebarNav"] [data-testid="stSidebarNavLink"][href$="/Cohort"]').first.click()
+        h.main(page).locator("h1", has_text="Cohort").wait_for()
+        expect(h.main(page).get_by_text("Focus on a slice (worst first)")).to_be_visible()
+        h.wait_settled(page)
+        h.no_exception(page)
+
+        # the worst slice: the first option after "whole cohort"
+        h.keyed(page, "co_focus").locator('button[aria-haspopup="listbox"]').click()
+        worst = page.get_by_role("option").nth(1)
+        worst_text = worst.inner_text()
+        worst.click()
+        expect(h.keyed(page, "co_focus").locator('input[role="combobox"]')).to_have_value(worst_text)
+        h.wait_settled(page)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        h.full_page_screenshot(page, SHOTS / "cohort.png")
+
+        # a case of that slice from the error browser (wrong predictions only by default; fall back to all)
+        page.get_by_role("tab", name="Errors").click()
+        h.wait_settled(page)
+        if h.keyed(page, "co_open_0").count() == 0:
+            h.keyed(page, "co_only_wrong").locator("label").click()
+            h.wait_settled(page)
+        h.keyed(page, "co_open_0").locator("button").click()
+        h.main(page).locator("h1", has_text="Prediction").wait_for()
+        expect(page.locator('[data-testid="stSidebar"]').get_by_text(re.compile(r"^case-\d\d$"))).to_be_visible()
+
+        # what-if: change the age and see the prediction change
+        expect(h.main(page).get_by_text("What if?")).to_be_visible()
+        h.wait_settled(page)
+        age = page.locator('[class*="st-key-wi_meta_age_"] input').first
+        age.fill("119")
+        age.press("Tab")
+        h.main(page).get_by_role("button", name="Show what changes").click()
+        changes = h.main(page).locator('[data-testid="stMarkdownContainer"]', has_text="Changes:").first
+        expect(changes).to_contain_text("age")
+        expect(changes).to_contain_text("re-encoded: metadata")
+        h.wait_settled(page)
+        deltas = h.main(page).locator('[data-testid="stMetricDelta"]')
+        texts = [deltas.nth(i).inner_text() for i in range(deltas.count())]
+        moved = [t for t in texts if t.endswith("points")]
+        assert moved and all(not re.fullmatch(r"[+-]0\.0 points", t) for t in moved), texts
+        h.no_exception(page)
+        h.full_page_screenshot(page, SHOTS / "whatif.png")
+    finally:
+        context.close()
