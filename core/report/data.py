@@ -274,7 +274,9 @@ def clinical_summary(report: Mapping[str, Any], explanation: Any | None) -> dict
         if m == "image":
             lines = _reasons_image(ex, label)
         elif m == "note" and ex.get("note"):
-            words = [w for w in ex["note"]["top_words"] if any(ch.isalnum() for ch in w["text"])]
+            seen: set[str] = set()
+            words = [w for w in ex["note"]["top_words"] if any(ch.isalnum() for ch in w["text"])
+                     and not (w["text"].lower() in seen or seen.add(w["text"].lower()))]   # each word once
             lines = _reasons_words(words, label, lambda w: f"The word “{w['text']}”")
         elif m == "metadata" and ex.get("table"):
             unit = {f["name"]: f.get("unit") for f in ex["table"]["features"]}
