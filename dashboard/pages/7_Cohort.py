@@ -6,8 +6,10 @@ from __future__ import annotations
 import streamlit as st
 
 import cohort_ui
+from auth import require_sign_in
 from state import setup_page
 
+require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = setup_page("Cohort", ":material/groups:")
 st.title("Cohort")
 cohort_ui.render(page)
