@@ -4,8 +4,8 @@
 
 Two per class (7 classes -> 14 cases): one the model gets right with confidence and does not refer ("clear"),
 and one it gets wrong or refers ("hard" / "referred"); the first case is a clear one. Each folder holds the
-original image (JPEG, as distributed at 200 x 150), the published lesion mask, and metadata.json (age, sex,
-site, the true label and the kind); no note. SOURCE.txt carries the dataset's attribution and licence.
+image (200 x 150: the distributed JPEG decoded, saved as PNG), the published lesion mask, metadata.json (age,
+sex, site, the true label and the kind; no note) and SOURCE.txt, the dataset's attribution and licence.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,7 +38,7 @@ Please cite:
 
 Research use only, not a medical device.
 
-Cases (folder <- HAM10000 image_id / lesion_id, diagnosis, how chosen):
+This case (folder <- HAM10000 image_id / lesion_id, diagnosis, how chosen):
 """
 
 
@@ -80,14 +81,14 @@ def main() -> int:
     for i, ((it, ok, referred, conf, pred), kind) in enumerate(picked, 1):
         d = out / f"ham-{i:02d}-{it.label}-{kind}"
         d.mkdir()
-        shutil.copyfile(it.image_path, d / "image.jpg")
+        Image.open(it.image_path).convert("RGB").save(d / "image.png")      # the decoded JPEG, losslessly
         shutil.copyfile(it.mask_path, d / "mask.png")
         meta = {k: v for k, v in it.metadata.items() if v is not None}
         (d / "metadata.json").write_text(json.dumps({**meta, "label": it.label, "kind": kind}, indent=2))
         listing.append(f"- {d.name} <- {it.case_id} / {it.extras['lesion_id']}, {it.label}, {kind} "
                        f"(model {Path(args.model).name} predicted {pred}, calibrated confidence {conf:.2f}"
                        f"{', referred' if referred else ''})")
-    (out / "SOURCE.txt").write_text(SOURCE + "\n".join(listing) + "\n")
+        (d / "SOURCE.txt").write_text(SOURCE + listing[-1] + "\n")   # the attribution travels with each case
     print("\n".join(listing))
     return 0
 

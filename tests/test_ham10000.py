@@ -133,15 +133,18 @@ def test_finetune_top_trains_only_the_top_and_primes_features():
 def test_demo_cases_ship_with_their_licence():
     if not CASES.is_dir():
         pytest.skip("no HAM10000 demo cases shipped")
-    source = (CASES / "SOURCE.txt").read_text()
-    assert "CC BY-NC" in source and "Tschandl" in source
-    folders = [p for p in CASES.iterdir() if p.is_dir()]
-    assert 12 <= len(folders) <= 20
+    folders = sorted(CASES.iterdir())
+    assert 12 <= len(folders) <= 20 and all(f.is_dir() for f in folders)
+    kinds = set()
     for f in folders:
-        assert (f / "image.png").is_file() or (f / "image.jpg").is_file()
-        assert (f / "mask.png").is_file() and not (f / "note.txt").exists()
+        source = (f / "SOURCE.txt").read_text()
+        assert "CC BY-NC" in source and "Tschandl" in source and f.name in source
+        assert (f / "image.png").is_file() and (f / "mask.png").is_file() and not (f / "note.txt").exists()
         meta = json.loads((f / "metadata.json").read_text())
-        assert set(meta) <= {"age", "sex", "localization"}
+        assert set(meta) <= {"age", "sex", "localization", "label", "kind"} and meta["label"] in HAM_LABELS
+        kinds.add(meta["kind"])
+    assert json.loads((folders[0] / "metadata.json").read_text())["kind"] == "clear"     # the first one is clear
+    assert "clear" in kinds and kinds & {"hard", "referred"}
 
 
 def test_a_real_demo_case_through_predict_explain_report(tmp_path):
@@ -156,3 +159,36 @@ def test_a_real_demo_case_through_predict_explain_report(tmp_path):
     assert case.mask is not None
     pred = pkg.predict(case)
     assert pred.label in HAM_LABELS
+    from core.explain.engine import explain_case
+    from core.report.render import make_report
+
+    ex = explain_case(pkg, case, parts=("cam", "lesion_context"))
+    assert ex.cams["gradcam"].shape == (150, 200)                       # native size, not squashed to a square
+    assert ex.lesion_context["mask_source"] == "uploaded"               # the published mask, not a guess
+    assert np.array_equal(ex.lesion_context["mask"], case.mask)
+    html = make_report(pkg, case, explanation=ex).render("html").decode()
+    assert "HAM10000 (real dermoscopy, CC BY-NC)" in html and "not a medical device" in html
+
+
+def test_cli_train_suite_ham10000_needs_its_data(monkeypatch, capsys, tmp_path):
+    from core.cli import main
+
+    monkeypatch.setenv("FUSIONLENS_HAM10000", "")      # restored after the test (the CLI sets it from --data)
+    assert main(["train-suite", "--cohort", "ham10000", "--out", str(tmp_path)]) == 2
+    assert "--data PATH" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train-suite", "--cohort", "ham10000", "--data", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 2
+    assert "HAM10000_metadata.csv" in capsys.readouterr().err
+    assert main(["train-suite", "--cohort", "dermatology", "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
+
+
+def test_suite_lists_the_template_note_package_for_ham10000_only():
+    from core.training.suite import suite_configs
+
+    ham = {c["name"].split("/")[1]: c for c in suite_configs("ham10000", Path("out"))}
+    assert ham["gated_template_note"]["modalities"] == ["image", "note", "metadata"]
+    assert ham["gated"]["modalities"] == ["image", "metadata"]          # the default suite: no note
+    assert ham["unimodal_image"]["encoders"]["image"]["image_size"] == [200, 150]
+    assert "gated_dual_expert" not in ham
+    derm = {c["name"].split("/")[1] for c in suite_configs("dermatology", Path("out"))}
+    assert "gated_template_note" not in derm

@@ -31,6 +31,15 @@ SUITES: dict[str, dict[str, Any]] = {
                  "stage1_train": {"epochs": 80, "patience": 20, "lr": 3e-3, "weight_decay": 0.05},
                  # irene's transformer blocks collapse to one class on 538 patients at the suite's lr
                  "variant_train": {"irene": {"lr": 3e-4, "warmup_epochs": 5, "patience": 20}}},
+    # real dermoscopy (data path: --data / FUSIONLENS_HAM10000): image + metadata; stage 1 fine-tunes the top
+    # of the image backbone on cached early activations (core.training.finetune), then every package reads
+    # that frozen encoder's cached features
+    "ham10000": {"modalities": ["image", "metadata"], "stage1": ["image"], "finetune": True,
+                 "encoders": {"image": {"type": "image", "arch": "efficientnet_lite0", "pretrained": False,
+                                        "image_size": [200, 150], "token_grid": 3, "frozen": True}},
+                 # sized for two shared CPU cores (the whole suite within 90 min): large batches, short patience
+                 "train": {"epochs": 12, "batch_size": 256, "lr": 2e-3, "patience": 4, "modality_dropout": 0.15},
+                 "variant_train": {"irene": {"lr": 5e-4, "warmup_epochs": 1, "epochs": 8}}},
 }
 
 
@@ -46,6 +55,9 @@ EXTRAS: dict[str, dict[str, Any]] = {
     # the same with seed 003's entropy gate w_l = sigmoid(-H(p_l)): uncertain lesions lean on the context
     "gated_dual_entropy": {"variant": "gated", "cohorts": ["dermatology"],
                            "encoders": {"image": {"type": "dual_expert", "frozen": False, "gate": "entropy", "n_classes": 7}}},
+    # seed 003's HAM10000 setup: a template note written from age / sex / site as a third input. The note adds
+    # nothing beyond the metadata; its modality Shapley values and disagreement show it restating them
+    "gated_template_note": {"variant": "gated", "cohorts": ["ham10000"], "modalities": ["image", "note", "metadata"]},
 }
 
 
@@ -60,7 +72,7 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
         raise ValueError(f"unknown suite member '{unknown[0]}'; choose fusion variants or: {', '.join(EXTRAS)}.")
     stage1 = spec["stage1"]
     runs = [("unimodal", [m]) for m in stage1]
-    runs += [(v, mods) for v in names if v != "unimodal"]
+    runs += [(v, EXTRAS.get(v, {}).get("modalities", mods)) for v in names if v != "unimodal"]
     if not variants or "unimodal" in variants:
         runs += [("unimodal", [m]) for m in mods if m not in stage1]
     out = []
@@ -131,6 +143,16 @@ def train_suite(cohort_name: str, out_root: str | Path = "assets/models", varian
                 prefix = f"encoders.{m}."
                 stage1_states[m] = {k[len(prefix):]: v for k, v in load_file(str(f)).items()}
                 log(f"[{cohort_name}] reusing the suite's {m} encoder from {f}")
+    primed: dict[str, dict] = {}   # fine-tuned image features per split, written into the stage-2 cache
+    if spec.get("finetune"):
+        from ..data.cohorts.ham10000 import finetune_stage1
+
+        for m in [m for m in spec["stage1"] if m not in stage1_states]:
+            t1 = time.perf_counter()
+            stage1_states[m], ft_info, primed = finetune_stage1(cohort, spec["encoders"][m], log=log)
+            ft_info["seconds_with_caching"] = round(time.perf_counter() - t1, 1)
+            (out_root / cohort_name / "_shared").mkdir(parents=True, exist_ok=True)
+            (out_root / cohort_name / "_shared" / f"{m}_finetune.json").write_text(json.dumps(ft_info, indent=2))
     for cfg in [c for c in cfgs if c.variant == "unimodal" and c.modalities[0] in spec["stage1"]
                 and c.modalities[0] not in stage1_states]:
         m = cfg.modalities[0]
@@ -138,12 +160,14 @@ def train_suite(cohort_name: str, out_root: str | Path = "assets/models", varian
         model = run(cfg, splits, shared)
         stage1_states[m] = {k: v.detach().clone() for k, v in model.encoders[m].state_dict().items()}
     # stage 2: every other package on features computed once (frozen encoders cached)
-    rest = [c for c in cfgs if not (c.variant == "unimodal" and c.modalities[0] in spec["stage1"])]
+    # (a fine-tuned stage-1 encoder's own baseline is trained here too: its head on the cached features)
+    rest = [c for c in cfgs if not (c.variant == "unimodal" and c.modalities[0] in spec["stage1"]
+                                    and not spec.get("finetune"))]
     if rest:
         plain = [c for c in rest if not _own_inputs(c)]
         if plain:
             full = max(plain, key=lambda c: len(c.modalities))
-            splits = _prepare(build(full), cohort, full, log)
+            splits = _prepare(build(full), cohort, full, log, primed)
         for cfg in rest:
             # a package whose encoders take other inputs (the dual expert's two image streams) gets its own
             # splits; their frozen parts are cached too, and the global image stream comes from the cache above
@@ -171,9 +195,14 @@ def _own_inputs(cfg) -> bool:
     return any(e.get("type") == "dual_expert" for e in cfg.encoders.values())
 
 
-def _prepare(template, cohort, cfg, log):
+def _prepare(template, cohort, cfg, log, primed=None):
     t = time.perf_counter()
     tag = json.dumps(vars(cfg.data), sort_keys=True)
+    if primed and "image" in template.encoders and template.encoders["image"].frozen:
+        from .finetune import prime_feature_cache
+
+        for s in ("train", "val", "test"):
+            prime_feature_cache(template.encoders["image"], cohort.split(s), tag + s, primed[s])
     splits = {s: build_split(template, cohort.split(s), cohort.labels, tag + s) for s in ("train", "val", "test")}
     log(f"[{cohort.name}] splits prepared for {', '.join(template.modalities)}; frozen encoders run once "
         f"({time.perf_counter() - t:.0f} s)")
