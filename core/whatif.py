@@ -134,36 +134,97 @@ def apply_edit(case: Case, edit: Edit, schema: Any = None) -> tuple[Case, list[s
 
 
 class WhatIfSession:
-    """The original case of one package, encoded once; ``run(edit)`` answers each what-if."""
+    """The original case of one package, encoded once; ``run(edit)`` answers each what-if.
+
+    Each answer is one encoder pass for the edited modalities and **one** fusion pass over every
+    coalition of the present modalities (2^k rows): the full coalition is the prediction (its fused
+    vector feeds the MC-dropout samples of the head), all of them give the exact Shapley values, and the
+    single-modality rows the modality disagreement. The numbers equal ``Package.predict`` and
+    ``core.explain.modality.modality_shapley`` on the edited case (the tests check it)."""
 
     def __init__(self, package: Package, case: Case, mc_samples: int | None = None):
-        from .explain.context import ExplainContext
-        from .explain.modality import modality_shapley
-
         self.package, self.case, self.mc_samples = package, case, mc_samples
-        self.ctx = ExplainContext(package, case)
-        self.target = self.ctx.target
-        self.features = self.ctx.present_features()
-        self.original = Outcome(package.predict(case, mc_samples, 0, self.features), modality_shapley(self.ctx),
-                                self._fused(self.ctx))
-
-    @staticmethod
-    def _fused(ctx: Any) -> np.ndarray:
+        model = package.model
+        inputs, present, warnings = package.prepare([case])
         with torch.no_grad():
-            fused, _ = ctx.model.fusion(ctx.features, ctx.present)
-        return fused[0].numpy()
+            feats = model.encode(inputs, present)
+            det = model.fuse_and_classify(feats, present)
+        self.target = int(det.logits[0].argmax())
+        self.features = {m: feats[j].index(torch.tensor([0])) for j, m in enumerate(model.modalities) if bool(present[0, j])}
+        self.original = self._outcome(case, self.features, present, warnings[0])
+
+    def _outcome(self, case: Case, raw: Mapping[str, Any], present: torch.Tensor, warnings: list[str]) -> Outcome:
+        import itertools
+        import math
+
+        from .fusion import case_diagnostics
+        from .package import posterior
+
+        pkg, model = self.package, self.package.model
+        mods = model.modalities
+        players = [m for j, m in enumerate(mods) if bool(present[0, j])]
+        coalitions = [frozenset(c) for r in range(len(players) + 1) for c in itertools.combinations(players, r)]
+        masks = torch.zeros(len(coalitions), len(mods), dtype=torch.bool)
+        for i, c in enumerate(coalitions):
+            for m in c:
+                masks[i, mods.index(m)] = True
+        inputs = {m: (raw[m].repeat(int(masks[:, j].sum())) if bool(masks[:, j].any()) else None) for j, m in enumerate(mods)}
+        with torch.no_grad():
+            feats = model.encode(inputs, masks)
+            fused, diag = model.fusion(feats, masks)
+            logits, _ = model.head(fused)
+            full = coalitions.index(frozenset(players))
+            T = pkg.mc_samples if self.mc_samples is None else self.mc_samples
+            mc_logits, mc_log_var = model.head(fused[full:full + 1], max(T, 1), torch.Generator().manual_seed(0))
+        post = posterior(logits[full:full + 1], mc_logits, mc_log_var, pkg.temperature)
+        u = post.uncertainty
+        cal = post.calibrated[0].numpy()
+        k = int(cal.argmax())
+        value = float(u.normalised_entropy[0])
+        probs = torch.softmax(logits / pkg.temperature, -1)
+        v = {c: float(p[self.target]) for c, p in zip(coalitions, probs)}
+        values = {}
+        for m in players:
+            others = [q for q in players if q != m]
+            values[m] = sum(math.factorial(r) * math.factorial(len(players) - r - 1) / math.factorial(len(players))
+                            * (v[frozenset(sub) | {m}] - v[frozenset(sub)])
+                            for r in range(len(others) + 1) for sub in itertools.combinations(others, r))
+        shapley = {"values": values, "full": v[frozenset(players)], "none": v[frozenset()],
+                   "top_modality": max(values, key=values.get) if values else None}
+        singles = [i for i, c in enumerate(coalitions) if len(c) == 1]
+        logp = torch.log_softmax(logits[singles] / pkg.temperature, -1)
+        kl = [float(((logp[a].exp() * (logp[a] - logp[b])).sum() + (logp[b].exp() * (logp[b] - logp[a])).sum()) / 2)
+              for a in range(len(singles)) for b in range(a + 1, len(singles))]
+        diagnostics = case_diagnostics(diag, full)
+        diagnostics["modality_disagreement"] = float(np.mean(kl)) if kl else float("nan")
+        refer = value > pkg.referral_threshold
+        pred = Prediction(
+            labels=pkg.labels, label=pkg.labels[k], label_index=k, probabilities=post.probabilities[0].numpy(),
+            calibrated=cal, mc_mean=u.mean_probs[0].numpy(), mc_samples=u.sample_probs[:, 0].numpy(),
+            uncertainty={"predictive_entropy": float(u.predictive_entropy[0]), "normalised_entropy": value,
+                         "aleatoric": float(u.aleatoric[0]), "epistemic": float(u.epistemic[0]),
+                         "data_variance": float(u.data_variance[0])},
+            refer=refer, referral={"measure": "normalised_entropy", "value": value, "threshold": pkg.referral_threshold,
+                                   "advice": "advise re-check by a clinician" if refer else "no referral flag"},
+            present={m: bool(present[0, j]) for j, m in enumerate(mods)}, diagnostics=diagnostics,
+            model=pkg.info() | {"path": str(pkg.path)}, warnings=list(warnings), case_id=case.case_id)
+        return Outcome(pred, shapley, fused[full].numpy())
 
     def run(self, edit: Edit) -> WhatIfResult:
-        from .explain.context import ExplainContext
-        from .explain.modality import modality_shapley
-
         t0 = time.perf_counter()
         new, changes, touched = apply_edit(self.case, edit, self.package.schema)
         keep = {m: f for m, f in self.features.items() if m not in touched}
-        ctx = ExplainContext(self.package, new, self.target, keep)
-        pred = self.package.predict(new, self.mc_samples, 0, ctx.present_features())
-        outcome = Outcome(pred, modality_shapley(ctx), self._fused(ctx))
-        reencoded = sorted(m for m in touched if ctx.has(m))
+        inputs, present, warnings = self.package.prepare([new], set(keep))
+        model = self.package.model
+        raw = dict(keep)
+        with torch.no_grad():
+            for j, m in enumerate(model.modalities):
+                if m in keep and not bool(present[0, j]):
+                    raw.pop(m)
+                elif m not in keep and bool(present[0, j]):
+                    raw[m] = model.encoders[m](**inputs[m])          # only the edited modalities are encoded
+        outcome = self._outcome(new, raw, present, warnings[0])
+        reencoded = sorted(m for m in touched if m in raw and m not in keep)
         return WhatIfResult(self.original, outcome, changes or ["no change"], reencoded, time.perf_counter() - t0, new)
 
 
@@ -261,6 +322,8 @@ def bench(model_dir: str, case_dirs: Sequence[str], repeats: int = 5) -> dict[st
 
 if __name__ == "__main__":  # python -m core.whatif MODEL CASE_DIR [CASE_DIR ...]: the what-if latency figures
     import json
+    import os
     import sys
 
+    torch.set_num_threads(int(os.environ.get("FUSIONLENS_WHATIF_THREADS", "1")))  # one small pass: threads only contend
     print(json.dumps(bench(sys.argv[1], sys.argv[2:]), indent=2))

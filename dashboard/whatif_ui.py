@@ -116,8 +116,8 @@ def show_result(result: Any) -> None:
     st.markdown("**Changes:** " + "; ".join(md_escape(c) for c in d["changes"])
                 + f" · re-encoded: {', '.join(d['reencoded']) or 'nothing'} · {d['seconds'] * 1000:.0f} ms")
     c1, c2, c3 = st.columns(3)
-    c1.metric("Predicted class (what-if)", b["label"], delta=f"was {a['label']}" if changed["label"] else "unchanged",
-              delta_color="inverse" if changed["label"] else "off")
+    c1.metric("Predicted class (what-if)", b["label"], delta=f"was {a['label']}" if changed["label"] else None,
+              delta_color="inverse", help="The original prediction's class is shown as the change when it differs.")
     c2.metric(f"Probability of {b['label']}", f"{b['probability']:.1%}",
               delta=f"{(b['probabilities'][b['label']] - a['probabilities'][b['label']]) * 100:+.1f} points")
     c3.metric("Uncertainty (normalised entropy)", f"{b['normalised_entropy']:.2f}",
