@@ -11,6 +11,7 @@ them from the case and the explanation.
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import re
 import unicodedata
@@ -177,6 +178,7 @@ READABLE = {
     "infidelity": "Infidelity (lower is better)", "max_sensitivity": "Sensitivity to tiny input changes (lower is better)",
     "spearman": "Rank correlation with the randomised-model heatmap", "passed": "Sanity check passed",
 }
+PER_INPUT = ("modality_weights", "gates", "attention_mass")     # diagnostics with one value per input
 FAITHFULNESS_NAMES = {"note": "Note words", "table": "Patient details", "spectrum": "Spectrum bands",
                       "cam_randomisation": "Heatmap sanity check (model randomised)"}
 
@@ -212,10 +214,16 @@ def readable_rows(d: Mapping[str, Any] | None, skip: tuple[str, ...] = (), names
     for k, v in (d or {}).items():
         if k in skip:
             continue
-        if names and isinstance(v, (list, tuple)) and len(v) == len(names) and all(isinstance(x, (int, float)) for x in v):
-            pct = k in ("modality_weights", "attention_mass") or abs(sum(v) - 1) < 1e-3
-            v = {n: (f"{x:.0%}" if pct else readable_value(float(x))) for n, x in zip(names, v)}
-            rows.append([readable_name(k), ", ".join(f"{n} {x}" for n, x in v.items())])
+        numbers = isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) for x in v)
+        if names and numbers and k in PER_INPUT and len(v) == len(names):
+            pct = k in ("modality_weights", "attention_mass")
+            rows.append([readable_name(k), ", ".join(f"{n} {x:.0%}" if pct else f"{n} {readable_value(float(x))}"
+                                                     for n, x in zip(names, v))])
+        elif names and numbers and k in PER_INPUT and len(v) == len(names) ** 2:
+            pairs = [(a, b, x) for (a, b), x in zip(itertools.product(names, names), v) if a != b]
+            rows.append([readable_name(k) + " (from → to)", ", ".join(f"{a} → {b} {x:.0%}" for a, b, x in pairs)])
+        elif numbers and abs(sum(v) - 1) < 1e-3 and len(v) <= 8:
+            rows.append([readable_name(k), ", ".join(f"{x:.0%}" for x in v)])
         else:
             rows.append([readable_name(k), readable_value(v)])
     return rows
@@ -309,7 +317,7 @@ def clinical_summary(report: Mapping[str, Any], explanation: Any | None) -> dict
             perf.append(f"{name} {metrics[k]['value']:.2f}" + (f" (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if ci else ""))
     provenance = [f"Model {model['name']} (fusion variant {model['variant']}), inputs: {', '.join(model['modalities'])}; "
                   f"weights sha256 {model['sha256'][:12]}…, FusionLens {report['software']['version']}.",
-                  "Trained on: " + (model["training_data"] or "not described by the package") + "."
+                  "Trained on: " + (model["training_data"] or "not described by the package").rstrip(". ") + "."
                   + (" Synthetic demo data: the numbers show how the software works, not how well it diagnoses."
                      if model["synthetic_training_data"] else "")]
     if perf:
