@@ -39,7 +39,7 @@ def bench_engines(model_dirs: Sequence[str], records: Sequence[Mapping[str, Any]
         log(f"bench: {eng} on {len(records)} cases x {len(model_dirs)} packages …")
         torch.set_num_threads(threads)
         t0, c0 = time.perf_counter(), time.process_time()
-        m = run_cohort(model_dirs, records, folder, parts, eng, batch_size, workers,
+        m = run_cohort(model_dirs, records, folder, parts, eng, batch_size, workers, source=source,
                        threads=1 if eng == "ray" else threads)
         secs, driver_cpu = time.perf_counter() - t0, time.process_time() - c0
         rows = ResultsStore(folder).read(["status", "cpu_seconds"]).to_pylist()
