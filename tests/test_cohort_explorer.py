@@ -256,3 +256,29 @@ def test_cohort_page_computes_a_small_cohort_in_the_app(cohort_app, monkeypatch,
     assert not at.error, [e.value for e in at.error]
     assert "-s4242-n60-" in at.selectbox(key="co_set").value             # the new set is shown
     assert next(d.value for d in at.dataframe if "much worse" in d.value)["n"][0] == 4
+
+
+def test_explain_cohort_command_on_a_generic_csv(suite, tmp_path, capsys):
+    """`python -m core explain-cohort --data CSV`: the summary line, the progress bar, resuming, bad flags."""
+    from core.cli import main
+
+    pkgs, _ = suite
+    records = write_cohort(tmp_path / "files", 3)
+    lines = ["case_id,label,image_path,mask_path,note,age,sex,site,split"]
+    for r in records:
+        meta = json.loads(r["metadata_json"])
+        lines.append(f"{r['case_id']},{r['label']},{Path(r['image_path']).name},{Path(r['mask_path']).name},"
+                     f"\"{r['note']}\",{meta['age']},{meta['sex']},{meta['site']},test")
+    csv = tmp_path / "files" / "cases.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    args = ["explain-cohort", "--model", str(pkgs[0]), "--data", str(csv), "--out", str(tmp_path / "out"),
+            "--parts", "prediction,modality", "--batch-size", "2"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("3 cases explained, 0 failed (3 rows, 1 packages)") and "not a medical device" in out
+    assert "3/3" in err and "case/s" in err                               # tqdm: cases/s and time left
+    assert main(args + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][-1]["cases"] == 0  # resumed: nothing left to do
+    assert main(args[:-4] + ["--parts", "prediction,bogus"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown part 'bogus'")
+    assert main(["explain-cohort", "--model", str(tmp_path), "--data", str(csv), "--out", str(tmp_path / "o2")]) == 2
