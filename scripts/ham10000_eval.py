@@ -28,6 +28,7 @@ def main() -> int:
     ap.add_argument("--models", default=str(ROOT / "assets" / "models" / "ham10000"))
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--packages", nargs="*", help="only these packages, merged into an existing external_isic2018.json")
     args = ap.parse_args()
     if not args.data:
         ap.error("--data (or FUSIONLENS_ISIC2018) is required")
@@ -43,8 +44,11 @@ def main() -> int:
     items = cohort.split("test")
     out: dict[str, dict] = {"data": {"source": Path(args.data).name, "n": len(items),
                                      "class_counts": cohort.class_counts("test")}, "packages": {}}
+    target = Path(args.models) / "external_isic2018.json"
+    if args.packages and target.is_file():
+        out["packages"] = json.loads(target.read_text())["packages"]
     t0 = time.perf_counter()
-    for path in discover_packages(Path(args.models)):
+    for path in [p for p in discover_packages(Path(args.models)) if not args.packages or p.name in args.packages]:
         pkg = load_package(path)
         t = time.perf_counter()
         split = build_split(pkg.model, items, pkg.labels, tag="isic2018-task3-test")
@@ -58,7 +62,7 @@ def main() -> int:
         print(f"{path.name:22s} ISIC bacc {m['balanced_accuracy']['value']:.3f}  HAM test bacc "
               f"{test['balanced_accuracy']['value']:.3f}  ({time.perf_counter() - t:.0f} s)", flush=True)
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    (Path(args.models) / "external_isic2018.json").write_text(json.dumps(out, indent=2))
+    target.write_text(json.dumps(out, indent=2))
     print(markdown(out))
     return 0
 

@@ -27,7 +27,9 @@ def demo_case(folder: Path) -> tuple[Case, str]:
 
 def test_assets_are_small():
     total = sum(p.stat().st_size for p in ROOT.rglob("*") if p.is_file())
-    assert total < 80 * 2**20, f"assets/ is {total / 2**20:.1f} MB"
+    # the project brief's limit (< ~150 MB); it was 80 MB before the real HAM10000 suite (its fine-tuned image
+    # encoder, 13 MB, is stored once in _shared/)
+    assert total < 150 * 2**20, f"assets/ is {total / 2**20:.1f} MB"
 
 
 @pytest.mark.parametrize("path", PACKAGES, ids=[f"{p.parent.name}/{p.name}" for p in PACKAGES])
