@@ -1,4 +1,4 @@
-"""A short soak (issue 19): a few Chromium sessions for ~40 s against one loopback server, through
+"""A short soak (issue 19): three Chromium sessions for ~30 s against one loopback server, through
 ``scripts/soak.py`` (the full run is 20 sessions over 5 minutes; its figures are in the README).
 
 Asserts no error, every session sees only its own case, resident memory back within 10% of its warm
