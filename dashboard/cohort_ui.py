@@ -297,8 +297,10 @@ def _map_tab(fd: pd.DataFrame, entry: dict[str, Any], page: Any) -> None:
     c1, c2 = st.columns(2)
     colour = c1.radio("Colour by", list(analysis.COLOUR_BY), horizontal=True, key="co_colour",
                       format_func=analysis.COLOUR_BY.get)
-    method = c2.radio("Projection", ["umap", "pca"], horizontal=True, key="co_method", format_func=str.upper,
-                      help="UMAP (umap-learn) needs at least 20 cases and falls back to PCA otherwise.")
+    method = c2.radio("Projection", ["umap", "pca"], index=1, horizontal=True, key="co_method", format_func=str.upper,
+                      help="PCA is instant. UMAP (umap-learn) keeps local neighbourhoods better; its first use in the "
+                           "server process compiles numba code (about a minute on a busy 2-core machine), and it needs "
+                           "at least 20 cases (PCA otherwise).")
     xy, used = _embed(entry["path"], entry["mtime"], tuple(d["case_id"]), tuple(d["package"]), method, d)
     event = st.plotly_chart(embedding_figure(d, xy, colour, used), key="co_map", on_select="rerun",
                             selection_mode="points")
