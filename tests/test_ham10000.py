@@ -192,3 +192,30 @@ def test_suite_lists_the_template_note_package_for_ham10000_only():
     assert "gated_dual_expert" not in ham
     derm = {c["name"].split("/")[1] for c in suite_configs("dermatology", Path("out"))}
     assert "gated_template_note" not in derm
+
+
+def test_app_opens_on_the_real_cohort_with_its_provenance(monkeypatch):
+    if not (MODELS / "gated").is_dir() or not CASES.is_dir():
+        pytest.skip("the HAM10000 suite is not shipped")
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FUSIONLENS_MODELS", str(ROOT / "assets" / "models"))
+    monkeypatch.setenv("FUSIONLENS_CASES", str(ROOT / "assets" / "cases"))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="w_cohort").value == "ham10000"          # real lesions first
+    captions = [c.value for c in at.sidebar.caption] + [c.value for c in at.caption]
+    assert any("HAM10000 (real dermoscopy, CC BY-NC)" in c for c in captions)
+    import sys
+
+    sys.path.insert(0, str(ROOT / "dashboard"))
+    from cases import list_demo_cases                                     # the Case page's demo list, in its order
+
+    first = next(d for d in list_demo_cases([ROOT / "assets" / "cases"]) if d.cohort == "ham10000")
+    assert first.case_id.startswith("ham-01-") and json.loads((first.path / "metadata.json").read_text())["kind"] == "clear"
+    # the app's warm-up thread predicts and explains the default demo case with the default package: let it finish
+    # (a daemon thread still inside torch when the interpreter exits aborts the process)
+    import background
+
+    assert background._WARM["done"].wait(600)
+    assert background._WARM["error"] is None, background._WARM["error"]
