@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""The goal ratios of `python -m core bench` alone (no naive baselines, reports, int8 or faithfulness), for
+a quick before/after check on a busy machine: one plain forward pass, `predict` (MC dropout T=30),
+comparing every variant, the full `explain_case`, and resident memory over explained cases.
+
+    python scripts/bench_goals.py [--repo PATH] [--cases 3] [--memory-cases 30] [--json out.json]
+
+``--repo`` measures the code of another checkout (e.g. a `git worktree` of an older commit) on its own
+assets, so two runs started side by side give before/after figures under the same load.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repo", default=str(Path(__file__).resolve().parents[1]))
+    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-cases", type=int, default=30)
+    ap.add_argument("--cohort", action="append", choices=["dermatology", "diabetes"])
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    repo = Path(args.repo).resolve()
+    sys.path.insert(0, str(repo))
+    os.chdir(repo)
+    import torch
+
+    from core.bench import FULL_PARTS, _main_package, demo_cases, plain_forward, rss_mb
+    from core.compare import compare_variants
+    from core.explain import explain_case
+    from core.package import discover_packages, load_package
+
+    out = {"repo": str(repo), "torch_threads": torch.get_num_threads(), "load_1min_before": os.getloadavg()[0],
+           "cohorts": {}}
+    for cohort in args.cohort or ["dermatology", "diabetes"]:
+        paths = discover_packages(repo / "assets" / "models" / cohort)
+        pkg = load_package(_main_package(paths))
+        variants = [load_package(p) for p in paths]
+        cases = demo_cases(cohort, args.cases)
+        S: dict[str, list[float]] = {k: [] for k in ("forward", "predict_T30", "compare_all", "explain_full")}
+
+        def run(name, fn, n):
+            for _ in range(n):
+                t = time.perf_counter()
+                fn()
+                S[name].append(time.perf_counter() - t)
+        parts: dict[str, list[float]] = {}
+        for case in cases:
+            plain_forward(pkg, case), pkg.predict(case, mc_samples=30)   # first-call costs out of the figures
+            for _ in range(args.repeats):  # interleaved, so drifting load hits both sides of each ratio alike
+                run("forward", lambda: plain_forward(pkg, case), 1)
+                run("predict_T30", lambda: pkg.predict(case, mc_samples=30), 1)
+            run("compare_all", lambda: compare_variants(variants, case, explain=False), 1)
+            t = time.perf_counter()
+            ex = explain_case(pkg, case, parts=FULL_PARTS, shapley_samples=0)
+            S["explain_full"].append(time.perf_counter() - t)
+            for k, v in ex.timings.items():
+                parts.setdefault(k, []).append(v)
+        mem_parts = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
+        warm = min(10, max(2, args.memory_cases // 10))
+        base = None
+        for i in range(args.memory_cases):
+            explain_case(pkg, cases[i % len(cases)], parts=mem_parts, shapley_samples=0)
+            if i + 1 == warm:
+                gc.collect()
+                base = rss_mb()
+        gc.collect()
+        end = rss_mb()
+        med = {k: 1000 * statistics.median(v) for k, v in S.items()}
+        out["cohorts"][cohort] = {
+            "main_package": pkg.name, "packages": len(paths), "cases": len(cases),
+            "median_ms": {k: round(v, 2) for k, v in med.items()},
+            "explain_parts_median_ms": {k: round(1000 * statistics.median(v), 1) for k, v in parts.items()},
+            "ratios": {"predict_T30_over_forward": round(med["predict_T30"] / med["forward"], 3),
+                       "compare_all_over_one_variant": round(med["compare_all"] / med["predict_T30"], 3),
+                       "explain_over_forward": round(med["explain_full"] / med["forward"], 3),
+                       "memory_growth_percent": round(100 * (end - base) / base, 3) if base else None},
+            "memory_mib": {"after_warm_up": round(base or 0, 1), f"after_{args.memory_cases}_explained_cases": round(end, 1)},
+        }
+        print(cohort, json.dumps(out["cohorts"][cohort]["ratios"]), json.dumps(out["cohorts"][cohort]["median_ms"]), flush=True)
+        del variants, pkg
+        gc.collect()
+    out["load_1min_after"] = os.getloadavg()[0]
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
