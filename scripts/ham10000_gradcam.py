@@ -84,7 +84,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.environ.get("FUSIONLENS_HAM10000"), help="the HAM10000 folder (with masks)")
     ap.add_argument("--models", default=str(ROOT / "assets" / "models" / "ham10000"))
-    ap.add_argument("--packages", nargs="*", help="package names (default: every package with an image input)")
+    ap.add_argument("--packages", nargs="*", help="package names (default: every package with an image input); "
+                    "merged into an existing gradcam_masks.json of the same sample")
     ap.add_argument("--n", type=int, default=100, help="test images, class-stratified (default 100)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -117,6 +118,11 @@ def main() -> int:
                      np.asarray(img.convert("L"), dtype=np.float32)))
     paths = [p for p in discover_packages(Path(args.models)) if not args.packages or p.name in args.packages]
     out = {"n_images": len(data), "seed": args.seed, "tschandl_2020_out_in": TSCHANDL, "packages": {}}
+    target = Path(args.models) / "gradcam_masks.json"
+    if args.packages and target.is_file():          # a few packages: merged into the table of the same sample
+        old = json.loads(target.read_text())
+        if (old.get("n_images"), old.get("seed")) == (len(data), args.seed):
+            out["packages"] = old["packages"]
     t0 = time.perf_counter()
     for path in paths:
         pkg = load_package(path)
@@ -135,7 +141,7 @@ def main() -> int:
         print(f"{path.name:22s} mass ratio {s['median_mass_ratio']:.2f}  pointing {s['pointing_game']:.2f} "
               f"(chance {s['pointing_chance']:.2f})  ({time.perf_counter() - t:.0f} s)", flush=True)
     out["seconds"] = round(time.perf_counter() - t0, 1)
-    (Path(args.models) / "gradcam_masks.json").write_text(json.dumps(out, indent=2))
+    target.write_text(json.dumps(out, indent=2))
     print(markdown(out))
     return 0
 

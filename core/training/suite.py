@@ -144,12 +144,14 @@ def train_suite(cohort_name: str, out_root: str | Path = "assets/models", varian
                 stage1_states[m] = {k[len(prefix):]: v for k, v in load_file(str(f)).items()}
                 log(f"[{cohort_name}] reusing the suite's {m} encoder from {f}")
     primed: dict[str, dict] = {}   # fine-tuned image features per split, written into the stage-2 cache
+    finetuned_now: set[str] = set()
     if spec.get("finetune"):
         from ..data.cohorts.ham10000 import finetune_stage1
 
         for m in [m for m in spec["stage1"] if m not in stage1_states]:
             t1 = time.perf_counter()
             stage1_states[m], ft_info, primed = finetune_stage1(cohort, spec["encoders"][m], log=log)
+            finetuned_now.add(m)
             ft_info["seconds_with_caching"] = round(time.perf_counter() - t1, 1)
             (out_root / cohort_name / "_shared").mkdir(parents=True, exist_ok=True)
             (out_root / cohort_name / "_shared" / f"{m}_finetune.json").write_text(json.dumps(ft_info, indent=2))
@@ -162,7 +164,7 @@ def train_suite(cohort_name: str, out_root: str | Path = "assets/models", varian
     # stage 2: every other package on features computed once (frozen encoders cached)
     # (a fine-tuned stage-1 encoder's own baseline is trained here too: its head on the cached features)
     rest = [c for c in cfgs if not (c.variant == "unimodal" and c.modalities[0] in spec["stage1"]
-                                    and not spec.get("finetune"))]
+                                    and c.modalities[0] not in finetuned_now)]
     if rest:
         plain = [c for c in rest if not _own_inputs(c)]
         if plain:
