@@ -44,7 +44,9 @@ if rows:
     st.dataframe(rows, hide_index=True, width="stretch", key="packages")
     if any(s["cohort"] == "ham10000" for s in summaries):
         st.caption("Packages of the **ham10000** cohort were trained on HAM10000 (real dermoscopy, CC BY-NC: "
-                   "non-commercial research use; Tschandl et al., Sci. Data 2018) at 200 × 150 pixels.")
+                   "non-commercial research use; Tschandl et al., Sci. Data 2018) at 200 × 150 pixels. "
+                   "`gated_template_note` adds a note written from age / sex / site: its modality Shapley values "
+                   "show the note restating the metadata (a lesson, not a better model).")
     if any(s["synthetic"] for s in summaries):
         st.caption("Packages marked **synthetic demo data** were trained on generated cases: their numbers "
                    "show how the software works, not how well any model diagnoses anything.")
