@@ -17,8 +17,10 @@ Pure core calls run in the threads; no Streamlit element is drawn from them.
 """
 from __future__ import annotations
 
+import atexit
 import threading
 import time
+import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 JOB_KEY = "fl_background"          # session_state: the session's Job
@@ -34,6 +36,27 @@ MAX_CONCURRENT = 2
 WAIT_S = 300.0
 
 _SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT)
+_LIVE_JOBS: "weakref.WeakSet[Job]" = weakref.WeakSet()   # every job not yet collected (cancelled at exit)
+_WARM_THREADS: list[threading.Thread] = []
+EXIT_WAIT_S = 60.0
+
+
+def _drain_at_exit(timeout: float = EXIT_WAIT_S) -> None:
+    """Cancel every job and let the background threads end before the interpreter finalises.
+
+    The threads are daemons so that a stuck computation never blocks a shutdown, but a daemon thread
+    still inside torch when Python finalises is killed by a forced unwind; with Ray's C++ terminate
+    handler loaded (the Cohort page's Ray engine) that aborts the whole process. atexit runs before
+    finalisation, so cancelled jobs stop at their next part boundary and are joined here."""
+    for job in list(_LIVE_JOBS):
+        job.cancel.set()
+    deadline = time.monotonic() + timeout
+    for thread in [job.thread for job in list(_LIVE_JOBS)] + list(_WARM_THREADS):
+        if thread.is_alive() and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_drain_at_exit)
 
 
 def default_compare_paths(summary: Mapping[str, Any], same: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -64,6 +87,7 @@ class Job:
         self.started = time.perf_counter()
         self._compare_pkgs = compare_pkgs
         self.thread = threading.Thread(target=self._run, name="fusionlens-default-explanation", daemon=True)
+        _LIVE_JOBS.add(self)
 
     def start(self, attach: Callable[[threading.Thread], None] | None = None) -> "Job":
         if attach is not None:
@@ -214,6 +238,7 @@ def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any]
             _WARM["done"].set()
 
     thread = threading.Thread(target=run, name="fusionlens-warm-up", daemon=True)
+    _WARM_THREADS.append(thread)
     if attach is not None:
         attach(thread)
     thread.start()
