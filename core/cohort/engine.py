@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from ..case import Case, CaseError
+from ..explain.attributions import merge_word_pieces
+from ..explain.modality import exact_shapley
 from ..fusion import case_diagnostics
 from ..package import Package, load_package, posterior
 
@@ -196,17 +198,7 @@ def make_row(pkg: Package, rec: Mapping[str, Any], case: Case, r: CaseResult, pa
 
 def shapley_from_values(players: Sequence[str], v: Mapping[frozenset, float]) -> dict[str, Any]:
     """Exact Shapley values from every coalition's value (the formula of core.explain.modality)."""
-    k = len(players)
-    values = {}
-    for m in players:
-        others = [p for p in players if p != m]
-        phi = 0.0
-        for r in range(len(others) + 1):
-            w = math.factorial(r) * math.factorial(k - r - 1) / math.factorial(k)
-            for s in itertools.combinations(others, r):
-                s = frozenset(s)
-                phi += w * (v[s | {m}] - v[s])
-        values[m] = phi
+    values = exact_shapley(players, v)
     full = frozenset(players)
     return {"values": values, "full": v[full], "none": v[frozenset()],
             "top_modality": max(values, key=values.get) if values else None}
@@ -473,19 +465,7 @@ class CohortExplainer:
 def _merge_words(note: str, word_ids: Sequence[int | None], offsets: Sequence[Sequence[int]], scores: np.ndarray
                  ) -> list[dict[str, Any]]:
     """Word-piece scores -> word scores (the merge of core.explain.attributions.note_attributions)."""
-    words: list[dict[str, Any]] = []
-    for i, w in enumerate(word_ids):
-        if w is None:
-            continue
-        s, e = offsets[i]
-        if words and words[-1]["word_id"] == w:
-            words[-1]["score"] += float(scores[i])
-            words[-1]["end"] = e
-        else:
-            words.append({"word_id": w, "start": s, "end": e, "score": float(scores[i])})
-    for wd in words:
-        wd["text"] = note[wd["start"]:wd["end"]]
-    return words
+    return merge_word_pieces(note, word_ids, offsets, scores)
 
 
 # ---- the naive engine: explain_case case by case (the benchmark's baseline, and the tests' reference) --------------

@@ -12,13 +12,31 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients, Occlusion, ShapleyValueSampling
 
 from .context import ExplainContext
+
+
+def merge_word_pieces(note: str, word_ids: Sequence[int | None], offsets: Sequence[Sequence[int]],
+                      scores: Sequence[float]) -> list[dict[str, Any]]:
+    """Word-piece scores -> one score per word (summed), with the word's character span and text."""
+    words: list[dict[str, Any]] = []
+    for i, w in enumerate(word_ids):
+        if w is None:
+            continue
+        s, e = offsets[i]
+        if words and words[-1]["word_id"] == w:
+            words[-1]["score"] += float(scores[i])
+            words[-1]["end"] = e
+        else:
+            words.append({"word_id": w, "start": s, "end": e, "score": float(scores[i])})
+    for wd in words:
+        wd["text"] = note[wd["start"]:wd["end"]]
+    return words
 
 
 def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_size: int = 24) -> dict[str, Any]:
@@ -41,18 +59,7 @@ def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_siz
     tokens = enc.tokenizer.convert_ids_to_tokens(ids[0])
     offsets = tok["offset_mapping"][0].tolist()
     word_ids = tok.word_ids(0)
-    words: list[dict[str, Any]] = []
-    for i, w in enumerate(word_ids):
-        if w is None:
-            continue
-        s, e = offsets[i]
-        if words and words[-1]["word_id"] == w:
-            words[-1]["score"] += float(token_scores[i])
-            words[-1]["end"] = e
-        else:
-            words.append({"word_id": w, "start": s, "end": e, "score": float(token_scores[i])})
-    for wd in words:
-        wd["text"] = note[wd["start"]:wd["end"]]
+    words = merge_word_pieces(note, word_ids, offsets, token_scores)
     total = float(token_scores.sum())
     return {"words": words, "tokens": tokens, "token_scores": token_scores.tolist(),
             "convergence_delta": float(delta.abs().max()), "relative_delta": float(delta.abs().max()) / max(abs(total), 1e-6),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -32,11 +32,9 @@ def coalition_values(ctx: ExplainContext) -> tuple[list[str], dict[frozenset[str
     return players, {c: float(p) for c, p in zip(coalitions, probs)}
 
 
-def modality_shapley(ctx: ExplainContext) -> dict[str, Any]:
-    """Exact Shapley values of the calibrated target probability; they sum to v(all) - v(none)."""
-    players, v = coalition_values(ctx)
+def exact_shapley(players: Sequence[str], v: Mapping[frozenset, float]) -> dict[str, float]:
+    """Exact Shapley value of each player from every coalition's value ``v`` (keys: frozensets)."""
     k = len(players)
-    full, empty = frozenset(players), frozenset()
     values = {}
     for m in players:
         others = [p for p in players if p != m]
@@ -47,6 +45,14 @@ def modality_shapley(ctx: ExplainContext) -> dict[str, Any]:
                 s = frozenset(s)
                 phi += w * (v[s | {m}] - v[s])
         values[m] = phi
+    return values
+
+
+def modality_shapley(ctx: ExplainContext) -> dict[str, Any]:
+    """Exact Shapley values of the calibrated target probability; they sum to v(all) - v(none)."""
+    players, v = coalition_values(ctx)
+    full, empty = frozenset(players), frozenset()
+    values = exact_shapley(players, v)
     return {"values": values, "full": v[full], "none": v[empty],
             "without": {m: v[full - {m}] for m in players},
             "only": {m: v[frozenset([m])] for m in players},
