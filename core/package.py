@@ -348,6 +348,11 @@ class Posterior:
         return self.uncertainty.normalised_entropy
 
 
+
+def referral_advice(refer: bool) -> str:
+    """The referral policy's advice text, in one place for every prediction path."""
+    return "advise re-check by a clinician" if refer else "no referral flag"
+
 def posterior(det_logits: torch.Tensor, mc_logits: torch.Tensor, mc_log_var: torch.Tensor, temperature: float) -> Posterior:
     return Posterior(torch.softmax(det_logits, -1), torch.softmax(det_logits / temperature, -1),
                      decompose(mc_logits, mc_log_var, temperature))
@@ -489,8 +494,7 @@ class Package:
                        probabilities=np.mean([p.probabilities for p in preds], 0),
                        mc_mean=np.mean([p.mc_mean for p in preds], 0),
                        mc_samples=np.concatenate([p.mc_samples for p in preds]), uncertainty=unc, refer=refer,
-                       referral={**first.referral, "value": value, "advice": "advise re-check by a clinician" if refer
-                                 else "no referral flag"},
+                       referral={**first.referral, "value": value, "advice": referral_advice(refer)},
                        warnings=first.warnings + ["Test-time augmentation: averaged over the image as is, flipped "
                                                   "left-right, flipped up-down and turned 90 degrees."],
                        case_id=case.case_id)
@@ -550,7 +554,7 @@ class Package:
                              "data_variance": float(unc.data_variance[i])},
                 refer=value > self.referral_threshold,
                 referral={"measure": "normalised_entropy", "value": value, "threshold": self.referral_threshold,
-                          "advice": "advise re-check by a clinician" if value > self.referral_threshold else "no referral flag"},
+                          "advice": referral_advice(value > self.referral_threshold)},
                 present={m: bool(present[i, j]) for j, m in enumerate(self.modalities)},
                 diagnostics=diag, model=self.info() | {"path": str(self.path)}, warnings=warnings[i], case_id=c.case_id))
         return out[0] if single else out

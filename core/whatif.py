@@ -155,10 +155,10 @@ class WhatIfSession:
 
     def _outcome(self, case: Case, raw: Mapping[str, Any], present: torch.Tensor, warnings: list[str]) -> Outcome:
         import itertools
-        import math
 
+        from .explain.modality import exact_shapley
         from .fusion import case_diagnostics
-        from .package import posterior
+        from .package import posterior, referral_advice
 
         pkg, model = self.package, self.package.model
         mods = model.modalities
@@ -183,12 +183,7 @@ class WhatIfSession:
         value = float(u.normalised_entropy[0])
         probs = torch.softmax(logits / pkg.temperature, -1)
         v = {c: float(p[self.target]) for c, p in zip(coalitions, probs)}
-        values = {}
-        for m in players:
-            others = [q for q in players if q != m]
-            values[m] = sum(math.factorial(r) * math.factorial(len(players) - r - 1) / math.factorial(len(players))
-                            * (v[frozenset(sub) | {m}] - v[frozenset(sub)])
-                            for r in range(len(others) + 1) for sub in itertools.combinations(others, r))
+        values = exact_shapley(players, v)
         shapley = {"values": values, "full": v[frozenset(players)], "none": v[frozenset()],
                    "top_modality": max(values, key=values.get) if values else None}
         singles = [i for i, c in enumerate(coalitions) if len(c) == 1]
@@ -205,7 +200,7 @@ class WhatIfSession:
                          "aleatoric": float(u.aleatoric[0]), "epistemic": float(u.epistemic[0]),
                          "data_variance": float(u.data_variance[0])},
             refer=refer, referral={"measure": "normalised_entropy", "value": value, "threshold": pkg.referral_threshold,
-                                   "advice": "advise re-check by a clinician" if refer else "no referral flag"},
+                                   "advice": referral_advice(refer)},
             present={m: bool(present[0, j]) for j, m in enumerate(mods)}, diagnostics=diagnostics,
             model=pkg.info() | {"path": str(pkg.path)}, warnings=list(warnings), case_id=case.case_id)
         return Outcome(pred, shapley, fused[full].numpy())
