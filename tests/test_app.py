@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tiny import SCHEMA, make_case, save_suite
+from tiny import SCHEMA, make_case, save_suite, write_demo_case
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "Home.py")
@@ -37,15 +36,7 @@ def suite(tmp_path_factory):
             "n": 30, "balanced_accuracy": {"value": 0.5 + 0.1 * pkg.name.startswith("m"), "ci95": [0.4, 0.7]},
             "accuracy_vs_referred": {"fractions": [0.0, 0.1, 0.2, 0.3], "accuracy": [0.6, 0.65, 0.7, 0.72],
                                      "thresholds": [1.0, 0.9, 0.8, 0.7]}}))
-    case = make_case(0)
-    demo = root / "cases" / "dermatology" / "demo-1"
-    demo.mkdir(parents=True)
-    case.image.save(demo / "image.png")
-    mask = np.zeros((40, 48), np.uint8)
-    mask[10:30, 12:36] = 255
-    Image.fromarray(mask).save(demo / "mask.png")
-    (demo / "note.txt").write_text(case.note)
-    (demo / "metadata.json").write_text(json.dumps({**case.metadata, "label": "malignant"}))
+    write_demo_case(root / "cases" / "dermatology" / "demo-1")
     return models, root / "cases"
 
 

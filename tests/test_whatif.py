@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiny import LABELS, make_case, save_suite
+from tiny import LABELS, make_case, save_suite, write_demo_case
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,18 +131,8 @@ def test_whatif_controls_on_the_prediction_page(monkeypatch, tmp_path):
 
 
 def _app_suite(tmp_path):
-    """The tiny suite + demo case of tests/test_app.py, written here (its fixture is module-scoped there)."""
-    from PIL import Image
-
+    """The tiny suite + demo case of tests/test_app.py (its fixture is module-scoped there)."""
     models = tmp_path / "models"
     save_suite(models, ("gated", "mmtm"))
-    case = make_case(0)
-    demo = tmp_path / "cases" / "dermatology" / "demo-1"
-    demo.mkdir(parents=True)
-    case.image.save(demo / "image.png")
-    mask = np.zeros((40, 48), np.uint8)
-    mask[10:30, 12:36] = 255
-    Image.fromarray(mask).save(demo / "mask.png")
-    (demo / "note.txt").write_text(case.note)
-    (demo / "metadata.json").write_text(json.dumps({**case.metadata, "label": "malignant"}))
+    write_demo_case(tmp_path / "cases" / "dermatology" / "demo-1")
     return models, tmp_path / "cases"

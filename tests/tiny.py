@@ -79,3 +79,20 @@ def save_suite(root, variants=("gated", "mmtm"), modalities=("image", "note", "m
               "training_data": {"synthetic": True, "description": "tiny generated cases"}, **save_kwargs}
         paths.append(save_package(model, Path(root) / cohort / variant, LABELS, shared=files, **kw))
     return paths
+
+
+def write_demo_case(folder, i: int = 0, label: str = "malignant"):
+    """A demo case folder as the app reads it (image, mask, note, metadata with its label); returns the folder."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    case = make_case(i)
+    folder.mkdir(parents=True)
+    case.image.save(folder / "image.png")
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 12:36] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    (folder / "note.txt").write_text(case.note)
+    (folder / "metadata.json").write_text(json.dumps({**case.metadata, "label": label}))
+    return folder
