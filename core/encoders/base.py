@@ -99,6 +99,16 @@ class Encoder(nn.Module):
         params = list(self.parameters())
         return bool(params) and not any(p.requires_grad for p in params)
 
+    #: True for an image encoder that combines a whole-image expert and a lesion-crop expert: it needs
+    #: the case's lesion mask and its frozen backbone is shared by both streams. The one test for it.
+    dual_expert: bool = False
+
+    def case_input(self, case: Any) -> tuple[Any | None, list[str]]:
+        """This encoder's raw input taken from a validated ``Case`` (None when the case lacks it) and any
+        warnings. Encoders that need more than their own field (the metadata schema check, the spectrum's
+        grid check, the lesion mask of a dual expert) override it; ``prepare_batch`` only loops."""
+        return getattr(case, self.modality), []
+
     def prepare(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
