@@ -1,4 +1,5 @@
-"""core.explain.lesion_context on images drawn here: skin + noise, a dark ellipse, hairs, a vignette."""
+"""core.imaging (segmentation, regions) and core.explain.lesion_context on images drawn here: skin + noise, a
+dark ellipse, hairs, a vignette."""
 from __future__ import annotations
 
 import math
@@ -9,8 +10,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from core.explain.lesion_context import (auto_lesion_mask, cam_shares, context_ring, fallback_mask, keep_region,
-                                         region_masks, segmentation_quality, split_heatmap, top_region_iou)
+from core.explain.lesion_context import cam_shares, split_heatmap, top_region_iou
+from core.imaging import (auto_lesion_mask, context_ring, fallback_mask, keep_region, region_masks,
+                          segmentation_quality)
 
 SIZE = 192
 

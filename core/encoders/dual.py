@@ -28,6 +28,7 @@ from torch import nn
 import torch.nn.functional as F
 from PIL import Image
 
+from ..imaging import auto_lesion_mask
 from .base import Encoder, ModalityFeatures
 from .image import ImageEncoder
 
@@ -46,8 +47,6 @@ def lesion_box(image: Image.Image, mask: np.ndarray | None, margin: float = 0.15
     of its size on each side and clamped to the image."""
     w, h = image.size
     if mask is None:
-        from ..explain.lesion_context import auto_lesion_mask
-
         mask = auto_lesion_mask(image)
     ys, xs = np.nonzero(np.asarray(mask))
     if len(xs) == 0:
@@ -70,7 +69,8 @@ def _features(d: dict[str, torch.Tensor], p: str) -> ModalityFeatures:
 
 class DualExpertEncoder(Encoder):
     modality = "image"
-    wants_mask = True           # prepare() receives (image, mask or None) pairs
+    dual_expert = True          # prepare() receives (image, mask or None) pairs: see case_input
+    wants_mask = True           # TEMPORARY: read by the old prepare_batch; goes once it calls case_input
 
     def __init__(self, arch: str = "efficientnet_lite0", pretrained: bool | str = True, image_size: int = 224,
                  token_grid: int | None = None, gate: str = "learned", n_classes: int | None = None,
@@ -101,6 +101,11 @@ class DualExpertEncoder(Encoder):
         return ["backbone."] if self.backbone.external_weights else []
 
     # --- data ---------------------------------------------------------------------------------
+    def case_input(self, case: Any) -> tuple[Any | None, list[str]]:
+        """The image with its lesion mask (None: segmented automatically in ``prepare``)."""
+        image = getattr(case, self.modality)
+        return ((image, case.mask) if image is not None else None), []
+
     def prepare(self, values: Sequence[Any]) -> dict[str, torch.Tensor]:
         images, crops, boxes = [], [], []
         for v in values:
