@@ -16,11 +16,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..case import Case
+from ..errors import FusionLensError
 
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(FusionLensError, ValueError):
     """A dataset that can't be used; the message names the file / column / row and the problem."""
 
 

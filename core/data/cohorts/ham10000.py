@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -17,8 +18,10 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..base import DataError, Cohort
-from ..loaders import HAM_LICENCE, load_ham10000
+from ..base import Cohort, DataError
+from ..loaders.ham10000 import HAM_LICENCE, load_ham10000
+
+logger = logging.getLogger(__name__)
 
 ENV = "FUSIONLENS_HAM10000"
 MASKS_DIR = "HAM10000_segmentations_lesion"
@@ -44,7 +47,7 @@ def load_ham10000_cohort(path: str | Path | None = None, seed: int = 0, notes: s
 
 
 def finetune_stage1(cohort: Cohort, enc_cfg: dict[str, Any], opts: dict[str, Any] | None = None,
-                    log: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict]]:
+                    log: Callable[[str], None] = logger.info) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict]]:
     """Fine-tune the image encoder's top blocks (see :mod:`core.training.finetune`). Returns the encoder
     state, a training record, and per split the fine-tuned encoder's features (to prime the stage-2 cache)."""
     from ...encoders.image import ImageEncoder
