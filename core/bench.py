@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import platform
 import resource
@@ -32,6 +33,8 @@ import torch
 
 from .case import Case
 from .package import Package, discover_packages, load_package, posterior
+
+logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 GOALS = {"predict_T30_over_forward": 1.3, "explain_over_forward": 10.0, "naive_explain_over_explain": 5.0,
@@ -179,7 +182,7 @@ def _main_package(paths: Sequence[Path]) -> Path:
 
 
 def bench_cohort(cohort: str, n_cases: int, repeats: int, memory_cases: int, models_root: Path | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = logger.info) -> dict[str, Any]:
     from .compare import compare_variants
     from .explain import explain_case
     from .report import make_report
@@ -309,7 +312,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_bench(cohorts: Sequence[str], n_cases: int, repeats: int, memory_cases: int,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = logger.info) -> dict[str, Any]:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     out = {"what": __doc__.split("\n\n")[0], "machine": machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -21,7 +21,8 @@ import torch
 
 from .case import Case, CaseError
 from .encoders import ModalityFeatures
-from .package import Package, Prediction, to_jsonable
+from .package import Package, PackageConfig, Prediction
+from .utils import to_jsonable
 
 COMPARE_PARTS = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
 TOP_FRACTION = 0.2          # "top heatmap region": the hottest 20% of pixels
@@ -241,7 +242,7 @@ class SharedEncoderCache:
         out: dict[str, ModalityFeatures] = {}
         for m in pkg.modalities:
             key = pkg.encoder_fingerprint(m)
-            if key is None and m == "image" and hasattr(pkg.model.encoders[m], "local_backbone"):
+            if key is None and pkg.model.encoders[m].dual_expert:
                 if inputs is None:
                     inputs, _, _ = pkg.prepare([self.case])
                 streams = self._dual_streams(pkg, inputs)
@@ -359,15 +360,14 @@ def cohort_metrics(package_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     for d in package_dirs:
         d = Path(d)
         try:
-            cfg = json.loads((d / "config.json").read_text())
-        except (OSError, ValueError):
+            cfg = PackageConfig.from_dict(json.loads((d / "config.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         try:
             m = json.loads((d / "metrics.json").read_text())
         except (OSError, ValueError):
-            m = cfg.get("metrics", {}) or {}
-        row: dict[str, Any] = {"model": d.name, "variant": cfg.get("variant"),
-                               "modalities": list(cfg.get("architecture", {}).get("modalities", {})),
+            m = cfg.metrics
+        row: dict[str, Any] = {"model": d.name, "variant": cfg.variant, "modalities": list(cfg.modalities),
                                "n_test": m.get("n")}
         for k in COHORT_METRICS:
             v = m.get(k)

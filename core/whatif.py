@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .case import Case, CaseError, clean_note
-from .package import Package, Prediction
+from .package import Package, Prediction, make_prediction, posterior
+from .uncertainty import mean_pairwise_symmetric_kl
 
 BLUR_REGIONS = ("lesion", "context")
 
@@ -76,7 +77,7 @@ class WhatIfResult:
 def blur_region(case: Case, region: str) -> Case:
     """The case with its lesion (or the context ring around it) blurred; the mask is the uploaded one
     or, without one, the automatic lesion mask."""
-    from .explain.lesion_context import auto_lesion_mask, context_ring, keep_region
+    from .imaging import auto_lesion_mask, context_ring, keep_region
 
     if region not in BLUR_REGIONS:
         raise ValueError(f"blur must be one of: {', '.join(BLUR_REGIONS)}.")
@@ -158,7 +159,6 @@ class WhatIfSession:
 
         from .explain.modality import exact_shapley
         from .fusion import case_diagnostics
-        from .package import posterior, referral_advice
 
         pkg, model = self.package, self.package.model
         mods = model.modalities
@@ -177,10 +177,6 @@ class WhatIfSession:
             T = pkg.mc_samples if self.mc_samples is None else self.mc_samples
             mc_logits, mc_log_var = model.head(fused[full:full + 1], max(T, 1), torch.Generator().manual_seed(0))
         post = posterior(logits[full:full + 1], mc_logits, mc_log_var, pkg.temperature)
-        u = post.uncertainty
-        cal = post.calibrated[0].numpy()
-        k = int(cal.argmax())
-        value = float(u.normalised_entropy[0])
         probs = torch.softmax(logits / pkg.temperature, -1)
         v = {c: float(p[self.target]) for c, p in zip(coalitions, probs)}
         values = exact_shapley(players, v)
@@ -188,21 +184,11 @@ class WhatIfSession:
                    "top_modality": max(values, key=values.get) if values else None}
         singles = [i for i, c in enumerate(coalitions) if len(c) == 1]
         logp = torch.log_softmax(logits[singles] / pkg.temperature, -1)
-        kl = [float(((logp[a].exp() * (logp[a] - logp[b])).sum() + (logp[b].exp() * (logp[b] - logp[a])).sum()) / 2)
-              for a in range(len(singles)) for b in range(a + 1, len(singles))]
         diagnostics = case_diagnostics(diag, full)
-        diagnostics["modality_disagreement"] = float(np.mean(kl)) if kl else float("nan")
-        refer = value > pkg.referral_threshold
-        pred = Prediction(
-            labels=pkg.labels, label=pkg.labels[k], label_index=k, probabilities=post.probabilities[0].numpy(),
-            calibrated=cal, mc_mean=u.mean_probs[0].numpy(), mc_samples=u.sample_probs[:, 0].numpy(),
-            uncertainty={"predictive_entropy": float(u.predictive_entropy[0]), "normalised_entropy": value,
-                         "aleatoric": float(u.aleatoric[0]), "epistemic": float(u.epistemic[0]),
-                         "data_variance": float(u.data_variance[0])},
-            refer=refer, referral={"measure": "normalised_entropy", "value": value, "threshold": pkg.referral_threshold,
-                                   "advice": referral_advice(refer)},
-            present={m: bool(present[0, j]) for j, m in enumerate(mods)}, diagnostics=diagnostics,
-            model=pkg.info() | {"path": str(pkg.path)}, warnings=list(warnings), case_id=case.case_id)
+        diagnostics["modality_disagreement"] = (float(mean_pairwise_symmetric_kl(logp)) if len(singles) >= 2
+                                                else float("nan"))
+        pred = make_prediction(pkg, post, 0, {m: bool(present[0, j]) for j, m in enumerate(mods)}, diagnostics,
+                               list(warnings), case.case_id)
         return Outcome(pred, shapley, fused[full].numpy())
 
     def run(self, edit: Edit) -> WhatIfResult:

@@ -10,6 +10,7 @@ from core.explain import ExplainContext, explain_case
 from core.explain.context import _PRIVATE
 from core.explain.gradcam import image_cam
 from core.explain.image_ig import _features, _split, middle_stage_ig
+from core.explain.modality import modality_disagreement
 from tiny import LABELS, make_case, make_model
 
 
@@ -24,7 +25,7 @@ def test_single_modality_rows_in_the_main_pass_give_the_two_pass_disagreement(tm
     with torch.inference_mode():
         inputs, present2, _ = pkg.prepare(cases)
         plain = pkg.model(inputs, present2)
-        two_pass = pkg.modality_disagreement(plain, present2)
+        two_pass = modality_disagreement(pkg, plain, present2)
     assert torch.allclose(det.logits, plain.logits, atol=1e-5)
     got = det.diagnostics["modality_disagreement"]
     assert torch.isnan(got[1]) and torch.isnan(two_pass[1])           # one modality: nothing to disagree with

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ..case import CaseError
 from .base import Encoder, ModalityFeatures
 
 
@@ -101,6 +102,16 @@ class SpectrumEncoder(Encoder):
             raise ValueError(f"the spectrum covers {arr[order[0], 0]:g} to {arr[order[-1], 0]:g} but the model reads "
                              f"{lo:g} to {hi:g}; upload a spectrum that spans the model's range.")
         return np.interp(self.grid, arr[order, 0], arr[order, 1])
+
+    def case_input(self, case: Any) -> tuple[np.ndarray | None, list[str]]:
+        """The case's spectrum, checked against this model's grid (CaseError when it can't be resampled)."""
+        v = case.spectrum
+        if v is not None:
+            try:
+                self.resample(v)
+            except ValueError as e:
+                raise CaseError({"spectrum": str(e)[0].upper() + str(e)[1:]}) from None
+        return v, []
 
     def prepare(self, spectra: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         return {"spectrum": torch.tensor(np.stack([self.resample(s) for s in spectra]), dtype=torch.float32)}

@@ -181,6 +181,15 @@ class TabularEncoder(Encoder):
         """Per-feature selection gate in [0, 1] (seed 000's learnable feature selection)."""
         return torch.sigmoid(self.gate_logits)
 
+    def case_input(self, case: Any) -> tuple[dict[str, Any] | None, list[str]]:
+        """The case's metadata checked against this model's schema (CaseError on a bad value, warnings for
+        what it ignores); None when no feature this model reads has a value."""
+        v = case.metadata
+        if not v:
+            return v, []
+        v, warnings = self.schema.validate(v)
+        return (v if any(x is not None for x in v.values()) else None), warnings
+
     def prepare(self, values: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         return {"values": torch.tensor([self.schema.encode_row(v) for v in values], dtype=torch.float32)}
 

@@ -187,6 +187,16 @@ class TextEncoder(Encoder):
     def pad_token_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
 
+    def case_input(self, case: Any) -> tuple[str | None, list[str]]:
+        """The case's note; None when it has none or an empty one."""
+        return (case.note or None), []
+
+    def tokens(self, note: str) -> list[str]:
+        """The word pieces this encoder makes of ``note`` (with the special tokens, truncated at
+        ``max_length``): the labels of its token positions."""
+        ids = self.tokenizer(note, truncation=True, max_length=self.max_length)["input_ids"]
+        return list(self.tokenizer.convert_ids_to_tokens(ids))
+
     def prepare(self, notes: Sequence[str]) -> dict[str, torch.Tensor]:
         # padding="longest": sequence length (hence attention cost) follows the batch, not max_length.
         enc = self.tokenizer(list(notes), truncation=True, max_length=self.max_length, padding="longest", return_tensors="pt")

@@ -1,5 +1,5 @@
-"""Modality-level explanations: exact Shapley values over the present modalities and "without X"
-counterfactuals. Absent modalities are masked the way the model handles missing data (its learned
+"""Modality-level explanations: exact Shapley values over the present modalities, "without X"
+counterfactuals, and the disagreement between the single-modality predictions. Absent modalities are masked the way the model handles missing data (its learned
 missing embedding), and all 2^k coalitions run as one batch on the cached encoder outputs."""
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..model import ModelOutput
+from ..package import Package
+from ..uncertainty import mean_pairwise_symmetric_kl
 from .context import ExplainContext
 
 
@@ -58,3 +61,30 @@ def modality_shapley(ctx: ExplainContext) -> dict[str, Any]:
             "only": {m: v[frozenset([m])] for m in players},
             "top_modality": max(values, key=values.get) if values else None,
             "coalitions": {"+".join(sorted(c)) or "(none)": p for c, p in v.items()}}
+
+
+def modality_disagreement(package: Package, det: ModelOutput, present: torch.Tensor) -> torch.Tensor:
+    """[B] mean pairwise symmetric KL (nats) between the calibrated predictions ``package`` makes
+    from each present modality alone (the others replaced by their learned missing embedding), as
+    seed 003's disagreement weighting measures it; NaN for a case with fewer than two modalities.
+    One batched fusion + head pass over the single-modality rows of ``det`` (a deterministic output of
+    ``package.run``), encoders not re-run. ``Package.predict`` reports the same number in its
+    diagnostics from one joint pass."""
+    B, M = present.shape
+    rows, cols = present.nonzero(as_tuple=True)
+    out = torch.full((B,), float("nan"))
+    if len(rows) == 0 or M < 2:
+        return out
+    single = torch.zeros(len(rows), M, dtype=torch.bool)
+    single[torch.arange(len(rows)), cols] = True
+    inputs = {m: (det.features[j].index(rows[cols == j]) if bool((cols == j).any()) else None)
+              for j, m in enumerate(package.modalities)}
+    model = package.inference_model
+    feats = model.encode(inputs, single)
+    fused, _ = model.fusion(feats, single)
+    logp = torch.log_softmax(model.head(fused)[0] / package.temperature, -1)
+    for i in range(B):
+        lp = logp[rows == i]
+        if len(lp) >= 2:
+            out[i] = mean_pairwise_symmetric_kl(lp)
+    return out

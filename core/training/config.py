@@ -7,8 +7,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from ..errors import FusionLensError
 
-class ConfigError(ValueError):
+
+class ConfigError(FusionLensError, ValueError):
     """A training config that can't be used; the message names the key."""
 
 

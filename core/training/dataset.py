@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from ..data import CohortItem
 from ..encoders import ModalityFeatures
 from ..model import MultimodalClassifier
 from ..package import prepare_batch
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -129,7 +132,7 @@ def build_split(model: MultimodalClassifier, items: Sequence[CohortItem], labels
     frozen = [m for m in model.modalities if model.encoders[m].frozen]
     # trainable encoders with a frozen backbone (the dual expert): the backbone outputs are computed
     # once, like a frozen encoder's, and the trainable part runs on them every batch
-    pre = [m for m in model.modalities if m not in frozen and hasattr(model.encoders[m], "frozen_inputs")]
+    pre = [m for m in model.modalities if m not in frozen and model.encoders[m].dual_expert]
     cheap = [m for m in model.modalities if m not in frozen and m not in pre and m in ("metadata", "spectrum")]
     lazy_m = [m for m in model.modalities if m not in frozen and m not in cheap and m not in pre]
     pre_files = {m: cache_root() / "features" / f"{m}-pre-{_pre_cache_key(model.encoders[m], items, tag)}.safetensors"
@@ -137,7 +140,7 @@ def build_split(model: MultimodalClassifier, items: Sequence[CohortItem], labels
     pre_todo = [m for m in pre if not (use_cache and pre_files[m].is_file())]
     # the dual expert's global stream is the plain frozen image encoder: reuse its cache when there is one
     global_files = {m: cache_root() / "features" / f"{m}-{_encoder_cache_key(model.encoders[m].backbone, items, tag)}.safetensors"
-                    for m in pre_todo if hasattr(model.encoders[m], "local_backbone")}
+                    for m in pre_todo if model.encoders[m].dual_expert}
     pre_parts: dict[str, list[dict[str, torch.Tensor]]] = {m: [] for m in pre_todo}
     cache_files = {m: cache_root() / "features" / f"{m}-{_cache_key(model, m, items, tag)}.safetensors" for m in frozen}
     todo = [m for m in frozen if not (use_cache and cache_files[m].is_file())]
@@ -172,9 +175,7 @@ def build_split(model: MultimodalClassifier, items: Sequence[CohortItem], labels
                     else:
                         pre_parts[m].append(enc.frozen_inputs(**inputs[m]))
         if progress:
-            print(f"\r  prepared {min(start + chunk, len(items))}/{len(items)} cases", end="", flush=True)
-    if progress:
-        print()
+            log.info("prepared %d/%d cases", min(start + chunk, len(items)), len(items))
     present = torch.cat(present_rows)
     cached: dict[str, ModalityFeatures] = {}
     for m in frozen:

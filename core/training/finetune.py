@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ from torch import nn
 from ..case import load_image
 from ..data import CohortItem
 from ..encoders.image import ImageEncoder
+
+logger = logging.getLogger(__name__)
 
 CUT = 10          # last frozen block of EfficientNet-Lite0 (closes the stride-16, 112-channel group)
 
@@ -66,7 +69,7 @@ def _items_key(enc: ImageEncoder, items: Sequence[CohortItem]) -> str:
 
 
 def encode_frozen(enc: ImageEncoder, items: Sequence[CohortItem], cache_dir: Path, chunk: int = 64,
-                  log: Callable[[str], None] = print, what: str = "") -> dict[str, torch.Tensor]:
+                  log: Callable[[str], None] = logger.info, what: str = "") -> dict[str, torch.Tensor]:
     """The frozen part's outputs for every item (map in float16), cached on disk by encoder + ids."""
     f = cache_dir / f"frozen-{_items_key(enc, items)}.safetensors"
     if f.is_file():
@@ -120,7 +123,7 @@ def tail_logits(enc: ImageEncoder, clf: nn.Module, maps: torch.Tensor, batch: in
 def finetune_top(enc: ImageEncoder, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[str, torch.Tensor],
                  y_val: torch.Tensor, n_classes: int, epochs: int = 8, samples_per_epoch: int = 3200, batch_size: int = 32,
                  lr: float = 1e-3, backbone_lr: float = 4e-4, weight_decay: float = 1e-4, label_smoothing: float = 0.1,
-                 seed: int = 0, threads: int = 2, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 seed: int = 0, threads: int = 2, log: Callable[[str], None] = logger.info) -> dict[str, Any]:
     """Train blocks CUT+1.. + head conv of ``enc`` in place (best validation balanced accuracy kept).
     Sampling share ~ sqrt(class count) and loss weight ~ 1 / sqrt(count): together class-balanced,
     with fewer repeats of the rarest classes than fully balanced sampling."""

@@ -1,0 +1,276 @@
+"""Prediction with a loaded package: cases -> encoder inputs, one encoder + fusion pass with the head
+run once without dropout and T times with it (MC dropout), the calibrated posterior, test-time
+augmentation, and the referral policy with its advice text (one place for every prediction path:
+``Package.predict``, TTA and the what-if session)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..case import Case, CaseError
+from ..encoders import ModalityFeatures
+from ..fusion import GLOBAL_DIAGNOSTICS, case_diagnostics
+from ..model import ModelOutput, MultimodalClassifier
+from ..uncertainty import decompose, mean_pairwise_symmetric_kl
+from ..utils import to_jsonable
+from .format import RESEARCH_NOTICE
+
+if TYPE_CHECKING:
+    from .package import Package
+
+REFERRAL_MEASURE = "normalised_entropy"
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    label: str
+    label_index: int
+    probabilities: np.ndarray            # softmax of the logits (uncalibrated, dropout off)
+    calibrated: np.ndarray               # softmax(logits / T_cal), dropout off: the headline numbers
+    mc_mean: np.ndarray                  # mean of T calibrated MC-dropout samples
+    mc_samples: np.ndarray               # [T, C]
+    uncertainty: dict[str, float]
+    refer: bool
+    referral: dict[str, Any]
+    present: dict[str, bool]
+    diagnostics: dict[str, Any]
+    model: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    case_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id, "label": self.label, "label_index": self.label_index,
+            "probabilities": dict(zip(self.labels, _r(self.probabilities))),
+            "calibrated_probabilities": dict(zip(self.labels, _r(self.calibrated))),
+            "mc_mean_probabilities": dict(zip(self.labels, _r(self.mc_mean))),
+            "mc_std_probabilities": dict(zip(self.labels, _r(self.mc_samples.std(0)))),
+            "uncertainty": {k: round(v, 6) for k, v in self.uncertainty.items()},
+            "refer": self.refer, "referral": self.referral, "present": self.present,
+            "diagnostics": to_jsonable(self.diagnostics), "model": self.model, "warnings": self.warnings,
+            "notice": RESEARCH_NOTICE,
+        }
+
+
+def _r(a: np.ndarray) -> list[float]:
+    return [round(float(x), 6) for x in np.asarray(a).ravel()]
+
+
+# ---- the referral policy ---------------------------------------------------------------------------
+def referral_advice(refer: bool) -> str:
+    """The referral policy's advice text, in one place for every prediction path."""
+    return "advise re-check by a clinician" if refer else "no referral flag"
+
+
+def referral(value: float, threshold: float) -> tuple[bool, dict[str, Any]]:
+    """The referral policy: refer when the normalised entropy exceeds the package's threshold.
+    -> (refer, the Prediction's ``referral`` entry)."""
+    refer = value > threshold
+    return refer, {"measure": REFERRAL_MEASURE, "value": value, "threshold": threshold, "advice": referral_advice(refer)}
+
+
+# ---- cases -> tensors --------------------------------------------------------------------------------
+def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case], skip: frozenset[str] | set[str] = frozenset()
+                  ) -> tuple[dict[str, Any], torch.Tensor, list[list[str]]]:
+    """Validated cases -> (encoder inputs for the present rows, presence mask [B, M], warnings).
+    Each encoder takes its input from a case (``Encoder.case_input``: metadata checked against this
+    model's schema, a spectrum against its grid, CaseError on a bad value). Modalities in ``skip`` are
+    checked and marked present but not preprocessed (their features come from elsewhere)."""
+    warnings: list[list[str]] = [[] for _ in cases]
+    present = torch.zeros(len(cases), len(model.modalities), dtype=torch.bool)
+    inputs: dict[str, Any] = {}
+    for j, m in enumerate(model.modalities):
+        enc = model.encoders[m]
+        vals = []
+        for i, c in enumerate(cases):
+            v, w = enc.case_input(c)
+            warnings[i] += w
+            if v is not None:
+                present[i, j] = True
+                vals.append(v)
+        inputs[m] = enc.prepare(vals) if vals and m not in skip else None
+    for i, c in enumerate(cases):
+        ignored = [k for k, v in c.present().items() if v and k not in model.modalities]
+        if ignored:
+            warnings[i].append(f"This model does not use: {', '.join(ignored)}.")
+        if not present[i].any():
+            raise CaseError({"case": "The case has none of the inputs this model uses "
+                                     f"({', '.join(model.modalities)}); add at least one."})
+    return inputs, present, warnings
+
+
+# ---- the posterior -----------------------------------------------------------------------------------
+@dataclass
+class Posterior:
+    """Batch prediction numbers shared by Package.predict and the evaluation code."""
+
+    probabilities: torch.Tensor   # [B, C] softmax(logits), dropout off
+    calibrated: torch.Tensor      # [B, C] softmax(logits / T_cal), dropout off
+    uncertainty: Any              # UncertaintySummary of the calibrated MC samples
+
+    @property
+    def normalised_entropy(self) -> torch.Tensor:
+        return self.uncertainty.normalised_entropy
+
+
+def posterior(det_logits: torch.Tensor, mc_logits: torch.Tensor, mc_log_var: torch.Tensor, temperature: float) -> Posterior:
+    return Posterior(torch.softmax(det_logits, -1), torch.softmax(det_logits / temperature, -1),
+                     decompose(mc_logits, mc_log_var, temperature))
+
+
+def make_prediction(pkg: "Package", post: Posterior, i: int, present: dict[str, bool], diagnostics: dict[str, Any],
+                    warnings: list[str], case_id: str | None) -> Prediction:
+    """Row ``i`` of a posterior as a Prediction, with the package's referral decision."""
+    unc = post.uncertainty
+    cal = post.calibrated[i]
+    k = int(cal.argmax())
+    value = float(unc.normalised_entropy[i])
+    refer, ref = referral(value, pkg.referral_threshold)
+    return Prediction(
+        labels=pkg.labels, label=pkg.labels[k], label_index=k,
+        probabilities=post.probabilities[i].numpy(), calibrated=cal.numpy(), mc_mean=unc.mean_probs[i].numpy(),
+        mc_samples=unc.sample_probs[:, i].numpy(),
+        uncertainty={"predictive_entropy": float(unc.predictive_entropy[i]), "normalised_entropy": value,
+                     "aleatoric": float(unc.aleatoric[i]), "epistemic": float(unc.epistemic[i]),
+                     "data_variance": float(unc.data_variance[i])},
+        refer=refer, referral=ref, present=present, diagnostics=diagnostics,
+        model=pkg.info() | {"path": str(pkg.path)}, warnings=warnings, case_id=case_id)
+
+
+# ---- one pass --------------------------------------------------------------------------------------
+def run(pkg: "Package", cases: Sequence[Case], mc_samples: int | None = None, seed: int = 0,
+        features: Mapping[str, ModalityFeatures] | None = None) -> tuple[ModelOutput, ModelOutput, torch.Tensor, list[list[str]]]:
+    """One encoder + fusion pass; the head runs once without dropout and T times with it, on the
+    same fused features. -> (deterministic output, MC output, presence, warnings).
+
+    ``features``: modality -> encoder output already computed for the present rows of these cases
+    (by this package's encoder or one with the same ``encoder_fingerprint``); that encoder is skipped."""
+    T = pkg.mc_samples if mc_samples is None else mc_samples
+    features = {m: f for m, f in (features or {}).items() if m in pkg.modalities}
+    inputs, present, warnings = prepare_batch(pkg.model, cases, set(features))
+    for m, f in features.items():
+        rows = int(present[:, pkg.modalities.index(m)].sum())
+        if rows:
+            if f.pooled.shape[0] != rows:
+                raise ValueError(f"precomputed {m} features have {f.pooled.shape[0]} rows for {rows} present cases.")
+            inputs[m] = f
+    gen = torch.Generator().manual_seed(seed)
+    model = pkg.inference_model
+    with torch.inference_mode():
+        det = forward_with_single_rows(model, pkg.modalities, inputs, present, pkg.temperature)
+        logits, log_var = model.head(det.fused, max(T, 1), gen)
+    mc = ModelOutput(logits, log_var, det.fused, det.diagnostics, det.features)
+    return det, mc, present, warnings
+
+
+def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[str], inputs: Mapping[str, Any],
+                             present: torch.Tensor, temperature: float) -> ModelOutput:
+    """The deterministic forward pass of the cases, with the single-modality rows that the modality
+    disagreement needs appended to the same fusion + head batch (one pass instead of two; each
+    encoder still runs once). Diagnostics and features are those of the cases' rows; the diagnostics
+    gain ``modality_disagreement`` ([B], NaN for a case with fewer than two modalities)."""
+    B, M = present.shape
+    raw: dict[str, Any] = {}
+    for j, m in enumerate(modalities):
+        x = inputs.get(m)
+        raw[m] = None if x is None or not bool(present[:, j].any()) else (
+            x if isinstance(x, ModalityFeatures) else model.encoders[m](**x))
+    sel = present & (present.sum(1, keepdim=True) >= 2)
+    rows, cols = sel.nonzero(as_tuple=True)
+    if M < 2 or len(rows) == 0:
+        det = model.fuse_and_classify(model.encode(raw, present), present)
+        det.diagnostics["modality_disagreement"] = torch.full((B,), float("nan"))
+        return det
+    single = torch.zeros(len(rows), M, dtype=torch.bool)
+    single[torch.arange(len(rows)), cols] = True
+    both = torch.cat([present, single])
+    joined: dict[str, Any] = {}
+    for j, m in enumerate(modalities):
+        f = raw[m]
+        extra = rows[cols == j]
+        if f is None or len(extra) == 0:
+            joined[m] = f
+            continue
+        pos = (present[:, j].long().cumsum(0) - 1)[extra]    # the case's row among the encoded rows
+        joined[m] = _cat_features(f, f.index(pos))
+    out = model.fuse_and_classify(model.encode(joined, both), both)
+    logp = torch.log_softmax(out.logits[B:] / temperature, -1)
+    dis = torch.full((B,), float("nan"))
+    for i in rows.unique().tolist():
+        dis[i] = mean_pairwise_symmetric_kl(logp[rows == i])
+    keep = torch.arange(B)
+    diag = _first_rows(out.diagnostics, B)
+    diag["modality_disagreement"] = dis
+    return ModelOutput(out.logits[:B], out.log_var[:B], out.fused[:B], diag, [f.index(keep) for f in out.features])
+
+
+def _cat_features(a: ModalityFeatures, b: ModalityFeatures) -> ModalityFeatures:
+    """Rows of ``a`` followed by rows of ``b`` (same encoder, so the same token count)."""
+    extras = None if not a.extras else {k: torch.cat([v, b.extras[k]]) for k, v in a.extras.items()}
+    return ModalityFeatures(torch.cat([a.pooled, b.pooled]), tuple(torch.cat([x, y]) for x, y in zip(a.levels, b.levels)),
+                            torch.cat([a.tokens, b.tokens]), torch.cat([a.token_mask, b.token_mask]), extras)
+
+
+def _first_rows(diag: dict[str, Any], n: int) -> dict[str, Any]:
+    """The first ``n`` rows of batch diagnostics (global entries kept as they are)."""
+    def pick(key: str, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: pick(key, x) for k, x in v.items()}
+        if torch.is_tensor(v) and v.dim() > 0 and key not in GLOBAL_DIAGNOSTICS:
+            return v[:n]
+        return v
+    return {k: pick(k, v) for k, v in diag.items()}
+
+
+# ---- predictions -----------------------------------------------------------------------------------
+def predict(pkg: "Package", case: Case | Sequence[Case], mc_samples: int | None = None, seed: int = 0,
+            features: Mapping[str, ModalityFeatures] | None = None):
+    """A Prediction for one case, or a list for a sequence of cases (batched). ``features``: see ``run``."""
+    single = isinstance(case, Case)
+    cases = [case] if single else list(case)
+    det, mc, present, warnings = run(pkg, cases, mc_samples, seed, features)
+    post = posterior(det.logits, mc.logits, mc.log_var, pkg.temperature)
+    gates = pkg.model.encoders["metadata"].feature_gates() if "metadata" in pkg.model.encoders else None
+    out = []
+    for i, c in enumerate(cases):
+        diag = case_diagnostics(det.diagnostics, i)
+        if gates is not None:
+            diag["metadata_feature_gates"] = dict(zip(pkg.schema.names, gates.tolist()))
+        out.append(make_prediction(pkg, post, i, {m: bool(present[i, j]) for j, m in enumerate(pkg.modalities)},
+                                   diag, warnings[i], c.case_id))
+    return out[0] if single else out
+
+
+def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed: int = 0) -> Prediction:
+    """Test-time augmentation (seed 003): the case with its image as is, flipped left-right,
+    flipped up-down and turned 90 degrees, predicted as one batch; calibrated probabilities
+    and MC samples averaged in probability space. Diagnostics are those of the original image;
+    ``uncertainty['tta_spread']`` is the standard deviation of the label's probability across
+    the four views. Without an image (or an image-less model) this is ``predict``."""
+    if case.image is None or "image" not in pkg.modalities:
+        return predict(pkg, case, mc_samples, seed)
+    from PIL import Image as PILImage
+
+    views = [case.image, case.image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT),
+             case.image.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM), case.image.transpose(PILImage.Transpose.ROTATE_90)]
+    preds = predict(pkg, [replace(case, image=v, mask=None) for v in views], mc_samples, seed)
+    cal = np.mean([p.calibrated for p in preds], 0)
+    k = int(cal.argmax())
+    first = preds[0]
+    value = float(np.mean([p.uncertainty["normalised_entropy"] for p in preds]))
+    unc = {key: float(np.mean([p.uncertainty[key] for p in preds])) for key in first.uncertainty}
+    unc["normalised_entropy"] = value
+    unc["tta_spread"] = float(np.std([p.calibrated[k] for p in preds]))
+    refer, ref = referral(value, pkg.referral_threshold)
+    return replace(first, label=pkg.labels[k], label_index=k, calibrated=cal,
+                   probabilities=np.mean([p.probabilities for p in preds], 0),
+                   mc_mean=np.mean([p.mc_mean for p in preds], 0),
+                   mc_samples=np.concatenate([p.mc_samples for p in preds]), uncertainty=unc, refer=refer,
+                   referral=ref,
+                   warnings=first.warnings + ["Test-time augmentation: averaged over the image as is, flipped "
+                                              "left-right, flipped up-down and turned 90 degrees."],
+                   case_id=case.case_id)
