@@ -6,16 +6,21 @@ the CLI) can report each next to its field and keep the fields that were fine.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import unicodedata
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .case_io import BundleError, CaseInputs, read_case_path
+from .errors import FusionLensError
 
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000          # ~6300 x 6300; a larger declared size is refused before decoding
@@ -26,7 +31,7 @@ MIN_SPECTRUM_POINTS = 16
 MAX_METADATA_KEYS = 200
 
 
-class CaseError(ValueError):
+class CaseError(FusionLensError, ValueError):
     """Bad input. ``errors`` maps a field ("image", "note", "metadata.age", ...) to one sentence."""
 
     def __init__(self, errors: Mapping[str, str] | str, field_name: str = "case"):
@@ -222,6 +227,7 @@ class Case:
     spectrum: np.ndarray | None = None
     case_id: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    truth: dict[str, Any] = field(default_factory=dict)   # ground truth of demo data (label, evidence, kind)
 
     @classmethod
     def from_inputs(cls, image: Any = None, mask: Any = None, note: Any = None, metadata: Any = None,
@@ -253,40 +259,65 @@ class Case:
         return case
 
     @classmethod
-    def from_folder(cls, folder: str | Path, partial: bool = False) -> "Case":
-        """A case folder as the demo cases ship it: ``image.png`` (or .jpg/.tif), ``mask.png``, ``note.txt``,
-        ``metadata.json`` (its ``label`` goes to ``extras['label']``; ``case_id``, ``evidence`` and ``kind``
-        are taken out of the table) and ``spectrum.csv``; the case id is the folder name."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise CaseError({"case": f"No case folder at {folder}."})
-        def first(*names: str) -> Path | None:
-            return next((folder / n for n in names if (folder / n).is_file()), None)
-        image, mask = first("image.png", "image.jpg", "image.jpeg", "image.tif", "image.tiff"), first("mask.png", "mask.tif")
-        note, meta, spectrum = first("note.txt"), first("metadata.json"), first("spectrum.csv")
-        extras: dict[str, Any] = {}
-        metadata: Any = None
-        if meta is not None:
-            import json
-
-            try:
-                metadata = json.loads(meta.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, ValueError) as e:
-                raise CaseError({"metadata": f"{meta.name} is not valid JSON ({e})."}) from None
-            except RecursionError:
-                raise CaseError({"metadata": f"{meta.name} is nested too deeply to be metadata."}) from None
-            if isinstance(metadata, dict):
-                metadata = dict(metadata)
-                for k in ("label", "evidence", "kind"):
-                    if k in metadata:
-                        extras[k] = metadata.pop(k)
-                metadata.pop("case_id", None)
-        note_bytes = note.read_bytes() if note is not None else None
-        case = cls.from_inputs(image=image.read_bytes() if image else None, mask=mask.read_bytes() if mask else None,
-                               note=note_bytes, metadata=metadata or None,
-                               spectrum=spectrum.read_bytes() if spectrum else None, case_id=folder.name, partial=partial)
-        case.extras.update(extras)
+    def from_case_inputs(cls, inputs: CaseInputs, partial: bool = False) -> "Case":
+        """A case from what :mod:`core.case_io` read (a folder, a bundle, a demo case), validated like
+        :meth:`from_inputs`; its ground truth goes to ``truth`` (and, for older callers, ``extras``)."""
+        case = cls.from_inputs(**inputs.as_kwargs(), partial=partial)
+        case.truth = dict(inputs.truth)
+        case.extras.update({k: v for k, v in inputs.truth.items() if k not in case.extras})
         return case
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, partial: bool = False) -> "Case":
+        """A case folder as the demo cases ship it (or a .zip / .json bundle file), read by
+        :func:`core.case_io.read_case_path`: ``image.png`` (or .jpg/.tif), ``mask.png`` (or .tif), ``note.txt``,
+        ``metadata.json`` (its ``label``, ``evidence`` and ``kind`` go to ``truth``, ``case_id`` is taken out of
+        the table), ``spectrum.csv``, an optional ``truth.json``; the case id is the folder name."""
+        try:
+            inputs = read_case_path(folder)
+        except BundleError as e:
+            raise CaseError({e.field: str(e)}) from None
+        return cls.from_case_inputs(inputs, partial=partial)
+
+    def fingerprint(self) -> str:
+        """sha256 over every input channel (not the id, not the truth); kept in ``extras`` once computed."""
+        fp = self.extras.get("fingerprint")
+        if fp:
+            return fp
+        h = hashlib.sha256()
+        if self.image is not None:
+            h.update(b"image" + repr((self.image.size, self.image.mode)).encode() + self.image.tobytes())
+        if self.mask is not None:
+            h.update(b"mask" + repr(self.mask.shape).encode() + np.packbits(self.mask).tobytes())
+        h.update(b"note" + (self.note or "").encode())
+        h.update(b"meta" + json.dumps(self.metadata or {}, sort_keys=True, default=str).encode())
+        if self.spectrum is not None:
+            h.update(b"spectrum" + repr(self.spectrum.shape).encode() + np.ascontiguousarray(self.spectrum).tobytes())
+        fp = self.extras["fingerprint"] = h.hexdigest()
+        return fp
+
+    def restrict_to(self, package: Any) -> tuple["Case", dict[str, str]]:
+        """This case without the metadata values and the spectrum ``package`` can't use, and the sentence
+        for each input left out (``{"metadata.age": ..., "spectrum": ...}``). ``package``: anything with
+        ``prepare([case])`` raising CaseError (a :class:`core.package.Package`). The case itself is unchanged."""
+        case, errors = self, {}
+        for _ in range(4):
+            try:
+                package.prepare([case])
+                break
+            except CaseError as e:
+                meta, spectrum = dict(case.metadata or {}), case.spectrum
+                for name, msg in e.errors.items():
+                    if name == "spectrum" and spectrum is not None:
+                        spectrum, errors[name] = None, msg
+                    elif name.startswith("metadata.") and name.split(".", 1)[1] in meta:
+                        meta.pop(name.split(".", 1)[1])
+                        errors[name] = msg
+                if spectrum is case.spectrum and meta == (case.metadata or {}):
+                    break
+                case = replace(case, metadata=meta or None, spectrum=spectrum,
+                               extras={k: v for k, v in case.extras.items() if k != "fingerprint"})
+        return case, errors
 
     def present(self) -> dict[str, bool]:
         return {"image": self.image is not None, "note": bool(self.note), "metadata": bool(self.metadata),

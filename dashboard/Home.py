@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-import loaders
 from core import RESEARCH_NOTICE
-from auth import require_sign_in
-from state import setup_page
+from dashboard import loaders
+from dashboard.auth import require_sign_in
+from dashboard.state import setup_page
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = setup_page("Home")

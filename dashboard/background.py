@@ -23,14 +23,14 @@ import time
 import weakref
 from typing import Any, Callable, Mapping, Sequence
 
+from core.explain import EXPLAIN_PARTS
+
 JOB_KEY = "fl_background"          # session_state: the session's Job
 ORDER = ("modality", "cam", "lesion_context", "stability", "note", "table", "spectrum")  # the pages' order
 DEFAULTS: dict[str, Any] = {"cam_methods": ("gradcam",), "cam_layer": "last stage", "tta": False, "ig_steps": 24,
                             "stability_samples": 8, "shapley_samples": 40}
-# which explain_case options each part depends on (besides the target)
-PART_OPTIONS = {"cam": ("cam_methods", "cam_layer", "tta"), "lesion_context": ("cam_methods", "cam_layer", "tta"),
-                "stability": ("cam_methods", "cam_layer", "stability_samples"), "note": ("ig_steps",),
-                "table": ("ig_steps", "shapley_samples"), "spectrum": ("ig_steps",), "modality": ()}
+# which explain_case options each part depends on (besides the target): core's part registry says
+PART_OPTIONS = {p: EXPLAIN_PARTS.get(p).options for p in ORDER}
 COMPARE_VARIANTS = ("concat", "gated", "mmtm", "hierarchical")
 MAX_CONCURRENT = 2
 WAIT_S = 300.0

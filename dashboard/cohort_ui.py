@@ -15,10 +15,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-import loaders
-import state
 from core.cohort import analysis
 from core.cohort import runner
+from dashboard import loaders, state
 
 RESULTS_ENV = "FUSIONLENS_RESULTS"
 DEFAULT_RESULTS = loaders.REPO / "results"

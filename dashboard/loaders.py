@@ -9,28 +9,25 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import streamlit as st
 
 from core import Case, Package, PackageError, Prediction, discover_packages, load_package, read_package_summary
+from core.case_io import DemoCase, list_demo_cases
 from core.explain import Explanation, explain_case
-
-from cases import DemoCase, list_demo_cases
+from dashboard import background
+from dashboard.session_cache import SessionCache
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_ENV = "FUSIONLENS_MODELS"
 CASES_ENV = "FUSIONLENS_CASES"
 DEFAULT_MODELS = REPO / "assets" / "models"
 DEFAULT_CASES = REPO / "assets" / "cases"
-RESULTS_KEY = "fl_results"      # the per-session result cache (an OrderedDict)
-MAX_RESULTS = 24
+RESULTS = SessionCache("fl_results", 24)   # predictions, explanations and comparisons of this session
 
 
 def _roots(env: str, default: Path) -> list[Path]:
@@ -99,46 +96,13 @@ def demo_cases() -> list[DemoCase]:
 # ----------------------------------------------------------------------------------------------------------------------
 # the per-session result cache
 
-def case_fingerprint(case: Case) -> str:
-    """sha256 over every channel of a case (kept in ``case.extras`` once computed)."""
-    fp = case.extras.get("fingerprint")
-    if fp:
-        return fp
-    h = hashlib.sha256()
-    if case.image is not None:
-        h.update(b"image" + repr((case.image.size, case.image.mode)).encode() + case.image.tobytes())
-    if case.mask is not None:
-        h.update(b"mask" + repr(case.mask.shape).encode() + np.packbits(case.mask).tobytes())
-    h.update(b"note" + (case.note or "").encode())
-    h.update(b"meta" + json.dumps(case.metadata or {}, sort_keys=True, default=str).encode())
-    if case.spectrum is not None:
-        h.update(b"spectrum" + repr(case.spectrum.shape).encode() + np.ascontiguousarray(case.spectrum).tobytes())
-    fp = case.extras["fingerprint"] = h.hexdigest()
-    return fp
-
-
-def _cached(kind: str, pkg: Package, case: Case, options: tuple, compute: Callable[[], Any] | None) -> Any:
-    """The session's cached result for (kind, package, case, options); computed when missing unless
-    ``compute`` is None (then None: "not computed yet")."""
-    store = st.session_state.setdefault(RESULTS_KEY, OrderedDict())
-    key = (kind, pkg.sha256, str(pkg.path), case_fingerprint(case), options)
-    if key in store:
-        store.move_to_end(key)
-        return store[key]
-    if compute is None:
-        return None
-    value = compute()
-    store[key] = value
-    while len(store) > MAX_RESULTS:
-        store.popitem(last=False)
-    return value
+def _key(kind: str, pkg: Package, case: Case, options: tuple) -> tuple:
+    return (kind, pkg.sha256, str(pkg.path), case.fingerprint(), options)
 
 
 def _job(pkg: Package, case: Case):
     """This session's background job for (package, case) (dashboard/background.py), or None."""
-    import background
-
-    return background.current_job(st.session_state, pkg, case, case_fingerprint(case))
+    return background.current_job(st.session_state, pkg, case, case.fingerprint())
 
 
 def predict(pkg: Package, case: Case, tta: bool = False) -> Prediction:
@@ -147,8 +111,8 @@ def predict(pkg: Package, case: Case, tta: bool = False) -> Prediction:
     if ex is not None:
         return ex.prediction
     if tta:
-        return _cached("predict_tta", pkg, case, (), lambda: pkg.predict_tta(case))
-    return _cached("predict", pkg, case, (), lambda: pkg.predict(case))
+        return RESULTS.get_or_compute(_key("predict_tta", pkg, case, ()), lambda: pkg.predict_tta(case))
+    return RESULTS.get_or_compute(_key("predict", pkg, case, ()), lambda: pkg.predict(case))
 
 
 def explain(pkg: Package, case: Case, parts: Sequence[str], only_cached: bool = False, **options: Any) -> Explanation | None:
@@ -156,23 +120,12 @@ def explain(pkg: Package, case: Case, parts: Sequence[str], only_cached: bool = 
     ``only_cached``: None instead of computing (for slow methods that wait for a button)."""
     job = _job(pkg, case)
     if job is not None:
-        import background
-
         ex = background.explanation_for(job, parts, options)   # the session's default explanation answers it
         if ex is not None:
             return ex
     opts = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in options.items()))
     compute = None if only_cached else (lambda: explain_case(pkg, case, parts=tuple(parts), **options))
-    return _cached("explain", pkg, case, (tuple(parts), opts), compute)
-
-
-def note_tokens(pkg: Package, note: str | None) -> list[str] | None:
-    """The word pieces the model's note encoder makes of a note (attention key labels)."""
-    if not note or "note" not in pkg.model.encoders:
-        return None
-    enc = pkg.model.encoders["note"]
-    ids = enc.tokenizer(note, truncation=True, max_length=enc.max_length)["input_ids"]
-    return list(enc.tokenizer.convert_ids_to_tokens(ids))
+    return RESULTS.get_or_compute(_key("explain", pkg, case, (tuple(parts), opts)), compute)
 
 
 def cam_layers(pkg: Package) -> list[str]:
@@ -183,19 +136,10 @@ def compare(pkgs: Sequence[Package], case: Case, explain: bool, only_cached: boo
     """``core.compare.compare_variants`` once per (packages, case, explain) in this session."""
     from core.compare import compare_variants
 
-    store = st.session_state.setdefault(RESULTS_KEY, OrderedDict())
-    key = ("compare", tuple((p.sha256, str(p.path)) for p in pkgs), case_fingerprint(case), explain)
+    key = ("compare", tuple((p.sha256, str(p.path)) for p in pkgs), case.fingerprint(), explain)
     job = _job(pkgs[0], case) if explain and pkgs else None
     done = job.wait_comparison(key[1]) if job is not None else None
     if done is not None:
-        store[key] = done          # the same object the job holds: no copy
-        return done
-    if key in store:
-        store.move_to_end(key)
-        return store[key]
-    if only_cached:
-        return None
-    value = store[key] = compare_variants(list(pkgs), case, explain=explain)
-    while len(store) > MAX_RESULTS:
-        store.popitem(last=False)
-    return value
+        return RESULTS.put(key, done)          # the same object the job holds: no copy
+    compute = None if only_cached else (lambda: compare_variants(list(pkgs), case, explain=explain))
+    return RESULTS.get_or_compute(key, compute)

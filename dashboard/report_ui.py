@@ -10,33 +10,32 @@ from typing import Any
 
 import streamlit as st
 
-import loaders
-from core import Case, CaseError, Package, PackageError
+from core import Case, Package
+from core.errors import FusionLensError
+from core.explain import default_parts
 from core.report import ReportError, clean_reference, make_report
+from dashboard import loaders
+from dashboard.session_cache import SessionCache
 
-REPORT_PARTS = ("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality", "faithfulness")
-REPORTS_KEY = "fl_reports"        # (package sha, folder, case fingerprint) -> {fmt: bytes, "name": str}
-COMPARISON_KEY = "fl_comparison"  # (case fingerprint, tuple of package folders) -> core.compare.Comparison
+REPORT_PARTS = default_parts("report")
+# one prepared report per session is enough (they can be a few MB): (package sha, folder, case fingerprint,
+# reference) -> {fmt: bytes, "names": {fmt: file name}}
+REPORTS = SessionCache("fl_reports", 1)
+COMPARISONS = SessionCache("fl_comparison", 4)  # (case fingerprint, package folders) -> core.compare.Comparison
 MIME = {"pdf": "application/pdf", "html": "text/html", "json": "application/json"}  # CSV: the CLI's `report --out x.csv`
 
 
 def last_comparison(case: Case, pkg: Package) -> Any | None:
     """The latest comparison of this case that included ``pkg``, if one was run in this session."""
-    store = st.session_state.get(COMPARISON_KEY) or {}
-    fp = loaders.case_fingerprint(case)
-    for (case_fp, folders), comparison in reversed(list(store.items())):
+    fp = case.fingerprint()
+    for (case_fp, folders), comparison in COMPARISONS.items_newest_first():
         if case_fp == fp and str(pkg.path) in folders:
             return comparison
     return None
 
 
 def remember_comparison(case: Case, comparison: Any) -> None:
-    store = st.session_state.setdefault(COMPARISON_KEY, {})
-    key = (loaders.case_fingerprint(case), tuple(str(c.package.path) for c in comparison.columns))
-    store.pop(key, None)
-    store[key] = comparison
-    while len(store) > 4:
-        store.pop(next(iter(store)))
+    COMPARISONS.put((case.fingerprint(), tuple(str(c.package.path) for c in comparison.columns)), comparison)
 
 
 def report_panel(pkg: Package, case: Case, key: str) -> None:
@@ -55,20 +54,19 @@ def report_panel(pkg: Package, case: Case, key: str) -> None:
     except ReportError as e:
         st.error(str(e))
         return
-    rkey = (pkg.sha256, str(pkg.path), loaders.case_fingerprint(case), reference)
-    store = st.session_state.setdefault(REPORTS_KEY, {})
+    rkey = (pkg.sha256, str(pkg.path), case.fingerprint(), reference)
     if st.button("Prepare the report", key=f"{key}_prepare", icon=":material/description:"):
         try:
             with st.spinner("Explaining the case and writing the report…"):
                 ex = loaders.explain(pkg, case, REPORT_PARTS)
                 rep = make_report(pkg, case, ex, last_comparison(case, pkg), reference, ex.prediction)
-                store.clear()  # one prepared report per session is enough; they can be a few MB
-                store[rkey] = {"pdf": rep.pdf(), "html": rep.html().encode("utf-8"), "json": rep.json().encode("utf-8"),
-                               "names": {f: rep.filename(f) for f in MIME}}
-        except (CaseError, PackageError, ReportError, ValueError) as e:
+                REPORTS.clear()  # free the old report before the new one is kept
+                REPORTS.put(rkey, {"pdf": rep.pdf(), "html": rep.html().encode("utf-8"), "json": rep.json().encode("utf-8"),
+                                   "names": {f: rep.filename(f) for f in MIME}})
+        except FusionLensError as e:
             st.error(f"The report could not be made: {e}")
             return
-    ready = store.get(rkey)
+    ready = REPORTS.get(rkey)
     if ready is None:
         st.caption("Press **Prepare the report** (a few seconds: it computes every explanation of this case).")
         return

@@ -1,29 +1,33 @@
-"""Session-state keys and ``setup_page``, the one call at the top of every page.
+"""Session-state keys, ``setup_page`` (the one call at the top of every page, after the sign-in gate) and
+``results_page`` (the opening of every page that shows results of the current case).
 
 ``setup_page`` sets the page config, draws the sidebar (model picker: cohort + variant from the
 packages found, the research-use notice, the current case) and returns a :class:`Page` with what the
-page needs. Values that must survive page switches live under the ``fl_*`` keys; the sidebar widgets
-(``w_*``) are re-seeded from them on every run, because Streamlit drops a widget's state on pages
-that do not draw it.
+page needs. ``results_page`` adds the title, the selected package and the current case, and stops the
+page with a message when either is missing; ``page.require_prediction()`` and ``stop_on_error()`` turn
+core's errors (``FusionLensError``) into one sentence on the page. Values that must survive page switches
+live under the ``fl_*`` keys; the sidebar widgets (``w_*``) are re-seeded from them on every run, because
+Streamlit drops a widget's state on pages that do not draw it.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import streamlit as st
 
-import loaders
-from core import FUSIONS, RESEARCH_NOTICE, Case, CaseError, Package, PackageError
+from core import FUSIONS, RESEARCH_NOTICE, Case, CaseError, Package, Prediction
+from core.errors import FusionLensError
+from dashboard import background, loaders
 
 # ---- session-state keys -------------------------------------------------------------------------
 MODEL = "fl_model"                # folder (str) of the selected model package
 CASE = "fl_case"                  # the current core.Case (valid fields only) or None
 CASE_SOURCE = "fl_case_source"    # where it came from: "uploaded files", "bundle 'x.zip'", "demo case cohort/id"
-CASE_LABEL = "fl_case_label"      # the true label carried by a demo case or bundle, or None
+CASE_LABEL = "fl_case_label"      # the true label carried by a demo case or bundle (its ``truth``), or None
 CASE_ERRORS = "fl_case_errors"    # {field: sentence} for inputs of the last load that were left out
 CASE_WARNINGS = "fl_case_warnings"  # sentences about ignored bundle files, metadata names, ...
-RESULTS = loaders.RESULTS_KEY     # per-session cache of predictions and explanations
 # sidebar widget keys
 COHORT_W = "w_cohort"
 DEFAULT_COHORT = "ham10000"     # real dermoscopy first; the generated cohorts are the faithfulness laboratory
@@ -41,6 +45,7 @@ class Page:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     case: Case | None = None
     label: str | None = None                  # the case's true label, when known
+    pkg: Package | None = None                # set by results_page
 
     def package(self) -> Package | None:
         """The selected package, loaded once per process; None (with a message) when unusable."""
@@ -51,7 +56,7 @@ class Page:
         try:
             with st.spinner(f"Loading the model {self.summary['name']}…"):
                 return loaders.load(self.summary)
-        except (PackageError, ValueError) as e:
+        except FusionLensError as e:
             show_error(e)
             return None
 
@@ -60,6 +65,37 @@ class Page:
             st.info("No case is loaded yet: upload one or pick a demo case on the **Case** page.")
             st.page_link("pages/1_Case.py", label="Open the Case page", icon=":material/folder_open:")
         return self.case
+
+    def require_prediction(self, tta: bool = False, spinner: str | None = None) -> Prediction:
+        """The (cached) prediction of the page's case; an error is shown and the page stops."""
+        with stop_on_error(spinner):
+            return loaders.predict(self.pkg, self.case, tta=tta)
+
+
+def results_page(title: str, icon: str, heading: str | None = None) -> Page:
+    """The opening of a results page (after ``require_sign_in()``): ``setup_page``, the title, then the
+    selected package and the current case in ``page.pkg`` / ``page.case``; without either the page
+    says what to do and stops."""
+    page = setup_page(title, icon)
+    st.title(heading or title)
+    page.pkg = page.package()
+    if page.pkg is None or page.require_case() is None:
+        st.stop()
+    return page
+
+
+@contextmanager
+def stop_on_error(spinner: str | None = None) -> Iterator[None]:
+    """Core calls of a page: a ``FusionLensError`` is shown as one sentence and the page stops there."""
+    try:
+        if spinner:
+            with st.spinner(spinner):
+                yield
+        else:
+            yield
+    except FusionLensError as e:
+        show_error(e)
+        st.stop()
 
 
 def error_sentence(e: BaseException) -> str:
@@ -204,18 +240,16 @@ def cohort_packages(summary: dict[str, Any], summaries: list[dict[str, Any]]) ->
 
 
 def _first_demo_case(cohort: str | None) -> Case | None:
-    import cases
+    from core.case_io import read_demo_case
 
     demo = next((d for d in loaders.demo_cases() if d.cohort == cohort), None)
     if demo is None:
         return None
-    return Case.from_inputs(**cases.read_demo_case(demo).as_kwargs(), partial=True)
+    return Case.from_case_inputs(read_demo_case(demo), partial=True)
 
 
 def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]], case: Case | None) -> None:
     """Warm the server once (first session), and start this session's default explanation of its case."""
-    import background
-
     if summary is None:
         return
     try:
@@ -232,7 +266,7 @@ def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]],
         return
     try:
         pkg = loaders.load(summary)
-    except (PackageError, ValueError):
+    except FusionLensError:
         return  # the page reports it
     paths = background.default_compare_paths(summary, same)
     by_path = {s["path"]: s for s in same}
@@ -242,4 +276,4 @@ def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]],
     def compare_pkgs() -> list[Package]:
         return [loaders.load(s) for s in chosen] if key else []
 
-    background.ensure_job(st.session_state, pkg, case, loaders.case_fingerprint(case), compare_pkgs, key, attach)
+    background.ensure_job(st.session_state, pkg, case, case.fingerprint(), compare_pkgs, key, attach)

@@ -10,23 +10,19 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-import loaders
-from core import Case, CaseError, Package
+from core import Case, Package
+from core.errors import FusionLensError
 from core.whatif import Edit, WhatIfSession, nearest_cases
-from state import error_sentence, md_escape
+from dashboard.session_cache import SessionCache
+from dashboard.state import error_sentence, md_escape
 
-SESSION = "fl_whatif"          # session key: {(package sha, case fingerprint): WhatIfSession}
+SESSIONS = SessionCache("fl_whatif", 1)  # (package sha, folder, case fingerprint) -> WhatIfSession: one case at a time
 RESULT = "fl_whatif_result"    # session key: the last result, with the (package, case) it belongs to
 MISSING = "(missing)"
 
 
 def _session(pkg: Package, case: Case) -> WhatIfSession:
-    store = st.session_state.setdefault(SESSION, {})
-    key = (pkg.sha256, str(pkg.path), loaders.case_fingerprint(case))
-    if key not in store:
-        store.clear()  # one case at a time per session
-        store[key] = WhatIfSession(pkg, case)
-    return store[key]
+    return SESSIONS.get_or_compute((pkg.sha256, str(pkg.path), case.fingerprint()), lambda: WhatIfSession(pkg, case))
 
 
 def _meta_widget(f: Any, current: Any, key: str) -> Any:
@@ -51,12 +47,12 @@ def whatif_panel(pkg: Package, case: Case) -> None:
                "Research use only, not a medical device.")
     try:
         session = _session(pkg, case)
-    except (CaseError, ValueError) as e:
+    except FusionLensError as e:
         st.error(error_sentence(e))
         return
     schema = pkg.schema
     present = case.present()
-    fkey = loaders.case_fingerprint(case)[:10]
+    fkey = case.fingerprint()[:10]
     with st.form("whatif_form", border=True):
         meta_values: dict[str, Any] = {}
         if schema is not None:
@@ -92,7 +88,7 @@ def whatif_panel(pkg: Package, case: Case) -> None:
         else:
             try:
                 result = session.run(edit)
-            except (CaseError, ValueError) as e:
+            except FusionLensError as e:
                 st.error(error_sentence(e))
                 st.session_state.pop(RESULT, None)
                 return
@@ -148,7 +144,7 @@ def show_result(result: Any) -> None:
 
 def _nearest(pkg: Package, session: WhatIfSession) -> None:
     try:
-        import cohort_ui
+        from dashboard import cohort_ui  # the Cohort page's results sets (pandas, pyarrow): only when asked
     except ImportError:
         return
     sets = cohort_ui.results_for_package(pkg.sha256)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import zipfile
 from pathlib import Path
 
@@ -15,14 +14,14 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import case_io as bundles
+from dashboard.cases import validate_metadata_fields
 from tiny import SCHEMA, make_case, save_suite, write_demo_case
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "dashboard" / "Home.py")
-PAGES = ["pages/1_Case.py", "pages/2_Prediction.py", "pages/3_Fusion_internals.py", "pages/4_Image_explanations.py",
-         "pages/5_Attributions.py", "pages/6_Compare.py"]
-sys.path.insert(0, str(ROOT / "dashboard"))  # streamlit puts the app's folder on sys.path; its helpers import flat
-import cases as bundles  # noqa: E402
+# the pages of the case journey, from the pages folder (the Cohort page opens no case: tests/test_cohort_explorer.py)
+PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "dashboard" / "pages").glob("*.py")) if "Cohort" not in p.stem]
 
 NOTICE = "not a medical device"
 
@@ -294,6 +293,6 @@ def test_links_in_a_bundle_are_refused():
 def test_metadata_fields_are_validated_one_by_one():
     from core.encoders.tabular import TabularSchema
 
-    valid, errors = bundles.validate_metadata_fields(TabularSchema(SCHEMA), {"age": 200, "sex": "Male", "site": None})
+    valid, errors = validate_metadata_fields(TabularSchema(SCHEMA), {"age": 200, "sex": "Male", "site": None})
     assert valid == {"sex": "male"}
     assert errors == {"metadata.age": "age (years) = 200 is outside the allowed range (0 to 120 years)."}

@@ -2,19 +2,15 @@
 every page, parts published as they are done, cancelled when the case changes."""
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core import load_package, save_package
 from core.explain import explain_case
+from dashboard import background
 from tiny import LABELS, make_case, make_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dashboard"))
-import background  # noqa: E402
 
 
 @pytest.fixture(scope="module")

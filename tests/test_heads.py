@@ -189,7 +189,6 @@ def test_missing_reconstruct_fills_absent_rows_from_the_present_ones_and_learns(
 
 def test_dashboard_shows_expert_routing_disagreement_and_offers_tta(tmp_path, monkeypatch):
     import json
-    import sys
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
@@ -197,7 +196,6 @@ def test_dashboard_shows_expert_routing_disagreement_and_offers_tta(tmp_path, mo
     from core import MultimodalClassifier
 
     root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "dashboard"))
     base = make_model("gated", modalities=("image", "note", "metadata"))
     model = MultimodalClassifier(dict(base.encoders), 3, "gated", {"dim": 32}, 32, {"type": "moe", "hidden": 16})
     save_package(model, tmp_path / "models" / "dermatology" / "gated_moe", LABELS, name="tiny-moe", cohort="dermatology")

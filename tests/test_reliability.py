@@ -28,12 +28,11 @@ from PIL import Image
 
 import hostile
 from core import Case, CaseError, load_package, save_package
+from core import case_io as bundles  # the one reader of case folders and bundles
 from core.cli import main
 from tiny import LABELS, make_case, make_model
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "dashboard"))
-import cases as bundles  # noqa: E402
 
 OUTCOMES: Counter = Counter()       # (channel, "accepted" | "rejected" | "crashed") over core, CLI, bundles and app
 CRASHES: list[str] = []             # what crashed, for the figures file

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import streamlit as st
 
-import cases
-import loaders
-import state
-from core import Case, CaseError, Package, plots
-from auth import require_sign_in
-from state import md_escape, setup_page, show_error
+from core import Case, plots
+from core.case_io import CaseInputs, read_bundle, read_demo_case
+from core.errors import FusionLensError
+from dashboard import cases, loaders, state
+from dashboard.auth import require_sign_in
+from dashboard.state import md_escape, setup_page, show_error
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = setup_page("Case", ":material/folder_open:")
@@ -20,27 +20,6 @@ st.title("Case")
 pkg = page.package()
 schema = pkg.schema if pkg is not None else None
 UPLOADED = "uploaded files"
-
-
-def fit_to_model(case: Case, pkg: Package | None, errors: dict[str, str]) -> None:
-    """Leave out metadata values and a spectrum the selected model can't use, with their sentences."""
-    if pkg is None:
-        return
-    for _ in range(4):
-        try:
-            pkg.prepare([case])
-            return
-        except CaseError as e:
-            fixed = False
-            for field, msg in e.errors.items():
-                if field == "spectrum" and case.spectrum is not None:
-                    case.spectrum, errors[field], fixed = None, msg, True
-                elif field.startswith("metadata.") and case.metadata and field.split(".", 1)[1] in case.metadata:
-                    case.metadata.pop(field.split(".", 1)[1])
-                    case.metadata = case.metadata or None
-                    errors[field], fixed = msg, True
-            if not fixed:
-                return
 
 
 def store(case: Case | None, source: str, label: str | None, errors: dict[str, str], warnings: list[str]) -> None:
@@ -53,10 +32,8 @@ def store(case: Case | None, source: str, label: str | None, errors: dict[str, s
     st.rerun()
 
 
-def load_inputs(inputs: cases.CaseInputs, source: str) -> None:
-    case = Case.from_inputs(**inputs.as_kwargs(), partial=True)
-    errors = dict(case.extras.pop("errors", {}))
-    fit_to_model(case, pkg, errors)
+def load_inputs(inputs: CaseInputs, source: str) -> None:
+    case, errors = cases.case_for(inputs, pkg)
     store(case, source, inputs.label, errors, list(inputs.warnings))
 
 
@@ -117,8 +94,7 @@ if mode == "Upload files":
                                 metadata=meta or None,
                                 spectrum=up_spectrum.getvalue() if up_spectrum is not None else None,
                                 case_id="uploaded case", partial=True)
-        errors = {**case.extras.pop("errors", {}), **meta_errors}
-        fit_to_model(case, pkg, errors)
+        case, errors = cases.restricted(case, pkg, {**case.extras.pop("errors", {}), **meta_errors})
         store(case, UPLOADED, None, errors, [])
     if st.session_state.get(state.CASE_SOURCE) == UPLOADED:
         for field, msg in (st.session_state.get(state.CASE_ERRORS) or {}).items():
@@ -131,8 +107,8 @@ elif mode == "Case bundle":
                           key="bundle_file")
     if st.button("Load bundle", key="bundle_load", type="primary", disabled=up is None) and up is not None:
         try:
-            load_inputs(cases.read_bundle(up.name, up.getvalue()), f"bundle '{up.name}'")
-        except ValueError as e:
+            load_inputs(read_bundle(up.name, up.getvalue()), f"bundle '{up.name}'")
+        except FusionLensError as e:
             show_error(e)
 
 else:
@@ -148,8 +124,8 @@ else:
         pick = st.selectbox("Demo case", list(by_key), key="demo_pick")
         if st.button("Load demo case", key="demo_load", type="primary"):
             try:
-                load_inputs(cases.read_demo_case(by_key[pick]), f"demo case {pick}")
-            except ValueError as e:
+                load_inputs(read_demo_case(by_key[pick]), f"demo case {pick}")
+            except FusionLensError as e:
                 show_error(e)
 
 # ---- the case as it is now ---------------------------------------------------------------------------------------

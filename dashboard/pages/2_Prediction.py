@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import streamlit as st
 
-import loaders
-from report_ui import report_panel
-from core import CaseError, PackageError, plots
-from auth import require_sign_in
-from state import md_escape, setup_page, show_error
+from core import plots
+from dashboard import loaders
+from dashboard.auth import require_sign_in
+from dashboard.report_ui import report_panel
+from dashboard.state import md_escape, results_page
+from dashboard.whatif_ui import whatif_panel
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
-page = setup_page("Prediction", ":material/bar_chart:")
-st.title("Prediction")
-pkg = page.package()
-case = page.require_case() if pkg is not None else None
-if pkg is None or case is None:
-    st.stop()
+page = results_page("Prediction", ":material/bar_chart:")
+pkg, case = page.pkg, page.case
 
 tta = st.toggle("Test-time augmentation", key="pred_tta", disabled=case.image is None or "image" not in pkg.modalities,
                 help="Average the calibrated probabilities over the image as is, flipped both ways and turned 90 degrees.")
-try:
-    with st.spinner("Predicting (MC-dropout samples of the head)…"):
-        pred = loaders.predict(pkg, case, tta=tta)
-except (CaseError, PackageError, ValueError) as e:
-    show_error(e)
-    st.stop()
+pred = page.require_prediction(tta=tta, spinner="Predicting (MC-dropout samples of the head)…")
 
 st.caption(f"Model: **{md_escape(pkg.name)}** (variant {pkg.variant}, {len(pred.mc_samples)} MC-dropout samples, "
            f"calibration temperature {pkg.temperature:.3f})")
@@ -80,7 +72,7 @@ st.subheader("Referral and accuracy")
 metrics = loaders.package_metrics(str(pkg.path)) or {}
 curve = metrics.get("accuracy_vs_referred")
 if isinstance(curve, dict) and curve.get("fractions") and curve.get("accuracy"):
-    refer_fraction = (pkg.config.get("train_config", {}).get("train", {}) or {}).get("refer_fraction")
+    refer_fraction = pkg.cfg.refer_fraction
     pos = plots.referral_position(curve, pred.referral["value"])
     fig = plots.referral_curve(curve["fractions"], curve["accuracy"], refer_fraction,
                                pos, pred.refer)
@@ -98,8 +90,6 @@ if isinstance(curve, dict) and curve.get("fractions") and curve.get("accuracy"):
 else:
     st.caption("This package has no accuracy-vs-referred curve (metrics.json).")
 
-from whatif_ui import whatif_panel  # noqa: E402  (issue 18: what-if on this case)
-
-whatif_panel(pkg, case)
+whatif_panel(pkg, case)  # issue 18: what-if on this case
 
 report_panel(pkg, case, "prediction_report")

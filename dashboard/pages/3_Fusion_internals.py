@@ -4,31 +4,20 @@ weights, attention maps over labelled key tokens, and each modality's Shapley va
 from __future__ import annotations
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
-import loaders
-from report_ui import report_panel
-import plotly.graph_objects as go
-
-from core import FUSIONS, CaseError, PackageError, plots
+from core import FUSIONS, plots
 from core.explain.mechanisms import readings as mechanism_readings, record_of as mechanism_record
-from auth import require_sign_in
-from state import md_escape, setup_page, show_error
+from dashboard import loaders
+from dashboard.auth import require_sign_in
+from dashboard.report_ui import report_panel
+from dashboard.state import md_escape, results_page, stop_on_error
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
-page = setup_page("Fusion internals", ":material/hub:")
-st.title("Fusion internals")
-pkg = page.package()
-case = page.require_case() if pkg is not None else None
-if pkg is None or case is None:
-    st.stop()
-
-try:
-    with st.spinner("Running the model…"):
-        pred = loaders.predict(pkg, case)
-except (CaseError, PackageError, ValueError) as e:
-    show_error(e)
-    st.stop()
+page = results_page("Fusion internals", ":material/hub:")
+pkg, case = page.pkg, page.case
+pred = page.require_prediction(spinner="Running the model…")
 
 
 def arr(v) -> np.ndarray:
@@ -105,7 +94,7 @@ else:
                "initial value in training, mean per-case Spearman correlation with the modality Shapley values).")
 
 # ---- the head and modality disagreement ----------------------------------------------------------------------------
-head_type = (pkg.config.get("architecture", {}).get("head", {}) or {}).get("type", "residual")
+head_type = pkg.cfg.head_type
 if "expert_weights" in diag:
     st.subheader("Which experts decided")
     ew = arr(diag["expert_weights"])
@@ -120,7 +109,7 @@ if np.isfinite(dis):
     st.metric("Modality disagreement", f"{dis:.3f} nats",
               help="Mean symmetric KL divergence between the predictions this model makes from each input alone "
                    "(the others replaced as if missing). High: the inputs point to different classes.")
-if pkg.config.get("architecture", {}).get("missing") == "reconstruct" and not all(pred.present.values()):
+if pkg.cfg.missing_mode == "reconstruct" and not all(pred.present.values()):
     st.caption("This model reconstructs a missing input's features from the present ones (seed 001) instead of "
                "using a fixed 'missing' embedding.")
 
@@ -128,7 +117,7 @@ if pkg.config.get("architecture", {}).get("missing") == "reconstruct" and not al
 if "temperature" in diag:
     st.subheader("Learned temperature and gate polarisation")
     tau = float(arr(diag["temperature"]))
-    mode = (pkg.config.get("architecture", {}).get("fusion", {}).get("options", {}) or {}).get("temperature_mode", "scale")
+    mode = pkg.cfg.temperature_mode
     polar = float(arr(diag.get("gate_polarisation", np.nan)))
     a, b = st.columns(2)
     a.metric("Temperature τ", f"{tau:.3f}")
@@ -178,9 +167,9 @@ if attention:
                          format_func=lambda q: "classification token" if q == "cls" else f"{q} tokens")
     a = arr(attention[query])
     spans = {m: tuple(int(x) for x in s) for m, s in (spans_all.get(query) or {}).items()}
-    tokens = loaders.note_tokens(pkg, case.note)
+    tokens = pkg.note_tokens(case.note)
     features = pkg.schema.names if pkg.schema is not None else None
-    grid = pkg.model.encoders["spectrum"].grid if "spectrum" in pkg.model.encoders else None
+    grid = pkg.spectrum_grid
     absent = [m for m, ok in pred.present.items() if not ok]
     keys = plots.key_labels(spans, a.shape[-1], tokens, features, grid, absent)
     qlabels = (["classification token"] if query == "cls" else
@@ -213,12 +202,8 @@ if "metadata_feature_gates" in diag:
 st.subheader("What each input contributed")
 labels = pkg.labels
 target = st.selectbox("Explain the class", labels, index=pred.label_index, key="fusion_target")
-try:
-    with st.spinner("Computing the modality Shapley values (every subset of the inputs)…"):
-        ex = loaders.explain(pkg, case, ("modality",), target=labels.index(target))
-except (CaseError, PackageError, ValueError) as e:
-    show_error(e)
-    st.stop()
+with stop_on_error("Computing the modality Shapley values (every subset of the inputs)…"):
+    ex = loaders.explain(pkg, case, ("modality",), target=labels.index(target))
 rep = ex.modality or {}
 if rep.get("values"):
     left, right = st.columns(2)

@@ -5,21 +5,18 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-import loaders
-from report_ui import report_panel
-from core import CaseError, PackageError, plots
+from core import plots
+from core.errors import FusionLensError
 from core.explain import CAM_METHODS
 from core.explain.cohort import map_measures
-from auth import require_sign_in
-from state import setup_page, show_error
+from dashboard import loaders
+from dashboard.auth import require_sign_in
+from dashboard.report_ui import report_panel
+from dashboard.state import results_page, show_error, stop_on_error
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
-page = setup_page("Image explanations", ":material/image:")
-st.title("Image explanations")
-pkg = page.package()
-case = page.require_case() if pkg is not None else None
-if pkg is None or case is None:
-    st.stop()
+page = results_page("Image explanations", ":material/image:")
+pkg, case = page.pkg, page.case
 if "image" not in pkg.modalities:
     st.info("The selected model does not use images; pick a variant with an image input in the sidebar.")
     st.stop()
@@ -27,11 +24,7 @@ if case.image is None:
     st.info("This case has no image (the model used its learned 'missing' embedding instead); upload one on the "
             "Case page to see image explanations.")
     st.stop()
-try:
-    pred = loaders.predict(pkg, case)
-except (CaseError, PackageError, ValueError) as e:
-    show_error(e)
-    st.stop()
+pred = page.require_prediction()
 
 
 def method_name(m: str) -> str:
@@ -59,13 +52,10 @@ if ex is None and slow:
         st.stop()
 progress = st.progress(0.0, text="Heatmap and lesion / context check…")
 try:
-    if ex is None:
-        ex = loaders.explain(pkg, case, ("cam", "lesion_context"), **options)
-except (CaseError, PackageError, ValueError) as e:
+    with stop_on_error():
+        ex = ex if ex is not None else loaders.explain(pkg, case, ("cam", "lesion_context"), **options)
+finally:
     progress.empty()
-    show_error(e)
-    st.stop()
-progress.empty()
 
 cam = ex.cams[method]
 lc = ex.lesion_context or {}
@@ -133,7 +123,7 @@ if not slow or st.session_state.get("slow_stability"):  # the heatmap above is d
     try:
         with st.spinner(f"Stability across {samples} MC-dropout samples…"):
             stab = loaders.explain(pkg, case, ("stability",), stability_samples=samples, **options)
-    except (CaseError, PackageError, ValueError) as e:
+    except FusionLensError as e:
         show_error(e)
 s = stab.stability if stab is not None else None
 if s:

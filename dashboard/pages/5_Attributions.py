@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-import loaders
-from report_ui import report_panel
-from core import CaseError, PackageError, plots
-from auth import require_sign_in
-from state import setup_page, show_error
+from core import plots
+from dashboard import loaders
+from dashboard.auth import require_sign_in
+from dashboard.report_ui import report_panel
+from dashboard.state import results_page, stop_on_error
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
-page = setup_page("Attributions", ":material/highlight:")
-st.title("Attributions")
-pkg = page.package()
-case = page.require_case() if pkg is not None else None
-if pkg is None or case is None:
-    st.stop()
-try:
-    pred = loaders.predict(pkg, case)
-except (CaseError, PackageError, ValueError) as e:
-    show_error(e)
-    st.stop()
+page = results_page("Attributions", ":material/highlight:")
+pkg, case = page.pkg, page.case
+pred = page.require_prediction()
 
 c1, c2, c3 = st.columns(3)
 target = c1.selectbox("Explain the class", pkg.labels, index=pred.label_index, key="attr_target")
@@ -29,13 +21,9 @@ steps = c2.slider("Integration steps", 8, 64, 24, 8, key="ig_steps",
                   help="More steps = a more exact integral (smaller convergence delta), slower.")
 shapley = c3.slider("Shapley samples (table)", 10, 100, 40, 10, key="shapley_samples")
 
-try:
-    with st.spinner("Computing attributions (integrated gradients, Shapley sampling)…"):
-        ex = loaders.explain(pkg, case, ("note", "table", "spectrum"), target=pkg.labels.index(target),
-                             ig_steps=steps, shapley_samples=shapley)
-except (CaseError, PackageError, ValueError) as e:
-    show_error(e)
-    st.stop()
+with stop_on_error("Computing attributions (integrated gradients, Shapley sampling)…"):
+    ex = loaders.explain(pkg, case, ("note", "table", "spectrum"), target=pkg.labels.index(target),
+                         ig_steps=steps, shapley_samples=shapley)
 
 
 def delta_caption(d: dict, what: str) -> None:

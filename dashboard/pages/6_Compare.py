@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import streamlit as st
 
-import background
-import loaders
-from core import CaseError, FUSIONS, PackageError, plots
+from core import plots
 from core.compare import cohort_metrics
 from core.explain.mechanisms import readings as mechanism_readings
-from report_ui import remember_comparison, report_panel
-from auth import require_sign_in
-from state import md_escape, setup_page, show_error
+from dashboard import background, loaders
+from dashboard.auth import require_sign_in
+from dashboard.report_ui import remember_comparison, report_panel
+from dashboard.state import cohort_packages, md_escape, results_page, stop_on_error
 
 MAX_SIDE_BY_SIDE = 4
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
-page = setup_page("Compare variants", ":material/compare:")
-st.title("Compare fusion variants")
-pkg = page.package()
-case = page.require_case() if pkg is not None else None
-if pkg is None or case is None:
-    st.stop()
+page = results_page("Compare variants", ":material/compare:", "Compare fusion variants")
+pkg, case = page.pkg, page.case
 
 cohort = page.summary.get("cohort") or "custom"
-same = [s for s in page.summaries if (s.get("cohort") or "custom") == cohort and s["labels"] == page.summary["labels"]]
-order = {n: i for i, n in enumerate(FUSIONS.names())}
-same.sort(key=lambda s: (order.get(s["variant"], 99), s["name"]))
+same = cohort_packages(page.summary, page.summaries)
 labels = {s["path"]: (s["name"].split("/")[-1] if "/" in s["name"] else s["name"]) for s in same}
 if len(same) < 2:
     st.info("Only one model package of this cohort is installed; comparing needs at least two.")
@@ -46,14 +39,10 @@ else:
     explain = False
 
 by_path = {s["path"]: s for s in same}
-try:
-    with st.spinner(f"Loading {len(chosen)} models…"):
-        pkgs = [loaders.load(by_path[p]) for p in chosen]
-    with st.spinner("Running the case through every variant (shared image / note encoders run once)…"):
-        cmp = loaders.compare(pkgs, case, explain)
-except (CaseError, PackageError, ValueError) as e:
-    show_error(e)
-    st.stop()
+with stop_on_error(f"Loading {len(chosen)} models…"):
+    pkgs = [loaders.load(by_path[p]) for p in chosen]
+with stop_on_error("Running the case through every variant (shared image / note encoders run once)…"):
+    cmp = loaders.compare(pkgs, case, explain)
 remember_comparison(case, cmp)
 d = cmp.to_dict()
 agree, ens, ea = d["agreement"], d["ensemble"], d["explanation_agreement"].get("mean", {})

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-import cohort_ui
-from auth import require_sign_in
-from state import setup_page
+from dashboard import cohort_ui
+from dashboard.auth import require_sign_in
+from dashboard.state import setup_page
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = setup_page("Cohort", ":material/groups:")

@@ -8,7 +8,6 @@ FUSIONLENS_RESULTS pointing there. Skipped only when /usr/bin/chromium is absent
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ if not Path(h.CHROMIUM).exists() and not h.ci():
 
 from playwright.sync_api import expect  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_cohort_explorer import write_cohort  # noqa: E402
 from test_whatif import _app_suite  # noqa: E402
 
