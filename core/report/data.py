@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import __version__
 from ..case import Case
+from ..errors import FusionLensError
 from ..compare import Comparison, internals_summary, top_features, top_words
 from ..package import RESEARCH_NOTICE, Package, Prediction, to_jsonable
 
@@ -30,7 +31,7 @@ MAX_REFERENCE = 80
 _NAME_LIKE = re.compile(r"^(patient|first|last|given|family|sur)?_?name$|^patient$|^dob$|^birth", re.I)
 
 
-class ReportError(ValueError):
+class ReportError(FusionLensError, ValueError):
     """A report that can't be built from what was given (one sentence)."""
 
 
