@@ -1,5 +1,5 @@
 """Cohort explanations: ``python -m core explain-cohort`` writes one row per (case, package) to Parquet
-(``runner``, ``engine``, ``store``); ``analysis`` turns a results set into the Cohort page's views.
+(``runner``, ``engine``, ``rows``, ``store``); ``analysis`` turns a results set into the Cohort page's views.
 
 Names are imported lazily, so the CLI's parser does not load pyarrow."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_NAMES = {"ROW_PARTS": "engine", "CohortError": "engine", "CohortExplainer": "engine", "LoopExplainer": "engine",
-          "item_record": "engine", "record_case": "engine", "ENGINES": "runner", "load_records": "runner",
+_NAMES = {"ROW_PARTS": "rows", "CohortError": "rows", "CohortExplainer": "engine", "LoopExplainer": "engine",
+          "item_record": "rows", "record_case": "rows", "ENGINES": "runner", "load_records": "runner",
           "ray_available": "runner", "run_cohort": "runner", "ResultsStore": "store"}
 __all__ = list(_NAMES)
 

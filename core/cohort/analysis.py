@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .engine import MODALITIES
+from .rows import MODALITIES
 from .store import ResultsStore
 
 SLICES = {"label": "true label", "sex": "sex", "age_band": "age band", "site": "site", "referred": "referred / kept",

@@ -6,6 +6,7 @@ and for Ray starting it and its actors, included). The rows of the three folders
 (the largest difference of a calibrated probability), so the speed-up is for the same answers."""
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
@@ -14,14 +15,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
 GOALS = {"local_over_loop": 3.0, "local_over_ray_at_most": 1.3}
 
 
 def bench_engines(model_dirs: Sequence[str], records: Sequence[Mapping[str, Any]], out: str, parts: Sequence[str],
                   batch_size: int = 16, workers: int = 2, threads: int | None = None,
-                  source: Mapping[str, Any] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  source: Mapping[str, Any] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     import torch
 
+    log = log or logger.info
     from .runner import ray_available, run_cohort
     from .store import ResultsStore
 

@@ -7,15 +7,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROW_PARTS = ("prediction", "modality", "cam_summary", "note_top", "table_top", "embedding")
+from .rows import ROW_PARTS
 
 
 def add_explain_cohort(sub: Any) -> None:
+    from ..data.cohorts import COHORTS, generated_cohorts, names_sentence
+
+    sized = names_sentence([n for n in COHORTS.names() if COHORTS.get(n).sized])
     p = sub.add_parser("explain-cohort", help="explain a whole cohort with one or more packages into Parquet")
     p.add_argument("--model", action="append", required=True, metavar="DIR", help="model package folder (repeatable)")
-    p.add_argument("--cohort", choices=["dermatology", "diabetes"], help="a generated demo cohort")
+    p.add_argument("--cohort", choices=generated_cohorts(), help="a generated demo cohort")
     p.add_argument("--seed", type=int, default=0, help="generator seed of --cohort (use one never trained on)")
-    p.add_argument("--n", type=int, default=2000, help="dermatology cases to generate (default 2000)")
+    p.add_argument("--n", type=int, default=2000, help=f"{sized} cases to generate (default 2000)")
     p.add_argument("--data", help="a dataset folder / CSV in one of the supported layouts")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--out", required=True, help="results folder: a path or a pyarrow filesystem URI (s3://, gs://, ...)")
@@ -37,7 +40,7 @@ def add_explain_cohort(sub: Any) -> None:
 def cmd_explain_cohort(args: argparse.Namespace) -> int:
     from ..cli import UsageError
     from ..data import DataError
-    from .engine import CohortError
+    from .rows import CohortError
     from .runner import load_records, run_cohort
 
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())

@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .. import __version__
 from ..package import read_package_summary
-from .engine import ROW_PARTS, CohortError, CohortExplainer, LoopExplainer, item_record
+from .engine import CohortExplainer, LoopExplainer
+from .rows import ROW_PARTS, CohortError, item_record
 from .store import FORMAT, ResultsStore
 
 ENGINES = ("local", "ray", "loop")
@@ -36,6 +37,7 @@ def _now() -> str:
 def load_records(cohort: str | None = None, data: str | None = None, seed: int = 0, n: int = 2000,
                  split: str = "test") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Case records of a generated cohort or a dataset in a supported layout, and their description."""
+    from ..data.cohorts import COHORTS
     from ..training.config import DataConfig
     from ..training.evaluate import select_items
     from ..training.train import load_cohort
@@ -44,7 +46,7 @@ def load_records(cohort: str | None = None, data: str | None = None, seed: int =
         raise CohortError("give exactly one of --cohort and --data.")
     c = load_cohort(DataConfig(cohort=cohort, n=n, seed=seed) if cohort else DataConfig(path=data))
     items = select_items(c, split)
-    desc = {"cohort": c.name, "data": data, "seed": seed if cohort else None, "n_generated": n if cohort == "dermatology" else None,
+    desc = {"cohort": c.name, "data": data, "seed": seed if cohort else None, "n_generated": n if cohort and COHORTS.get(cohort).sized else None,
             "split": split, "synthetic": c.synthetic, "description": c.description, "labels": c.labels}
     return [item_record(it) for it in items], desc
 

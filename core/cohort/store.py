@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .engine import MODALITIES
+from .rows import MODALITIES
 
 MANIFEST = "manifest.json"
 FORMAT = "fusionlens-cohort-results/1"

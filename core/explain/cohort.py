@@ -30,7 +30,8 @@ import numpy as np
 
 from ..data import CohortItem
 from ..package import Package
-from .lesion_context import _as_cam, _as_mask, _max_hits
+from ..imaging import as_mask as _as_mask
+from .lesion_context import _as_cam, _max_hits
 
 #: where each kind of generator evidence lives
 EVIDENCE_MODALITY = {"lesion": "image", "context": "image", "note": "note", "metadata": "metadata", "spectrum": "spectrum"}
@@ -151,7 +152,7 @@ def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: boo
     from .attributions import note_attributions, table_attributions
     from .context import ExplainContext
     from .gradcam import image_cam
-    from .lesion_context import context_ring
+    from ..imaging import context_ring
     from .modality import modality_shapley
 
     case = it.to_case(with_mask=True)
@@ -170,7 +171,7 @@ def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: boo
             row.update(decisive_hit=m["lesion_hit"], decisive_hit_chance=m["lesion_hit_chance"])
         elif it.evidence == "context":
             row.update(decisive_hit=m["context_hit"], decisive_hit_chance=m["context_hit_chance"])
-        if "local_pixels" in ctx.inputs["image"]:   # dual expert: its own lesion gate
+        if ctx.model.encoders["image"].dual_expert:   # its own lesion gate
             with torch.no_grad():
                 f = ctx.model.encoders["image"](**ctx.inputs["image"])
             row["lesion_gate"] = float(f.extras["lesion_gate"][0])

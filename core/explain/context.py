@@ -47,7 +47,7 @@ class ExplainContext:
         """The plain image encoder that turns images into ``pixels`` (a dual expert's global backbone):
         its ``prepare`` and normalisation, without the dual expert's lesion segmentation and crop."""
         enc = self.model.encoders["image"]
-        return enc.backbone if hasattr(enc, "local_backbone") else enc
+        return enc.backbone if enc.dual_expert else enc
 
     def image_fixed(self) -> dict[str, torch.Tensor]:
         """Image inputs to hold fixed when the whole image is varied: a dual-expert encoder's lesion

@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..data.cohorts.dermatology import SINGLE_SOURCES, generate_dermatology
 from ..package import Package, load_package
 from .cohort import cohort_faithfulness
+
+logger = logging.getLogger(__name__)
 
 TRAIN_SEED = 9301       # generator seed the controls train on (not the suite's 0, not #14's 9101, not 9201/9202)
 EVAL_SEED = 9302        # fresh seed the controls are measured on
@@ -153,8 +156,10 @@ def evaluate_control(pkg: Package, source: str, items: Sequence[Any], ig_steps: 
 
 def run_controls(sources: Sequence[str] = SINGLE_SOURCES, n: int = 700, n_eval: int = 70, image_size: int = 224,
                  epochs: int = 40, tiny: bool = False, retrain: bool = False, root: Path | None = None,
-                 log=print) -> list[dict[str, Any]]:
-    """Train / load each control, measure it and its randomised copy on the fresh EVAL_SEED cohort."""
+                 log: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
+    """Train / load each control, measure it and its randomised copy on the fresh EVAL_SEED cohort
+    (``log``: one line per step; default: this module's logger)."""
+    log = log or logger.info
     rows = []
     for source in sources:
         path = train_control(source, n, root, image_size, epochs, tiny, retrain)

@@ -39,7 +39,7 @@ TTA: list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[np.ndarray], n
 
 
 def is_dual(ctx: ExplainContext) -> bool:
-    return "local_pixels" in (ctx.inputs.get("image") or {})
+    return ctx.has("image") and ctx.model.encoders["image"].dual_expert
 
 
 def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str, mc_seed: int | None = None,

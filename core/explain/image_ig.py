@@ -66,7 +66,7 @@ def _features(enc: nn.Module, early: torch.Tensor, middle: torch.Tensor, last: t
 def middle_stage_ig(ctx: ExplainContext, n_steps: int = 8, internal_batch_size: int = 8) -> dict[str, Any]:
     """{"map": [S, S] in [0, 1], "convergence_delta", "relative_delta", "n_steps", "layer"} for the target class."""
     enc_full = ctx.model.encoders["image"]
-    dual = hasattr(enc_full, "local_backbone")
+    dual = enc_full.dual_expert
     enc = enc_full.backbone if dual else enc_full
     head, tail = _split(enc)
     image = ctx.inputs["image"]

@@ -54,7 +54,7 @@ def _prob(ctx: ExplainContext, modality: str, key: str, fixed: dict[str, torch.T
 
 def image_deletion_insertion(ctx: ExplainContext, heatmap: np.ndarray, patch: int = 16) -> dict[str, Any]:
     """Units are patch x patch squares ranked by mean heatmap; the baseline is a heavily blurred image."""
-    from .lesion_context import keep_region
+    from ..imaging import keep_region
 
     x = ctx.inputs["image"]["pixels"]
     S = x.shape[-1]

@@ -8,40 +8,20 @@ suite stays small on disk.
 from __future__ import annotations
 
 import json
+import logging
 import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
-from pathlib import Path
-from typing import Any, Sequence
 
+from ..data.cohorts import COHORTS
 from ..fusion import FUSIONS
 from .config import DataConfig, config_from_dict
-from .dataset import build_split
+from .dataset import build_split, cache_root
 from .train import build_from_config, finish_package, fit, load_cohort
-from .dataset import cache_root
 
-SUITES: dict[str, dict[str, Any]] = {
-    # stage1: encoders fitted once, as that modality's unimodal baseline, then frozen, cached and
-    # shared (stored once in _shared/) by every other package of the suite
-    "dermatology": {"modalities": ["image", "note", "metadata"], "n": 10000, "stage1": [],
-                    "train": {"epochs": 20, "batch_size": 128, "lr": 1e-3, "patience": 5, "modality_dropout": 0.15}},
-    "diabetes": {"modalities": ["spectrum", "metadata"], "stage1": ["spectrum"],
-                 "encoders": {"spectrum": {"channels": 8, "pca_components": 20}},
-                 "train": {"epochs": 60, "batch_size": 32, "lr": 2e-3, "patience": 12, "modality_dropout": 0.1},
-                 "stage1_train": {"epochs": 80, "patience": 20, "lr": 3e-3, "weight_decay": 0.05},
-                 # irene's transformer blocks collapse to one class on 538 patients at the suite's lr
-                 "variant_train": {"irene": {"lr": 3e-4, "warmup_epochs": 5, "patience": 20}}},
-    # real dermoscopy (data path: --data / FUSIONLENS_HAM10000): image + metadata; stage 1 fine-tunes the top
-    # of the image backbone on cached early activations (core.training.finetune), then every package reads
-    # that frozen encoder's cached features
-    "ham10000": {"modalities": ["image", "metadata"], "stage1": ["image"], "finetune": True,
-                 "encoders": {"image": {"type": "image", "arch": "efficientnet_lite0", "pretrained": False,
-                                        "image_size": [200, 150], "token_grid": 3, "frozen": True}},
-                 # sized for two shared CPU cores (the whole suite within 90 min): large batches, short patience
-                 "train": {"epochs": 12, "batch_size": 256, "lr": 2e-3, "patience": 4, "modality_dropout": 0.15},
-                 "variant_train": {"irene": {"lr": 5e-4, "warmup_epochs": 1, "epochs": 8}}},
-}
-
+logger = logging.getLogger(__name__)
 
 # seed 003's heads and seed 001's missing-modality compensation, on one fusion variant so the rows
 # beside it isolate the change (package name -> overrides of that variant's config)
@@ -61,9 +41,17 @@ EXTRAS: dict[str, dict[str, Any]] = {
 }
 
 
+def suite_spec(cohort: str) -> dict[str, Any]:
+    """The cohort's suite definition, registered with the cohort (``core.data.cohorts.COHORTS``)."""
+    spec = COHORTS.get(cohort).suite
+    if not spec:
+        raise ValueError(f"the {cohort} cohort has no training suite.")
+    return spec
+
+
 def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = None, n: int | None = None,
                   epochs: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    spec = SUITES[cohort]
+    spec = suite_spec(cohort)
     mods = spec["modalities"]
     names = list(variants) if variants else [v for v in FUSIONS.names() if not FUSIONS.get(v).unimodal] + \
         [e for e, spec_e in EXTRAS.items() if cohort in spec_e.get("cohorts", [cohort])]
@@ -99,9 +87,13 @@ def suite_configs(cohort: str, out_root: Path, variants: Sequence[str] | None = 
 
 
 def train_suite(cohort_name: str, out_root: str | Path = "assets/models", variants: Sequence[str] | None = None,
-                n: int | None = None, epochs: int | None = None, seed: int = 0, log=print) -> list[dict[str, Any]]:
+                n: int | None = None, epochs: int | None = None, seed: int = 0,
+                log: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
+    """Train the cohort's suite into ``out_root/<cohort>``; ``log`` gets one line per step (default: this
+    module's logger; the CLI prints them)."""
+    log = log or logger.info
     out_root = Path(out_root)
-    spec = SUITES[cohort_name]
+    spec = suite_spec(cohort_name)
     cfgs = [config_from_dict(c) for c in suite_configs(cohort_name, out_root, variants, n, epochs, seed)]
     t0 = time.perf_counter()
     cohort = load_cohort(DataConfig(**{k: v for k, v in vars(cfgs[0].data).items()}))
@@ -194,7 +186,11 @@ def train_suite(cohort_name: str, out_root: str | Path = "assets/models", varian
 
 
 def _own_inputs(cfg) -> bool:
-    return any(e.get("type") == "dual_expert" for e in cfg.encoders.values())
+    """Whether a config's encoders take inputs of their own (a dual expert's lesion crop besides the image).
+    Decided on the config, before any model is built, from the encoder registry's class attribute."""
+    from ..encoders import ENCODERS
+
+    return any(e.get("type") in ENCODERS and ENCODERS.get(e["type"]).dual_expert for e in cfg.encoders.values())
 
 
 def _prepare(template, cohort, cfg, log, primed=None):

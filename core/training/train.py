@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data import Cohort
+from ..data.cohorts import COHORTS, names_sentence
 from ..encoders import build_encoder
 from ..fusion import FUSIONS
 from ..model import MultimodalClassifier
@@ -32,20 +33,12 @@ from .metrics import classification_metrics, save_figures
 
 
 def load_cohort(data: DataConfig) -> Cohort:
-    if data.cohort == "dermatology":
-        from ..data.cohorts.dermatology import generate_dermatology
-
-        return generate_dermatology(n=data.n, seed=data.seed, image_size=data.image_size)
-    if data.cohort == "diabetes":
-        from ..data.cohorts.diabetes import build_diabetes
-
-        return build_diabetes(seed=data.seed)
-    if data.cohort == "ham10000":   # real data: the path comes from --data / FUSIONLENS_HAM10000, never the config
-        from ..data.cohorts.ham10000 import load_ham10000_cohort
-
-        return load_ham10000_cohort(seed=data.seed)
+    """A registered demo cohort (``core.data.cohorts.COHORTS``), else the dataset at ``data.path``."""
     if data.cohort is not None:
-        raise ValueError(f"unknown cohort '{data.cohort}'; use dermatology, diabetes or ham10000, or data.path for your own data.")
+        if data.cohort not in COHORTS:
+            raise ValueError(f"unknown cohort '{data.cohort}'; use {names_sentence(COHORTS.names())}, "
+                             "or data.path for your own data.")
+        return COHORTS.get(data.cohort).load(n=data.n, seed=data.seed, image_size=data.image_size)
     from ..data.loaders import load_dataset
 
     return load_dataset(data.path)

@@ -1,0 +1,141 @@
+"""The verbs on one case: ``predict``, ``explain``, ``compare`` and ``report``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .common import UsageError, case_from_args, explain_parts, load_many
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..package import load_package
+
+    if args.mc_samples < 0 or args.mc_samples > 1000:
+        raise UsageError("--mc-samples must be between 0 and 1000.")
+    pkg = load_package(args.model, int8=args.int8 or None)
+    case = case_from_args(args)
+    if args.set or args.set_note is not None or args.blur or args.drop_modality:  # issue 18: what-if
+        from ..whatif import Edit, WhatIfSession, format_result, parse_sets
+
+        try:
+            edit = Edit(parse_sets(args.set), args.set_note, args.blur, tuple(args.drop_modality))
+            result = WhatIfSession(pkg, case, args.mc_samples).run(edit)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        print(json.dumps(result.to_dict()) if args.json else format_result(result) + "\nResearch use only, not a medical device.")
+        return 0
+    pred = pkg.predict_tta(case, args.mc_samples) if args.tta else pkg.predict(case, mc_samples=args.mc_samples)
+    if args.json:
+        print(json.dumps(pred.to_dict()))
+    else:
+        print(f"{pred.label}  p={pred.calibrated.max():.3f}  normalised entropy={pred.uncertainty['normalised_entropy']:.3f}"
+              f"  {'REFER: ' + pred.referral['advice'] if pred.refer else ''}")
+        print("Research use only, not a medical device.")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..explain import CAM_METHODS, explain_case
+    from ..package import load_package
+
+    parts = explain_parts(args, "explain")
+    bad = [m for m in args.cam if m not in CAM_METHODS]
+    if bad:
+        raise UsageError(f"unknown CAM method '{bad[0]}'; choose from: {', '.join(CAM_METHODS)}.")
+    pkg = load_package(args.model)
+    case = case_from_args(args)
+    try:
+        target = int(args.target) if args.target and args.target.isdigit() else args.target
+        ex = explain_case(pkg, case, target=target, parts=parts, cam_methods=args.cam or ("gradcam",), tta=args.tta,
+                          ig_steps=args.ig_steps)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    d = ex.to_dict()
+    if args.json:
+        print(json.dumps(d))
+    else:
+        print(f"{ex.target_label}: p={ex.prediction.calibrated[ex.target]:.3f}")
+        if ex.modality:
+            print("modality Shapley: " + ", ".join(f"{m} {v:+.3f}" for m, v in ex.modality["values"].items()))
+        if ex.lesion_context:
+            s = next(iter(ex.lesion_context["shares"].values()))
+            print(f"CAM mass: lesion {s['lesion']:.2f}, context {s['context']:.2f}, background {s['background']:.2f}")
+        print("Research use only, not a medical device.")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..compare import compare_variants
+
+    pkgs = load_many([args.model, *args.compare])
+    parts = explain_parts(args, "compare")
+    try:
+        c = compare_variants(pkgs, case_from_args(args), explain=not args.no_explain, parts=parts)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    d = c.to_dict()
+    if args.json:
+        print(json.dumps(d))
+    else:
+        for col in d["columns"]:
+            print(f"{col['variant']:18s} {col['label']:8s} p={col['probability']:.3f}  uncertainty={col['normalised_entropy']:.3f}"
+                  f"{'  REFER' if col['refer'] else ''}")
+        a, e = d["agreement"], d["ensemble"]
+        print(f"{'all agree' if a['all_agree'] else 'disagree'}: {a['votes']}; ensemble {e['label']} p={e['probability_of_label']:.3f}"
+              f" (spread sd {e['std_of_label_probability']:.3f}, disagreement {e['disagreement']:.3f} nats)")
+        for k, v in d["explanation_agreement"].get("mean", {}).items():
+            print(f"  {k}: {v:.3f}")
+        print("Research use only, not a medical device.")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..case import Case, CaseError
+    from ..compare import compare_variants
+    from ..explain import explain_case
+    from ..report import FORMATS, ReportError, make_report
+
+    out = Path(args.out)
+    batch = args.cases_root is not None
+    fmt = (args.format or (None if batch else out.suffix.lstrip(".").lower()) or "pdf")
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown report format '{fmt}' (from --out or --format); use one of: {', '.join(FORMATS)}.")
+    if batch:
+        root = Path(args.cases_root)
+        if not root.is_dir():
+            raise UsageError(f"--cases-root '{root}' is not a folder.")
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+        if not folders:
+            raise UsageError(f"--cases-root '{root}' holds no case folders.")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out '{out}' must be a folder when --cases-root is given.")
+        out.mkdir(parents=True, exist_ok=True)
+    elif not out.parent.is_dir():
+        raise UsageError(f"the folder of --out '{out}' does not exist.")
+    parts = explain_parts(args, "report")
+    pkgs = load_many([args.model, *args.compare])
+    pkg = pkgs[0]
+
+    def one(case, path: Path) -> Path:
+        try:
+            ex = None if args.no_explain else explain_case(pkg, case, parts=parts)
+            cmp = compare_variants(pkgs, case, explain=False) if len(pkgs) > 1 else None
+            rep = make_report(pkg, case, ex, cmp, case_reference=args.reference, prediction=ex.prediction if ex else None)
+        except ReportError as e:
+            raise UsageError(str(e)) from None
+        return rep.write(path, fmt)
+
+    if not batch:
+        print(one(case_from_args(args), out))
+        return 0
+    failed = 0
+    for folder in folders:
+        try:
+            print(one(Case.from_folder(folder), out / f"{folder.name}.{fmt}"))
+        except (CaseError, UsageError) as e:
+            failed += 1
+            print(f"error: case '{folder.name}': {' '.join(str(e).split())}", file=sys.stderr)
+    print(f"{len(folders) - failed} of {len(folders)} reports written to {out}.", file=sys.stderr)
+    return 2 if failed else 0
