@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 
@@ -48,7 +49,7 @@ def main() -> int:
         cases = demo_cases(cohort, args.cases)
         S: dict[str, list[float]] = {k: [] for k in ("forward", "predict_T30", "compare_all", "explain_full")}
 
-        def run(name, fn, n):
+        def run(name, fn, n, S=S):
             for _ in range(n):
                 t = time.perf_counter()
                 fn()
@@ -57,9 +58,9 @@ def main() -> int:
         for case in cases:
             plain_forward(pkg, case), pkg.predict(case, mc_samples=30)   # first-call costs out of the figures
             for _ in range(args.repeats):  # interleaved, so drifting load hits both sides of each ratio alike
-                run("forward", lambda: plain_forward(pkg, case), 1)
-                run("predict_T30", lambda: pkg.predict(case, mc_samples=30), 1)
-            run("compare_all", lambda: compare_variants(variants, case, explain=False), 1)
+                run("forward", partial(plain_forward, pkg, case), 1)
+                run("predict_T30", partial(pkg.predict, case, mc_samples=30), 1)
+            run("compare_all", partial(compare_variants, variants, case, explain=False), 1)
             t = time.perf_counter()
             ex = explain_case(pkg, case, parts=FULL_PARTS, shapley_samples=0)
             S["explain_full"].append(time.perf_counter() - t)

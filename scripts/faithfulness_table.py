@@ -81,7 +81,8 @@ def table(models: str) -> str:
     """Two markdown tables: the measures on all cases (predicted class), and by correctness."""
     head = ("| model | acc | lesion mass ratio: lesion-dec. | context ratio: context-dec. | lesion ratio: context-dec. "
             "| energy PG: lesion-dec. (chance) | pointing game, decisive region (chance) "
-            "| Shapley decisive: lesion / context / note / metadata | Shapley decisive, balanced (chance) | gate w_l: lesion- / context-dec. |")
+            "| Shapley decisive: lesion / context / note / metadata | Shapley decisive, balanced (chance) "
+            "| gate w_l: lesion- / context-dec. |")
     lines = [head, "|" + "---|" * 10]
     head2 = ("| model | n correct / incorrect | pointing game: correct / incorrect (pred.) / incorrect (true cl.) "
              "| lesion ratio: correct / incorrect (pred.) / incorrect (true cl.) "
@@ -101,7 +102,10 @@ def table(models: str) -> str:
             f"| {_fmt(a['shapley_decisive_balanced'], a['shapley_decisive_balanced_chance'])} "
             f"| {_fmt(a['lesion_gate_lesion_decided'])} / {_fmt(a['lesion_gate_context_decided'])} |")
         c, ip, it = f["predicted"]["correct"], f["predicted"]["incorrect"], f["true"]["incorrect"]
-        trio = lambda key: " / ".join(_fmt(g[key]) for g in (c, ip, it))  # noqa: E731
+
+        def trio(key: str, groups=(c, ip, it)) -> str:
+            return " / ".join(_fmt(g[key]) for g in groups)
+
         lines2.append(f"| `{path.name}` | {c['n']} / {ip['n']} | {trio('pointing_game_decisive')} "
                       f"| {trio('lesion_ratio_lesion_decided')} | {trio('shapley_decisive_balanced')} |")
     return "\n".join(lines) + "\n\n" + "\n".join(lines2)

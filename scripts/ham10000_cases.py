@@ -78,7 +78,7 @@ def main() -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     listing = []
-    for i, ((it, ok, referred, conf, pred), kind) in enumerate(picked, 1):
+    for i, ((it, _ok, referred, conf, pred), kind) in enumerate(picked, 1):
         d = out / f"ham-{i:02d}-{it.label}-{kind}"
         d.mkdir()
         Image.open(it.image_path).convert("RGB").save(d / "image.png")      # the decoded JPEG, losslessly

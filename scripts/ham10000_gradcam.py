@@ -147,8 +147,8 @@ def main() -> int:
 
 
 def markdown(out: dict) -> str:
-    lines = [f"| model | median lesion mass ratio (IQR) | pointing game (chance) | border mass / area | vignette mass / area (n) "
-             f"| outside / inside activation (akiec) |", "|---|---|---|---|---|---|"]
+    lines = ["| model | median lesion mass ratio (IQR) | pointing game (chance) | border mass / area | vignette mass / area (n) "
+             "| outside / inside activation (akiec) |", "|---|---|---|---|---|---|"]
     for name, s in out["packages"].items():
         ak = s["per_class"].get("akiec", {}).get("median_out_in", float("nan"))
         lines.append(f"| `{name}` | {s['median_mass_ratio']:.2f} ({s['mass_ratio_iqr'][0]:.2f}–{s['mass_ratio_iqr'][1]:.2f}) "

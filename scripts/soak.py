@@ -131,8 +131,9 @@ async def run_session(s: Session, browser, url: str, deadline: float, max_rounds
                     s.foreign += 1
                 t = time.perf_counter()
                 await _goto(page, "Prediction")
-                label = page.locator('[data-testid="stMetric"]').filter(has_text="Predicted class").locator('[data-testid="stMetricValue"]')
-                prob = page.locator('[data-testid="stMetric"]').filter(has_text="Calibrated probability").locator('[data-testid="stMetricValue"]')
+                metric = page.locator('[data-testid="stMetric"]')
+                label = metric.filter(has_text="Predicted class").locator('[data-testid="stMetricValue"]')
+                prob = metric.filter(has_text="Calibrated probability").locator('[data-testid="stMetricValue"]')
                 await prob.first.wait_for(timeout=WAIT_MS)
                 await _settled(page)
                 s.times["prediction"].append(time.perf_counter() - t)
@@ -304,5 +305,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     r = main()
-    ok = r["errors"] == 0 and r["foreign_views"] == 0 and r["sessions_without_a_round"] == 0 and not r["canary_found_in"] and r["rss_mib"]["after_vs_start_percent"] <= 10
+    ok = (r["errors"] == 0 and r["foreign_views"] == 0 and r["sessions_without_a_round"] == 0 and not r["canary_found_in"]
+          and r["rss_mib"]["after_vs_start_percent"] <= 10)
     sys.exit(0 if ok else 1)

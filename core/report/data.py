@@ -290,8 +290,9 @@ def clinical_summary(report: Mapping[str, Any], explanation: Any | None) -> dict
         elif m == "metadata" and ex.get("table"):
             unit = {f["name"]: f.get("unit") for f in ex["table"]["features"]}
             lines = _reasons_words(ex["table"]["top_features"], label,
-                                   lambda f: f"{f['name'].replace('_', ' ').capitalize()} = {readable_value(f['value'])}"
-                                             + (f" {unit.get(f['name'])}" if unit.get(f["name"]) else ""))
+                                   lambda f, unit=unit: f"{f['name'].replace('_', ' ').capitalize()} = "
+                                                        f"{readable_value(f['value'])}"
+                                                        + (f" {unit.get(f['name'])}" if unit.get(f["name"]) else ""))
         elif m == "spectrum" and explanation is not None and getattr(explanation, "spectrum", None):
             sp = explanation.spectrum
             xs, sm = np.asarray(sp["wavelengths"], float), np.asarray(sp["smoothed"], float)

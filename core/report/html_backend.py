@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from .render import CaseReport
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,"Noto Sans","Noto Sans CJK SC",sans-serif;max-width:1000px;margin:24px auto;color:#222;padding:0 12px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,"Noto Sans","Noto Sans CJK SC",sans-serif;
+max-width:1000px;margin:24px auto;color:#222;padding:0 12px}
 h1{font-size:1.45em;margin-bottom:4px}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
 h3{font-size:1em;margin:12px 0 4px}
 .notice{background:#fff3cd;border:1px solid #e0c36c;padding:8px 12px;border-radius:4px;font-weight:600}

@@ -12,7 +12,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..case import Case
 from ..package import Package
@@ -100,7 +100,8 @@ def render_csv(rep: CaseReport) -> str:
                                         ("model", "name", model["name"]), ("model", "variant", model["variant"]),
                                         ("model", "sha256", model["sha256"]),
                                         ("prediction", "label", sm["label"]), ("prediction", "probability", f"{sm['probability']:.4f}"),
-                                        ("prediction", "uncertainty", sm["uncertainty"]["sentence"]), ("prediction", "referral", sm["referral"])]
+                                        ("prediction", "uncertainty", sm["uncertainty"]["sentence"]),
+                                        ("prediction", "referral", sm["referral"])]
     rows += [("probability", k, f"{v:.4f}") for k, v in pred["calibrated_probabilities"].items()]
     for r in sm["reasons"]:
         rows += [(f"reasons: {r['input']}", r["title"], line) for line in r["reasons"]]

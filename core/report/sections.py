@@ -148,12 +148,14 @@ def model_rows(model: Mapping[str, Any]) -> list[tuple[str, str]]:
              "error_detection_auroc": "error detection AUROC"}
     for k, m in model["test_metrics"].items():
         ci = m.get("ci95")
-        rows.append((f"Test {names.get(k, k.replace('_', ' '))}", f"{m['value']:.2f}" + (f" (95% CI {ci[0]:.2f}{DASH}{ci[1]:.2f})" if ci else "")))
+        value = f"{m['value']:.2f}" + (f" (95% CI {ci[0]:.2f}{DASH}{ci[1]:.2f})" if ci else "")
+        rows.append((f"Test {names.get(k, k.replace('_', ' '))}", value))
     return rows
 
 
 def probability_rows(pred: Mapping[str, Any]) -> list[tuple[str, str]]:
-    return [(k, f"{v:.4f} ({v:.0%})" + (f", spread ± {pred['mc_std'].get(k, 0) * 100:.0f} points" if pred["mc_std"].get(k) is not None else ""))
+    std = pred["mc_std"]
+    return [(k, f"{v:.4f} ({v:.0%})" + (f", spread ± {std[k] * 100:.0f} points" if std.get(k) is not None else ""))
             for k, v in sorted(pred["calibrated_probabilities"].items(), key=lambda kv: -kv[1])]
 
 
