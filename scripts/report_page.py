@@ -30,7 +30,7 @@ def main() -> int:
 
     from core import Case, load_package
     from core.compare import compare_variants
-    from core.explain import explain_case
+    from core.explain import default_parts, explain_case
     from core.report import make_report
 
     models = ROOT / "assets" / "models" / args.cohort
@@ -39,8 +39,7 @@ def main() -> int:
     case = Case.from_folder(folder)
     pkg = load_package(models / args.model)
     others = [load_package(models / v) for v in args.compare]
-    ex = explain_case(pkg, case, parts=("cam", "lesion_context", "stability", "note", "table", "spectrum", "modality",
-                                        "faithfulness"))
+    ex = explain_case(pkg, case, parts=default_parts("report"))
     cmp = compare_variants([pkg, *others], case, explain=False)
     rep = make_report(pkg, case, ex, cmp, case_reference="README example")
     out = Path(args.out)
