@@ -80,7 +80,8 @@ def test_lite0_pretrained_weights_are_the_shipped_file(lite0):
     mine = lite0.backbone.state_dict()
     assert set(mine) == {k for k in state if not k.startswith("_fc.")}  # classifier dropped
     assert all(torch.equal(mine[k], state[k]) for k in mine)
-    assert lite0.external_weights is True and lite0.config() == {"arch": "efficientnet_lite0", "pretrained": True, "image_size": S, "token_grid": None}
+    assert lite0.external_weights is True and lite0.config() == {"arch": "efficientnet_lite0", "pretrained": True,
+                                                                 "image_size": S, "token_grid": None}
     assert lite0.mean == lite0.std == (0.5, 0.5, 0.5)
     # last stage == the package's own extract_features
     ref = EfficientNet.from_name("efficientnet-lite0")

@@ -35,7 +35,7 @@ def ham_root(tmp_path: Path) -> Path:
     rows, n = [HAM_HEADER], 0
     for dx in HAM_LABELS:
         for lesion in range(4):
-            for shot in range(1 + lesion % 2):
+            for _shot in range(1 + lesion % 2):
                 n += 1
                 image_id = f"ISIC_{n:07d}"
                 age = "" if n == 3 else str(20 + 5 * (n % 12))

@@ -70,7 +70,6 @@ def _features(d: dict[str, torch.Tensor], p: str) -> ModalityFeatures:
 class DualExpertEncoder(Encoder):
     modality = "image"
     dual_expert = True          # prepare() receives (image, mask or None) pairs: see case_input
-    wants_mask = True           # TEMPORARY: read by the old prepare_batch; goes once it calls case_input
 
     def __init__(self, arch: str = "efficientnet_lite0", pretrained: bool | str = True, image_size: int = 224,
                  token_grid: int | None = None, gate: str = "learned", n_classes: int | None = None,

@@ -99,7 +99,8 @@ class AttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.ff = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
 
-    def forward(self, q: torch.Tensor, kv: torch.Tensor | None = None, kv_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, q: torch.Tensor, kv: torch.Tensor | None = None,
+                kv_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         qn = self.nq(q)
         kvn = qn if kv is None else self.nkv(kv)
         pad = None if kv_mask is None else ~kv_mask

@@ -289,7 +289,8 @@ def write_demo_cases(cohort: Cohort, dest: "str | Path", n: int = 12) -> "list[P
 
     dest = Path(dest)
     test = cohort.split("test")
-    picked = [it for it in test if it.label == cohort.labels[0]][: n // 2] + [it for it in test if it.label == cohort.labels[1]][: n - n // 2]
+    picked = ([it for it in test if it.label == cohort.labels[0]][: n // 2]
+              + [it for it in test if it.label == cohort.labels[1]][: n - n // 2])
     grid = np.asarray(cohort.spectrum_grid)
     out = []
     for it in picked:
