@@ -93,20 +93,20 @@ def inputs_summary(case: Case, package: Package) -> dict[str, Any]:
 
 
 def model_summary(package: Package) -> dict[str, Any]:
-    td = package.config.get("training_data", {}) or {}
+    cfg = package.cfg
     metrics = {}
     try:
         m = json.loads((package.path / "metrics.json").read_text())
     except (OSError, ValueError):
-        m = package.config.get("metrics", {}) or {}
+        m = cfg.metrics
     for k in ("balanced_accuracy", "macro_f1", "auroc", "ece", "error_detection_auroc"):
         v = m.get(k)
         if isinstance(v, dict) and isinstance(v.get("value"), (int, float)):
             metrics[k] = {"value": float(v["value"]), "ci95": v.get("ci95")}
-    return {"name": package.name, "variant": package.variant, "cohort": package.config.get("cohort"),
+    return {"name": package.name, "variant": package.variant, "cohort": cfg.cohort,
             "folder": package.path.name, "sha256": package.sha256, "modalities": package.modalities,
-            "labels": package.labels, "training_data": str(td.get("description", "")),
-            "synthetic_training_data": bool(td.get("synthetic", False)),
+            "labels": package.labels, "training_data": cfg.training_description,
+            "synthetic_training_data": cfg.synthetic,
             "calibration_temperature": package.temperature, "referral_threshold": package.referral_threshold,
             "test_metrics": metrics, "test_n": m.get("n")}
 
