@@ -52,7 +52,7 @@ def main() -> int:
         pkg = load_package(path)
         t = time.perf_counter()
         split = build_split(pkg.model, items, pkg.labels, tag="isic2018-task3-test")
-        m, _, _ = evaluate_split(pkg.model, split, pkg.labels, pkg.temperature, pkg.config.get("mc_samples", 30),
+        m, _, _ = evaluate_split(pkg.model, split, pkg.labels, pkg.temperature, pkg.mc_samples,
                                  n_boot=args.n_boot)
         test = json.loads((path / "metrics.json").read_text())
         out["packages"][path.name] = {"modalities": pkg.modalities, "isic2018": m,
