@@ -140,7 +140,7 @@ def test_training_caches_both_streams_once_and_reuses_the_global_image_cache(tmp
     assert len(files) == 1
     batch = split.batch(model, torch.arange(6))
     out = model(batch["inputs"], batch["present"])
-    inputs, present, _ = model.encoders["image"].prepare([(it._case.image, None) for it in items]), None, None
+    inputs = model.encoders["image"].prepare([(it._case.image, None) for it in items])
     direct = model.encoders["image"](**inputs)
     assert torch.allclose(out.features[0].pooled, direct.pooled, atol=1e-5)  # cached == a fresh pass
     again = build_split(model, items, LABELS, tag="t")                          # second time: from disk
@@ -149,13 +149,11 @@ def test_training_caches_both_streams_once_and_reuses_the_global_image_cache(tmp
 
 def test_dashboard_shows_the_lesion_gate_and_both_streams(tmp_path, monkeypatch):
     import json
-    import sys
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
 
     root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "dashboard"))
     save_package(dual_model(), tmp_path / "models" / "dermatology" / "gated_dual_expert", LABELS, name="tiny-dual",
                  cohort="dermatology")
     monkeypatch.setenv("FUSIONLENS_MODELS", str(tmp_path / "models"))

@@ -31,7 +31,7 @@ def make_ham(root: Path, per_class: int = 4, masks: bool = True) -> Path:
         (root / "HAM10000_segmentations_lesion").mkdir()
     rows, k = [], 0
     for dx in HAM_LABELS:
-        for j in range(per_class):
+        for _j in range(per_class):
             k += 1
             image_id = f"ISIC_{k:07d}"
             rows.append({"lesion_id": f"HAM_{(k + 1) // 2:07d}", "image_id": image_id, "dx": dx,
@@ -206,16 +206,13 @@ def test_app_opens_on_the_real_cohort_with_its_provenance(monkeypatch):
     assert at.selectbox(key="w_cohort").value == "ham10000"          # real lesions first
     captions = [c.value for c in at.sidebar.caption] + [c.value for c in at.caption]
     assert any("HAM10000 (real dermoscopy, CC BY-NC)" in c for c in captions)
-    import sys
-
-    sys.path.insert(0, str(ROOT / "dashboard"))
-    from cases import list_demo_cases                                     # the Case page's demo list, in its order
+    from core.case_io import list_demo_cases                              # the Case page's demo list, in its order
 
     first = next(d for d in list_demo_cases([ROOT / "assets" / "cases"]) if d.cohort == "ham10000")
     assert first.case_id.startswith("ham-01-") and json.loads((first.path / "metadata.json").read_text())["kind"] == "clear"
     # the app's warm-up thread predicts and explains the default demo case with the default package: let it finish
     # (a daemon thread still inside torch when the interpreter exits aborts the process)
-    import background
+    from dashboard import background
 
     assert background._WARM["done"].wait(600)
     assert background._WARM["error"] is None, background._WARM["error"]
