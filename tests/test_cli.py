@@ -78,6 +78,23 @@ def test_real_process_has_no_traceback(pkg):
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: metadata.sex:")
 
 
+def test_debug_prints_the_traceback_instead(pkg, capsys):
+    code, out, err = run(["--debug", "predict", "--model", "/nonexistent"], capsys)
+    assert code == 2 and out == "" and err.startswith("Traceback") and "no such model folder" in err
+
+
+def test_cohort_choices_come_from_the_registry():
+    from core.cli import build_parser
+    from core.data.cohorts import COHORTS, generated_cohorts
+
+    sub = next(a for a in build_parser()._actions if a.dest == "verb").choices
+    cohort = {v: next(a for a in sub[v]._actions if a.dest == "cohort").choices
+              for v in ("train-suite", "evaluate", "bench", "explain-cohort")}
+    assert cohort["train-suite"] == [n for n in COHORTS.names() if COHORTS.get(n).suite]
+    assert cohort["evaluate"] == cohort["bench"] == cohort["explain-cohort"] == generated_cohorts()
+    assert "ham10000" in cohort["train-suite"] and "ham10000" not in generated_cohorts()
+
+
 def test_explain_json(pkg, files, capsys):
     code, out, err = run(["predict", "--model", pkg, "--meta", "age=55", "--json"], capsys)
     code, out, err = run(["explain", "--model", pkg, "--image", files / "img.png", "--note", "Itchy bleeding lesion",

@@ -185,3 +185,16 @@ def test_cohort_faithfulness_summary(pkg, tmp_path):
     assert out["n"] == 4 and a["n_lesion_decided"] == 2 and a["n_context_decided"] == 1 and a["n_note_decided"] == 1
     assert a["shapley_decisive_kinds"] == ["image", "note"] and a["shapley_decisive_balanced_chance"] == pytest.approx(1 / 3)
     assert out["predicted"]["correct"]["n"] + out["predicted"]["incorrect"]["n"] == 4
+
+
+def test_parts_registry_gives_the_default_lists_and_the_run_order():
+    from core.explain import DEFAULT_PARTS, EXPLAIN_PARTS, PARTS, default_parts
+    from core.explain.parts import run_order
+
+    assert PARTS == tuple(EXPLAIN_PARTS.names()) and DEFAULT_PARTS == default_parts("explain")
+    assert default_parts("report") == (*DEFAULT_PARTS, "faithfulness")
+    assert default_parts("compare") == tuple(p for p in DEFAULT_PARTS if p != "stability")
+    assert run_order(["faithfulness", "lesion_context", "note", "cam"]) == ["note", "cam", "lesion_context", "faithfulness"]
+    assert EXPLAIN_PARTS.get("table").needs == ("metadata",) and EXPLAIN_PARTS.get("modality").needs == ()
+    with pytest.raises(ValueError):
+        default_parts("poster")
