@@ -28,7 +28,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT / "dashboard"))
 
 import e2e_harness as h  # noqa: E402
 
@@ -103,7 +102,7 @@ def main() -> int:
         print("note: no emoji font is installed, so the icons of st.success / st.error / st.warning (✅ 🚫 🔁) show as "
               "empty boxes; `apt-get install fonts-noto-color-emoji` fixes the screenshots.")
 
-    from cases import list_demo_cases  # dashboard/cases.py: the app's own demo-case discovery
+    from core.case_io import list_demo_cases  # the app's own demo-case discovery, in its order
 
     models = roots("FUSIONLENS_MODELS", ROOT / "assets" / "models")
     case_roots = roots("FUSIONLENS_CASES", ROOT / "assets" / "cases")

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from core.data.cohorts.dermatology import draw_case, sample_labels
-from core.explain.lesion_context import auto_lesion_mask, segmentation_quality
+from core.imaging import auto_lesion_mask, segmentation_quality
 
 
 def measure(n: int = 200, seed: int = 0, image_size: int = 224) -> dict:
