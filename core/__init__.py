@@ -4,10 +4,10 @@ Research use only, not a medical device.
 """
 __version__ = "0.1.0"
 
-from .case import Case, CaseError  # noqa: E402
-from .fusion import FUSIONS  # noqa: E402
-from .model import MultimodalClassifier  # noqa: E402
-from .package import (RESEARCH_NOTICE, Package, PackageError, Prediction, build_model,  # noqa: E402
+from .case import Case, CaseError
+from .fusion import FUSIONS
+from .model import MultimodalClassifier
+from .package import (RESEARCH_NOTICE, Package, PackageError, Prediction, build_model,
                       discover_packages, load_package, read_package_summary, save_package)
 
 __all__ = ["Case", "CaseError", "FUSIONS", "MultimodalClassifier", "Package", "PackageError", "Prediction",

@@ -18,7 +18,6 @@ in ``assets/`` are used; nothing is downloaded.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import platform
@@ -143,7 +142,6 @@ def naive_shapley(ctx) -> None:
 
 def naive_explain(pkg: Package, case: Case) -> None:
     from .explain import ExplainContext
-    from .explain.attributions import image_attributions
     from .explain.gradcam import image_cam
 
     naive_predict(pkg, case)
@@ -255,8 +253,8 @@ def bench_cohort(cohort: str, n_cases: int, repeats: int, memory_cases: int, mod
     q = load_package(main, int8=True)
     agree, dmax = [], 0.0
     for case in cases:
-        T.run("forward_plain_int8", lambda: plain_forward(q, case))
-        T.run("predict_T30_int8", lambda: q.predict(case, mc_samples=30))
+        T.run("forward_plain_int8", lambda q=q, case=case: plain_forward(q, case))
+        T.run("predict_T30_int8", lambda q=q, case=case: q.predict(case, mc_samples=30))
         a, b = q.predict(case), pkg.predict(case)
         agree.append(a.label == b.label)
         dmax = max(dmax, float(np.abs(a.calibrated - b.calibrated).max()))

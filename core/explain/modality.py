@@ -1,6 +1,7 @@
 """Modality-level explanations: exact Shapley values over the present modalities, "without X"
-counterfactuals, and the disagreement between the single-modality predictions. Absent modalities are masked the way the model handles missing data (its learned
-missing embedding), and all 2^k coalitions run as one batch on the cached encoder outputs."""
+counterfactuals, and the disagreement between the single-modality predictions. Absent modalities are
+masked the way the model handles missing data (its learned missing embedding), and all 2^k coalitions
+run as one batch on the cached encoder outputs."""
 from __future__ import annotations
 
 import itertools

@@ -5,7 +5,6 @@ import math
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -168,7 +167,8 @@ def _to_device(b: dict[str, Any], device: torch.device) -> dict[str, Any]:
         if x is None:
             return None
         if isinstance(x, ModalityFeatures):
-            return ModalityFeatures(x.pooled.to(device), tuple(l.to(device) for l in x.levels), x.tokens.to(device), x.token_mask.to(device))
+            return ModalityFeatures(x.pooled.to(device), tuple(t.to(device) for t in x.levels), x.tokens.to(device),
+                                    x.token_mask.to(device))
         if isinstance(x, dict):
             return {k: mv(v) for k, v in x.items()}
         return x.to(device)
