@@ -6,7 +6,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from core import load_package, save_package
 from core.explain import CAM_METHODS, ExplainContext, explain_case
@@ -120,7 +119,7 @@ def test_concurrent_explanations_equal_sequential(pkg):
     def work(i):
         try:
             results[i] = explain_case(pkg, cases[i], **kw)
-        except Exception as e:  # pragma: no cover - reported below
+        except Exception as e:  # noqa: BLE001  # pragma: no cover - any failure in a thread is reported below
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]

@@ -263,7 +263,6 @@ def test_measure_split_on_a_trained_model(tmp_path):
 def test_fusion_internals_page_shows_readings(tmp_path, monkeypatch):
     import json
 
-    import numpy as np
     from streamlit.testing.v1 import AppTest
 
     from core import load_package

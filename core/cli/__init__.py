@@ -9,7 +9,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from .common import Parser, UsageError, add_case_arguments  # noqa: E402
-from .main import build_parser, main  # noqa: E402
+from .common import Parser, UsageError, add_case_arguments
+from .main import build_parser, main
 
 __all__ = ["Parser", "UsageError", "add_case_arguments", "build_parser", "main"]

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from ..errors import FusionLensError
 from .case import cmd_compare, cmd_explain, cmd_predict, cmd_report
-from .common import Parser, UsageError, add_case_arguments
+from .common import Parser, add_case_arguments
 from .models import cmd_bench, cmd_evaluate, cmd_faithfulness, cmd_train, cmd_train_suite, cmd_variants
 
 
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, 2, f"error: {' '.join(str(e).split())}")
     except KeyboardInterrupt:
         return _fail(args, 130, "error: interrupted.")
-    except Exception as e:  # a bug, not bad input: still one line (the traceback with --debug)
+    except Exception as e:  # noqa: BLE001 (a bug, not bad input: still one line; the traceback with --debug)
         return _fail(args, 1, f"error: unexpected failure ({type(e).__name__}: {' '.join(str(e).split())[:300]}); "
                               "please report it.")
 

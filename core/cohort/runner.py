@@ -46,7 +46,8 @@ def load_records(cohort: str | None = None, data: str | None = None, seed: int =
         raise CohortError("give exactly one of --cohort and --data.")
     c = load_cohort(DataConfig(cohort=cohort, n=n, seed=seed) if cohort else DataConfig(path=data))
     items = select_items(c, split)
-    desc = {"cohort": c.name, "data": data, "seed": seed if cohort else None, "n_generated": n if cohort and COHORTS.get(cohort).sized else None,
+    sized = cohort is not None and COHORTS.get(cohort).sized
+    desc = {"cohort": c.name, "data": data, "seed": seed if cohort else None, "n_generated": n if sized else None,
             "split": split, "synthetic": c.synthetic, "description": c.description, "labels": c.labels}
     return [item_record(it) for it in items], desc
 
@@ -192,7 +193,7 @@ class _RayWorker:
 
 def ray_available() -> bool:
     try:
-        import ray  # noqa: F401
+        import ray
         import ray.data  # noqa: F401
     except ImportError:
         return False

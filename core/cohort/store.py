@@ -35,7 +35,8 @@ FIELDS: list[tuple[str, pa.DataType]] = [
     ("note_top_words", pa.list_(_S)), ("note_top_scores", pa.list_(_F)),
     ("table_top_features", pa.list_(_S)), ("table_top_scores", pa.list_(_F)), ("table_top_values", pa.list_(_S)),
     ("fused", pa.list_(pa.float16())),
-    ("age", _F), ("sex", _S), ("site", _S), ("metadata_json", _S), ("spectrum_json", _S), ("note", _S), ("image_path", _S), ("mask_path", _S),
+    ("age", _F), ("sex", _S), ("site", _S), ("metadata_json", _S), ("spectrum_json", _S), ("note", _S), ("image_path", _S),
+    ("mask_path", _S),
     ("thumbnail", pa.binary()), ("seconds", _F), ("cpu_seconds", _F),
 ]
 SCHEMA = pa.schema(FIELDS)
@@ -90,7 +91,8 @@ class ResultsStore:
         return name
 
     def read(self, columns: Iterable[str] | None = None) -> pa.Table:
-        """Every part as one table (``columns``: these plus case_id and package); a (case, package) written twice (a retried failure) keeps its last row."""
+        """Every part as one table (``columns``: these plus case_id and package); a (case, package) written twice
+        (a retried failure) keeps its last row."""
         files = self.part_files()
         cols = None if columns is None else list(dict.fromkeys(["case_id", "package", *columns]))
         if not files:

@@ -103,7 +103,7 @@ def table_attributions(ctx: ExplainContext, n_steps: int = 32, shapley_samples: 
                                                       perturbations_per_eval=16)
     values, _ = schema.validate(ctx.case.metadata or {})
     rows = []
-    for i, (feat, s) in enumerate(zip(schema.features, schema.slices)):
+    for feat, s in zip(schema.features, schema.slices):
         rows.append({"name": feat.name, "unit": feat.unit, "value": values.get(feat.name), "baseline": feat.baseline,
                      "integrated_gradients": float(ig[0, s].sum()),
                      "shapley": None if shapley_samples <= 0 else float(sv[0, s][0])})

@@ -177,7 +177,8 @@ def run_controls(sources: Sequence[str] = SINGLE_SOURCES, n: int = 700, n_eval: 
 
 def controls_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown: one line per criterion, the trained control and its randomised copy side by side."""
-    lines = ["| control | accuracy (chance 0.14): trained / randomised | measure | criterion | trained (chance) | met | randomised | fails as it should |",
+    lines = ["| control | accuracy (chance 0.14): trained / randomised | measure | criterion | trained (chance) | met "
+             "| randomised | fails as it should |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t, z = r["trained"], r["randomised"]

@@ -40,8 +40,8 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("target", "target_label", "cams", "cam_layer", "lesion_context", "stability",
-                                           "note", "table", "spectrum", "modality", "image_attributions", "image_attribution_info", "faithfulness", "timings",
-                                           "lesion_stream_cam",
+                                           "note", "table", "spectrum", "modality", "image_attributions",
+                                           "image_attribution_info", "faithfulness", "timings", "lesion_stream_cam",
                                            "skipped")}
         d = to_jsonable(d)
         d["prediction"] = self.prediction.to_dict()

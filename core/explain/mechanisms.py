@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -314,7 +314,8 @@ def reading(rec: Mapping[str, Any], name: str) -> dict[str, Any]:
                                 f"in training (moved {mv['moved']:.3f}): read {'it' if len(mv['init']) == 1 else 'them'} as a "
                                 "constant of the model, not as something it learned."}
         return {"name": name, "label": label, "value": mv["moved"], "trust": "summary",
-                "sentence": f"The {label} moved {mv['moved']:.2f} from {'its initial value' if len(mv['init']) == 1 else 'their initial values'} "
+                "sentence": f"The {label} moved {mv['moved']:.2f} from "
+                            f"{'its initial value' if len(mv['init']) == 1 else 'their initial values'} "
                             "in training: a learned property of the model, the same for every case."}
     sd = rec.get("spread", {}).get(name)
     if sd is None:

@@ -225,15 +225,18 @@ def markdown_table(out_root: str | Path, cohort_name: str) -> str:
     """The README table of a trained suite, read from each package's metrics.json."""
     from ..package import discover_packages
 
-    lines = ["| model | inputs | balanced acc. (95% CI) | macro-F1 | AUROC | ECE before → after | error-detection AUROC | acc. at 20% referred |"
+    lines = ["| model | inputs | balanced acc. (95% CI) | macro-F1 | AUROC | ECE before → after | error-detection AUROC "
+             "| acc. at 20% referred |"
              + (" seed 003 HAM10000 acc. % (different data) |" if cohort_name == "dermatology" else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|" if cohort_name == "dermatology" else "")]
     for path in discover_packages(Path(out_root) / cohort_name):
         m = json.loads((path / "metrics.json").read_text())
         cfg = json.loads((path / "config.json").read_text())
         b = m["balanced_accuracy"]
-        row = (f"| `{path.name}` | {', '.join(cfg['architecture']['modalities'])} | {b['value']:.3f} ({b['ci95'][0]:.3f}–{b['ci95'][1]:.3f}) "
-               f"| {m['macro_f1']['value']:.3f} | {m['auroc']['value']:.3f} | {m['ece_before_calibration']['value']:.3f} → {m['ece']['value']:.3f} "
+        row = (f"| `{path.name}` | {', '.join(cfg['architecture']['modalities'])} "
+               f"| {b['value']:.3f} ({b['ci95'][0]:.3f}–{b['ci95'][1]:.3f}) "
+               f"| {m['macro_f1']['value']:.3f} | {m['auroc']['value']:.3f} "
+               f"| {m['ece_before_calibration']['value']:.3f} → {m['ece']['value']:.3f} "
                f"| {m['error_detection_auroc']['value']:.3f} | {m['accuracy_vs_referred']['accuracy'][4]:.3f} |")
         if cohort_name == "dermatology":
             ref = SEED003_HAM10000.get(path.name)

@@ -8,9 +8,7 @@ evaluated with bootstrap intervals; all of it goes into the package.
 """
 from __future__ import annotations
 
-import copy
 import json
-import os
 import time
 import warnings
 from dataclasses import asdict
