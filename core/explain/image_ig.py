@@ -22,38 +22,6 @@ from torch.nn import functional as F
 from ..encoders import ModalityFeatures
 from .context import ExplainContext
 
-LITE0_MIDDLE = 10   # block index closing the stride-16 group (core.encoders.image._LITE0_CUTS[1])
-LITE0_EARLY = 4
-
-
-def _split(enc: nn.Module) -> tuple:
-    """(pixels -> (early, middle) activations, middle activation -> last-stage activation) for an ImageEncoder."""
-    b = enc.backbone
-    if enc.arch == "efficientnet_lite0":
-        def head(x: torch.Tensor):
-            x = enc.stem_act(b._bn0(b._conv_stem(x)))
-            early = None
-            for i in range(LITE0_MIDDLE + 1):
-                x = b._blocks[i](x, drop_connect_rate=0.0)
-                if i == LITE0_EARLY:
-                    early = x
-            return early, x
-
-        def tail(x: torch.Tensor) -> torch.Tensor:
-            for i in range(LITE0_MIDDLE + 1, len(b._blocks)):
-                x = b._blocks[i](x, drop_connect_rate=0.0)
-            return enc.head_act(b._bn1(b._conv_head(x)))
-        return head, tail
-    if enc.arch == "tiny":
-        return (lambda x: (lambda e: (e, b[1](e)))(b[0](x))), (lambda x: b[2](x))
-    if enc.arch in ("resnet18", "resnet50"):
-        def rhead(x: torch.Tensor):
-            e = b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x))))))
-            return e, b.layer3(e)
-        return rhead, (lambda x: b.layer4(x))
-    raise ValueError(f"no middle-stage split for the image architecture '{enc.arch}'.")
-
-
 def _features(enc: nn.Module, early: torch.Tensor, middle: torch.Tensor, last: torch.Tensor) -> ModalityFeatures:
     """What ``ImageEncoder.forward`` returns, from its three stage activations (early pooled level given)."""
     levels = (early, middle.mean(dim=(2, 3)), last.mean(dim=(2, 3)))
@@ -68,7 +36,7 @@ def middle_stage_ig(ctx: ExplainContext, n_steps: int = 8, internal_batch_size: 
     enc_full = ctx.model.encoders["image"]
     dual = enc_full.dual_expert
     enc = enc_full.backbone if dual else enc_full
-    head, tail = _split(enc)
+    head, tail = enc.stage_split()   # the architecture's adapter cuts it (core.encoders.image_backbones)
     image = ctx.inputs["image"]
     x = image["pixels"]
     black = (torch.zeros_like(x) - enc._mean) / enc._std
