@@ -215,9 +215,9 @@ def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any]
     def run() -> None:
         t0 = time.perf_counter()
         try:
-            import core.compare  # noqa: F401  (the heavy imports: captum, pytorch-grad-cam, plotly)
-            import core.explain  # noqa: F401
-            import core.plots  # noqa: F401
+            import core.compare  # the heavy imports: captum, pytorch-grad-cam, plotly
+            import core.explain
+            import core.plots
             from core.explain import explain_case
 
             by_path = {s["path"]: s for s in same}
@@ -270,7 +270,7 @@ def _warm_figures(ex: Any, case: Any) -> None:
     for make in figs:
         try:
             make().to_json()
-        except Exception:  # noqa: BLE001, S112  (a figure that fails here fails on its page with a message)
+        except Exception:  # noqa: BLE001  (a figure that fails here fails on its page with a message)
             continue
 
 

@@ -201,8 +201,10 @@ def render(page: Any) -> None:
     by_path = {s["path"]: s for s in sets}
     if st.session_state.get("co_set") not in by_path:
         st.session_state["co_set"] = sets[0]["path"]
-    path = st.selectbox("Results set", list(by_path), key="co_set",
-                        format_func=lambda p: f"{by_path[p]['name']} ({by_path[p]['manifest'].get('counts', {}).get('cases_ok', '?')} cases)")
+    def set_label(p: str) -> str:
+        return f"{by_path[p]['name']} ({by_path[p]['manifest'].get('counts', {}).get('cases_ok', '?')} cases)"
+
+    path = st.selectbox("Results set", list(by_path), key="co_set", format_func=set_label)
     entry = by_path[path]
     try:
         df, manifest = load_set(entry)

@@ -257,7 +257,8 @@ def _polyglot_png_zip() -> bytes:
     return _png(_rgb(11)) + _zip({"note.txt": b"Polyglot note."})
 
 
-SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><script>alert(1)</script><rect width="64" height="64"/></svg>'
+SVG = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><script>alert(1)</script>'
+       b'<rect width="64" height="64"/></svg>')
 
 
 def images_more():
@@ -290,7 +291,8 @@ def images_more():
         ("image", "GIF (single frame)", _save(_rgb(16).convert("P"), "GIF"), "accept", None),
         ("image", "TIFF, LZW compressed", _save(_rgb(17), "TIFF", compression="tiff_lzw"), "accept", None),
         ("image", "TIFF, JPEG compressed", _save(_rgb(17), "TIFF", compression="jpeg"), "accept", None),
-        ("image", "TIFF, 32-bit float", _save(Image.fromarray(np.random.default_rng(1).random((H, W), dtype=np.float32)), "TIFF"), "accept", None),
+        ("image", "TIFF, 32-bit float", _save(Image.fromarray(np.random.default_rng(1).random((H, W), dtype=np.float32)), "TIFF"),
+         "accept", None),
         ("image", "TIFF, constant float", _save(Image.fromarray(np.full((H, W), 3.5, dtype=np.float32)), "TIFF"), "accept", None),
         ("image", "progressive JPEG", _save(_rgb(18), "JPEG", progressive=True), "accept", None),
         ("image", "interlaced PNG", _save(_rgb(18), "PNG", optimize=False) , "accept", None),
@@ -513,7 +515,8 @@ def bundles_more():
         ("bundle", "empty zip", _zip({}), "reject", "holds none"),
         ("bundle", "directory entries only", _zip_raw([("case/", b"")]), "reject", "holds none"),
         ("bundle", "zip disguised as image.png", _zip({"image.png": _zip({"x.txt": b"x"})}), "reject", "archive"),
-        ("bundle", "gzip disguised as note.txt", _zip({"note.txt": zlib.compress(b"x") and b"\x1f\x8b\x08" + b"\0" * 20}), "reject", "archive"),
+        ("bundle", "gzip disguised as note.txt", _zip({"note.txt": zlib.compress(b"x") and b"\x1f\x8b\x08" + b"\0" * 20}),
+         "reject", "archive"),
         ("bundle", "__MACOSX junk beside the case", _zip({"note.txt": note, "__MACOSX/._note.txt": b"junk"}), "accept", None),
         ("bundle", "one top folder", _zip({"case-7/note.txt": note, "case-7/image.png": png}), "accept", None),
         ("bundle", "two levels of folders", _zip({"a/b/note.txt": note}), "reject", "holds none"),
@@ -521,8 +524,10 @@ def bundles_more():
         ("bundle", "metadata.json not JSON", _zip({"metadata.json": b"{age: 5"}), "reject", "not valid JSON"),
         ("bundle", "metadata.json a list", _zip({"metadata.json": b"[1]"}), "reject", "JSON object"),
         ("bundle", "metadata.json in UTF-16", _zip({"metadata.json": '{"age": 5}'.encode("utf-16")}), "reject", "UTF-8"),
-        ("bundle", "path-like case id in metadata.json", _zip({"metadata.json": _json({"case_id": "../../etc/passwd", "age": 50})}), "accept", None),
-        ("bundle", "formula in metadata.json", _zip({"metadata.json": _json({"referrer": "=cmd|' /C calc'!A0", "age": 50})}), "accept", None),
+        ("bundle", "path-like case id in metadata.json", _zip({"metadata.json": _json({"case_id": "../../etc/passwd", "age": 50})}),
+         "accept", None),
+        ("bundle", "formula in metadata.json", _zip({"metadata.json": _json({"referrer": "=cmd|' /C calc'!A0", "age": 50})}),
+         "accept", None),
         ("bundle", "JSON with a BOM", "\ufeff".encode() + _json({"note": "Itchy."}), "accept", None),
         ("bundle", "JSON in UTF-16", json.dumps({"note": "Itchy."}).encode("utf-16"), "reject", "UTF-8"),
         ("bundle", "JSON note not text", _json({"note": 5}), "reject", "must be text"),

@@ -10,7 +10,6 @@ import json
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 

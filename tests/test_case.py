@@ -67,7 +67,8 @@ def test_exif_rotation_is_applied():
 def test_mask_checks():
     mask = Image.new("L", (40, 30), 0)
     mask.paste(255, (10, 10, 20, 20))
-    buf = io.BytesIO(); mask.save(buf, "PNG")
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
     case = Case.from_inputs(image=png_bytes(), mask=buf.getvalue())
     assert case.mask.dtype == bool and case.mask.sum() == 100
     with pytest.raises(CaseError, match="mask: The mask is 20 x 20 pixels but the image is 40 x 30"):
@@ -75,7 +76,8 @@ def test_mask_checks():
     with pytest.raises(CaseError, match="needs an image"):
         Case.from_inputs(mask=buf.getvalue())
     gradient = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (30, 1))
-    g = io.BytesIO(); Image.fromarray(gradient).save(g, "PNG")
+    g = io.BytesIO()
+    Image.fromarray(gradient).save(g, "PNG")
     with pytest.raises(CaseError, match="not binary"):
         Case.from_inputs(image=png_bytes(), mask=g.getvalue())
 

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import string
-import sys
 import tempfile
 import threading
 import tomllib
@@ -24,7 +23,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 import hostile
 from core import Case, CaseError, load_package, save_package
@@ -43,7 +41,7 @@ def record(channel: str, name: str, fn):
     (counted, then re-raised so the test fails)."""
     try:
         got, msg = fn()
-    except Exception as e:  # noqa: BLE001 - counted, then re-raised
+    except Exception as e:  # counted, then re-raised
         OUTCOMES[(channel, "crashed")] += 1
         CRASHES.append(f"{channel}:{name}: {type(e).__name__}: {str(e)[:200]}")
         raise
@@ -331,7 +329,8 @@ def _mutate_png(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
 PNG = hostile._png(hostile._rgb())
 image_bytes = st.one_of(
     st.binary(max_size=4096),
-    st.builds(_mutate_png, st.just(PNG), st.integers(0, len(PNG)), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6)),
+    st.builds(_mutate_png, st.just(PNG), st.integers(0, len(PNG)),
+              st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6)),
     st.builds(lambda head, rest: head + rest, st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"GIF89a", b"BM"]),
               st.binary(max_size=512)),
 )
