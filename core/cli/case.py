@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import UsageError, case_from_args, explain_parts, load_many
+from .common import UsageError, case_from_args, explain_parts, load_many, usage_errors
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -19,11 +19,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.set or args.set_note is not None or args.blur or args.drop_modality:  # issue 18: what-if
         from ..whatif import Edit, WhatIfSession, format_result, parse_sets
 
-        try:
+        with usage_errors():
             edit = Edit(parse_sets(args.set), args.set_note, args.blur, tuple(args.drop_modality))
             result = WhatIfSession(pkg, case, args.mc_samples).run(edit)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
         print(json.dumps(result.to_dict()) if args.json else format_result(result) + "\nResearch use only, not a medical device.")
         return 0
     pred = pkg.predict_tta(case, args.mc_samples) if args.tta else pkg.predict(case, mc_samples=args.mc_samples)
@@ -46,15 +44,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown CAM method '{bad[0]}'; choose from: {', '.join(CAM_METHODS)}.")
     pkg = load_package(args.model)
     case = case_from_args(args)
-    try:
+    with usage_errors():
         target = int(args.target) if args.target and args.target.isdigit() else args.target
         ex = explain_case(pkg, case, target=target, parts=parts, cam_methods=args.cam or ("gradcam",), tta=args.tta,
                           ig_steps=args.ig_steps)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    d = ex.to_dict()
     if args.json:
-        print(json.dumps(d))
+        print(json.dumps(ex.to_dict()))
     else:
         print(f"{ex.target_label}: p={ex.prediction.calibrated[ex.target]:.3f}")
         if ex.modality:
@@ -71,10 +66,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     pkgs = load_many([args.model, *args.compare])
     parts = explain_parts(args, "compare")
-    try:
+    with usage_errors():
         c = compare_variants(pkgs, case_from_args(args), explain=not args.no_explain, parts=parts)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     d = c.to_dict()
     if args.json:
         print(json.dumps(d))
@@ -119,12 +112,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     pkg = pkgs[0]
 
     def one(case, path: Path) -> Path:
-        try:
+        with usage_errors(ReportError):
             ex = None if args.no_explain else explain_case(pkg, case, parts=parts)
             cmp = compare_variants(pkgs, case, explain=False) if len(pkgs) > 1 else None
             rep = make_report(pkg, case, ex, cmp, case_reference=args.reference, prediction=ex.prediction if ex else None)
-        except ReportError as e:
-            raise UsageError(str(e)) from None
         return rep.write(path, fmt)
 
     if not batch:

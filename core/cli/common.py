@@ -2,15 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import FusionLensError
 
 
 class UsageError(FusionLensError):
     """Bad flags or input: reported as one ``error:`` line, exit code 2."""
+
+
+@contextlib.contextmanager
+def usage_errors(*types: type[BaseException]) -> Iterator[None]:
+    """Re-raise ``types`` (default ``ValueError``) from the block as a one-line ``UsageError`` (the original
+    stays its ``__cause__``, shown by ``--debug``)."""
+    caught = types or (ValueError,)
+    try:
+        yield
+    except caught as e:
+        raise UsageError(str(e)) from e
 
 
 class Parser(argparse.ArgumentParser):

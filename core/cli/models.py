@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import UsageError
+from .common import UsageError, usage_errors
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -24,10 +24,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json and not Path(args.json).parent.is_dir():
         raise UsageError(f"the folder of --json '{args.json}' does not exist.")
     cohorts = [args.cohort] if args.cohort else generated_cohorts()
-    try:
+    with usage_errors(FileNotFoundError):
         result = run_bench(cohorts, args.cases, args.repeats, args.memory_cases, log=lambda s: print(s, file=sys.stderr))
-    except FileNotFoundError as e:
-        raise UsageError(str(e)) from None
     print(bench_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
@@ -56,20 +54,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training.config import ConfigError, load_config
     from ..training.train import train
 
-    try:
+    with usage_errors(ConfigError):
         cfg = load_config(args.config)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
     if args.devices is not None:
         cfg.trainer.devices = int(args.devices) if args.devices.isdigit() else args.devices
     if args.num_nodes is not None:
         cfg.trainer.num_nodes = args.num_nodes
     if args.out:
         cfg.out = args.out
-    try:
+    with usage_errors():
         out = train(cfg)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
     if out is not None:
         print(f"package written to {out}")
     return 0
@@ -125,10 +119,8 @@ def cmd_train_suite(args: argparse.Namespace) -> int:
             os.environ[env] = args.data
         if not os.environ.get(env):
             raise UsageError(f"--cohort {spec.name} needs its data: pass --data PATH or set {env}.")
-        try:
+        with usage_errors(DataError):
             spec.check_data(Path(os.environ[env]))
-        except DataError as e:
-            raise UsageError(str(e)) from None
     elif args.data:
         real = names_sentence([n for n in COHORTS.names() if not COHORTS.get(n).generated])
         raise UsageError(f"--data is only for --cohort {real}; the other demo cohorts are generated.")
@@ -147,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if (args.cohort is None) == (args.data is None):
         raise UsageError("give exactly one of --cohort and --data.")
     pkg = load_package(args.model, int8=args.int8 or None)
-    try:
+    with usage_errors(DataError, ValueError):
         if args.cohort:
             cohort = load_cohort(DataConfig(cohort=args.cohort, n=args.n, seed=args.seed))
         else:
@@ -158,8 +150,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             from ..explain.mechanisms import measure_cases
 
             metrics["mechanisms"] = measure_cases(pkg, items)
-    except (DataError, ValueError) as e:
-        raise UsageError(str(e)) from None
     metrics = {"model": pkg.info(), "data": {"cohort": cohort.name, "seed": args.seed, "split": args.split,
                                              "dropped": list(args.drop)}, **metrics}
     if args.json:

@@ -38,9 +38,7 @@ def add_explain_cohort(sub: Any) -> None:
 
 
 def cmd_explain_cohort(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
-    from ..data import DataError
-    from .rows import CohortError
+    from ..cli.common import UsageError, usage_errors
     from .runner import load_records, run_cohort
 
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
@@ -52,27 +50,23 @@ def cmd_explain_cohort(args: argparse.Namespace) -> int:
             raise UsageError(f"--model '{d}' is not a model package folder (no config.json).")
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1.")
-    try:
+    with usage_errors():   # DataError and CohortError are ValueErrors too
         records, source = load_records(args.cohort, args.data, args.seed, args.n, args.split)
-    except (DataError, CohortError, ValueError) as e:
-        raise UsageError(str(e)) from None
     if args.limit:
         records = records[:args.limit]
         source["limit"] = args.limit
     if not records:
         raise UsageError(f"the {args.split} split holds no cases.")
-    try:
-        if args.bench:
-            from .bench import bench_engines, bench_table
+    # a CohortError (a FusionLensError) is reported by core.cli.main as one ``error:`` line
+    if args.bench:
+        from .bench import bench_engines, bench_table
 
-            result = bench_engines(args.model, records, args.out, parts, args.batch_size, args.workers, args.threads,
-                                   source, log=lambda s: print(s, file=sys.stderr))
-            print(json.dumps(result, indent=2) if args.json else bench_table(result))
-            return 0
-        manifest = run_cohort(args.model, records, args.out, parts, args.engine, args.batch_size, args.workers,
-                              args.address, source, progress=_progress_bar(), threads=args.threads)
-    except CohortError as e:
-        raise UsageError(str(e)) from None
+        result = bench_engines(args.model, records, args.out, parts, args.batch_size, args.workers, args.threads,
+                               source, log=lambda s: print(s, file=sys.stderr))
+        print(json.dumps(result, indent=2) if args.json else bench_table(result))
+        return 0
+    manifest = run_cohort(args.model, records, args.out, parts, args.engine, args.batch_size, args.workers,
+                          args.address, source, progress=_progress_bar(), threads=args.threads)
     if args.json:
         print(json.dumps(manifest, default=str))
     else:
