@@ -9,7 +9,7 @@ from core.compare import compare_variants
 from core.explain import ExplainContext, explain_case
 from core.explain.context import _PRIVATE
 from core.explain.gradcam import image_cam
-from core.explain.image_ig import _features, _split, middle_stage_ig
+from core.explain.image_ig import _features, middle_stage_ig
 from core.explain.modality import modality_disagreement
 from tiny import LABELS, make_case, make_model
 
@@ -41,7 +41,7 @@ def test_middle_stage_split_rebuilds_the_encoder_output_and_its_ig_is_complete(t
     enc = pkg.model.encoders["image"]
     ctx = ExplainContext(pkg, make_case(0))
     x = ctx.inputs["image"]["pixels"]
-    head, tail = _split(enc)
+    head, tail = enc.stage_split()
     with torch.no_grad():
         early, mid = head(x)
         ref, got = enc(x), _features(enc, early.mean(dim=(2, 3)), mid, tail(mid))
