@@ -108,6 +108,28 @@ def test_cached_features_match_a_fresh_encoder_pass(tmp_path, cache):
     assert torch.allclose(direct, cached, atol=1e-5)
 
 
+def test_feature_cache_is_keyed_by_content_not_case_ids(tmp_path, cache):
+    """Two cohorts that reuse case ids (and image paths) for other images must not share cached
+    features: the second one's features come from its own images."""
+    cohort = tiny_cohort(tmp_path, n=24)
+    model = build_from_config(tiny_config(tmp_path), cohort)
+    first = build_split(model, cohort.items, LABELS, "t")
+    (tmp_path / "other").mkdir()
+    other = tiny_cohort(tmp_path / "other", n=24)
+    for a, b in zip(cohort.items, other.items):       # same ids and paths, new pixels and notes
+        img = 255 - np.asarray(Image.open(b.image_path))
+        Image.fromarray(img.astype(np.uint8)).save(a.image_path)
+        a.note = None if a.note is None else a.note + " with new crusting"
+    second = build_split(model, cohort.items, LABELS, "t")
+    assert not torch.equal(first.cached["image"].pooled, second.cached["image"].pooled)
+    assert not torch.equal(first.cached["note"].pooled, second.cached["note"].pooled)
+    with torch.no_grad():   # and what the cache returned is what the encoder gives on the new images
+        from core.package import prepare_batch
+        inputs, present, _ = prepare_batch(model, [it.to_case(with_mask=False) for it in cohort.items])
+        fresh = model.encoders["image"](**inputs["image"]).pooled
+    assert torch.allclose(fresh, second.cached["image"].pooled, atol=1e-5)
+
+
 def test_modality_dropout_never_hides_everything():
     present = torch.ones(500, 3, dtype=torch.bool)
     present[:100, 1:] = False

@@ -96,23 +96,56 @@ class SplitTensors:
 
 
 def _cache_key(model: MultimodalClassifier, m: str, items: Sequence[CohortItem], tag: str) -> str:
-    return _encoder_cache_key(model.encoders[m], items, tag)
+    return _encoder_cache_key(model.encoders[m], items, tag, m)
 
 
-def _pre_cache_key(enc, items: Sequence[CohortItem], tag: str) -> str:
+def _pre_cache_key(enc, items: Sequence[CohortItem], tag: str, modality: str = "image") -> str:
     """Key of a trainable encoder's cached frozen part: only what that part depends on
     (``enc.frozen_config()``, e.g. the dual expert's backbone and crop margin, not its gate)."""
-    return _key(enc.frozen_config(), items, tag)
+    return _key(enc.frozen_config(), items, tag, modality=modality)
 
 
-def _encoder_cache_key(enc, items: Sequence[CohortItem], tag: str) -> str:
+def _encoder_cache_key(enc, items: Sequence[CohortItem], tag: str, modality: str | None = None) -> str:
     from ..encoders import encoder_config
 
     # weights trained here (stage 1): the cache depends on them too
-    return _key(encoder_config(enc), items, tag, None if enc.external_weights else enc.state_dict())
+    return _key(encoder_config(enc), items, tag, None if enc.external_weights else enc.state_dict(),
+                modality=modality or getattr(enc, "modality", "image"))
 
 
-def _key(config: Any, items: Sequence[CohortItem], tag: str, state: dict[str, torch.Tensor] | None = None) -> str:
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _file_hash(path: Path | str | None) -> str:
+    """sha256 of a file's bytes, memoised per (path, size, mtime) for this process."""
+    if path is None:
+        return "-"
+    st = os.stat(path)
+    k = (str(path), st.st_size, st.st_mtime_ns)
+    if k not in _FILE_HASHES:
+        with open(path, "rb") as fh:
+            _FILE_HASHES[k] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _FILE_HASHES[k]
+
+
+def item_fingerprint(it: CohortItem, modality: str) -> str:
+    """What one item feeds ``modality``'s encoder, by content: the image (and lesion mask) bytes, the
+    note, the metadata, the spectrum. Case ids alone are not enough — two cohorts generated with other
+    seeds (or another HAM10000 copy) reuse the same ids for different cases, and a cache keyed by ids
+    would hand one cohort's features to another."""
+    if modality == "image":
+        return f"{_file_hash(it.image_path)}|{_file_hash(it.mask_path)}"
+    if modality == "note":
+        return hashlib.sha256((it.note or "").encode()).hexdigest()
+    if modality == "metadata":
+        return hashlib.sha256(json.dumps(it.metadata or {}, sort_keys=True, default=str).encode()).hexdigest()
+    if modality == "spectrum":
+        return "-" if it.spectrum is None else hashlib.sha256(np.ascontiguousarray(it.spectrum).tobytes()).hexdigest()
+    raise ValueError(f"unknown modality '{modality}'")
+
+
+def _key(config: Any, items: Sequence[CohortItem], tag: str, state: dict[str, torch.Tensor] | None = None,
+         modality: str = "image") -> str:
     h = hashlib.sha256()
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for k, v in sorted((state or {}).items()):
@@ -120,7 +153,7 @@ def _key(config: Any, items: Sequence[CohortItem], tag: str, state: dict[str, to
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     h.update(tag.encode())
     for it in items:
-        h.update(it.case_id.encode())
+        h.update(f"{it.case_id}|{item_fingerprint(it, modality)}".encode())
     return h.hexdigest()[:20]
 
 

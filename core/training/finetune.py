@@ -34,6 +34,7 @@ from torch import nn
 from ..case import load_image
 from ..data import CohortItem
 from ..encoders.image import ImageEncoder
+from .dataset import item_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ def trained_part(enc: ImageEncoder, x: torch.Tensor) -> torch.Tensor:
 
 def _items_key(enc: ImageEncoder, items: Sequence[CohortItem]) -> str:
     h = hashlib.sha256(json.dumps({"cut": CUT, **enc.config()}, sort_keys=True).encode())
-    for it in items:
-        h.update(f"{it.case_id}|{it.image_path}".encode())
+    for it in items:   # by content: other cohorts reuse case ids and paths for other images
+        h.update(f"{it.case_id}|{item_fingerprint(it, 'image')}".encode())
     return h.hexdigest()[:20]
 
 

@@ -54,6 +54,7 @@ def default_encoder_config(modality: str, cohort: Cohort) -> dict[str, Any]:
 
 
 def build_from_config(cfg: TrainConfig, cohort: Cohort) -> MultimodalClassifier:
+    torch.manual_seed(cfg.train.seed)   # before the encoders: trainable encoders' initial weights follow the seed too
     encoders = {}
     for m in cfg.modalities:
         if m not in cohort.modalities:
@@ -63,7 +64,6 @@ def build_from_config(cfg: TrainConfig, cohort: Cohort) -> MultimodalClassifier:
     if "spectrum" in encoders:
         train = [it.spectrum for it in cohort.split("train") if it.spectrum is not None]
         encoders["spectrum"].set_normalisation(np.stack([encoders["spectrum"].resample(s) for s in train]))
-    torch.manual_seed(cfg.train.seed)
     return MultimodalClassifier(encoders, len(cohort.labels), cfg.variant, fusion_options_for(cfg), cfg.fused_dim,
                                 cfg.head, cfg.missing)
 
