@@ -6,9 +6,11 @@
   for all of them, every other encoder once per batch and package;
 * the prediction (MC-dropout samples of the head drawn per case with the same generator seed as
   ``Package.predict``, so a row does not depend on which batch its case fell into), exact modality
-  Shapley values (all coalitions of all cases in one pass), Grad-CAM (one private copy of the image
-  encoder per package, every case of the batch in one backward pass), integrated gradients of the note
-  and of the table (the batch's cases x steps in one pass) are computed from those features.
+  Shapley values (all coalitions of all cases in one pass), Grad-CAM and the table's integrated
+  gradients (the batch's cases x steps in one pass) are computed from those features;
+* Grad-CAM of a plain image encoder back-propagates from the shared last-stage maps only (not through
+  the backbone), and the note's integrated gradients run case by case at the note's own length through
+  the shared text encoder once for all packages, one backward pass each (``core.cohort.gradients``).
 
 The quantities are those of ``core.explain.explain_case`` (the per-case ``loop`` engine calls it
 case by case; the tests check both give the same rows). A case that cannot be read or explained
@@ -30,6 +32,7 @@ from ..case import Case, CaseError
 from ..explain.attributions import merge_word_pieces
 from ..fusion import case_diagnostics
 from ..package import Package, load_package, posterior
+from .gradients import fast_cam_encoder, image_features, image_stages, note_ig, tail_gradcam
 from .rows import (ROW_PARTS, CaseResult, CohortError, failed_row, make_row, one_sentence, record_case,
                    shapley_from_values)
 
@@ -41,22 +44,32 @@ IG_STEPS = 24           # the note / table integrated-gradients steps of explain
 class _Batch:
     """One package's view of a batch of cases: raw encoder outputs of the present rows per modality."""
 
-    def __init__(self, pkg: Package, cases: Sequence[Case], shared: dict[str, tuple[Any, Any]]):
+    def __init__(self, pkg: Package, cases: Sequence[Case], shared: dict[str, tuple[Any, Any, Any]], maps: bool = False):
+        """``maps``: keep the image encoder's stage maps too (the last-stage Grad-CAM starts from them)."""
         self.pkg, self.model = pkg, pkg.model
         keys = {m: pkg.encoder_fingerprint(m) for m in pkg.modalities}
         skip = {m for m, k in keys.items() if k is not None and k in shared}
         self.inputs, self.present, _ = pkg.prepare(cases, skip)
         self.raw: dict[str, Any] = {}
+        self.maps: list[torch.Tensor] | None = None   # the image rows' stage maps (plain image encoders only)
+        self.targets: torch.Tensor | None = None      # the explained class of each case (set by the explainer)
         with torch.no_grad():
             for j, m in enumerate(pkg.modalities):
                 if not bool(self.present[:, j].any()):
                     continue
                 if m in skip:
-                    self.inputs[m], self.raw[m] = shared[keys[m]]
+                    self.inputs[m], self.raw[m], extra = shared[keys[m]]
+                    if m == "image":
+                        self.maps = extra
+                    continue
+                enc, extra = self.model.encoders[m], None
+                if m == "image" and maps and fast_cam_encoder(enc):
+                    extra = self.maps = image_stages(enc, self.inputs[m]["pixels"])
+                    self.raw[m] = image_features(enc, extra)
                 else:
-                    self.raw[m] = self.model.encoders[m](**self.inputs[m])
-                    if keys[m] is not None:
-                        shared[keys[m]] = (self.inputs[m], self.raw[m])
+                    self.raw[m] = enc(**self.inputs[m])
+                if keys[m] is not None:
+                    shared[keys[m]] = (self.inputs[m], self.raw[m], extra)
         # position of case i among the present rows of modality j (-1 when absent)
         self.pos = (self.present.long().cumsum(0) - 1).masked_fill(~self.present, -1)
 
@@ -147,13 +160,18 @@ class CohortExplainer:
 
     # -- internals ------------------------------------------------------------------------------------------------------
     def _explain_cases(self, recs: Sequence[Mapping[str, Any]], cases: Sequence[Case], t0: float) -> list[dict[str, Any]]:
-        shared: dict[str, tuple[Any, Any]] = {}
+        shared: dict[str, tuple[Any, Any, Any]] = {}
         results: list[tuple[Package, list[CaseResult]]] = []
+        batches: list[_Batch] = []
         for pkg in self.packages:
             usable = [i for i, c in enumerate(cases) if any(c.present().get(m) for m in pkg.modalities)]
             if len(usable) < len(cases):
                 raise CaseError({"case": f"The case has none of the inputs of '{pkg.name}' ({', '.join(pkg.modalities)})."})
-            results.append((pkg, self._package_results(pkg, cases, shared)))
+            b = _Batch(pkg, cases, shared, maps="cam_summary" in self.parts)
+            batches.append(b)
+            results.append((pkg, self._package_results(b, cases)))
+        if "note_top" in self.parts:
+            self._notes(batches, cases, [res for _, res in results])
         seconds = (time.perf_counter() - t0) / len(cases)
         rows = []
         for i, (rec, case) in enumerate(zip(recs, cases)):
@@ -161,15 +179,15 @@ class CohortExplainer:
                 rows.append(make_row(pkg, rec, case, res[i], self.parts, seconds))
         return rows
 
-    def _package_results(self, pkg: Package, cases: Sequence[Case], shared: dict) -> list[CaseResult]:
-        b = _Batch(pkg, cases, shared)
-        model = pkg.model
+    def _package_results(self, b: _Batch, cases: Sequence[Case]) -> list[CaseResult]:
+        pkg, model = b.pkg, b.model
         n = len(cases)
         rows = torch.arange(n)
         with torch.no_grad():
             inputs, present = b.gather(rows)
             det = model.fuse_and_classify(model.encode(inputs, present), present)
         targets = det.logits.argmax(-1)
+        b.targets = targets
         T = pkg.mc_samples
         out = []
         for i in range(n):  # MC samples per case with the generator seed of Package.predict: batch-independent rows
@@ -189,11 +207,25 @@ class CohortExplainer:
             self._shapley(b, targets, out)
         if "cam_summary" in self.parts and "image" in pkg.modalities:
             self._cam(b, targets, out)
-        if "note_top" in self.parts and "note" in pkg.modalities:
-            self._note(b, cases, targets, out)
         if "table_top" in self.parts and "metadata" in pkg.modalities:
             self._table(b, cases, targets, out)
         return out
+
+    def _notes(self, batches: Sequence[_Batch], cases: Sequence[Case], results: Sequence[list[CaseResult]]) -> None:
+        """Note IG of every package that uses notes, the packages sharing a frozen note encoder together."""
+        groups: dict[Any, list[int]] = {}
+        for p, b in enumerate(batches):
+            if "note" in b.model.modalities:
+                key = b.pkg.encoder_fingerprint("note") or id(b.model.encoders["note"])
+                groups.setdefault(key, []).append(p)
+        notes = [c.note for c in cases]
+        for members in groups.values():
+            words = note_ig([batches[p] for p in members], notes, [batches[p].targets for p in members], self.ig_steps,
+                            merge_word_pieces)
+            for k, p in enumerate(members):
+                for i, w in enumerate(words[k]):
+                    if w is not None:
+                        results[p][i].note_words = w
 
     def _shapley(self, b: _Batch, targets: torch.Tensor, out: list[CaseResult]) -> None:
         mods = b.model.modalities
@@ -233,6 +265,14 @@ class CohortExplainer:
         rows = b.present[:, j].nonzero().squeeze(1)
         if len(rows) == 0:
             return
+        if b.maps is not None:  # plain image encoder: backward from the shared last-stage maps only
+            pos = b.pos[rows, j]
+            pixels = b.inputs["image"]["pixels"]
+            maps = tail_gradcam(b, rows, targets, b.maps[-1][pos], [f[pos].mean(dim=(2, 3)) for f in b.maps[:-1]],
+                                (pixels.shape[-1], pixels.shape[-2]))
+            for k, i in enumerate(rows.tolist()):
+                out[i].cam = maps[k]
+            return
         enc = self._cam_encoder(b.pkg)
         image_inputs = b.inputs["image"]
         dual = enc.dual_expert
@@ -243,33 +283,6 @@ class CohortExplainer:
             maps = cam(input_tensor=image_inputs["pixels"].clone(), targets=cam_targets)
         for k, i in enumerate(rows.tolist()):
             out[i].cam = np.asarray(maps[k], np.float32)
-
-    def _note(self, b: _Batch, cases: Sequence[Case], targets: torch.Tensor, out: list[CaseResult]) -> None:
-        from captum.attr import IntegratedGradients
-
-        j = b.model.modalities.index("note")
-        rows = b.present[:, j].nonzero().squeeze(1)
-        if len(rows) == 0:
-            return
-        enc = b.model.encoders["note"]
-        notes = [cases[i].note or "" for i in rows.tolist()]
-        tok = enc.tokenizer(notes, truncation=True, max_length=enc.max_length, padding="longest",
-                            return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
-        ids, mask = tok["input_ids"], tok["attention_mask"]
-        special = tok["special_tokens_mask"].bool() | ~mask.bool()
-        baseline = torch.where(special, ids, torch.full_like(ids, enc.pad_token_id))
-        with torch.no_grad():
-            emb, base_emb = enc.embedding_layer(ids), enc.embedding_layer(baseline)
-
-        def f(x: torch.Tensor, attn: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            return b.logits(r, replace={"note": {"inputs_embeds": x, "attention_mask": attn}})
-
-        with torch.enable_grad():
-            attr = IntegratedGradients(f).attribute(emb, baselines=base_emb, n_steps=self.ig_steps, method="gausslegendre",
-                                                    additional_forward_args=(mask, rows), target=targets[rows])
-        scores = attr.sum(-1).detach().numpy()
-        for k, i in enumerate(rows.tolist()):
-            out[i].note_words = _merge_words(notes[k], tok.word_ids(k), tok["offset_mapping"][k].tolist(), scores[k])
 
     def _table(self, b: _Batch, cases: Sequence[Case], targets: torch.Tensor, out: list[CaseResult]) -> None:
         from captum.attr import IntegratedGradients
@@ -292,12 +305,6 @@ class CohortExplainer:
             values, _ = schema.validate(cases[i].metadata or {})
             out[i].table_rows = [{"name": feat.name, "value": values.get(feat.name), "integrated_gradients": float(ig[k, s].sum())}
                                  for feat, s in zip(schema.features, schema.slices)]
-
-
-def _merge_words(note: str, word_ids: Sequence[int | None], offsets: Sequence[Sequence[int]], scores: np.ndarray
-                 ) -> list[dict[str, Any]]:
-    """Word-piece scores -> word scores (the merge of core.explain.attributions.note_attributions)."""
-    return merge_word_pieces(note, word_ids, offsets, scores)
 
 
 # ---- the naive engine: explain_case case by case (the benchmark's baseline, and the tests' reference) --------------
