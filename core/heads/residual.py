@@ -11,11 +11,16 @@ from torch import nn
 import torch.nn.functional as F
 
 
-def dropout(x: torch.Tensor, p: float, sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+def dropout(x: torch.Tensor, p: float, sample: bool, generator: torch.Generator | None = None,
+            start: int = 0) -> torch.Tensor:
     """Inverted dropout; with a generator the masks are reproducible and touch no global RNG state
-    (so concurrent sessions sampling the same shared model don't disturb each other)."""
+    (so concurrent sessions sampling the same shared model don't disturb each other).
+    ``start``: only rows ``start:`` are dropped (the rows before pass unchanged); the masks drawn are
+    those of ``x[start:]`` alone, so a deterministic block of rows can ride in the same batch."""
     if not sample or p <= 0:
         return x
+    if start:
+        return torch.cat([x[:start], dropout(x[start:], p, sample, generator)])
     if generator is None:
         return F.dropout(x, p, training=True)
     keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
@@ -28,8 +33,9 @@ class ResidualBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.l1, self.l2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, p: float, sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        h = dropout(F.gelu(self.l1(self.norm(x))), p, sample, generator)
+    def forward(self, x: torch.Tensor, p: float, sample: bool, generator: torch.Generator | None = None,
+                start: int = 0) -> torch.Tensor:
+        h = dropout(F.gelu(self.l1(self.norm(x))), p, sample, generator, start)
         return x + self.l2(h)
 
 
@@ -58,3 +64,18 @@ class ResidualHead(nn.Module):
         if mc_samples > 0:
             return logits.view(mc_samples, -1, logits.shape[-1]), log_var.view(mc_samples, -1)
         return logits, log_var
+
+    def forward_with_samples(self, fused: torch.Tensor, sampled: torch.Tensor, mc_samples: int,
+                             generator: torch.Generator | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward(fused)`` (dropout off) and ``forward(sampled, mc_samples, generator)`` in one batched
+        pass: the same numbers and the same dropout masks as the two calls, one pass of fixed costs.
+        -> (logits [B, C], log_var [B], MC logits [T, b, C], MC log_var [T, b])."""
+        n, T = fused.shape[0], mc_samples
+        x = torch.cat([fused, sampled.unsqueeze(0).expand(T, *sampled.shape).reshape(-1, sampled.shape[-1])])
+        h = dropout(self.inp(x), self.dropout, True, generator, n)
+        for blk in self.blocks:
+            h = blk(h, self.dropout, True, generator, n)
+        h = self.norm(h)
+        logits, log_var = self.logits(h), self.log_var(h).squeeze(-1)
+        return (logits[:n], log_var[:n], logits[n:].view(T, -1, logits.shape[-1]), log_var[n:].view(T, -1))

@@ -161,18 +161,20 @@ def run(pkg: "Package", cases: Sequence[Case], mc_samples: int | None = None, se
     gen = torch.Generator().manual_seed(seed)
     model = pkg.inference_model
     with torch.inference_mode():
-        det = forward_with_single_rows(model, pkg.modalities, inputs, present, pkg.temperature)
-        logits, log_var = model.head(det.fused, max(T, 1), gen)
-    mc = ModelOutput(logits, log_var, det.fused, det.diagnostics, det.features)
+        det, mc = forward_with_single_rows(model, pkg.modalities, inputs, present, pkg.temperature, max(T, 1), gen)
     return det, mc, present, warnings
 
 
 def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[str], inputs: Mapping[str, Any],
-                             present: torch.Tensor, temperature: float) -> ModelOutput:
+                             present: torch.Tensor, temperature: float, mc_samples: int = 0,
+                             generator: torch.Generator | None = None) -> Any:
     """The deterministic forward pass of the cases, with the single-modality rows that the modality
     disagreement needs appended to the same fusion + head batch (one pass instead of two; each
     encoder still runs once). Diagnostics and features are those of the cases' rows; the diagnostics
-    gain ``modality_disagreement`` ([B], NaN for a case with fewer than two modalities)."""
+    gain ``modality_disagreement`` ([B], NaN for a case with fewer than two modalities).
+
+    ``mc_samples=T`` > 0: the head also runs T times with dropout on the cases' fused rows (MC dropout),
+    in the same head batch where the head supports it -> (deterministic output, MC output)."""
     B, M = present.shape
     raw: dict[str, Any] = {}
     for j, m in enumerate(modalities):
@@ -182,9 +184,9 @@ def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[s
     sel = present & (present.sum(1, keepdim=True) >= 2)
     rows, cols = sel.nonzero(as_tuple=True)
     if M < 2 or len(rows) == 0:
-        det = model.fuse_and_classify(model.encode(raw, present), present)
+        det, mc = _fuse_and_classify(model, model.encode(raw, present), present, B, mc_samples, generator)
         det.diagnostics["modality_disagreement"] = torch.full((B,), float("nan"))
-        return det
+        return det if mc is None else (det, mc)
     single = torch.zeros(len(rows), M, dtype=torch.bool)
     single[torch.arange(len(rows)), cols] = True
     both = torch.cat([present, single])
@@ -197,7 +199,7 @@ def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[s
             continue
         pos = (present[:, j].long().cumsum(0) - 1)[extra]    # the case's row among the encoded rows
         joined[m] = _cat_features(f, f.index(pos))
-    out = model.fuse_and_classify(model.encode(joined, both), both)
+    out, mc = _fuse_and_classify(model, model.encode(joined, both), both, B, mc_samples, generator)
     logp = torch.log_softmax(out.logits[B:] / temperature, -1)
     dis = torch.full((B,), float("nan"))
     for i in rows.unique().tolist():
@@ -205,7 +207,33 @@ def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[s
     keep = torch.arange(B)
     diag = _first_rows(out.diagnostics, B)
     diag["modality_disagreement"] = dis
-    return ModelOutput(out.logits[:B], out.log_var[:B], out.fused[:B], diag, [f.index(keep) for f in out.features])
+    det = ModelOutput(out.logits[:B], out.log_var[:B], out.fused[:B], diag, [f.index(keep) for f in out.features])
+    if mc is None:
+        return det
+    return det, ModelOutput(mc.logits, mc.log_var, det.fused, det.diagnostics, det.features)
+
+
+def _fuse_and_classify(model: MultimodalClassifier, feats: Sequence[ModalityFeatures], present: torch.Tensor, n: int,
+                       mc_samples: int, generator: torch.Generator | None) -> tuple[ModelOutput, ModelOutput | None]:
+    """``model.fuse_and_classify(feats, present)`` and, with ``mc_samples`` > 0, the head's MC-dropout
+    samples of the first ``n`` fused rows, in one head pass where the head offers it."""
+    if mc_samples <= 0:
+        return model.fuse_and_classify(feats, present), None
+    fused, diag = model.fusion(feats, present)
+    head = model.head
+    joint = getattr(head, "forward_with_samples", None)
+    if joint is not None:
+        logits, log_var, mc_logits, mc_log_var = joint(fused, fused[:n], mc_samples, generator)
+    else:
+        logits, log_var = head(fused)
+        mc_logits, mc_log_var = head(fused[:n], mc_samples, generator)
+    if hasattr(head, "diagnostics"):
+        diag = {**diag, **head.diagnostics(fused)}
+    for m, f in zip(model.modalities, feats):
+        for k, v in (f.extras or {}).items():
+            diag[f"{m}_{k}"] = v
+    det = ModelOutput(logits, log_var, fused, diag, list(feats))
+    return det, ModelOutput(mc_logits, mc_log_var, fused[:n], diag, list(feats))
 
 
 def _cat_features(a: ModalityFeatures, b: ModalityFeatures) -> ModalityFeatures:
