@@ -200,6 +200,11 @@ def ray_available() -> bool:
     return True
 
 
+def ray_block_size(n: int, batch_size: int, workers: int) -> int:
+    """Cases per Ray block: at most ``batch_size``, and small enough for 4 blocks per actor."""
+    return max(1, min(batch_size, -(-n // (4 * workers))))
+
+
 def _run_ray(model_dirs: Sequence[str], todo: Sequence[Mapping[str, Any]], parts: Sequence[str], batch_size: int,
              workers: int, address: str | None, threads: int | None, write: Callable[[list[dict[str, Any]]], bool]) -> None:
     if not ray_available():
@@ -210,20 +215,35 @@ def _run_ray(model_dirs: Sequence[str], todo: Sequence[Mapping[str, Any]], parts
     started = False
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+            ray.init(address=address, log_to_driver=False,
                      runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
+        else:
+            # a local Ray's workers inherit this process's environment: no runtime environment to set up
+            # (that cost each actor ~2 s before its constructor ran)
+            saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+            os.environ.update({k: "1" for k in saved})
+            try:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
         started = True
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = True
-        # one block per batch, put by the driver: no read / repartition tasks compete with the actors for CPUs
-        ds = ray.data.from_arrow([pa.Table.from_pylist([dict(r) for r in todo[i:i + batch_size]])
-                                  for i in range(0, len(todo), batch_size)])
+        # one block per batch, put by the driver: no read / repartition tasks compete with the actors for CPUs.
+        # Blocks of at most batch_size cases and at least 4 per actor, handed out one at a time, so that no
+        # actor idles at the end while another still has a queue (rows do not depend on the batch).
+        size = ray_block_size(len(todo), batch_size, workers)
+        ds = ray.data.from_arrow([pa.Table.from_pylist([dict(r) for r in todo[i:i + size]])
+                                  for i in range(0, len(todo), size)])
+        pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1)
         out = ds.map_batches(_RayWorker, fn_constructor_args=(list(model_dirs), list(parts), threads),
-                             batch_size=batch_size, batch_format="pyarrow", concurrency=workers, num_cpus=1)
+                             batch_size=size, batch_format="pyarrow", compute=pool, num_cpus=1)
         for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
             if not write(batch.to_pylist()):
                 break
