@@ -136,8 +136,12 @@ class ImageTargetModel(nn.Module):
     """pixels -> calibrated logits of the fused model, the other modalities held fixed: the single-input
     model pytorch-grad-cam expects."""
 
-    def __init__(self, ctx: ExplainContext, mc_seed: int | None = None, stream: str = "global"):
+    def __init__(self, ctx: ExplainContext, mc_seed: int | None = None, stream: str = "global",
+                 input_grad: bool = True):
+        """``input_grad=False``: the pixels do not require gradients (a CAM that cuts the graph at its
+        target layer gets the same layer gradients without the backward pass through the layers before it)."""
         super().__init__()
+        self.input_grad = input_grad
         self.ctx = ctx
         shared = ctx.model.encoders["image"]
         self.encoder = borrow_private_copy(shared)  # hooks go on this copy, never on the shared model
@@ -147,7 +151,7 @@ class ImageTargetModel(nn.Module):
         self.key = "pixels" if stream == "global" else "local_pixels"
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if not pixels.requires_grad and pixels.is_leaf:
+        if self.input_grad and not pixels.requires_grad and pixels.is_leaf:
             pixels.requires_grad_(True)  # the shared model's weights are frozen; gradients flow from the input
         gen = None if self.mc_seed is None else torch.Generator().manual_seed(self.mc_seed)
         n = pixels.shape[0]

@@ -51,15 +51,28 @@ def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str,
     if layer not in layers:
         raise ValueError(f"unknown layer '{layer}'; choose one of: {', '.join(layers)}.")
     cls = CAM_METHODS[method][0]
-    wrapper = ImageTargetModel(ctx, mc_seed, stream)
+    wrapper = ImageTargetModel(ctx, mc_seed, stream, input_grad=False)
     target_layer = (wrapper.encoder.cam_layers(stream) if is_dual(ctx) else wrapper.encoder.cam_layers())[layer]
     targets = [ClassifierOutputTarget(ctx.target)] * pixels.shape[0]
-    with cls(model=wrapper, target_layers=[target_layer]) as cam:
-        cam.batch_size = 32  # ScoreCAM: masked images per forward pass
-        quiet = contextlib.redirect_stderr(io.StringIO()) if cls is ScoreCAM else contextlib.nullcontext()
-        with torch.enable_grad(), quiet:  # ScoreCAM draws a tqdm bar on stderr
-            maps = cam(input_tensor=pixels.clone(), targets=targets)
+    # The CAMs read the target layer's activations and the gradients at its output only: the graph starts
+    # at the layer's input (a leaf), so the backward pass stops there instead of running back to the pixels
+    # through every earlier layer. Same activations, same gradients; the hook goes with the private copy's
+    # use (removed in ``finally``, so the copy comes back hook-free).
+    cut = target_layer.register_forward_pre_hook(_graph_starts_here)
+    try:
+        with cls(model=wrapper, target_layers=[target_layer]) as cam:
+            cam.batch_size = 32  # ScoreCAM: masked images per forward pass
+            quiet = contextlib.redirect_stderr(io.StringIO()) if cls is ScoreCAM else contextlib.nullcontext()
+            with torch.enable_grad(), quiet:  # ScoreCAM draws a tqdm bar on stderr
+                maps = cam(input_tensor=pixels.clone(), targets=targets)
+    finally:
+        cut.remove()
     return np.asarray(maps, dtype=np.float32)
+
+
+def _graph_starts_here(module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the layer's tensor inputs as fresh leaves that require gradients."""
+    return tuple(a.detach().requires_grad_(True) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def image_cam(ctx: ExplainContext, method: str = "gradcam", layer: str = "last stage", tta: bool = False,

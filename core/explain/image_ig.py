@@ -19,8 +19,18 @@ from captum.attr import IntegratedGradients
 from torch import nn
 from torch.nn import functional as F
 
+import threading
+import weakref
+
 from ..encoders import ModalityFeatures
 from .context import ExplainContext
+
+# The black image's middle-stage activation depends on the encoder and the input size only: computed
+# once per (encoder, size) and reused (a loaded package's weights never change; the parameters'
+# version counters are part of the key, so an encoder trained in place is recomputed).
+_BLACK: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
+_BLACK_LOCK = threading.Lock()
+
 
 def _features(enc: nn.Module, early: torch.Tensor, middle: torch.Tensor, last: torch.Tensor) -> ModalityFeatures:
     """What ``ImageEncoder.forward`` returns, from its three stage activations (early pooled level given)."""
@@ -39,10 +49,9 @@ def middle_stage_ig(ctx: ExplainContext, n_steps: int = 8, internal_batch_size: 
     head, tail = enc.stage_split()   # the architecture's adapter cuts it (core.encoders.image_backbones)
     image = ctx.inputs["image"]
     x = image["pixels"]
-    black = (torch.zeros_like(x) - enc._mean) / enc._std
     with torch.no_grad():
         early, a = head(x)
-        _, a0 = head(black)
+        a0 = _black_activation(enc, head, x)
         early = early.mean(dim=(2, 3))
         local = None
         if dual:
@@ -68,11 +77,27 @@ def middle_stage_ig(ctx: ExplainContext, n_steps: int = 8, internal_batch_size: 
         attr, delta = IntegratedGradients(f).attribute(a, baselines=a0, n_steps=n_steps, method="gausslegendre",
                                                        internal_batch_size=internal_batch_size,
                                                        return_convergence_delta=True)
-        with torch.no_grad():
-            gap = float(f(a) - f(a0))
+    # captum's delta is sum(attr) - (f(a) - f(a0)), both ends already evaluated by captum: the output
+    # difference follows from it without running the two ends again
+    gap = float(attr.sum()) - float(delta.reshape(-1)[0])
     m = attr[0].detach().abs().sum(0)[None, None]
     m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[0, 0].numpy()
     d = float(delta.abs().max())
     return {"map": (m / max(float(m.max()), 1e-12)).astype(np.float32), "convergence_delta": d,
             "relative_delta": d / max(abs(gap), 1e-6), "output_difference": gap, "n_steps": n_steps,
             "layer": "middle stage", "baseline": "black image"}
+
+
+def _black_activation(enc: nn.Module, head: Any, x: torch.Tensor) -> torch.Tensor:
+    """The middle-stage activation of a black image shaped like ``x`` (cached, see ``_BLACK``)."""
+    key = (tuple(x.shape[1:]), x.dtype, tuple(p._version for p in enc.parameters()))
+    with _BLACK_LOCK:
+        hit = _BLACK.get(enc, {}).get(key)
+    if hit is not None:
+        return hit
+    black = (torch.zeros_like(x[:1]) - enc._mean) / enc._std
+    with torch.no_grad():
+        a0 = head(black)[1]
+    with _BLACK_LOCK:
+        _BLACK[enc] = {key: a0}   # one size per encoder is kept
+    return a0
