@@ -209,6 +209,7 @@ class SharedEncoderCache:
     def __init__(self, case: Case):
         self.case = case
         self._store: dict[str, ModalityFeatures] = {}
+        self._prepared: dict[str, Any] = {}
         self.passes: dict[str, int] = {}
 
     def _dual_streams(self, pkg: Package, inputs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
@@ -237,15 +238,24 @@ class SharedEncoderCache:
         out["crop_box"] = image["crop_box"]
         return out
 
+    def _dual_input(self, enc: Any) -> dict[str, torch.Tensor] | None:
+        """A dual-expert encoder's prepared image input (lesion segmentation, crop), only the image and
+        once per encoder configuration (two dual-expert variants of a suite cut the same crop)."""
+        key = json.dumps(enc.config(), sort_keys=True, default=str)
+        if key not in self._prepared:
+            v, _ = enc.case_input(self.case)
+            self._prepared[key] = None if v is None else enc.prepare([v])
+        return self._prepared[key]
+
     def features_for(self, pkg: Package) -> dict[str, ModalityFeatures]:
         inputs = None
         out: dict[str, ModalityFeatures] = {}
         for m in pkg.modalities:
             key = pkg.encoder_fingerprint(m)
             if key is None and pkg.model.encoders[m].dual_expert:
-                if inputs is None:
-                    inputs, _, _ = pkg.prepare([self.case])
-                streams = self._dual_streams(pkg, inputs)
+                if not pkg.model.encoders[m].backbone.external_weights:
+                    continue  # backbone weights stored in the package: its outputs are that package's own
+                streams = self._dual_streams(pkg, {"image": self._dual_input(pkg.model.encoders[m])})
                 if streams is not None:
                     with torch.no_grad():
                         out[m] = pkg.model.encoders[m](**streams)   # the gate only

@@ -74,7 +74,10 @@ class Package:
                 "synthetic_training_data": self.synthetic, "int8": self.int8}
 
     def encoder_fingerprint(self, modality: str) -> str | None:
-        return encoder_fingerprint(self.config, modality)
+        cache = self.__dict__.setdefault("_fingerprints", {})   # the config never changes: computed once
+        if modality not in cache:
+            cache[modality] = encoder_fingerprint(self.config, modality)
+        return cache[modality]
 
     # ---- cases -> tensors and predictions (core/package/predictor.py) -------------------------
     def prepare(self, cases: Sequence[Case], skip: frozenset[str] | set[str] = frozenset()
