@@ -281,3 +281,54 @@ def test_explain_cohort_command_on_a_generic_csv(suite, tmp_path, capsys):
     assert main(args[:-4] + ["--parts", "prediction,bogus"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown part 'bogus'")
     assert main(["explain-cohort", "--model", str(tmp_path), "--data", str(csv), "--out", str(tmp_path / "o2")]) == 2
+
+
+# ---- the batched engine's shortcuts (P1, issue 18 benchmark) ------------------------------------------------------------
+
+def test_image_features_from_the_stage_maps_equal_the_image_encoder_forward(suite):
+    """The last-stage Grad-CAM of the batched engine starts from the stage maps: the features built from
+    them must be those of ImageEncoder.forward."""
+    import torch
+
+    from core.cohort.gradients import fast_cam_encoder, image_features, image_stages
+    from core.package import load_package
+
+    pkgs, _ = suite
+    enc = load_package(pkgs[0]).model.encoders["image"]
+    assert fast_cam_encoder(enc)
+    pixels = enc.prepare([make_case(i).image for i in range(3)])["pixels"]
+    with torch.no_grad():
+        a, maps = enc(pixels=pixels), image_stages(enc, pixels)
+        b = image_features(enc, maps)
+        c = image_features(enc, maps[-1:], [f.mean(dim=(2, 3)) for f in maps[:-1]])
+    for f in (b, c):
+        torch.testing.assert_close(f.pooled, a.pooled)
+        torch.testing.assert_close(f.tokens, a.tokens)
+        for x, y in zip(f.levels, a.levels):
+            torch.testing.assert_close(x, y)
+
+
+def test_packages_sharing_the_note_encoder_run_it_once_per_case_for_the_note_ig(suite, tmp_path):
+    from core.cohort import CohortExplainer
+
+    pkgs, root = suite
+    records = write_cohort(root / "cases-f", 3)
+    ex = CohortExplainer(pkgs, ("prediction", "note_top"))
+    a, b = ex.packages
+    assert a.encoder_fingerprint("note") == b.encoder_fingerprint("note") and a.model.encoders["note"] is b.model.encoders["note"]
+    calls = []
+    hook = a.model.encoders["note"].register_forward_hook(lambda m, args, out: calls.append(out.pooled.shape[0]))
+    try:
+        rows = ex.explain(records)
+    finally:
+        hook.remove()
+    assert all(r["status"] == "ok" and r["note_top_words"] for r in rows) and len(rows) == 6
+    # the batch's notes once (for both packages), then each note's 24 interpolation steps once (for both packages)
+    assert calls == [3, 24, 24, 24]
+
+
+def test_ray_blocks_leave_no_actor_idle():
+    from core.cohort.runner import ray_block_size
+
+    assert ray_block_size(24, 8, 2) == 3 and ray_block_size(48, 8, 2) == 6
+    assert ray_block_size(1000, 16, 2) == 16 and ray_block_size(1, 16, 2) == 1

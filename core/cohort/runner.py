@@ -7,7 +7,8 @@ Engines:
 * ``ray``: Ray Data ``map_batches`` on a pool of actors, each loading the packages once; on a local Ray
   (``ray.init(num_cpus=workers)``) or a cluster (``address="auto"`` or ``"ray://host:10001"``). The
   driver writes the parts, so the results folder only has to be reachable from the driver
-  (a shared or object-store path works the same through pyarrow filesystems).
+  (a shared or object-store path works the same through pyarrow filesystems). The cases go out in
+  blocks of at most ``batch_size`` and at least 4 per actor, one block per actor at a time.
 * ``loop``: ``explain_case`` case by case (the naive way; the benchmark's baseline).
 
 Resumable: a case whose rows are already in the folder (status ok, same packages) is skipped.
