@@ -198,16 +198,15 @@ def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[s
             joined[m] = f
             continue
         pos = (present[:, j].long().cumsum(0) - 1)[extra]    # the case's row among the encoded rows
-        joined[m] = _cat_features(f, f.index(pos))
+        joined[m] = f.index(torch.cat([torch.arange(f.pooled.shape[0]), pos]))   # the encoded rows, then these
     out, mc = _fuse_and_classify(model, model.encode(joined, both), both, B, mc_samples, generator)
     logp = torch.log_softmax(out.logits[B:] / temperature, -1)
     dis = torch.full((B,), float("nan"))
     for i in rows.unique().tolist():
         dis[i] = mean_pairwise_symmetric_kl(logp[rows == i])
-    keep = torch.arange(B)
     diag = _first_rows(out.diagnostics, B)
     diag["modality_disagreement"] = dis
-    det = ModelOutput(out.logits[:B], out.log_var[:B], out.fused[:B], diag, [f.index(keep) for f in out.features])
+    det = ModelOutput(out.logits[:B], out.log_var[:B], out.fused[:B], diag, [_head(f, B) for f in out.features])
     if mc is None:
         return det
     return det, ModelOutput(mc.logits, mc.log_var, det.fused, det.diagnostics, det.features)
@@ -236,11 +235,10 @@ def _fuse_and_classify(model: MultimodalClassifier, feats: Sequence[ModalityFeat
     return det, ModelOutput(mc_logits, mc_log_var, fused[:n], diag, list(feats))
 
 
-def _cat_features(a: ModalityFeatures, b: ModalityFeatures) -> ModalityFeatures:
-    """Rows of ``a`` followed by rows of ``b`` (same encoder, so the same token count)."""
-    extras = None if not a.extras else {k: torch.cat([v, b.extras[k]]) for k, v in a.extras.items()}
-    return ModalityFeatures(torch.cat([a.pooled, b.pooled]), tuple(torch.cat([x, y]) for x, y in zip(a.levels, b.levels)),
-                            torch.cat([a.tokens, b.tokens]), torch.cat([a.token_mask, b.token_mask]), extras)
+def _head(f: ModalityFeatures, n: int) -> ModalityFeatures:
+    """The first ``n`` rows of ``f`` (views, no copy)."""
+    extras = None if not f.extras else {k: v[:n] for k, v in f.extras.items()}
+    return ModalityFeatures(f.pooled[:n], tuple(x[:n] for x in f.levels), f.tokens[:n], f.token_mask[:n], extras)
 
 
 def _first_rows(diag: dict[str, Any], n: int) -> dict[str, Any]:
