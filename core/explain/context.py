@@ -149,6 +149,9 @@ class ImageTargetModel(nn.Module):
         self.mc_seed = mc_seed
         # a dual-expert encoder has two image inputs: vary one stream, hold the other at the case's
         self.key = "pixels" if stream == "global" else "local_pixels"
+        # > 1: one image in, this many rows out: a hook on the encoder repeats the image's activations at
+        # some layer (see gradcam.cam_stability), the encoder's other outputs are repeated here
+        self.rows = 1
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.input_grad and not pixels.requires_grad and pixels.is_leaf:
@@ -156,4 +159,11 @@ class ImageTargetModel(nn.Module):
         gen = None if self.mc_seed is None else torch.Generator().manual_seed(self.mc_seed)
         n = pixels.shape[0]
         inp = {self.key: pixels, **{k: v.expand(n, *v.shape[1:]) for k, v in self.ctx.inputs["image"].items() if k != self.key}}
+        if self.rows > 1 and n == 1:
+            feats = self.encoder(**inp)
+            r = self.rows
+            rep = lambda t: t.expand(r, *t.shape[1:]) if t.shape[0] == 1 else t  # noqa: E731
+            feats = ModalityFeatures(rep(feats.pooled), tuple(rep(x) for x in feats.levels), rep(feats.tokens),
+                                     rep(feats.token_mask), feats._extras(rep))
+            return self.ctx.calibrated_logits("image", feats, gen)
         return self.ctx.calibrated_logits("image", inp, gen, encoder=self.encoder)

@@ -43,7 +43,9 @@ def is_dual(ctx: ExplainContext) -> bool:
 
 
 def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str, mc_seed: int | None = None,
-             stream: str = "global") -> np.ndarray:
+             stream: str = "global", rows: int = 1) -> np.ndarray:
+    """CAMs of ``pixels`` ([n, 3, S, S]) -> [n, S, S]. ``rows`` > 1 with one image: ``rows`` CAMs of that
+    image (under ``rows`` MC-dropout masks of the head), the layers before the target layer run once."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHODS)}.")
     enc = ctx.model.encoders["image"]
@@ -53,12 +55,16 @@ def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str,
     cls = CAM_METHODS[method][0]
     wrapper = ImageTargetModel(ctx, mc_seed, stream, input_grad=False)
     target_layer = (wrapper.encoder.cam_layers(stream) if is_dual(ctx) else wrapper.encoder.cam_layers())[layer]
-    targets = [ClassifierOutputTarget(ctx.target)] * pixels.shape[0]
+    if rows > 1 and pixels.shape[0] == 1:
+        wrapper.rows = rows
+    else:
+        rows = pixels.shape[0]
+    targets = [ClassifierOutputTarget(ctx.target)] * rows
     # The CAMs read the target layer's activations and the gradients at its output only: the graph starts
     # at the layer's input (a leaf), so the backward pass stops there instead of running back to the pixels
     # through every earlier layer. Same activations, same gradients; the hook goes with the private copy's
     # use (removed in ``finally``, so the copy comes back hook-free).
-    cut = target_layer.register_forward_pre_hook(_graph_starts_here)
+    cut = target_layer.register_forward_pre_hook(_graph_starts_here if wrapper.rows == 1 else _repeated_leaf(rows))
     try:
         with cls(model=wrapper, target_layers=[target_layer]) as cam:
             cam.batch_size = 32  # ScoreCAM: masked images per forward pass
@@ -68,6 +74,14 @@ def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str,
     finally:
         cut.remove()
     return np.asarray(maps, dtype=np.float32)
+
+
+def _repeated_leaf(rows: int) -> Callable[[torch.nn.Module, tuple], tuple]:
+    """Like ``_graph_starts_here``, with a one-row input repeated ``rows`` times (the layers before ran once)."""
+    def hook(module: torch.nn.Module, args: tuple) -> tuple:
+        return tuple(a.detach().expand(rows, *a.shape[1:]).contiguous().requires_grad_(True)
+                     if torch.is_tensor(a) and a.is_floating_point() and a.shape[0] == 1 else a for a in args)
+    return hook
 
 
 def _graph_starts_here(module: torch.nn.Module, args: tuple) -> tuple:
@@ -111,8 +125,11 @@ def cam_stability(ctx: ExplainContext, method: str = "gradcam", layer: str = "la
                   seed: int = 0) -> dict[str, np.ndarray | float]:
     """The heatmap under ``samples`` MC-dropout masks of the head (one batched CAM call): its mean,
     standard deviation, and the mean pairwise correlation of the samples (1 = perfectly stable)."""
-    pixels = ctx.inputs["image"]["pixels"].expand(samples, -1, -1, -1)
-    maps = _run_cam(ctx, pixels, method, layer, mc_seed=seed)
+    pixels = ctx.inputs["image"]["pixels"]
+    if is_dual(ctx) or not CAM_METHODS.get(method, (None, False))[1]:
+        maps = _run_cam(ctx, pixels.expand(samples, -1, -1, -1), method, layer, mc_seed=seed)
+    else:  # the layers before the CAM's target layer run once, not once per sample (same maps)
+        maps = _run_cam(ctx, pixels, method, layer, mc_seed=seed, rows=samples)
     flat = maps.reshape(samples, -1)
     flat = flat - flat.mean(1, keepdims=True)
     norms = np.linalg.norm(flat, axis=1)
