@@ -82,3 +82,37 @@ def test_comparison_with_cached_dual_expert_streams_matches_each_package_alone(t
         assert np.allclose(col.prediction.mc_samples, alone.mc_samples, atol=1e-5)
     gate = cmp.columns[1].prediction.diagnostics["image_lesion_gate"]
     assert np.isclose(float(gate), float(dual.predict(case).diagnostics["image_lesion_gate"]), atol=1e-5)
+
+
+def test_head_pass_with_mc_samples_in_one_batch_equals_the_two_calls(tmp_path):
+    head = _pkg(tmp_path).model.head
+    fused = torch.randn(3, head.inp.in_features)
+    with torch.inference_mode():
+        det = head(fused)
+        mc = head(fused[:1], 7, torch.Generator().manual_seed(4))
+        got = head.forward_with_samples(fused, fused[:1], 7, torch.Generator().manual_seed(4))
+    for a, b in zip((*det, *mc), got):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
+
+
+def test_stability_with_the_early_layers_run_once_equals_the_batched_copies(tmp_path):
+    from core.explain.gradcam import _run_cam, cam_stability
+
+    ctx = ExplainContext(_pkg(tmp_path), make_case(0))
+    fast = cam_stability(ctx, "gradcam", samples=5, seed=3)
+    maps = _run_cam(ctx, ctx.inputs["image"]["pixels"].expand(5, -1, -1, -1), "gradcam", "last stage", mc_seed=3)
+    assert np.allclose(fast["mean"], maps.mean(0), atol=1e-5) and np.allclose(fast["std"], maps.std(0), atol=1e-5)
+    assert not any(m._forward_pre_hooks for m in _PRIVATE.get(ctx.model.encoders["image"])[0].modules())
+
+
+def test_gradcam_cut_at_the_target_layer_gives_the_full_backward_map(tmp_path):
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from core.explain.context import ImageTargetModel
+
+    ctx = ExplainContext(_pkg(tmp_path), make_case(1))
+    wrapper = ImageTargetModel(ctx)          # pixels require gradients: the backward runs to the input
+    with GradCAM(model=wrapper, target_layers=[wrapper.encoder.cam_layers()["last stage"]]) as cam, torch.enable_grad():
+        full = cam(input_tensor=ctx.inputs["image"]["pixels"].clone(), targets=[ClassifierOutputTarget(ctx.target)])[0]
+    assert np.allclose(image_cam(ctx), full, atol=1e-5)
