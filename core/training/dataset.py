@@ -132,16 +132,28 @@ def item_fingerprint(it: CohortItem, modality: str) -> str:
     """What one item feeds ``modality``'s encoder, by content: the image (and lesion mask) bytes, the
     note, the metadata, the spectrum. Case ids alone are not enough — two cohorts generated with other
     seeds (or another HAM10000 copy) reuse the same ids for different cases, and a cache keyed by ids
-    would hand one cohort's features to another."""
-    if modality == "image":
-        return f"{_file_hash(it.image_path)}|{_file_hash(it.mask_path)}"
-    if modality == "note":
-        return hashlib.sha256((it.note or "").encode()).hexdigest()
-    if modality == "metadata":
-        return hashlib.sha256(json.dumps(it.metadata or {}, sort_keys=True, default=str).encode()).hexdigest()
-    if modality == "spectrum":
-        return "-" if it.spectrum is None else hashlib.sha256(np.ascontiguousarray(it.spectrum).tobytes()).hexdigest()
-    raise ValueError(f"unknown modality '{modality}'")
+    would hand one cohort's features to another. Items without file paths (anything with ``to_case()``)
+    are fingerprinted from the case they build."""
+    if modality == "image" and getattr(it, "image_path", None) is not None:
+        return f"{_file_hash(it.image_path)}|{_file_hash(getattr(it, 'mask_path', None))}"
+    if modality != "image" and hasattr(it, modality):
+        value = getattr(it, modality)
+    else:
+        case = it.to_case()
+        value = getattr(case, modality)
+        if modality == "image":
+            value = None if value is None else (np.asarray(value), None if case.mask is None else np.asarray(case.mask))
+    h = hashlib.sha256()
+    if isinstance(value, tuple):
+        for v in value:
+            h.update(b"-" if v is None else np.ascontiguousarray(v).tobytes())
+    elif isinstance(value, np.ndarray):
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        h.update(json.dumps(value, sort_keys=True, default=str).encode())
+    else:
+        h.update(("-" if value is None else str(value)).encode())
+    return h.hexdigest()
 
 
 def _key(config: Any, items: Sequence[CohortItem], tag: str, state: dict[str, torch.Tensor] | None = None,
