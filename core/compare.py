@@ -386,10 +386,29 @@ def cohort_metrics(package_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 row[f"{k}_ci95"] = v.get("ci95")
             elif isinstance(v, (int, float)):
                 row[k] = float(v)
-        f = m.get("faithfulness") or {}
-        for k in ("deletion_auc", "insertion_auc", "cam_lesion_share_lesion_decided", "cam_context_share_context_decided",
-                  "pointing_game"):
-            if isinstance(f.get(k), (int, float)):
-                row[f"faithfulness_{k}"] = float(f[k])
+        row.update(_faithfulness_columns(m.get("faithfulness") or {}))
         rows.append(row)
     return rows
+
+
+# the fair cohort measures (core/explain/cohort.py), each with its chance level where it has one
+FAITHFULNESS_COLUMNS = ("lesion_ratio_lesion_decided", "context_ratio_context_decided", "pointing_game_decisive",
+                        "shapley_decisive_balanced")
+
+
+def _faithfulness_columns(f: Mapping[str, Any]) -> dict[str, float]:
+    """``faithfulness_*`` columns from a metrics.json entry written by scripts/faithfulness_table.py: the
+    measures over all explained cases for the predicted class, each beside its chance level. Entries in
+    the format before issue 15 (mass shares without their area baseline, Shapley only on image cases)
+    are not shown: they flatter the model."""
+    a = (f.get("predicted") or {}).get("all") or {}
+    out: dict[str, float] = {}
+    for k in FAITHFULNESS_COLUMNS:
+        v = a.get(k)
+        if isinstance(v, (int, float)) and v == v:
+            out[f"faithfulness_{k}"] = float(v)
+            chance = a.get(f"{k}_chance", a.get("ratio_chance") if "ratio" in k else None)
+            if isinstance(chance, (int, float)) and chance == chance:
+                out[f"faithfulness_{k}_chance"] = float(chance)
+    return out
+
