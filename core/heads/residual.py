@@ -52,7 +52,8 @@ class ResidualHead(nn.Module):
         self.logits = nn.Linear(hidden, n_classes)
         self.log_var = nn.Linear(hidden, 1)  # predicted data uncertainty (aleatoric), seed 001
 
-    def forward(self, fused: torch.Tensor, mc_samples: int = 0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, fused: torch.Tensor, mc_samples: int = 0, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (logits, log_var). With ``mc_samples=T`` the shapes are [T, B, C] and [T, B]."""
         sample = self.training or mc_samples > 0
         x = fused if mc_samples <= 0 else fused.unsqueeze(0).expand(mc_samples, *fused.shape).reshape(-1, fused.shape[-1])
