@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..encoders import ModalityFeatures
+from ..explain.attributions import note_ig_inputs
 
 if TYPE_CHECKING:
     from .engine import _Batch
@@ -109,13 +110,7 @@ def note_ig(batches: Sequence["_Batch"], notes: Sequence[str | None], targets: S
         users = [p for p, b in enumerate(batches) if bool(b.present[i, js[p]])]
         if not users or not note:
             continue
-        tok = enc.tokenizer(note, truncation=True, max_length=enc.max_length, return_offsets_mapping=True,
-                            return_special_tokens_mask=True, return_tensors="pt")
-        ids, mask = tok["input_ids"], tok["attention_mask"]
-        special = tok["special_tokens_mask"][0].bool()
-        baseline = torch.where(special, ids[0], torch.full_like(ids[0], enc.pad_token_id)).unsqueeze(0)
-        with torch.no_grad():
-            emb, base_emb = enc.embedding_layer(ids), enc.embedding_layer(baseline)
+        tok, ids, mask, emb, base_emb = note_ig_inputs(enc, note)
         scaled = torch.cat([base_emb + a * (emb - base_emb) for a in alphas]).requires_grad_()
         rows = torch.full((n_steps,), i, dtype=torch.long)
         with torch.enable_grad():

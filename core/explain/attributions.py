@@ -39,18 +39,26 @@ def merge_word_pieces(note: str, word_ids: Sequence[int | None], offsets: Sequen
     return words
 
 
-def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_size: int = 24) -> dict[str, Any]:
-    enc = ctx.model.encoders["note"]
-    note = ctx.case.note or ""
+def note_ig_inputs(enc: Any, note: str) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One note's IG inputs: (tokenizer output with offsets, ids [1, L], attention mask [1, L], word
+    embeddings [1, L, E], baseline embeddings [1, L, E]). The baseline keeps the special tokens and puts
+    the pad token everywhere else; shared by the per-case explainer and the cohort engine."""
     tok = enc.tokenizer(note, truncation=True, max_length=enc.max_length, return_offsets_mapping=True,
                         return_special_tokens_mask=True, return_tensors="pt")
     ids, mask = tok["input_ids"], tok["attention_mask"]
     special = tok["special_tokens_mask"][0].bool()
     baseline = torch.where(special, ids[0], torch.full_like(ids[0], enc.pad_token_id)).unsqueeze(0)
-    # Integrated gradients on the word embeddings, the same quantity LayerIntegratedGradients on the
-    # embedding layer computes, but with no hook: the shared encoder is used as it is (no private copy).
     with torch.no_grad():
         emb, base_emb = enc.embedding_layer(ids), enc.embedding_layer(baseline)
+    return tok, ids, mask, emb, base_emb
+
+
+def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_size: int = 24) -> dict[str, Any]:
+    enc = ctx.model.encoders["note"]
+    note = ctx.case.note or ""
+    # Integrated gradients on the word embeddings, the same quantity LayerIntegratedGradients on the
+    # embedding layer computes, but with no hook: the shared encoder is used as it is (no private copy).
+    tok, ids, mask, emb, base_emb = note_ig_inputs(enc, note)
     f = ctx.target_fn("note", "inputs_embeds", attention_mask=mask)
     with torch.enable_grad():
         attr, delta = IntegratedGradients(f).attribute(emb, baselines=base_emb, n_steps=n_steps, method="gausslegendre",
