@@ -132,8 +132,7 @@ def randomised_copy(pkg: Package, seed: int = 0) -> Package:
     rnd.sha256 = f"{pkg.sha256}-randomised-{seed}"   # never shares a cache entry with the trained package
     # a loaded package is read-only (no parameter requires grad): which encoders were frozen in training
     # is recorded in its config
-    arch = (pkg.config.get("architecture") or {}).get("modalities") or {}
-    frozen = {f"encoders.{m}." for m in rnd.model.encoders if (arch.get(m) or {}).get("frozen")}
+    frozen = {f"encoders.{m}." for m in rnd.model.encoders if (pkg.cfg.encoders.get(m) or {}).get("frozen")}
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in rnd.model.named_parameters():
