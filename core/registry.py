@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
 
+from .errors import FusionLensError
+
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
+class RegistryError(FusionLensError, KeyError):
     """Unknown or duplicate registry name."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want a plain sentence
