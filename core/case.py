@@ -299,11 +299,12 @@ class Case:
     def restrict_to(self, package: Any) -> tuple["Case", dict[str, str]]:
         """This case without the metadata values and the spectrum ``package`` can't use, and the sentence
         for each input left out (``{"metadata.age": ..., "spectrum": ...}``). ``package``: anything with
-        ``prepare([case])`` raising CaseError (a :class:`core.package.Package`). The case itself is unchanged."""
+        ``prepare([case], skip=...)`` raising CaseError (a :class:`core.package.Package`). The case itself is
+        unchanged. Every modality is skipped: the checks (schema, spectrum grid) run, no pixels or tokens are made."""
         case, errors = self, {}
         for _ in range(4):
             try:
-                package.prepare([case])
+                package.prepare([case], skip=set(package.modalities))
                 break
             except CaseError as e:
                 meta, spectrum = dict(case.metadata or {}), case.spectrum

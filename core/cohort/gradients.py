@@ -36,7 +36,7 @@ def fast_cam_encoder(enc: nn.Module) -> bool:
     """True for the plain image encoder, whose last-stage CAM layer output is the last map of ``_stages``."""
     from ..encoders.image import ImageEncoder
 
-    return type(enc) is ImageEncoder and not enc.dual_expert
+    return type(enc) is ImageEncoder
 
 
 def image_stages(enc: nn.Module, pixels: torch.Tensor) -> list[torch.Tensor]:

@@ -237,8 +237,7 @@ def _fuse_and_classify(model: MultimodalClassifier, feats: Sequence[ModalityFeat
 
 def _head(f: ModalityFeatures, n: int) -> ModalityFeatures:
     """The first ``n`` rows of ``f`` (views, no copy)."""
-    extras = None if not f.extras else {k: v[:n] for k, v in f.extras.items()}
-    return ModalityFeatures(f.pooled[:n], tuple(x[:n] for x in f.levels), f.tokens[:n], f.token_mask[:n], extras)
+    return f.index(slice(None, n))
 
 
 def _first_rows(diag: dict[str, Any], n: int) -> dict[str, Any]:

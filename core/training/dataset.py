@@ -23,7 +23,7 @@ from ..case import Case
 from ..data import CohortItem
 from ..encoders import ModalityFeatures
 from ..model import MultimodalClassifier
-from ..package import prepare_batch
+from ..package import prepare_batch, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,7 @@ def _file_hash(path: Path | str | None) -> str:
     st = os.stat(path)
     k = (str(path), st.st_size, st.st_mtime_ns)
     if k not in _FILE_HASHES:
-        with open(path, "rb") as fh:
-            _FILE_HASHES[k] = hashlib.file_digest(fh, "sha256").hexdigest()
+        _FILE_HASHES[k] = sha256_file(Path(path))
     return _FILE_HASHES[k]
 
 
