@@ -31,7 +31,7 @@ from torch import nn
 from ..case import Case, CaseError
 from ..explain.attributions import merge_word_pieces
 from ..fusion import case_diagnostics
-from ..package import Package, load_package, posterior
+from ..package import Package, load_package, posterior, referral
 from .gradients import fast_cam_encoder, image_features, image_stages, note_ig, tail_gradcam
 from .rows import (ROW_PARTS, CaseResult, CohortError, failed_row, make_row, one_sentence, record_case,
                    shapley_from_values)
@@ -200,7 +200,7 @@ class CohortExplainer:
                 calibrated=post.calibrated[0].numpy(),
                 uncertainty={"predictive_entropy": float(u.predictive_entropy[0]), "normalised_entropy": value,
                              "aleatoric": float(u.aleatoric[0]), "epistemic": float(u.epistemic[0])},
-                refer=value > pkg.referral_threshold, diagnostics=case_diagnostics(det.diagnostics, i),
+                refer=referral(value, pkg.referral_threshold)[0], diagnostics=case_diagnostics(det.diagnostics, i),
                 present={m: bool(b.present[i, j]) for j, m in enumerate(pkg.modalities)}, target=int(targets[i]),
                 fused=det.fused[i].numpy() if "embedding" in self.parts else None))
         if "modality" in self.parts:
