@@ -332,3 +332,20 @@ def test_ray_blocks_leave_no_actor_idle():
 
     assert ray_block_size(24, 8, 2) == 3 and ray_block_size(48, 8, 2) == 6
     assert ray_block_size(1000, 16, 2) == 16 and ray_block_size(1, 16, 2) == 1
+
+
+def test_the_ray_actors_import_path_skips_pytorch_grad_cam():
+    """A Ray actor imports core.cohort.runner (its class) and draws the plain encoders' Grad-CAM without
+    pytorch-grad-cam, whose package pulls in torchvision and scikit-learn (~3 CPU s per actor)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, core.cohort.runner, core.explain; "
+            "print(sorted(m for m in ('pytorch_grad_cam', 'torchvision', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    from core.explain.gradcam import CAM_METHODS, cam_class
+
+    assert cam_class("gradcam").__name__ == "GradCAM" and len(CAM_METHODS) == 7
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        cam_class("bogus")

@@ -116,3 +116,47 @@ def test_gradcam_cut_at_the_target_layer_gives_the_full_backward_map(tmp_path):
     with GradCAM(model=wrapper, target_layers=[wrapper.encoder.cam_layers()["last stage"]]) as cam, torch.enable_grad():
         full = cam(input_tensor=ctx.inputs["image"]["pixels"].clone(), targets=[ClassifierOutputTarget(ctx.target)])[0]
     assert np.allclose(image_cam(ctx), full, atol=1e-5)
+
+
+def test_cohort_tail_gradcam_is_pytorch_grad_cams_gradcam_on_the_last_stage(tmp_path):
+    """The cohort engine computes the last-stage Grad-CAM without importing pytorch-grad-cam (Ray actors
+    would pay torchvision + scikit-learn at start-up): its maps must be the library's."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from core.cohort.engine import _Batch
+    from core.cohort.gradients import fast_cam_encoder, image_features, tail_gradcam
+
+    pkg = _pkg(tmp_path, "mmtm")
+    assert fast_cam_encoder(pkg.model.encoders["image"])
+    b = _Batch(pkg, [make_case(i) for i in range(3)], {}, maps=True)
+    rows = torch.arange(3)
+    with torch.no_grad():
+        targets = b.logits(rows).argmin(-1)           # not the top class: the map depends on the target
+    early = [f.mean(dim=(2, 3)) for f in b.maps[:-1]]
+    pixels = b.inputs["image"]["pixels"]
+    size = (pixels.shape[-1], pixels.shape[-2])
+    got = tail_gradcam(b, rows, targets, b.maps[-1], early, size)
+
+    class Tail(torch.nn.Module):                       # last map -> calibrated logits, for the library to hook
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Identity()
+            self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+
+        def forward(self, last):
+            feats = image_features(pkg.model.encoders["image"], [self.layer(last)], early)
+            return b.logits(rows, replace={"image": feats})
+
+    class SizedGradCAM(GradCAM):
+        def get_target_width_height(self, input_tensor):
+            return size
+
+    tail = Tail()
+    with SizedGradCAM(model=tail, target_layers=[tail.layer]) as cam, torch.enable_grad():
+        ref = cam(input_tensor=b.maps[-1].detach().clone().requires_grad_(True),
+                  targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    assert got.shape == ref.shape == (3, size[1], size[0]) and got.dtype == np.float32
+    assert np.allclose(got, ref, atol=1e-6) and float(got.max()) > 0.5
+    other = tail_gradcam(b, rows, (targets + 1) % len(LABELS), b.maps[-1], early, size)
+    assert not np.allclose(got, other, atol=1e-3)    # another target, another map: the target is used

@@ -258,9 +258,6 @@ class CohortExplainer:
         return self._cam_encoders[key]
 
     def _cam(self, b: _Batch, targets: torch.Tensor, out: list[CaseResult]) -> None:
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
         j = b.model.modalities.index("image")
         rows = b.present[:, j].nonzero().squeeze(1)
         if len(rows) == 0:
@@ -273,6 +270,9 @@ class CohortExplainer:
             for k, i in enumerate(rows.tolist()):
                 out[i].cam = maps[k]
             return
+        from pytorch_grad_cam import GradCAM   # a dual-expert or other image encoder: the whole-model Grad-CAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
         enc = self._cam_encoder(b.pkg)
         image_inputs = b.inputs["image"]
         dual = enc.dual_expert

@@ -9,8 +9,8 @@
 * **Grad-CAM of the last stage** (``tail_gradcam``): the last feature map of every image of the batch is
   computed once (shared by the packages, see ``image_stages``); each package's CAM needs only the gradient
   of its target logit with respect to that map, i.e. a backward pass through pooling, fusion and head,
-  not through the backbone. pytorch-grad-cam still computes the map from activations and gradients (same
-  weights, ReLU, min-max scaling and resize as for the whole model).
+  not through the backbone. The map is pytorch-grad-cam's ``GradCAM`` (same weights, ReLU, min-max scaling
+  and resize as for the whole model), computed from the map and its gradient without importing the library.
 
 Only a plain :class:`~core.encoders.image.ImageEncoder` takes the CAM shortcut (``fast_cam_encoder``);
 a dual-expert or any other image encoder goes through the whole-model Grad-CAM of the engine.
@@ -47,54 +47,51 @@ def image_features(enc: nn.Module, maps: Sequence[torch.Tensor], early: Sequence
                    ) -> ModalityFeatures:
     """``ImageEncoder.forward`` from its stage maps (``maps``: the three maps; or the last one alone with
     ``early`` the pooled early / middle levels, as when only the last map varies)."""
-    last = maps[-1]
-    levels = (*early, last.mean(dim=(2, 3))) if early is not None else tuple(f.mean(dim=(2, 3)) for f in maps)
-    grid = nn.functional.adaptive_avg_pool2d(last, enc.token_grid) if enc.token_grid else last
-    tokens = grid.flatten(2).transpose(1, 2)
-    mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-    return ModalityFeatures(levels[2], levels, tokens, mask)  # type: ignore[arg-type]
-
-
-class _Tail(nn.Module):
-    """last map of the batch's image rows -> calibrated logits (the other modalities held at their features)."""
-
-    def __init__(self, b: "_Batch", rows: torch.Tensor, early: Sequence[torch.Tensor]):
-        super().__init__()
-        self.b, self.rows, self.early = b, rows, early
-        self.layer = nn.Identity()                                       # pytorch-grad-cam hooks this
-        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)  # BaseCAM reads the device from a parameter
-
-    def forward(self, last: torch.Tensor) -> torch.Tensor:
-        if not last.requires_grad and last.is_leaf:
-            last.requires_grad_(True)
-        feats = image_features(self.b.model.encoders["image"], [self.layer(last)], self.early)
-        return self.b.logits(self.rows, replace={"image": feats})
+    return enc.from_stages(maps, tuple(early) if early is not None else ())
 
 
 def tail_gradcam(b: "_Batch", rows: torch.Tensor, targets: torch.Tensor, last: torch.Tensor,
                  early: Sequence[torch.Tensor], size: tuple[int, int]) -> np.ndarray:
     """[n, H, W] Grad-CAM maps of the image rows ``rows`` (``last``: their last-stage maps, ``early``: their
-    pooled early / middle levels, ``size``: the model's input (width, height))."""
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    pooled early / middle levels, ``size``: the model's input (width, height)).
 
-    class _GradCAM(GradCAM):
-        def get_target_width_height(self, input_tensor: torch.Tensor) -> tuple[int, int]:
-            return size
+    pytorch-grad-cam's ``GradCAM`` on the last stage, computed here from the map and its gradient (one
+    backward pass from the target logits through pooling, fusion and head): the channel weights are the
+    gradient's spatial mean, the map the ReLU of the weighted channel sum, min-max scaled, resized to
+    ``size`` with OpenCV, then scaled again -- pytorch-grad-cam's ``BaseCAM`` steps, in its float32 numpy
+    arithmetic (a test compares the two). The library is not imported: it loads torchvision and
+    scikit-learn (~3 CPU s), which every Ray actor would pay at start-up."""
+    act = last.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        feats = image_features(b.model.encoders["image"], [act], early)
+        logits = b.logits(rows, replace={"image": feats})
+        score = logits.gather(1, targets[rows].view(-1, 1)).sum()
+        grad, = torch.autograd.grad(score, act)
+    a, g = act.detach().numpy(), grad.numpy()
+    weights = np.mean(g, axis=(2, 3))
+    cam = np.maximum((weights[:, :, None, None] * a).sum(axis=1), 0)
+    return _scale_cams(np.maximum(_scale_cams(cam, size), 0))
 
-    tail = _Tail(b, rows, early)
-    cam_targets = [ClassifierOutputTarget(int(targets[i])) for i in rows]
-    with _GradCAM(model=tail, target_layers=[tail.layer]) as cam, torch.enable_grad():
-        return np.asarray(cam(input_tensor=last.detach().clone(), targets=cam_targets), np.float32)
+
+def _scale_cams(cams: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """pytorch-grad-cam's ``scale_cam_image``: each map min-max scaled (1e-7 guard), resized to ``size``."""
+    import cv2
+
+    out = []
+    for m in cams:
+        m = m - np.min(m)
+        m = m / (1e-7 + np.max(m))
+        out.append(cv2.resize(np.float32(m), size) if size is not None else m)
+    return np.float32(out)
 
 
 # ---- note: one forward of the shared encoder per case, one backward per package ----------------------------------
 
 def _gauss_legendre(n_steps: int) -> tuple[torch.Tensor, list[float]]:
-    from captum.attr._utils.approximation_methods import approximation_parameters
-
-    step_sizes_func, alphas_func = approximation_parameters("gausslegendre")
-    return torch.tensor(step_sizes_func(n_steps)).float(), list(alphas_func(n_steps))
+    """Captum's Gauss-Legendre step sizes and alphas (``approximation_methods.gauss_legendre_builders``):
+    numpy's nodes and weights on [-1, 1], rescaled to [0, 1]."""
+    x, w = np.polynomial.legendre.leggauss(n_steps)
+    return torch.tensor((0.5 * w).tolist()).float(), (0.5 * (1 + x)).tolist()
 
 
 def note_ig(batches: Sequence["_Batch"], notes: Sequence[str | None], targets: Sequence[torch.Tensor], n_steps: int,

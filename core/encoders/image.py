@@ -82,9 +82,13 @@ class ImageEncoder(Encoder):
         return self._adapter.stages(self, x)
 
     def forward(self, pixels: torch.Tensor) -> ModalityFeatures:  # type: ignore[override]
-        feats = self._stages(pixels)
-        levels = tuple(f.mean(dim=(2, 3)) for f in feats)
-        last = feats[-1]
+        return self.from_stages(self._stages(pixels))
+
+    def from_stages(self, maps: Sequence[torch.Tensor], pooled: Sequence[torch.Tensor] = ()) -> ModalityFeatures:
+        """``forward``'s output from the backbone's stage maps: the three maps, or the deepest ones with
+        ``pooled`` the shallower levels already pooled (for explanations that vary only the deep maps)."""
+        levels = (*pooled, *(f.mean(dim=(2, 3)) for f in maps))
+        last = maps[-1]
         if self.token_grid:
             last = nn.functional.adaptive_avg_pool2d(last, self.token_grid)
         tokens = last.flatten(2).transpose(1, 2)  # [B, H*W, C], patches row-major

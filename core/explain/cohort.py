@@ -146,8 +146,6 @@ def _load_region(path: Path | None) -> np.ndarray | None:
 
 def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: bool, method: str,
                parts: Iterable[str], ig_steps: int = 24) -> dict[str, Any]:
-    import torch
-
     from ..data.cohorts.dermatology import decisive_spans
     from .attributions import note_attributions, table_attributions
     from .context import ExplainContext
@@ -171,10 +169,9 @@ def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: boo
             row.update(decisive_hit=m["lesion_hit"], decisive_hit_chance=m["lesion_hit_chance"])
         elif it.evidence == "context":
             row.update(decisive_hit=m["context_hit"], decisive_hit_chance=m["context_hit_chance"])
-        if ctx.model.encoders["image"].dual_expert:   # its own lesion gate
-            with torch.no_grad():
-                f = ctx.model.encoders["image"](**ctx.inputs["image"])
-            row["lesion_gate"] = float(f.extras["lesion_gate"][0])
+        extras = ctx.raw_features("image").extras or {}
+        if "lesion_gate" in extras:   # a dual-expert encoder's own lesion gate (from the context's encoding)
+            row["lesion_gate"] = float(extras["lesion_gate"][0])
     if "shapley" in parts and it.evidence in EVIDENCE_MODALITY:
         sh = modality_shapley(ctx)
         d = shapley_decisive(sh["values"], EVIDENCE_MODALITY[it.evidence])

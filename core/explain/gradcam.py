@@ -13,21 +13,31 @@ from typing import Callable
 
 import numpy as np
 import torch
-from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .context import ExplainContext, ImageTargetModel
 
-#: name -> (class, uses gradients, relative cost); the dashboard lists these without a hand-kept table
-CAM_METHODS: dict[str, tuple[type, bool, str]] = {
-    "gradcam": (GradCAM, True, "fast"),
-    "gradcam++": (GradCAMPlusPlus, True, "fast"),
-    "xgradcam": (XGradCAM, True, "fast"),
-    "layercam": (LayerCAM, True, "fast"),
-    "hirescam": (HiResCAM, True, "fast"),
-    "eigencam": (EigenCAM, False, "fast"),
-    "scorecam": (ScoreCAM, False, "slow: one forward pass per channel of the layer"),
+#: name -> (pytorch-grad-cam class name, uses gradients, relative cost); the dashboard lists these without a
+#: hand-kept table. pytorch-grad-cam is imported when a CAM is computed (``cam_class``), not with this module:
+#: its package imports torchvision and scikit-learn (~3 CPU s), which a process that never draws a CAM
+#: (a Ray actor without ``cam_summary``, the CLI's parser) should not pay.
+CAM_METHODS: dict[str, tuple[str, bool, str]] = {
+    "gradcam": ("GradCAM", True, "fast"),
+    "gradcam++": ("GradCAMPlusPlus", True, "fast"),
+    "xgradcam": ("XGradCAM", True, "fast"),
+    "layercam": ("LayerCAM", True, "fast"),
+    "hirescam": ("HiResCAM", True, "fast"),
+    "eigencam": ("EigenCAM", False, "fast"),
+    "scorecam": ("ScoreCAM", False, "slow: one forward pass per channel of the layer"),
 }
+
+
+def cam_class(method: str) -> type:
+    """The pytorch-grad-cam class of ``method`` (a key of ``CAM_METHODS``), imported on first use."""
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHODS)}.")
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, CAM_METHODS[method][0])
 
 # test-time augmentation (seed 003): transform, inverse transform of a [.., H, W] map
 TTA: list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[np.ndarray], np.ndarray]]] = [
@@ -46,13 +56,13 @@ def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str,
              stream: str = "global", rows: int = 1) -> np.ndarray:
     """CAMs of ``pixels`` ([n, 3, S, S]) -> [n, S, S]. ``rows`` > 1 with one image: ``rows`` CAMs of that
     image (under ``rows`` MC-dropout masks of the head), the layers before the target layer run once."""
-    if method not in CAM_METHODS:
-        raise ValueError(f"unknown CAM method '{method}'; choose one of: {', '.join(CAM_METHODS)}.")
+    cls = cam_class(method)
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     enc = ctx.model.encoders["image"]
     layers = enc.cam_layers()
     if layer not in layers:
         raise ValueError(f"unknown layer '{layer}'; choose one of: {', '.join(layers)}.")
-    cls = CAM_METHODS[method][0]
     wrapper = ImageTargetModel(ctx, mc_seed, stream, input_grad=False)
     target_layer = (wrapper.encoder.cam_layers(stream) if is_dual(ctx) else wrapper.encoder.cam_layers())[layer]
     if rows > 1 and pixels.shape[0] == 1:
@@ -68,7 +78,7 @@ def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str,
     try:
         with cls(model=wrapper, target_layers=[target_layer]) as cam:
             cam.batch_size = 32  # ScoreCAM: masked images per forward pass
-            quiet = contextlib.redirect_stderr(io.StringIO()) if cls is ScoreCAM else contextlib.nullcontext()
+            quiet = contextlib.redirect_stderr(io.StringIO()) if method == "scorecam" else contextlib.nullcontext()
             with torch.enable_grad(), quiet:  # ScoreCAM draws a tqdm bar on stderr
                 maps = cam(input_tensor=pixels.clone(), targets=targets)
     finally:

@@ -11,16 +11,14 @@ model's input size; the convergence delta (completeness error) is measured and r
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients
 from torch import nn
 from torch.nn import functional as F
-
-import threading
-import weakref
 
 from ..encoders import ModalityFeatures
 from .context import ExplainContext
@@ -34,15 +32,13 @@ _BLACK_LOCK = threading.Lock()
 
 def _features(enc: nn.Module, early: torch.Tensor, middle: torch.Tensor, last: torch.Tensor) -> ModalityFeatures:
     """What ``ImageEncoder.forward`` returns, from its three stage activations (early pooled level given)."""
-    levels = (early, middle.mean(dim=(2, 3)), last.mean(dim=(2, 3)))
-    if enc.token_grid:
-        last = F.adaptive_avg_pool2d(last, enc.token_grid)
-    tokens = last.flatten(2).transpose(1, 2)
-    return ModalityFeatures(levels[2], levels, tokens, torch.ones(tokens.shape[:2], dtype=torch.bool))
+    return enc.from_stages([middle, last], (early,))
 
 
 def middle_stage_ig(ctx: ExplainContext, n_steps: int = 8, internal_batch_size: int = 8) -> dict[str, Any]:
     """{"map": [S, S] in [0, 1], "convergence_delta", "relative_delta", "n_steps", "layer"} for the target class."""
+    from captum.attr import IntegratedGradients   # here, not at import: a process that never runs it skips captum
+
     enc_full = ctx.model.encoders["image"]
     dual = enc_full.dual_expert
     enc = enc_full.backbone if dual else enc_full
