@@ -212,18 +212,20 @@ class SharedEncoderCache:
         self._prepared: dict[str, Any] = {}
         self.passes: dict[str, int] = {}
 
-    def _dual_streams(self, pkg: Package, inputs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    def _dual_streams(self, pkg: Package) -> dict[str, torch.Tensor] | None:
         """A dual-expert image encoder's frozen backbone outputs for this case, cached like any frozen
         encoder's: the global stream is the plain image encoder of the same weights (the same pixels),
-        the lesion stream is keyed by the backbone and the crop margin. Only its gate runs per package."""
+        the lesion stream is keyed by the backbone and the crop margin. Only its gate runs per package.
+        None when the backbone's weights are stored in the package (its outputs are that package's own)
+        or the case has no image."""
         enc = pkg.model.encoders["image"]
-        back = json.dumps({"modality": "image", "encoder": {"type": "image", "frozen": True, **enc.backbone.config()},
-                           "weights": "external"}, sort_keys=True)
         if not enc.backbone.external_weights:
-            return None  # backbone weights stored in the package: its outputs are that package's own
-        image = inputs.get("image")
+            return None
+        image = self._dual_input(enc)
         if image is None:
             return None
+        back = json.dumps({"modality": "image", "encoder": {"type": "image", "frozen": True, **enc.backbone.config()},
+                           "weights": "external"}, sort_keys=True)
         out: dict[str, torch.Tensor] = {}
         for prefix, key, px, module in (("g_", back, "pixels", enc.backbone),
                                         ("l_", json.dumps({"local": back, "margin": enc.margin, "mask": self.case.mask is not None}),
@@ -248,14 +250,11 @@ class SharedEncoderCache:
         return self._prepared[key]
 
     def features_for(self, pkg: Package) -> dict[str, ModalityFeatures]:
-        inputs = None
         out: dict[str, ModalityFeatures] = {}
         for m in pkg.modalities:
             key = pkg.encoder_fingerprint(m)
             if key is None and pkg.model.encoders[m].dual_expert:
-                if not pkg.model.encoders[m].backbone.external_weights:
-                    continue  # backbone weights stored in the package: its outputs are that package's own
-                streams = self._dual_streams(pkg, {"image": self._dual_input(pkg.model.encoders[m])})
+                streams = self._dual_streams(pkg)
                 if streams is not None:
                     with torch.no_grad():
                         out[m] = pkg.model.encoders[m](**streams)   # the gate only
@@ -263,8 +262,8 @@ class SharedEncoderCache:
             if key is None:
                 continue
             if key not in self._store:
-                if inputs is None:
-                    inputs, _, _ = pkg.prepare([self.case])
+                # only this modality is preprocessed (a dual expert's image, say, is not cut again)
+                inputs, _, _ = pkg.prepare([self.case], skip=frozenset(pkg.modalities) - {m})
                 if inputs.get(m) is None:
                     continue
                 with torch.no_grad():

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients, Occlusion, ShapleyValueSampling
+from captum.attr._utils.approximation_methods import approximation_parameters
 
 from .context import ExplainContext
 
@@ -53,6 +54,24 @@ def note_ig_inputs(enc: Any, note: str) -> tuple[Any, torch.Tensor, torch.Tensor
     return tok, ids, mask, emb, base_emb
 
 
+def integrated_gradients(f, x: torch.Tensor, baseline: torch.Tensor, n_steps: int, f_x: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrated gradients of ``f`` ([n, ...] -> [n]) at one input ``x`` [1, ...] from ``baseline`` [1, ...]
+    with Gauss-Legendre steps: what Captum's ``IntegratedGradients(f).attribute(x, baseline, n_steps,
+    method="gausslegendre", internal_batch_size=n_steps, return_convergence_delta=True)`` computes, in one
+    forward + backward pass instead of three passes: the baseline's value rides in the steps' batch (its row
+    gets no gradient) and ``f_x`` = f(x) is the value the case's context already holds. -> (attributions
+    [1, ...], convergence delta [1])."""
+    step_sizes, alphas = (fn(n_steps) for fn in approximation_parameters("gausslegendre"))
+    with torch.enable_grad():
+        scaled = torch.cat([baseline + a * (x - baseline) for a in alphas] + [baseline], 0).requires_grad_()
+        out = f(scaled)
+        grads = torch.autograd.grad(torch.unbind(out[:n_steps]), scaled)[0][:n_steps]
+    scaled_grads = grads.contiguous().view(n_steps, -1) * torch.tensor(step_sizes).float().view(n_steps, 1)
+    attr = torch.sum(scaled_grads.reshape((n_steps, 1) + tuple(x.shape[1:])), dim=0) * (x - baseline)
+    return attr, attr.reshape(1, -1).sum(1) - (f_x.reshape(1) - out[n_steps:].detach())
+
+
 def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_size: int = 24) -> dict[str, Any]:
     enc = ctx.model.encoders["note"]
     note = ctx.case.note or ""
@@ -60,9 +79,13 @@ def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_siz
     # embedding layer computes, but with no hook: the shared encoder is used as it is (no private copy).
     tok, ids, mask, emb, base_emb = note_ig_inputs(enc, note)
     f = ctx.target_fn("note", "inputs_embeds", attention_mask=mask)
-    with torch.enable_grad():
-        attr, delta = IntegratedGradients(f).attribute(emb, baselines=base_emb, n_steps=n_steps, method="gausslegendre",
-                                                       internal_batch_size=internal_batch_size, return_convergence_delta=True)
+    if internal_batch_size >= n_steps:
+        attr, delta = integrated_gradients(f, emb, base_emb, n_steps, ctx.target_logit())
+    else:
+        with torch.enable_grad():
+            attr, delta = IntegratedGradients(f).attribute(emb, baselines=base_emb, n_steps=n_steps, method="gausslegendre",
+                                                           internal_batch_size=internal_batch_size,
+                                                           return_convergence_delta=True)
     token_scores = attr.sum(-1)[0].detach().numpy()
     tokens = enc.tokenizer.convert_ids_to_tokens(ids[0])
     offsets = tok["offset_mapping"][0].tolist()
@@ -98,9 +121,7 @@ def table_attributions(ctx: ExplainContext, n_steps: int = 32, shapley_samples: 
     x = ctx.inputs["metadata"]["values"]
     base = torch.tensor([schema.baseline_row()], dtype=x.dtype)
     f = ctx.target_fn("metadata", "values")
-    with torch.enable_grad():
-        ig, delta = IntegratedGradients(f).attribute(x, baselines=base, n_steps=n_steps, method="gausslegendre",
-                                                     internal_batch_size=n_steps, return_convergence_delta=True)
+    ig, delta = integrated_gradients(f, x, base, n_steps, ctx.target_logit())
     group = torch.zeros_like(x, dtype=torch.long)
     for i, s in enumerate(schema.slices):
         group[0, s] = i
@@ -124,9 +145,7 @@ def spectrum_attributions(ctx: ExplainContext, n_steps: int = 32, smooth: int = 
     x = ctx.inputs["spectrum"]["spectrum"]
     base = enc.mean.unsqueeze(0).to(x.dtype)
     f = ctx.target_fn("spectrum", "spectrum")
-    with torch.enable_grad():
-        attr, delta = IntegratedGradients(f).attribute(x, baselines=base, n_steps=n_steps, method="gausslegendre",
-                                                       internal_batch_size=n_steps, return_convergence_delta=True)
+    attr, delta = integrated_gradients(f, x, base, n_steps, ctx.target_logit())
     a = attr[0].detach().numpy()
     smoothed = np.convolve(a, np.ones(smooth) / smooth, mode="same") if smooth and smooth > 1 else a
     return {"wavelengths": [float(w) for w in enc.grid], "attributions": a.tolist(), "smoothed": smoothed.tolist(),

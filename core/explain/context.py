@@ -38,6 +38,10 @@ class ExplainContext:
             raise ValueError(f"target class {target} is outside 0..{len(package.labels) - 1}.")
         self.temperature = package.temperature
 
+    def target_logit(self) -> torch.Tensor:
+        """The case's calibrated target logit (0-d), the value every forward function here gives the case as it is."""
+        return self.logits[self.target] / self.temperature
+
     # -- which modalities the case has -------------------------------------------------------
     def has(self, modality: str) -> bool:
         return modality in self.model.modalities and bool(self.present[0, self.model.modalities.index(modality)])

@@ -176,34 +176,41 @@ def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[s
     ``mc_samples=T`` > 0: the head also runs T times with dropout on the cases' fused rows (MC dropout),
     in the same head batch where the head supports it -> (deterministic output, MC output)."""
     B, M = present.shape
+    pres = present.tolist()     # a handful of rows: Python lists cost less than tensor ops here
     raw: dict[str, Any] = {}
     for j, m in enumerate(modalities):
         x = inputs.get(m)
-        raw[m] = None if x is None or not bool(present[:, j].any()) else (
+        raw[m] = None if x is None or not any(r[j] for r in pres) else (
             x if isinstance(x, ModalityFeatures) else model.encoders[m](**x))
-    sel = present & (present.sum(1, keepdim=True) >= 2)
-    rows, cols = sel.nonzero(as_tuple=True)
-    if M < 2 or len(rows) == 0:
+    # (case, modality) of every single-modality row, row-major as ``nonzero`` lists them
+    singles = [(i, j) for i, r in enumerate(pres) if sum(r) >= 2 for j in range(M) if r[j]]
+    if M < 2 or not singles:
         det, mc = _fuse_and_classify(model, model.encode(raw, present), present, B, mc_samples, generator)
         det.diagnostics["modality_disagreement"] = torch.full((B,), float("nan"))
         return det if mc is None else (det, mc)
-    single = torch.zeros(len(rows), M, dtype=torch.bool)
-    single[torch.arange(len(rows)), cols] = True
-    both = torch.cat([present, single])
+    both = torch.tensor(pres + [[k == j for k in range(M)] for _, j in singles], dtype=torch.bool)
     joined: dict[str, Any] = {}
     for j, m in enumerate(modalities):
         f = raw[m]
-        extra = rows[cols == j]
-        if f is None or len(extra) == 0:
+        extra = [i for i, jj in singles if jj == j]
+        if f is None or not extra:
             joined[m] = f
             continue
-        pos = (present[:, j].long().cumsum(0) - 1)[extra]    # the case's row among the encoded rows
-        joined[m] = f.index(torch.cat([torch.arange(f.pooled.shape[0]), pos]))   # the encoded rows, then these
+        pos, n = [], 0                       # each case's row among the encoded rows
+        for r in pres:
+            pos.append(n)
+            n += bool(r[j])
+        # the encoded rows, then these
+        joined[m] = f.index(torch.tensor(list(range(f.pooled.shape[0])) + [pos[i] for i in extra]))
     out, mc = _fuse_and_classify(model, model.encode(joined, both), both, B, mc_samples, generator)
     logp = torch.log_softmax(out.logits[B:] / temperature, -1)
     dis = torch.full((B,), float("nan"))
-    for i in rows.unique().tolist():
-        dis[i] = mean_pairwise_symmetric_kl(logp[rows == i])
+    start = 0
+    for i, r in enumerate(pres):              # a case's single rows are consecutive
+        k = sum(r) if sum(r) >= 2 else 0
+        if k:
+            dis[i] = mean_pairwise_symmetric_kl(logp[start:start + k])
+            start += k
     diag = _first_rows(out.diagnostics, B)
     diag["modality_disagreement"] = dis
     det = ModelOutput(out.logits[:B], out.log_var[:B], out.fused[:B], diag, [_head(f, B) for f in out.features])

@@ -6,7 +6,7 @@ import base64
 import html
 from typing import TYPE_CHECKING, Any
 
-from .sections import Bullets, Figure, Heading, Images, Lead, Note, Section, Table, Text, build_sections
+from .sections import Bullets, Figure, Heading, Images, Lead, Note, Section, Table, Text
 
 if TYPE_CHECKING:
     from .render import CaseReport
@@ -83,7 +83,7 @@ def _section(s: Section, figs: list[Figure]) -> str:
 def render_html(rep: CaseReport) -> str:
     """One self-contained HTML file: plotly.js inlined once, images as data URIs, no external requests."""
     figs: list[Figure] = []
-    body = "\n".join(_section(s, figs) for s in build_sections(rep))
+    body = "\n".join(_section(s, figs) for s in rep.sections())
     title = e(f"FusionLens report {rep.data['case']['case_id'] or ''}")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{_CSS}</style></head><body>{body}</body></html>")

@@ -11,7 +11,7 @@ import html
 import io
 from typing import TYPE_CHECKING, Any
 
-from .sections import Bullets, Figure, Heading, Images, Lead, Note, Section, Table, Text, build_sections
+from .sections import Bullets, Figure, Heading, Images, Lead, Note, Section, Table, Text
 
 if TYPE_CHECKING:
     from .render import CaseReport
@@ -198,7 +198,7 @@ def render_pdf(rep: CaseReport) -> bytes:
 
     d = rep.data
     story = _Story()
-    for s in build_sections(rep):
+    for s in rep.sections():
         story.section(s)
 
     def footer(canvas, doc):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from ..package import Package
 from .data import ReportError, build_report
 from .html_backend import render_html
 from .pdf_backend import pdf_text, render_pdf
+from .sections import Section, build_sections
 
 __all__ = ["FORMATS", "CaseReport", "make_report", "pdf_text", "render_csv", "render_html", "render_pdf", "spreadsheet_safe"]
 
@@ -31,6 +32,14 @@ class CaseReport:
     case: Case
     explanation: Any | None = None        # core.explain.Explanation, for the heatmaps and spectrum curve
     comparison: Any | None = None
+    _sections: list[Section] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def sections(self) -> list[Section]:
+        """The report's sections, built once (their pictures drawn once) for every format rendered from
+        this report: the PDF and the HTML of one report share them."""
+        if self._sections is None:
+            self._sections = build_sections(self)
+        return self._sections
 
     def json(self) -> str:
         return json.dumps(self.data, indent=2, ensure_ascii=False)

@@ -6,8 +6,9 @@ import torch
 
 def mean_pairwise_symmetric_kl(logp: torch.Tensor) -> torch.Tensor:
     """Mean over all pairs of rows of ``logp`` ([k, C] log-probabilities, k >= 2) of the symmetric
-    KL divergence (KL(p||q) + KL(q||p)) / 2, in nats; a 0-d tensor."""
+    KL divergence (KL(p||q) + KL(q||p)) / 2, in nats; a 0-d tensor.
+
+    (KL(p||q) + KL(q||p)) / 2 = sum (p - q)(log p - log q) / 2, every pair in one batched expression."""
     p = logp.exp()
-    kl = [((p[a] * (logp[a] - logp[b])).sum() + (p[b] * (logp[b] - logp[a])).sum()) / 2
-          for a in range(len(logp)) for b in range(a + 1, len(logp))]
-    return torch.stack(kl).mean()
+    a, b = torch.triu_indices(len(logp), len(logp), 1)
+    return ((p[a] - p[b]) * (logp[a] - logp[b])).sum(-1).mean() / 2
