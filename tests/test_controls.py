@@ -3,6 +3,7 @@ one source only; the §2 criteria pass and fail on known summaries; a tiny metad
 seconds, meets its criteria and its randomised-weights copy fails them."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -60,6 +61,63 @@ def test_criteria_pass_and_fail_on_known_summaries():
     assert [c["passed"] for c in K.check(meta, "metadata")] == [True, False]
 
 
+def test_note_only_notes_hide_the_planted_words_among_decoys():
+    """The note criterion must be a test: planted words are a minority of a note-only control's words, so a
+    uniform attribution (the chance level) stays far below 0.6; the planted sentences are those the
+    generator drew before the decoys (inserted, never edited), and the decoys carry no label."""
+    import re
+
+    from core.data.cohorts.dermatology import draw_case
+    from core.data.cohorts.dermatology.notes import (NOTE_DECOY_SHARE, _note, _single_source_metadata,
+                                                    planted_word_share)
+    from core.data.cohorts.dermatology.plan import _single_source_plan
+
+    shares = []
+    for i in range(35):
+        c = draw_case(7, i, LABELS[i % 7], 64, "note")
+        share = planted_word_share(c["note"], c["label"])
+        assert 0 < share <= NOTE_DECOY_SHARE[1] + 1e-9, c["note"]
+        shares.append(share)
+        # the same note without decoys: its sentences appear, in order, in the decoyed note
+        plan_ss, meta_ss, note_ss, _ = np.random.SeedSequence([7, i]).spawn(4)
+        plan, decoy = _single_source_plan(np.random.default_rng(plan_ss), c["label"], "note")
+        md = _single_source_metadata(np.random.default_rng(meta_ss), c["label"], "note", decoy)
+        plain = re.split(r"(?<=[.!?])\s+", _note(np.random.default_rng(note_ss), plan, md))
+        it = iter(re.split(r"(?<=[.!?])\s+", c["note"]))
+        assert all(any(s == t for t in it) for s in plain)
+        assert len(c["note"].split()) > len(" ".join(plain).split())
+    assert np.mean(shares) < 0.45
+
+
+def test_finetune_cut_and_augment_options():
+    """core.training.finetune's cut / augment parameters (defaults = the HAM10000 stage 1): the frozen part and
+    the trained part at any cut compose to the encoder's last map, and fine-tuning after block 12 leaves
+    blocks 0..12 untouched."""
+    from core.encoders.image import ImageEncoder
+    from core.training.finetune import CUT, frozen_part, full_features, finetune_top, trained_part
+
+    torch.manual_seed(0)
+    enc = ImageEncoder("efficientnet_lite0", False, [64, 48]).eval()
+    x = torch.randn(6, 3, 48, 64)
+    with torch.no_grad():
+        last = enc._stages(x)[-1]
+        for cut in (CUT, 12):
+            m, _, _ = frozen_part(enc, x, cut)
+            assert torch.allclose(trained_part(enc, m, cut), last, atol=1e-5)
+        m, l0, l1 = frozen_part(enc, x, 12)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    data = {"map": m.half(), "l0": l0, "l1": l1}
+    y = torch.arange(6) % 3
+    info = finetune_top(enc, data, y, data, y, 3, epochs=1, samples_per_epoch=8, batch_size=4, threads=1,
+                        log=lambda m: None, cut=12, augment=False)
+    after = enc.state_dict()
+    assert info["cut_after_block"] == 12
+    assert torch.equal(before["backbone._blocks.12._project_conv.weight"], after["backbone._blocks.12._project_conv.weight"])
+    assert not torch.equal(before["backbone._blocks.13._project_conv.weight"], after["backbone._blocks.13._project_conv.weight"])
+    assert full_features(enc, data, cut=12)["pooled"].shape == (6, enc.out_dim)
+    assert K.trained_image_prefixes(12)[0] == "encoders.image.backbone._blocks.13."
+
+
 def test_randomised_copy_redraws_trained_weights_only():
     from tiny import LABELS as TL, make_model
     from core import load_package, save_package
@@ -75,6 +133,14 @@ def test_randomised_copy_redraws_trained_weights_only():
             same = torch.equal(a[name], b[name])
             assert same == name.startswith("encoders.image."), name
         assert rnd.model is not pkg.model and rnd.labels == pkg.labels
+        # a fine-tuned image encoder: the part it trained is re-drawn too, the rest of it kept
+        last = [n for n in a if n.startswith("encoders.image.")][-1]
+        tuned = last.rsplit(".", 1)[0] + "."
+        (pkg.path / K.FINETUNE_FILE).write_text(json.dumps({"trained_prefixes": [tuned]}))
+        b = dict(K.randomised_copy(pkg).model.named_parameters())
+        for name in a:
+            same = torch.equal(a[name], b[name])
+            assert same == (name.startswith("encoders.image.") and not name.startswith(tuned)), name
 
 
 @pytest.fixture(scope="module")

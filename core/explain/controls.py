@@ -70,17 +70,21 @@ def controls_root() -> Path:
     return Path(os.environ.get("FUSIONLENS_CACHE") or Path.home() / ".cache" / "fusionlens") / "controls"
 
 
-def control_config(source: str, out: Path, epochs: int = 40, tiny: bool = False, image_size: int = 224, n: int = 700):
+def control_config(source: str, out: Path, epochs: int = 40, tiny: bool = False, image_size: int = 224, n: int = 700,
+                   finetuned: bool = False):
     """A small late-fusion package over image + note + metadata. ``tiny``: test-sized encoders (random
-    init, 32 px) that train in seconds."""
+    init, 32 px) that train in seconds. ``finetuned``: the image encoder's weights are stored in the package
+    (its top blocks are fine-tuned first, :func:`finetune_image`), not referenced."""
     from ..training.config import config_from_dict
 
     enc = tiny_encoders() if tiny else {
-        "image": {"image_size": image_size},
-        "note": {"max_length": 64},
+        "image": {"image_size": image_size, **({"pretrained": False} if finetuned else {})},
+        # note-only notes carry decoy sentences (about 60 words, up to ~130): room for all of them
+        "note": {"max_length": 256 if source == "note" else 64},
         "metadata": {"hidden": 32, "out_dim": 32, "token_dim": 16}}
     return config_from_dict({
-        "name": f"control-{source}-only", "variant": "concat", "modalities": ["image", "note", "metadata"],
+        "name": f"control-{source}-only" + ("-finetuned" if finetuned else ""), "variant": "concat",
+        "modalities": ["image", "note", "metadata"],
         "out": str(out),
         # the cohort is passed to train() directly; ``data`` only names it. It must differ between the four
         # controls: the feature cache is keyed by it and the case ids, which the control cohorts share.
@@ -105,27 +109,97 @@ def tiny_encoders() -> dict[str, dict[str, Any]]:
             "metadata": {"hidden": 16, "out_dim": 16, "token_dim": 8}}
 
 
+#: stage 1 of the image controls (#15 §3): EfficientNet-Lite0's blocks after ``cut`` and its head convolution
+#: are fine-tuned on the cached activation maps of the frozen early blocks (core.training.finetune), on the
+#: control cohort's training split, best validation balanced accuracy kept; then the control is trained on
+#: the fine-tuned encoder's features like any other. Sized for two busy cores (one thread).
+IMAGE_FINETUNE: dict[str, Any] = {"cut": 10, "augment": True, "epochs": 8, "samples_per_epoch": 640, "batch_size": 32,
+                                  "lr": 1e-3, "backbone_lr": 4e-4, "threads": 1}
+#: the image controls fine-tune their encoder by default; note / metadata controls keep it frozen
+FINETUNED_SOURCES = ("lesion", "context")
+FINETUNE_FILE = "image_finetune.json"   # in the package folder: what was fine-tuned (randomised_copy reads it)
+
+
+def trained_image_prefixes(cut: int, n_blocks: int = 16) -> list[str]:
+    """State-dict prefixes of the image encoder's fine-tuned part (blocks after ``cut``, head conv + BN)."""
+    b = "encoders.image.backbone."
+    return [f"{b}_blocks.{i}." for i in range(cut + 1, n_blocks)] + [f"{b}_conv_head.", f"{b}_bn1."]
+
+
+def finetune_image(cohort, image_size: int = 224, token_grid: int | None = None, opts: dict[str, Any] | None = None,
+                   log: Callable[[str], Any] = logger.info):
+    """Fine-tune a pretrained EfficientNet-Lite0's top on ``cohort``'s train split (validation: its val split).
+    Returns (encoder state, record, the fine-tuned encoder's features per split in the stage-2 cache layout)."""
+    from ..encoders.image import ImageEncoder
+    from ..training.finetune import encode_frozen, finetune_top, full_features, tail_logits
+
+    opts = {**IMAGE_FINETUNE, **(opts or {})}
+    cut = int(opts["cut"])
+    enc = ImageEncoder("efficientnet_lite0", True, image_size, token_grid)
+    cache = controls_root() / "finetune"
+    frozen = {s: encode_frozen(enc, cohort.split(s), cache, log=log, what=s, cut=cut) for s in ("train", "val", "test")}
+    y = {s: torch.tensor([cohort.labels.index(it.label) for it in cohort.split(s)]) for s in frozen}
+    info = finetune_top(enc, frozen["train"], y["train"], frozen["val"], y["val"], len(cohort.labels), log=log, **opts)
+    clf = info.pop("classifier")
+    pred = tail_logits(enc, clf, frozen["test"]["map"], cut=cut).argmax(1)
+    info["test_accuracy_linear_head"] = round(float((pred == y["test"]).float().mean()), 4)
+    info.update(augment=bool(opts["augment"]), trained_prefixes=trained_image_prefixes(cut, len(enc.backbone._blocks)))
+    feats = {s: full_features(enc, frozen[s], cut=cut) for s in frozen}
+    return {k: v.detach().clone() for k, v in enc.state_dict().items()}, info, feats
+
+
 def train_control(source: str, n: int = 700, root: Path | None = None, image_size: int = 224, epochs: int = 40,
-                  tiny: bool = False, retrain: bool = False) -> Path:
-    """Train (or reuse) the ``source``-only control package on a ``n``-case control cohort of TRAIN_SEED."""
+                  tiny: bool = False, retrain: bool = False, finetune: bool | None = None,
+                  finetune_opts: dict[str, Any] | None = None, log: Callable[[str], Any] | None = None) -> Path:
+    """Train (or reuse) the ``source``-only control package on a ``n``-case control cohort of TRAIN_SEED.
+    ``finetune`` (default: for the image controls, not with ``tiny`` encoders): fine-tune the image encoder's
+    top first (:data:`IMAGE_FINETUNE`, overridden by ``finetune_opts``); the package stores that encoder."""
     from ..training.train import train
 
+    log = log or logger.info
+    if finetune is None:
+        finetune = source in FINETUNED_SOURCES and not tiny
     root = Path(root) if root is not None else controls_root()
-    out = root / f"{source}-only-n{n}-{image_size}{'-tiny' if tiny else ''}"
+    ft = {**IMAGE_FINETUNE, **(finetune_opts or {})}
+    tail = f"-ft{ft['cut']}{'' if ft['augment'] else '-noaug'}" if finetune else ""
+    out = root / f"{source}-only-n{n}-{image_size}{'-tiny' if tiny else ''}{tail}"
     if (out / "config.json").is_file() and not retrain:
         return out
     cohort = generate_dermatology(n=n, seed=TRAIN_SEED, image_size=image_size, single_source=source,
                                   workers=1 if tiny else min(2, os.cpu_count() or 1))
-    cfg = control_config(source, out, epochs, tiny, image_size, n)
-    path = train(cfg, cohort, progress=False)
-    assert path is not None
+    cfg = control_config(source, out, epochs, tiny, image_size, n, finetuned=finetune)
+    if not finetune:
+        path = train(cfg, cohort, progress=False)
+        assert path is not None
+        return path
+    from dataclasses import asdict
+
+    from ..training.dataset import build_split, cache_root
+    from ..training.finetune import prime_feature_cache
+    from ..training.train import build_from_config, finish_package, fit
+
+    model = build_from_config(cfg, cohort)
+    img = model.encoders["image"]
+    state, info, feats = finetune_image(cohort, image_size, img.token_grid, finetune_opts, log)
+    img.load_state_dict(state)
+    img.freeze().eval()
+    tag = json.dumps(asdict(cfg.data), sort_keys=True)
+    for s in ("train", "val", "test"):
+        prime_feature_cache(img, cohort.split(s), tag + s, feats[s])
+    splits = {s: build_split(model, cohort.split(s), cohort.labels, tag + s) for s in ("train", "val", "test")}
+    model, fit_info = fit(model, splits["train"], splits["val"], cfg.train, cfg.trainer,
+                          cache_root() / "runs" / cfg.name.replace("/", "_"))
+    path = finish_package(model, cohort, splits["val"], splits["test"], cfg, fit_info)
+    (path / FINETUNE_FILE).write_text(json.dumps(info, indent=2))
     return path
 
 
 def randomised_copy(pkg: Package, seed: int = 0) -> Package:
     """The package with every trained weight re-drawn at random (Adebayo et al.'s model randomisation):
     fusion, head, the table encoder and missing-modality embeddings get Gaussian weights of each tensor's
-    own scale; frozen pretrained encoders stay as they are (the model no longer uses what they extract)."""
+    own scale; frozen pretrained encoders stay as they are (the model no longer uses what they extract),
+    except the part of a fine-tuned image encoder that was trained (its top blocks, :data:`FINETUNE_FILE`):
+    that is re-drawn too (cascading randomisation down to the last ImageNet block)."""
     rnd = copy.copy(pkg)
     rnd.model = rnd.inference_model = copy.deepcopy(pkg.model)
     rnd.int8 = False
@@ -133,14 +207,21 @@ def randomised_copy(pkg: Package, seed: int = 0) -> Package:
     # a loaded package is read-only (no parameter requires grad): which encoders were frozen in training
     # is recorded in its config
     frozen = {f"encoders.{m}." for m in rnd.model.encoders if (pkg.cfg.encoders.get(m) or {}).get("frozen")}
+    trained_inside = fine_tuned_prefixes(pkg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in rnd.model.named_parameters():
-            if any(name.startswith(f) for f in frozen):
+            if any(name.startswith(f) for f in frozen) and not any(name.startswith(t) for t in trained_inside):
                 continue
             scale = float(p.float().std()) if p.numel() > 1 else abs(float(p)) or 0.02
             p.copy_(torch.randn(p.shape, generator=g) * max(scale, 1e-3))
     return rnd
+
+
+def fine_tuned_prefixes(pkg: Package) -> list[str]:
+    """State-dict prefixes of a control's fine-tuned image layers (none for a frozen encoder)."""
+    f = Path(getattr(pkg, "path", "") or "") / FINETUNE_FILE
+    return list(json.loads(f.read_text()).get("trained_prefixes", [])) if f.is_file() else []
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -155,13 +236,15 @@ def evaluate_control(pkg: Package, source: str, items: Sequence[Any], ig_steps: 
 
 def run_controls(sources: Sequence[str] = SINGLE_SOURCES, n: int = 700, n_eval: int = 70, image_size: int = 224,
                  epochs: int = 40, tiny: bool = False, retrain: bool = False, root: Path | None = None,
-                 log: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
+                 log: Callable[[str], Any] | None = None, finetune: bool | None = None,
+                 finetune_opts: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train / load each control, measure it and its randomised copy on the fresh EVAL_SEED cohort
-    (``log``: one line per step; default: this module's logger)."""
+    (``log``: one line per step; default: this module's logger). ``finetune`` / ``finetune_opts``: see
+    :func:`train_control`."""
     log = log or logger.info
     rows = []
     for source in sources:
-        path = train_control(source, n, root, image_size, epochs, tiny, retrain)
+        path = train_control(source, n, root, image_size, epochs, tiny, retrain, finetune, finetune_opts, log)
         pkg = load_package(path)
         items = generate_dermatology(n=n_eval, seed=EVAL_SEED, image_size=image_size, single_source=source,
                                      workers=1 if tiny else min(2, os.cpu_count() or 1)).items

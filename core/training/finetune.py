@@ -41,38 +41,38 @@ logger = logging.getLogger(__name__)
 CUT = 10          # last frozen block of EfficientNet-Lite0 (closes the stride-16, 112-channel group)
 
 
-def frozen_part(enc: ImageEncoder, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stem + blocks 0..CUT: the activation map after block CUT, and the pooled levels 0 and 1."""
+def frozen_part(enc: ImageEncoder, pixels: torch.Tensor, cut: int = CUT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stem + blocks 0..cut (default CUT): the activation map after block cut, and the pooled levels 0 and 1."""
     b = enc.backbone
     x = enc.stem_act(b._bn0(b._conv_stem(pixels)))
     l0 = None
-    for i, block in enumerate(b._blocks[:CUT + 1]):
+    for i, block in enumerate(b._blocks[:cut + 1]):
         x = block(x)
         if i == 4:
             l0 = x.mean(dim=(2, 3))
     return x, l0, x.mean(dim=(2, 3))
 
 
-def trained_part(enc: ImageEncoder, x: torch.Tensor) -> torch.Tensor:
-    """Blocks CUT+1.. + head convolution: the last feature map (what Grad-CAM's last stage sees)."""
+def trained_part(enc: ImageEncoder, x: torch.Tensor, cut: int = CUT) -> torch.Tensor:
+    """Blocks cut+1.. + head convolution: the last feature map (what Grad-CAM's last stage sees)."""
     b = enc.backbone
     n = len(b._blocks)
-    for i in range(CUT + 1, n):
+    for i in range(cut + 1, n):
         x = b._blocks[i](x, drop_connect_rate=enc._drop_rate * i / n)
     return enc.head_act(b._bn1(b._conv_head(x)))
 
 
-def _items_key(enc: ImageEncoder, items: Sequence[CohortItem]) -> str:
-    h = hashlib.sha256(json.dumps({"cut": CUT, **enc.config()}, sort_keys=True).encode())
+def _items_key(enc: ImageEncoder, items: Sequence[CohortItem], cut: int = CUT) -> str:
+    h = hashlib.sha256(json.dumps({"cut": cut, **enc.config()}, sort_keys=True).encode())
     for it in items:   # by content: other cohorts reuse case ids and paths for other images
         h.update(f"{it.case_id}|{item_fingerprint(it, 'image')}".encode())
     return h.hexdigest()[:20]
 
 
 def encode_frozen(enc: ImageEncoder, items: Sequence[CohortItem], cache_dir: Path, chunk: int = 64,
-                  log: Callable[[str], None] = logger.info, what: str = "") -> dict[str, torch.Tensor]:
+                  log: Callable[[str], None] = logger.info, what: str = "", cut: int = CUT) -> dict[str, torch.Tensor]:
     """The frozen part's outputs for every item (map in float16), cached on disk by encoder + ids."""
-    f = cache_dir / f"frozen-{_items_key(enc, items)}.safetensors"
+    f = cache_dir / f"frozen-{_items_key(enc, items, cut)}.safetensors"
     if f.is_file():
         return load_file(str(f))
     enc.eval()
@@ -81,7 +81,7 @@ def encode_frozen(enc: ImageEncoder, items: Sequence[CohortItem], cache_dir: Pat
     with torch.inference_mode():
         for start in range(0, len(items), chunk):
             imgs = [load_image(Path(it.image_path)) for it in items[start:start + chunk]]
-            x, l0, l1 = frozen_part(enc, enc.prepare(imgs)["pixels"])
+            x, l0, l1 = frozen_part(enc, enc.prepare(imgs)["pixels"], cut)
             maps.append(x.half())
             l0s.append(l0)
             l1s.append(l1)
@@ -113,19 +113,21 @@ def _balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int) -> float:
     return float(np.mean(rec))
 
 
-def tail_logits(enc: ImageEncoder, clf: nn.Module, maps: torch.Tensor, batch: int = 128) -> torch.Tensor:
+def tail_logits(enc: ImageEncoder, clf: nn.Module, maps: torch.Tensor, batch: int = 128, cut: int = CUT) -> torch.Tensor:
     out = []
     with torch.inference_mode():
         for s in range(0, len(maps), batch):
-            out.append(clf(trained_part(enc, maps[s:s + batch].float()).mean(dim=(2, 3))))
+            out.append(clf(trained_part(enc, maps[s:s + batch].float(), cut).mean(dim=(2, 3))))
     return torch.cat(out)
 
 
 def finetune_top(enc: ImageEncoder, train: dict[str, torch.Tensor], y_train: torch.Tensor, val: dict[str, torch.Tensor],
                  y_val: torch.Tensor, n_classes: int, epochs: int = 8, samples_per_epoch: int = 3200, batch_size: int = 32,
                  lr: float = 1e-3, backbone_lr: float = 4e-4, weight_decay: float = 1e-4, label_smoothing: float = 0.1,
-                 seed: int = 0, threads: int = 2, log: Callable[[str], None] = logger.info) -> dict[str, Any]:
-    """Train blocks CUT+1.. + head conv of ``enc`` in place (best validation balanced accuracy kept).
+                 seed: int = 0, threads: int = 2, log: Callable[[str], None] = logger.info, cut: int = CUT,
+                 augment: bool = True) -> dict[str, Any]:
+    """Train blocks cut+1.. (default CUT) + head conv of ``enc`` in place (best validation balanced accuracy
+    kept). ``augment``: the map-level flips / transposition (see the module docstring).
     Sampling share ~ sqrt(class count) and loss weight ~ 1 / sqrt(count): together class-balanced,
     with fewer repeats of the rarest classes than fully balanced sampling."""
     torch.manual_seed(seed)
@@ -133,7 +135,7 @@ def finetune_top(enc: ImageEncoder, train: dict[str, torch.Tensor], y_train: tor
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
     b = enc.backbone
-    tail = list(b._blocks[CUT + 1:]) + [b._conv_head, b._bn1]
+    tail = list(b._blocks[cut + 1:]) + [b._conv_head, b._bn1]
     for p in enc.parameters():
         p.requires_grad_(False)
     tail_params = [p for m in tail for p in m.parameters()]
@@ -160,8 +162,10 @@ def finetune_top(enc: ImageEncoder, train: dict[str, torch.Tensor], y_train: tor
             tot, n = 0.0, 0
             for s in range(0, samples_per_epoch, batch_size):
                 j = idx[s:s + batch_size]
-                x = _augment(train["map"][j].float(), gen)
-                logits = clf(trained_part(enc, x).mean(dim=(2, 3)))
+                x = train["map"][j].float()
+                if augment:
+                    x = _augment(x, gen)
+                logits = clf(trained_part(enc, x, cut).mean(dim=(2, 3)))
                 loss = loss_fn(logits, y_train[j])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -172,7 +176,7 @@ def finetune_top(enc: ImageEncoder, train: dict[str, torch.Tensor], y_train: tor
             for m in tail:
                 m.eval()
             clf.eval()
-            pred = tail_logits(enc, clf, val["map"]).argmax(1).numpy()
+            pred = tail_logits(enc, clf, val["map"], cut=cut).argmax(1).numpy()
             bacc = _balanced_accuracy(y_val.numpy(), pred, n_classes)
             history.append({"epoch": epoch + 1, "train_loss": round(tot / n, 4), "val_balanced_accuracy": round(bacc, 4),
                             "seconds": round(time.perf_counter() - t0, 1)})
@@ -188,19 +192,19 @@ def finetune_top(enc: ImageEncoder, train: dict[str, torch.Tensor], y_train: tor
     clf.load_state_dict(best_clf)
     enc.freeze()
     enc.eval()
-    return {"cut_after_block": CUT, "epochs": epochs, "samples_per_epoch": samples_per_epoch, "batch_size": batch_size,
+    return {"cut_after_block": cut, "epochs": epochs, "samples_per_epoch": samples_per_epoch, "batch_size": batch_size,
             "best_val_balanced_accuracy": round(best, 4), "history": history,
             "train_seconds": round(time.perf_counter() - t0, 1), "threads": threads, "classifier": clf}
 
 
-def full_features(enc: ImageEncoder, frozen: dict[str, torch.Tensor], batch: int = 128) -> dict[str, torch.Tensor]:
+def full_features(enc: ImageEncoder, frozen: dict[str, torch.Tensor], batch: int = 128, cut: int = CUT) -> dict[str, torch.Tensor]:
     """The fine-tuned encoder's outputs (as ``enc(pixels)`` gives them) from the cached frozen part, in the
     feature-cache layout of :mod:`core.training.dataset`."""
     pooled, toks = [], []
     enc.eval()
     with torch.inference_mode():
         for s in range(0, len(frozen["map"]), batch):
-            last = trained_part(enc, frozen["map"][s:s + batch].float())
+            last = trained_part(enc, frozen["map"][s:s + batch].float(), cut)
             pooled.append(last.mean(dim=(2, 3)))
             if enc.token_grid:
                 last = nn.functional.adaptive_avg_pool2d(last, enc.token_grid)

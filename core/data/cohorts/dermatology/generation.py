@@ -16,7 +16,7 @@ import numpy as np
 from ...base import Cohort, CohortItem, fit_schema, grouped_split
 from .context import _CONTEXTS, _background_findings, _Ring
 from .lesion import _lesion_shape, _paint_lesion
-from .notes import _metadata, _note, _single_source_metadata
+from .notes import NOTE_DECOY_VERSION, _metadata, _note, _single_source_metadata, _with_decoys
 from .optics import _apply_optics, _bubbles, _glare, _hairs, _optics, _ruler, _skin
 from .plan import (CONTROL_PLANTED_FEATURE, DERM_SCHEMA, DESCRIPTION, EVIDENCE, GENERATOR_VERSION, LABEL_DESCRIPTIONS,
                    LABELS, SINGLE_SOURCES, _Plan, _plan, _single_source_plan, sample_labels)
@@ -76,6 +76,8 @@ def draw_case(seed: int, index: int, label: str, image_size: int = 224, single_s
         plan, decoy = _single_source_plan(np.random.default_rng(plan_ss), label, single_source)
         md = _single_source_metadata(np.random.default_rng(meta_ss), label, single_source, decoy)
     note = _note(np.random.default_rng(note_ss), plan, md)
+    if single_source == "note":   # decoy sentences from a stream of their own: the planted ones stay as drawn
+        note = _with_decoys(np.random.default_rng(np.random.SeedSequence([seed, index, 4])), note, label, md)
     image, mask, context, facts = _render(np.random.default_rng(image_ss), plan, image_size)
     extras = {"ambiguous": plan.evidence is None, "lesion_look": plan.lesion_look,
               "lesion_strength": round(plan.lesion_strength, 3), "pigmented": plan.pigmented,
@@ -116,6 +118,8 @@ def _params(n: int, seed: int, image_size: int, single_source: str | None = None
     p: dict[str, Any] = {"n": n, "seed": seed, "image_size": image_size}
     if single_source is not None:   # absent for ordinary cohorts: their cached index stays valid
         p["single_source"] = single_source
+    if single_source == "note":     # the decoy sentences: a note-only cache drawn before them is stale
+        p["note_decoys"] = NOTE_DECOY_VERSION
     return p
 
 

@@ -246,3 +246,48 @@ def _note(rng: np.random.Generator, plan: _Plan, md: dict[str, Any]) -> str | No
     if rng.random() < 0.2:
         text = text.replace("Patient ", "Pt ").replace("patient", "pt")
     return text
+
+
+#: note-only controls: label-independent decoy sentences are mixed in among the planted ones until the
+#: planted words are a minority of the note (a share drawn per case from this range), so that a uniform or
+#: random word attribution cannot meet the note criterion (IG mass on the planted words >= 0.6)
+NOTE_DECOY_SHARE = (0.25, 0.45)
+NOTE_DECOY_VERSION = 1   # part of a note-only cohort's cache parameters (other cohorts' caches are untouched)
+
+
+def planted_word_share(note: str | None, cls: str) -> float:
+    """Share of the note's words (whitespace tokens) inside the planted spans for ``cls``: what a uniform
+    word attribution puts on them (NaN for an empty note)."""
+    words = (note or "").split()
+    if not words:
+        return float("nan")
+    spans = decisive_spans(note, cls)
+    return sum(len(note[s:e].split()) for s, e in spans) / len(words)   # type: ignore[index]
+
+
+def _with_decoys(rng: np.random.Generator, note: str | None, label: str, md: dict[str, Any]) -> str | None:
+    """``note`` with label-independent sentences (vague history, a random class's weak phrases, the decoy
+    metadata's age / sex / site) inserted at random sentence boundaries until the planted words make up
+    at most a drawn share of the words."""
+    import re
+
+    if not note:
+        return note
+    target = float(rng.uniform(*NOTE_DECOY_SHARE))
+    sentences = re.split(r"(?<=[.!?])\s+", note)
+    vague = [str(v) for v in rng.permutation(_VAGUE)]
+    used_meta = False
+    while planted_word_share(" ".join(sentences), label) > target:
+        u = rng.random()
+        if u < 0.15 and not used_meta:
+            s, used_meta = _metadata_sentence(rng, md), True
+        elif u < 0.45:
+            s = _weak_sentences(rng, str(rng.choice(list(_DECISIVE))), 1)[0]
+        elif vague:
+            s = vague.pop()
+        else:
+            break
+        if s in sentences:
+            continue
+        sentences.insert(int(rng.integers(0, len(sentences) + 1)), s)
+    return " ".join(sentences)
