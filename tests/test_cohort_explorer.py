@@ -165,6 +165,10 @@ def test_ray_engine_gives_the_rows_of_the_local_engine(suite, tmp_path):
     finally:
         ray.shutdown()
     assert m["engine"] == "ray" and m["workers"] == 2 and m["counts"]["cases_ok"] == 4
+    startup = m["runs"][-1]["startup"]          # the actors' start-up, reported apart from the explaining
+    assert startup["actors"] and min(a["ready_s"] for a in startup["actors"].values()) <= startup["first_rows_s"]
+    for a in startup["actors"].values():
+        assert 0 <= a["import_s"] and 0 < a["load_s"] and a["constructor_s"] <= a["imported_s"] <= a["ready_s"]
     assert_same_rows(rows_by_key(ResultsStore(str(tmp_path / "local"))), rows_by_key(ResultsStore(str(tmp_path / "ray"))),
                      atol=1e-5)
 
@@ -349,3 +353,17 @@ def test_the_ray_actors_import_path_skips_pytorch_grad_cam():
     assert cam_class("gradcam").__name__ == "GradCAM" and len(CAM_METHODS) == 7
     with pytest.raises(ValueError, match="unknown CAM method"):
         cam_class("bogus")
+
+
+def test_bench_separates_the_start_up_from_the_steady_rate():
+    from core.cohort.bench import at_size, steady_state
+
+    # an engine that starts in 10 s, then explains 2 cases/s, written in parts of 8 (the first part overlaps
+    # the start-up's end); and one with no start-up at 1 case/s
+    arrivals = [(10 + d / 2, d) for d in range(8, 49, 8)]
+    rate, startup = steady_state(arrivals, 48, 34.0)
+    assert abs(rate - 2.0) < 1e-9 and abs(startup - 10.0) < 1e-9
+    rate, startup = steady_state([(d, d) for d in range(8, 49, 8)], 48, 48.0)
+    assert abs(rate - 1.0) < 1e-9 and abs(startup) < 1e-9
+    assert at_size({"startup_s": 10.0, "steady_cases_per_s": 2.0}, 1000) == 510.0
+    assert steady_state([(5.0, 4)], 4, 5.0) == (0.8, 0.0)        # one part: no rate to separate

@@ -33,6 +33,8 @@ def add_explain_cohort(sub: Any) -> None:
     p.add_argument("--bench", action="store_true",
                    help="instead of one run: time the per-case loop, --engine local and --engine ray (--workers) on the "
                         "same cases and parts, each into its own folder under --out; prints cases/s and ratios")
+    p.add_argument("--bench-engines", default="loop,local,ray",
+                   help="with --bench: the engines to time, in order (default loop,local,ray; ray only when installed)")
     p.add_argument("--json", action="store_true", help="print the manifest (or the benchmark) as JSON")
     p.set_defaults(func=cmd_explain_cohort)
 
@@ -61,8 +63,15 @@ def cmd_explain_cohort(args: argparse.Namespace) -> int:
     if args.bench:
         from .bench import bench_engines, bench_table
 
+        from .runner import ray_available
+
+        engines = [e.strip() for e in args.bench_engines.split(",") if e.strip()]
+        if not engines or any(e not in ("loop", "local", "ray") for e in engines):
+            raise UsageError("--bench-engines takes engines from: loop, local, ray.")
+        if "ray" in engines and not ray_available():
+            engines.remove("ray")
         result = bench_engines(args.model, records, args.out, parts, args.batch_size, args.workers, args.threads,
-                               source, log=lambda s: print(s, file=sys.stderr))
+                               source, log=lambda s: print(s, file=sys.stderr), engines=engines)
         print(json.dumps(result, indent=2) if args.json else bench_table(result))
         return 0
     manifest = run_cohort(args.model, records, args.out, parts, args.engine, args.batch_size, args.workers,

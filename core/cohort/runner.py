@@ -23,7 +23,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .. import __version__
 from ..package import read_package_summary
-from .engine import CohortExplainer, LoopExplainer
 from .rows import ROW_PARTS, CohortError, item_record
 from .store import FORMAT, ResultsStore
 
@@ -65,15 +64,32 @@ def _packages_info(model_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     return out
 
 
-def done_cases(store: ResultsStore, packages: Sequence[str]) -> set[str]:
-    """Case ids that have an ok row for every package."""
+def _last_status(store: ResultsStore) -> dict[tuple[str, str], str]:
+    """(case id, package) -> the status of its last row in the folder (what ``ResultsStore.read`` keeps)."""
     t = store.read(["status"])
+    return dict(zip(zip(t.column("case_id").to_pylist(), t.column("package").to_pylist()), t.column("status").to_pylist()))
+
+
+def _done(last: Mapping[tuple[str, str], str], packages: Sequence[str]) -> set[str]:
     ok: dict[str, set[str]] = {}
-    for c, p, s in zip(t.column("case_id").to_pylist(), t.column("package").to_pylist(), t.column("status").to_pylist()):
+    for (c, p), s in last.items():
         if s == "ok":
             ok.setdefault(c, set()).add(p)
     need = set(packages)
     return {c for c, ps in ok.items() if need <= ps}
+
+
+def done_cases(store: ResultsStore, packages: Sequence[str]) -> set[str]:
+    """Case ids that have an ok row for every package."""
+    return _done(_last_status(store), packages)
+
+
+def _counts(last: Mapping[tuple[str, str], str], n_packages: int) -> dict[str, int]:
+    status: dict[str, set[str]] = {}
+    for (c, _), s in last.items():
+        status.setdefault(c, set()).add(s)
+    return {"rows": len(last), "cases_ok": sum(s == {"ok"} for s in status.values()),
+            "cases_failed": sum("failed" in s for s in status.values()), "packages": n_packages}
 
 
 def run_cohort(model_dirs: Sequence[str | Path], records: Sequence[Mapping[str, Any]], out: str,
@@ -104,7 +120,8 @@ def run_cohort(model_dirs: Sequence[str | Path], records: Sequence[Mapping[str, 
         before = {(p["name"], p["sha256"]) for p in previous.get("packages", [])}
         if before != {(p["name"], p["sha256"]) for p in pkgs} or list(previous.get("parts", [])) != list(parts):
             raise CohortError(f"'{out}' holds results of other packages or parts; write to a new folder.")
-    done = done_cases(store, [p["name"] for p in pkgs])
+    last = _last_status(store)      # read once; every part written below updates it (no re-reading the folder)
+    done = _done(last, [p["name"] for p in pkgs])
     todo = [dict(r) for r in records if r["case_id"] not in done]
     if max_cases is not None:
         todo = todo[:max_cases]
@@ -118,13 +135,16 @@ def run_cohort(model_dirs: Sequence[str | Path], records: Sequence[Mapping[str, 
     })
     manifest.setdefault("failures", [])
     store.write_manifest(manifest)
-    t0 = time.perf_counter()
     state = {"done": 0, "index": store.next_part_index(), "stopped": False}
     total = len(todo)
+    # start-up, measured apart from the explaining: loading the packages (local / loop), or starting Ray and
+    # its actors (ray); "first_rows_s" is when the first part was written (seconds from t0)
+    timing: dict[str, Any] = manifest["runs"][-1].setdefault("startup", {})
 
     def write(rows: list[dict[str, Any]]) -> bool:
         if not rows:
             return True
+        timing.setdefault("first_rows_s", round(time.perf_counter() - t0, 3))
         store.write_part(rows, state["index"])
         state["index"] += 1
         new_cases = {r["case_id"] for r in rows}
@@ -136,7 +156,8 @@ def run_cohort(model_dirs: Sequence[str | Path], records: Sequence[Mapping[str, 
             elif r["status"] == "ok" and (r["case_id"], r["package"]) in fails:  # a retried case that now worked
                 manifest["failures"] = [f for f in manifest["failures"]
                                         if (f["case_id"], f["package"]) != (r["case_id"], r["package"])]
-        _update_counts(manifest, store, pkgs)
+            last[(r["case_id"], r["package"])] = r["status"]
+        manifest["counts"] = _counts(last, len(pkgs))
         store.write_manifest(manifest)
         elapsed = time.perf_counter() - t0
         rate = state["done"] / elapsed if elapsed > 0 else 0.0
@@ -147,49 +168,84 @@ def run_cohort(model_dirs: Sequence[str | Path], records: Sequence[Mapping[str, 
             return False
         return True
 
+    t0 = time.perf_counter()
     if todo:
         if engine == "ray":
-            _run_ray([p["path"] for p in pkgs], todo, parts, batch_size, workers, address, threads, write)
+            _run_ray([p["path"] for p in pkgs], todo, parts, batch_size, workers, address, threads, write, timing, t0)
         else:
+            from .engine import CohortExplainer, LoopExplainer
+
             cls = LoopExplainer if engine == "loop" else CohortExplainer
             explainer = cls([p["path"] for p in pkgs], parts, threads=threads)
+            timing["load_s"] = round(time.perf_counter() - t0, 3)
             for start in range(0, len(todo), batch_size):
                 if not write(explainer.explain(todo[start:start + batch_size])):
                     break
     elapsed = time.perf_counter() - t0
     manifest["runs"][-1].update(finished=_now(), seconds=round(elapsed, 3), cases_done=state["done"],
                                 cases_per_s=round(state["done"] / elapsed, 4) if elapsed > 0 else None)
-    _update_counts(manifest, store, pkgs)
+    manifest["counts"] = _counts(last, len(pkgs))
     complete = manifest["counts"]["cases_ok"] + manifest["counts"]["cases_failed"] >= len(records)
     manifest["finished"] = _now() if complete and not state["stopped"] else None
     store.write_manifest(manifest)
     return manifest
 
 
-def _update_counts(manifest: dict[str, Any], store: ResultsStore, pkgs: Sequence[Mapping[str, Any]]) -> None:
-    t = store.read(["status"])
-    status: dict[str, set[str]] = {}
-    for c, s in zip(t.column("case_id").to_pylist(), t.column("status").to_pylist()):
-        status.setdefault(c, set()).add(s)
-    manifest["counts"] = {"rows": t.num_rows, "cases_ok": sum(s == {"ok"} for s in status.values()),
-                          "cases_failed": sum("failed" in s for s in status.values()), "packages": len(pkgs)}
-
-
 # ---- Ray ----------------------------------------------------------------------------------------------------------------
 
+def _process_started() -> float | None:
+    """When this process started (epoch seconds, from Linux's /proc), else None."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class _RayWorker:
-    """An actor of the pool: loads the packages once, explains one batch (a pyarrow table) per call."""
+    """An actor of the pool: loads the packages once, explains one batch (a pyarrow table) per call.
+
+    Each batch it returns carries its start-up times (an ``_actor`` column the driver takes off before writing:
+    process start, explainer imported, packages loaded, in epoch seconds), so the run reports them."""
 
     def __init__(self, model_dirs: Sequence[str], parts: Sequence[str], threads: int | None):
+        import json
+
+        started = time.time()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from .engine import CohortExplainer
+
+        imported = time.time()
         self.explainer = CohortExplainer(model_dirs, parts, threads=threads or 1)
+        self.startup = json.dumps({"pid": os.getpid(), "process": _process_started(), "constructor": started,
+                                   "imported": imported, "ready": time.time()})
 
     def __call__(self, batch):
+        import pyarrow as pa
+
         from .store import rows_table
 
-        rows = self.explainer.explain(batch.to_pylist())
-        return rows_table(rows)
+        t = rows_table(self.explainer.explain(batch.to_pylist()))
+        return t.append_column("_actor", pa.array([self.startup] * t.num_rows, pa.string()))
+
+
+def _actor_startup(timing: dict[str, Any], startup: str, t0_epoch: float) -> None:
+    """Adds one actor's start-up (seconds from the run's start) to ``timing["actors"]`` once."""
+    import json
+
+    a = json.loads(startup)
+    actors = timing.setdefault("actors", {})
+    if str(a["pid"]) in actors:
+        return
+    rel = {k: round(a[k] - t0_epoch, 3) for k in ("process", "constructor", "imported", "ready") if a.get(k) is not None}
+    actors[str(a["pid"])] = {**{f"{k}_s": v for k, v in rel.items()},
+                             "import_s": round(a["imported"] - a["constructor"], 3),
+                             "load_s": round(a["ready"] - a["imported"], 3)}
+    timing["actors_ready_s"] = max(v["ready_s"] for v in actors.values())
 
 
 def ray_available() -> bool:
@@ -207,12 +263,14 @@ def ray_block_size(n: int, batch_size: int, workers: int) -> int:
 
 
 def _run_ray(model_dirs: Sequence[str], todo: Sequence[Mapping[str, Any]], parts: Sequence[str], batch_size: int,
-             workers: int, address: str | None, threads: int | None, write: Callable[[list[dict[str, Any]]], bool]) -> None:
+             workers: int, address: str | None, threads: int | None, write: Callable[[list[dict[str, Any]]], bool],
+             timing: dict[str, Any], t0: float) -> None:
     if not ray_available():
         raise CohortError("the ray engine needs Ray: pip install -r requirements-scale.txt (or use --engine local).")
     import pyarrow as pa
     import ray
 
+    t0_epoch = time.time() - (time.perf_counter() - t0)
     started = False
     if not ray.is_initialized():
         if address:
@@ -232,10 +290,11 @@ def _run_ray(model_dirs: Sequence[str], todo: Sequence[Mapping[str, Any]], parts
                     else:
                         os.environ[k] = v
         started = True
+    timing["ray_init_s"] = round(time.perf_counter() - t0, 3)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        ctx.execution_options.preserve_order = True
+        ctx.execution_options.preserve_order = False   # parts are written as they come (rows do not depend on order)
         # one block per batch, put by the driver: no read / repartition tasks compete with the actors for CPUs.
         # Blocks of at most batch_size cases and at least 4 per actor, handed out one at a time, so that no
         # actor idles at the end while another still has a queue (rows do not depend on the batch).
@@ -246,7 +305,9 @@ def _run_ray(model_dirs: Sequence[str], todo: Sequence[Mapping[str, Any]], parts
         out = ds.map_batches(_RayWorker, fn_constructor_args=(list(model_dirs), list(parts), threads),
                              batch_size=size, batch_format="pyarrow", compute=pool, num_cpus=1)
         for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if not write(batch.to_pylist()):
+            for startup in set(batch.column("_actor").to_pylist()):
+                _actor_startup(timing, startup, t0_epoch)
+            if not write(batch.drop_columns(["_actor"]).to_pylist()):
                 break
     finally:
         if started:
