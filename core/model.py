@@ -38,6 +38,8 @@ class MissingEmbedding(nn.Module):
             full = miss.expand(B, *miss.shape)
             if x is None:
                 return full
+            if x.shape[1:] == miss.shape and x.dtype == miss.dtype:  # one copy: the embedding, the present rows over it
+                return full.index_copy(0, idx, x)
             base = torch.zeros(B, *x.shape[1:], dtype=x.dtype, device=x.device).index_copy(0, idx, x)
             return torch.where(absent.view(B, *([1] * (x.dim() - 1))), full, base)
 
@@ -49,8 +51,9 @@ class MissingEmbedding(nn.Module):
         if feats is None:
             return ModalityFeatures(scatter(None, self.pooled), tuple(scatter(None, l) for l in self.levels),  # type: ignore[arg-type]
                                     scatter(None, tok_miss), mask_miss.expand(B, n))
-        mask = torch.zeros(B, n, dtype=torch.bool, device=present.device).index_copy(0, idx, feats.token_mask)
-        mask = torch.where(absent, mask_miss.expand(B, n), mask)
+        mask = mask_miss.expand(B, n).index_copy(0, idx, feats.token_mask) if feats.token_mask.shape[1] == n else \
+            torch.where(absent, mask_miss.expand(B, n),
+                        torch.zeros(B, n, dtype=torch.bool, device=present.device).index_copy(0, idx, feats.token_mask))
         extras = None
         if feats.extras:  # per-case encoder diagnostics: NaN for the absent rows
             extras = {k: torch.full((B, *v.shape[1:]), float("nan"), dtype=v.dtype, device=v.device).index_copy(0, idx, v)
