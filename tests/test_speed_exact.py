@@ -1,0 +1,188 @@
+"""Issue 17, third round: each faster path gives the numbers of the way it replaces (to float rounding)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from captum.attr import IntegratedGradients
+
+from core import load_package, save_package
+from core.compare import compare_variants
+from core.encoders import ModalityFeatures, ModalitySpec
+from core.explain import ExplainContext, explain_case
+from core.explain.attributions import integrated_gradients, note_ig_inputs
+from core.explain.modality import modality_disagreement
+from core.model import MissingEmbedding
+from core.uncertainty import mean_pairwise_symmetric_kl
+from tiny import LABELS, make_case, make_model
+
+
+def _pkg(tmp_path, variant="mmtm", **kw):
+    return load_package(save_package(make_model(variant, **kw), tmp_path / variant, LABELS, name=f"tiny-{variant}"))
+
+
+def _captum_ig(f, x, base, n_steps=24):
+    with torch.enable_grad():
+        return IntegratedGradients(f).attribute(x, baselines=base, n_steps=n_steps, method="gausslegendre",
+                                                internal_batch_size=n_steps, return_convergence_delta=True)
+
+
+def test_one_pass_integrated_gradients_equal_captums_on_every_modality(tmp_path):
+    pkg = _pkg(tmp_path)
+    ctx = ExplainContext(pkg, make_case(0))
+    enc = ctx.model.encoders["note"]
+    _, _, mask, emb, base_emb = note_ig_inputs(enc, ctx.case.note)
+    x_meta = ctx.inputs["metadata"]["values"]
+    x_spec = ctx.inputs["spectrum"]["spectrum"]
+    cases = [(ctx.target_fn("note", "inputs_embeds", attention_mask=mask), emb, base_emb),
+             (ctx.target_fn("metadata", "values"), x_meta,
+              torch.tensor([ctx.model.encoders["metadata"].schema.baseline_row()], dtype=x_meta.dtype)),
+             (ctx.target_fn("spectrum", "spectrum"), x_spec, ctx.model.encoders["spectrum"].mean.unsqueeze(0))]
+    for f, x, base in cases:
+        ref, ref_delta = _captum_ig(f, x, base)
+        got, delta = integrated_gradients(f, x, base, 24, ctx.target_logit())
+        assert got.shape == ref.shape and float(ref.abs().max()) > 0
+        assert torch.allclose(got, ref, atol=1e-6, rtol=0)
+        assert delta.shape == ref_delta.shape and torch.allclose(delta, ref_delta, atol=2e-6, rtol=0)
+    # the context's value of the case is the forward function's value at the input
+    with torch.no_grad():
+        assert torch.allclose(cases[1][0](x_meta)[0], ctx.target_logit(), atol=1e-6)
+
+
+def test_explained_parts_keep_captums_numbers(tmp_path):
+    pkg = _pkg(tmp_path)
+    case = make_case(1)
+    ex = explain_case(pkg, case, parts=("note", "table", "spectrum"), shapley_samples=0)
+    ctx = ExplainContext(pkg, case)
+    x = ctx.inputs["metadata"]["values"]
+    ref, delta = _captum_ig(ctx.target_fn("metadata", "values"), x,
+                            torch.tensor([ctx.model.encoders["metadata"].schema.baseline_row()], dtype=x.dtype))
+    schema = ctx.model.encoders["metadata"].schema
+    assert np.allclose([r["integrated_gradients"] for r in ex.table["features"]], [float(ref[0, s].sum()) for s in schema.slices],
+                       atol=1e-6)
+    assert abs(ex.table["convergence_delta"] - float(delta.abs().max())) < 2e-6
+    x = ctx.inputs["spectrum"]["spectrum"]
+    ref, _ = _captum_ig(ctx.target_fn("spectrum", "spectrum"), x, ctx.model.encoders["spectrum"].mean.unsqueeze(0))
+    assert np.allclose(ex.spectrum["attributions"], ref[0].numpy(), atol=1e-6)
+    enc = ctx.model.encoders["note"]
+    _, _, mask, emb, base_emb = note_ig_inputs(enc, case.note)
+    ref, _ = _captum_ig(ctx.target_fn("note", "inputs_embeds", attention_mask=mask), emb, base_emb)
+    assert np.allclose(ex.note["token_scores"], ref.sum(-1)[0].numpy(), atol=1e-6)
+
+
+def _old_fill(me: MissingEmbedding, feats: ModalityFeatures, present: torch.Tensor) -> ModalityFeatures:
+    """MissingEmbedding.fill as it was: zeros, index_copy, where."""
+    B = present.shape[0]
+    idx = present.nonzero().squeeze(1)
+    absent = (~present).unsqueeze(-1)
+
+    def scatter(x, miss):
+        base = torch.zeros(B, *x.shape[1:], dtype=x.dtype).index_copy(0, idx, x)
+        return torch.where(absent.view(B, *([1] * (x.dim() - 1))), miss.expand(B, *miss.shape), base)
+
+    n = feats.tokens.shape[1]
+    tok_miss = torch.cat([me.token.unsqueeze(0), torch.zeros(n - 1, me.token.shape[0])], 0)
+    mask_miss = torch.zeros(n, dtype=torch.bool)
+    mask_miss[0] = True
+    mask = torch.where(absent, mask_miss.expand(B, n), torch.zeros(B, n, dtype=torch.bool).index_copy(0, idx, feats.token_mask))
+    return ModalityFeatures(scatter(feats.pooled, me.pooled), tuple(scatter(x, lv) for x, lv in zip(feats.levels, me.levels)),
+                            scatter(feats.tokens, tok_miss), mask)
+
+
+def test_missing_embedding_fill_is_the_old_scatter():
+    me = MissingEmbedding(ModalitySpec("x", 6, (3, 4, 5), 7))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in me.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    for present in ([True, False, True, True], [True], [False, True, False], [True, True]):
+        pr = torch.tensor(present)
+        r = int(pr.sum())
+        f = ModalityFeatures(torch.randn(r, 6, generator=g), tuple(torch.randn(r, d, generator=g) for d in (3, 4, 5)),
+                             torch.randn(r, 5, 7, generator=g), torch.rand(r, 5, generator=g) > 0.3)
+        got, ref = me.fill(f, pr), _old_fill(me, f, pr)
+        assert torch.equal(got.pooled, ref.pooled) and torch.equal(got.tokens, ref.tokens)
+        assert torch.equal(got.token_mask, ref.token_mask)
+        assert all(torch.equal(a, b) for a, b in zip(got.levels, ref.levels))
+        assert not bool(pr.all()) or torch.equal(got.pooled, f.pooled)
+
+
+def test_pairwise_kl_in_one_expression_equals_the_pair_loop():
+    g = torch.Generator().manual_seed(1)
+    for k in (2, 3, 4):
+        logp = torch.log_softmax(3 * torch.randn(k, 5, generator=g), -1)
+        p = logp.exp()
+        pairs = [((p[a] * (logp[a] - logp[b])).sum() + (p[b] * (logp[b] - logp[a])).sum()) / 2
+                 for a in range(k) for b in range(a + 1, k)]
+        ref = torch.stack(pairs).mean()
+        assert float(ref) > 0 and torch.allclose(mean_pairwise_symmetric_kl(logp), ref, atol=1e-6, rtol=0)
+
+
+def test_single_modality_rows_for_mixed_presence_match_the_two_pass_way(tmp_path):
+    pkg = _pkg(tmp_path)
+    cases = [make_case(0, missing=("note",)), make_case(1, missing=("image", "note", "metadata")), make_case(2),
+             make_case(3, missing=("spectrum", "image"))]
+    for batch in (cases, cases[:1], cases[2:]):
+        det, mc, present, _ = pkg.run(batch, 4)
+        with torch.inference_mode():
+            inputs, present2, _ = pkg.prepare(batch)
+            plain = pkg.model(inputs, present2)
+            two_pass = modality_disagreement(pkg, plain, present2)
+        assert torch.equal(present, present2)
+        assert torch.allclose(det.logits, plain.logits, atol=1e-5)
+        got = det.diagnostics["modality_disagreement"]
+        assert torch.equal(torch.isnan(got), torch.isnan(two_pass))
+        ok = ~torch.isnan(got)
+        assert torch.allclose(got[ok], two_pass[ok], atol=1e-6) and bool(ok.any())
+        assert mc.logits.shape == (4, len(batch), len(LABELS))
+
+
+def test_comparison_prepares_only_the_modality_it_encodes(tmp_path, monkeypatch):
+    from test_dual_expert import dual_model, masked_case
+
+    plain_model, dual = make_model("gated", modalities=("image", "note", "metadata")), dual_model()
+    dual.encoders["note"].load_state_dict(plain_model.encoders["note"].state_dict())
+    shared = {"encoders.note.": "../_shared/note_encoder.safetensors"}
+    pkgs = []
+    for name, model in (("d", dual), ("g", plain_model)):
+        model.encoders["note"].freeze()
+        pkgs.append(load_package(save_package(model, tmp_path / "suite" / name, LABELS, name=name, shared=shared)))
+    assert pkgs[0].encoder_fingerprint("note") == pkgs[1].encoder_fingerprint("note") is not None
+    case = masked_case(1)
+    enc = pkgs[0].model.encoders["image"]
+    cuts = []
+    real = type(enc).prepare
+    monkeypatch.setattr(type(enc), "prepare", lambda self, values: cuts.append(1) or real(self, values))
+    calls = []
+    for p in pkgs:
+        orig = p.prepare
+        monkeypatch.setattr(p, "prepare", lambda cases, skip=frozenset(), orig=orig: calls.append(set(skip)) or orig(cases, skip))
+    cmp = compare_variants(pkgs, case, explain=False)
+    assert calls == [{"image", "metadata"}]    # the shared note encoder's input only, prepared once
+    assert len(cuts) == 1                      # the dual expert's image is cut by its own prediction only
+    assert cmp.encoder_passes["note"] == 1
+    for col in cmp.columns:
+        alone = col.package.predict(case)
+        assert np.allclose(col.prediction.calibrated, alone.calibrated, atol=1e-6)
+        assert np.allclose(col.prediction.mc_samples, alone.mc_samples, atol=1e-6)
+
+
+def test_report_sections_are_built_once_for_pdf_and_html(tmp_path, monkeypatch):
+    from pypdf import PdfReader
+
+    import core.report.render as render
+    from core.report import make_report
+
+    pkg = _pkg(tmp_path, "gated")
+    case = make_case(0)
+    ex = explain_case(pkg, case, parts=("cam", "lesion_context", "note", "table", "spectrum", "modality"), shapley_samples=0)
+    built = []
+    real = render.build_sections
+    monkeypatch.setattr(render, "build_sections", lambda rep: built.append(1) or real(rep))
+    rep = make_report(pkg, case, ex)
+    pdf, html = rep.pdf(), rep.html()
+    assert len(built) == 1
+    assert "Plotly.newPlot" in html and "data:image/png;base64" in html
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)
+    assert rep.data["summary"]["label"] in text and len(PdfReader(io.BytesIO(pdf)).pages[0].images) >= 1
