@@ -89,6 +89,30 @@ def test_note_only_notes_hide_the_planted_words_among_decoys():
     assert np.mean(shares) < 0.45
 
 
+def test_note_criterion_fails_a_uniform_attribution_and_passes_a_faithful_one():
+    """On note-only notes the criterion separates: a uniform word attribution (and so a randomised model's,
+    which is about uniform) gets the planted-word share, below 0.6; one that puts most mass on the planted
+    words passes."""
+    import re
+
+    from core.data.cohorts.dermatology import decisive_spans, draw_case
+    from core.explain.cohort import word_mass_share
+
+    uniform, faithful = [], []
+    for i in range(21):
+        c = draw_case(11, i, LABELS[i % 7], 64, "note")
+        spans = decisive_spans(c["note"], c["label"])
+        words = [{"start": m.start(), "end": m.end()} for m in re.finditer(r"\S+", c["note"])]
+        inside = [any(s <= w["start"] and w["end"] <= e for s, e in spans) for w in words]
+        uniform.append(word_mass_share([{**w, "score": 1.0} for w in words], spans))
+        faithful.append(word_mass_share([{**w, "score": 1.0 if x else 0.2} for w, x in zip(words, inside)], spans))
+    summary = lambda rows: {"note_decisive_mass": np.mean([r["share"] for r in rows]),  # noqa: E731
+                            "note_decisive_mass_chance": np.mean([r["chance"] for r in rows])}
+    u, f = summary(uniform), summary(faithful)
+    assert u["note_decisive_mass"] == pytest.approx(u["note_decisive_mass_chance"]) and u["note_decisive_mass"] < 0.45
+    assert not K.check(u, "note")[1]["passed"] and K.check(f, "note")[1]["passed"]
+
+
 def test_finetune_cut_and_augment_options():
     """core.training.finetune's cut / augment parameters (defaults = the HAM10000 stage 1): the frozen part and
     the trained part at any cut compose to the encoder's last map, and fine-tuning after block 12 leaves
