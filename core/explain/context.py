@@ -22,21 +22,32 @@ from ..package import Package
 
 class ExplainContext:
     def __init__(self, package: Package, case: Case, target: int | None = None,
-                 features: dict[str, ModalityFeatures] | None = None):
+                 features: dict[str, ModalityFeatures] | None = None, classify: bool = True):
         """``features``: modality -> encoder output of this case already computed (by this package's
-        encoder or one with the same fingerprint); those encoders are not run again."""
+        encoder or one with the same fingerprint); those encoders are not run again.
+        ``classify=False``: the fusion + head pass that gives the case's logits (and the default target)
+        is left to the caller, who hands them over with ``set_logits`` (``explain_case`` takes them from
+        its prediction's pass on these features)."""
         self.package, self.case = package, case
         self.model = package.model
+        self.temperature = package.temperature
         self.inputs, self.present, self.warnings = package.prepare([case])
         given = {m: f for m, f in (features or {}).items() if self.inputs.get(m) is not None}
         with torch.no_grad():  # not inference_mode: these features later sit in graphs that need gradients
             self.features = self.model.encode({**self.inputs, **given}, self.present)
-            out = self.model.fuse_and_classify(self.features, self.present)
-        self.logits = out.logits[0].clone()
+            out = self.model.fuse_and_classify(self.features, self.present) if classify else None
+        self.logits: torch.Tensor | None = None
+        self.target: int | None = target
+        if out is not None:
+            self.set_logits(out.logits[0])
+
+    def set_logits(self, logits: torch.Tensor) -> None:
+        """The case's [C] logits (dropout off); the target becomes their argmax unless one was given."""
+        self.logits = logits.detach().clone()
+        target = self.target
         self.target = int(self.logits.argmax()) if target is None else int(target)
-        if not 0 <= self.target < len(package.labels):
-            raise ValueError(f"target class {target} is outside 0..{len(package.labels) - 1}.")
-        self.temperature = package.temperature
+        if not 0 <= self.target < len(self.package.labels):
+            raise ValueError(f"target class {target} is outside 0..{len(self.package.labels) - 1}.")
 
     def target_logit(self) -> torch.Tensor:
         """The case's calibrated target logit (0-d), the value every forward function here gives the case as it is."""

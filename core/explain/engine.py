@@ -14,6 +14,7 @@ import numpy as np
 
 from ..case import Case
 from ..package import Package, Prediction, to_jsonable
+from ..package.predictor import predictions
 from .context import ExplainContext
 from .parts import DEFAULT_PARTS, EXPLAIN_PARTS, PARTS, SKIP_ORDER, PartRun, run_order
 
@@ -48,6 +49,15 @@ class Explanation:
         return d
 
 
+def _predict(package: Package, case: Case, mc_samples: int | None, ctx: ExplainContext, shared: bool) -> Prediction:
+    """The case's prediction from the context's features; ``shared``: its deterministic logits become the context's."""
+    if not shared:
+        return package.predict(case, mc_samples, 0, ctx.present_features())
+    det, mc, present, warnings = package.run([case], mc_samples, 0, ctx.present_features())
+    ctx.set_logits(det.logits[0])
+    return predictions(package, [case], det, mc, present, warnings)[0]
+
+
 class ExplainCancelled(Exception):
     """``explain_case`` was told to stop (its ``cancel`` event was set) between two parts."""
 
@@ -80,8 +90,10 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
         timings[name] = round(time.perf_counter() - t0, 4)
         return out
 
-    ctx = timed("context", ExplainContext, package, case, target, features)
-    pred = timed("prediction", package.predict, case, mc_samples, 0, ctx.present_features())
+    # the prediction's pass (float model) also gives the context its logits: one fusion + head pass fewer
+    shared = package.inference_model is package.model
+    ctx = timed("context", ExplainContext, package, case, target, features, not shared)
+    pred = timed("prediction", _predict, package, case, mc_samples, ctx, shared)
     ex = Explanation(pred, ctx.target, package.labels[ctx.target], timings=timings)
     if progress is not None:
         progress("prediction", ex)

@@ -264,7 +264,13 @@ def predict(pkg: "Package", case: Case | Sequence[Case], mc_samples: int | None 
     """A Prediction for one case, or a list for a sequence of cases (batched). ``features``: see ``run``."""
     single = isinstance(case, Case)
     cases = [case] if single else list(case)
-    det, mc, present, warnings = run(pkg, cases, mc_samples, seed, features)
+    out = predictions(pkg, cases, *run(pkg, cases, mc_samples, seed, features))
+    return out[0] if single else out
+
+
+def predictions(pkg: "Package", cases: Sequence[Case], det: ModelOutput, mc: ModelOutput, present: torch.Tensor,
+                warnings: list[list[str]]) -> list[Prediction]:
+    """The Predictions of ``cases`` from the outputs of ``run`` on them."""
     post = posterior(det.logits, mc.logits, mc.log_var, pkg.temperature)
     gates = pkg.model.encoders["metadata"].feature_gates() if "metadata" in pkg.model.encoders else None
     out = []
@@ -274,7 +280,7 @@ def predict(pkg: "Package", case: Case | Sequence[Case], mc_samples: int | None 
             diag["metadata_feature_gates"] = dict(zip(pkg.schema.names, gates.tolist()))
         out.append(make_prediction(pkg, post, i, {m: bool(present[i, j]) for j, m in enumerate(pkg.modalities)},
                                    diag, warnings[i], c.case_id))
-    return out[0] if single else out
+    return out
 
 
 def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed: int = 0) -> Prediction:
