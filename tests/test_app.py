@@ -25,9 +25,9 @@ PAGES = [f"pages/{p.name}" for p in sorted((ROOT / "dashboard" / "pages").glob("
 NOTICE = "not a medical device"
 
 
-@pytest.fixture(scope="module")
-def suite(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fusionlens")
+def write_app_suite(root: Path) -> tuple[Path, Path]:
+    """The tiny suite (with metrics) and the demo case under ``root``: -> (models folder, cases folder).
+    Also the site of the browser tests (tests/conftest.py, ``e2e_site``)."""
     models = root / "models"
     for pkg in save_suite(models, ("gated", "mmtm"), metrics={"balanced_accuracy": {"value": 0.5, "ci95": [0.4, 0.6]}}):
         (pkg / "metrics.json").write_text(json.dumps({
@@ -36,6 +36,11 @@ def suite(tmp_path_factory):
                                      "thresholds": [1.0, 0.9, 0.8, 0.7]}}))
     write_demo_case(root / "cases" / "dermatology" / "demo-1")
     return models, root / "cases"
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    return write_app_suite(tmp_path_factory.mktemp("fusionlens"))
 
 
 @pytest.fixture

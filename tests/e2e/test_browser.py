@@ -1,8 +1,10 @@
 """The clinician journey in a real browser (Debian's Chromium under Playwright) against `streamlit run`.
 
-A module fixture writes the tiny package suite and demo case of ``tests/test_app.py`` to a temporary
-folder, starts the app on a free 127.0.0.1 port with FUSIONLENS_MODELS / FUSIONLENS_CASES pointing
-there, and stops it at the end. Screenshots and the measured upload-to-explanations time go to
+The session's browser-test site (``e2e_site`` in tests/conftest.py) holds the tiny package suite and demo
+case of ``tests/test_app.py`` in a temporary folder and serves them with one `streamlit run` on a free
+127.0.0.1 port (FUSIONLENS_MODELS / FUSIONLENS_CASES pointing there); the server and the one Chromium are
+shared with tests/e2e/test_cohort_journey.py, and every test opens its own browser context (its own
+streamlit session). Screenshots and the measured upload-to-explanations time go to
 ``tests/e2e/screenshots/`` (gitignored; the time is recorded, not asserted).
 
 Skipped only when /usr/bin/chromium is absent and ``CI`` is not set; under CI a missing browser fails.
@@ -29,7 +31,6 @@ if not Path(h.CHROMIUM).exists() and not h.ci():
 from playwright.sync_api import expect  # noqa: E402  (requirements-dev.txt; never `playwright install`)
 
 from core import RESEARCH_NOTICE  # noqa: E402
-from test_app import suite  # noqa: E402,F401  (the tiny package suite + demo case fixture)
 from tiny import make_case  # noqa: E402
 
 SHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -39,24 +40,20 @@ WAIT = 90_000  # ms: the first render imports torch and loads the package on a b
 expect.set_options(timeout=WAIT)
 
 
-@pytest.fixture(scope="module")
-def app_url(suite, tmp_path_factory):
-    models, demo_cases = suite
-    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = {"FUSIONLENS_MODELS": str(models), "FUSIONLENS_CASES": str(demo_cases)}
-    with h.server(env, log) as srv:
-        yield srv.url
-        if not srv.alive():
-            pytest.fail(f"the streamlit server died during the tests:\n{srv.log_tail()}")
+@pytest.fixture
+def suite(e2e_site):
+    """(models folder, demo cases folder) the server reads."""
+    return e2e_site.models, e2e_site.cases
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(h.CHROMIUM).exists():
-        pytest.fail(f"CI is set but there is no browser at {h.CHROMIUM}: install the apt packages chromium and "
-                    "chromium-driver (.ci/run does).")
-    with h.chromium() as b:
-        yield b
+@pytest.fixture
+def app_url(e2e_site):
+    return e2e_site.url
+
+
+@pytest.fixture
+def browser(e2e_browser):
+    return e2e_browser
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """The cohort journey in a real browser: open Cohort, pick the worst slice, open a case from the error
 browser, change a metadata value in the what-if section and see the prediction change.
 
-A module fixture writes the tiny suite and demo case (as tests/test_whatif.py does) plus one results set
-of both packages over 10 tiny cases, and starts `streamlit run` with FUSIONLENS_MODELS / FUSIONLENS_CASES /
-FUSIONLENS_RESULTS pointing there. Skipped only when /usr/bin/chromium is absent and ``CI`` is not set.
+The site is the session's browser-test site (``e2e_site`` in tests/conftest.py, shared with
+tests/e2e/test_browser.py): the tiny suite and demo case plus one results set of both packages over 10 tiny
+cases, served by one `streamlit run` with FUSIONLENS_MODELS / FUSIONLENS_CASES / FUSIONLENS_RESULTS pointing
+there. Skipped only when /usr/bin/chromium is absent and ``CI`` is not set.
 """
 from __future__ import annotations
 
@@ -22,42 +23,14 @@ if not Path(h.CHROMIUM).exists() and not h.ci():
 
 from playwright.sync_api import expect  # noqa: E402
 
-from test_cohort_explorer import write_cohort  # noqa: E402
-from test_whatif import _app_suite  # noqa: E402
-
 SHOTS = Path(__file__).resolve().parent / "screenshots"
 WAIT = 120_000
 expect.set_options(timeout=WAIT)
 
 
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    from core.cohort import run_cohort
-
-    root = tmp_path_factory.mktemp("cohort-journey")
-    models, cases = _app_suite(root)
-    records = write_cohort(root / "cohort-cases", 10)
-    run_cohort([models / "dermatology" / "gated", models / "dermatology" / "mmtm"], records,
-               str(root / "results" / "tiny-set"), ("prediction", "modality", "cam_summary", "table_top", "embedding"),
-               batch_size=10, source={"cohort": "tiny", "seed": 1, "split": "test", "synthetic": True})
-    env = {"FUSIONLENS_MODELS": str(models), "FUSIONLENS_CASES": str(cases), "FUSIONLENS_RESULTS": str(root / "results"),
-           "FUSIONLENS_CACHE": str(root / "cache")}
-    with h.server(env, root / "streamlit.log") as srv:
-        yield srv.url
-        if not srv.alive():
-            pytest.fail(f"the streamlit server died during the test:\n{srv.log_tail()}")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(h.CHROMIUM).exists():
-        pytest.fail(f"CI is set but there is no browser at {h.CHROMIUM}: install chromium and chromium-driver.")
-    with h.chromium() as b:
-        yield b
-
-
-def test_cohort_worst_slice_to_a_case_to_a_what_if(browser, app_url):
-    context = browser.new_context(viewport=h.VIEWPORT)
+def test_cohort_worst_slice_to_a_case_to_a_what_if(e2e_browser, e2e_site):
+    app_url = e2e_site.url
+    context = e2e_browser.new_context(viewport=h.VIEWPORT)
     context.set_default_timeout(WAIT)
     page = context.new_page()
     try:
