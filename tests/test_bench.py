@@ -1,8 +1,12 @@
 """``python -m core bench`` in its quick mode on the shipped demo packages: it runs and reports every
-figure the README table needs. No timing is asserted (speed is read from the benchmark, not tests)."""
+figure the README table needs. No timing is asserted (speed is read from the benchmark, not tests), so one
+demo case per cohort is enough: the first dermatology case carries image, mask, note and metadata and the
+first diabetes case metadata and a spectrum, so every stage still runs (the README's figures come from a
+full run with more cases and repeats)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -19,17 +23,19 @@ STAGES = ["load_cold", "load_warm", "forward_plain", "preprocess", "fusion_and_h
 
 def test_bench_quick_mode_reports_every_stage_ratio_and_memory(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--cases", "2", "--repeats", "1", "--memory-cases", "2", "--json", str(out)]) == 0
+    assert main(["bench", "--cases", "1", "--repeats", "1", "--memory-cases", "2", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert set(result["cohorts"]) == {"dermatology", "diabetes"} and result["machine"]["cpus"] >= 1
     for cohort, r in result["cohorts"].items():
-        assert r["cases"] == 2 and cohort in printed
+        assert r["cases"] == 1 and cohort in printed
         missing = [s for s in STAGES if s not in r["stages"]]
         assert not missing, (cohort, missing)
         for name, s in r["stages"].items():
             assert s["n"] >= 1 and 0 < s["median_ms"] <= s["p90_ms"] + 1e-6, (cohort, name, s)
-        assert set(GOALS) <= set(r["ratios"]) and all(v == v for v in r["ratios"].values())  # no NaN
+        assert set(GOALS) <= set(r["ratios"]) and all(math.isfinite(v) for v in r["ratios"].values()), r["ratios"]
+        # every speed ratio is a positive number (memory growth may be zero or negative)
+        assert all(v > 0 for k, v in r["ratios"].items() if k != "memory_growth_percent"), r["ratios"]
         assert set(r["goals"]) == set(GOALS)
         m = r["memory_mib"]
         assert m["holding_every_package"] >= m["before_loading"] > 0 and m["explained_cases"] == 2
