@@ -207,6 +207,8 @@ def bench_cohort(cohort: str, n_cases: int, repeats: int, memory_cases: int, mod
     log(f"[{cohort}] {len(paths)} packages loaded; resident memory {rss_all:.0f} MiB")
 
     fused = [v for v in variants if v.variant != "unimodal"]
+    # once per process: the explainers' lazily imported libraries (Grad-CAM, Captum) out of the figures
+    explain_case(pkg, cases[0], parts=FULL_PARTS, shapley_samples=0)
     ig_deltas: dict[str, list[float]] = {}
     for case in cases:
         T.run("forward_plain", lambda: plain_forward(pkg, case))

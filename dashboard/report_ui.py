@@ -61,6 +61,7 @@ def report_panel(pkg: Package, case: Case, key: str) -> None:
                 ex = loaders.explain(pkg, case, REPORT_PARTS)
                 rep = make_report(pkg, case, ex, last_comparison(case, pkg), reference, ex.prediction)
                 REPORTS.clear()  # free the old report before the new one is kept
+                # one CaseReport for every format: its sections (and their pictures) are built once for PDF and HTML
                 REPORTS.put(rkey, {"pdf": rep.pdf(), "html": rep.html().encode("utf-8"), "json": rep.json().encode("utf-8"),
                                    "names": {f: rep.filename(f) for f in MIME}})
         except FusionLensError as e:

@@ -59,6 +59,8 @@ def main() -> int:
                 fn()
                 S[name].append(clock() - t)
         parts: dict[str, list[float]] = {}
+        # once per process: the explainers' lazily imported libraries (Grad-CAM, Captum) out of the figures
+        explain_case(pkg, cases[0], parts=FULL_PARTS, shapley_samples=0)
         for case in cases:
             plain_forward(pkg, case), pkg.predict(case, mc_samples=30)   # first-call costs out of the figures
             for _ in range(args.repeats):  # interleaved, so drifting load hits both sides of each ratio alike

@@ -81,7 +81,7 @@ def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case], skip: froz
     model's schema, a spectrum against its grid, CaseError on a bad value). Modalities in ``skip`` are
     checked and marked present but not preprocessed (their features come from elsewhere)."""
     warnings: list[list[str]] = [[] for _ in cases]
-    present = torch.zeros(len(cases), len(model.modalities), dtype=torch.bool)
+    flags = [[False] * len(model.modalities) for _ in cases]
     inputs: dict[str, Any] = {}
     for j, m in enumerate(model.modalities):
         enc = model.encoders[m]
@@ -90,14 +90,15 @@ def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case], skip: froz
             v, w = enc.case_input(c)
             warnings[i] += w
             if v is not None:
-                present[i, j] = True
+                flags[i][j] = True
                 vals.append(v)
         inputs[m] = enc.prepare(vals) if vals and m not in skip else None
+    present = torch.tensor(flags, dtype=torch.bool).reshape(len(cases), len(model.modalities))
     for i, c in enumerate(cases):
         ignored = [k for k, v in c.present().items() if v and k not in model.modalities]
         if ignored:
             warnings[i].append(f"This model does not use: {', '.join(ignored)}.")
-        if not present[i].any():
+        if not any(flags[i]):
             raise CaseError({"case": "The case has none of the inputs this model uses "
                                      f"({', '.join(model.modalities)}); add at least one."})
     return inputs, present, warnings
@@ -152,8 +153,9 @@ def run(pkg: "Package", cases: Sequence[Case], mc_samples: int | None = None, se
     T = pkg.mc_samples if mc_samples is None else mc_samples
     features = {m: f for m, f in (features or {}).items() if m in pkg.modalities}
     inputs, present, warnings = prepare_batch(pkg.model, cases, set(features))
+    counts = present.sum(0).tolist() if features else []
     for m, f in features.items():
-        rows = int(present[:, pkg.modalities.index(m)].sum())
+        rows = counts[pkg.modalities.index(m)]
         if rows:
             if f.pooled.shape[0] != rows:
                 raise ValueError(f"precomputed {m} features have {f.pooled.shape[0]} rows for {rows} present cases.")
