@@ -130,7 +130,27 @@ def _cli_args(tmp_path: Path, channel: str, value) -> list[str]:
     return args + (["--note", VALID_NOTE] if channel != "note" else ["--meta", "age=50"])
 
 
+@pytest.fixture
+def cli_reuses_the_package(pkg_dir, pkg, monkeypatch):
+    """The CLI corpus probes how ``predict`` handles hostile inputs, not how it loads a package: every call names
+    the same folder, so ``predict`` gets the module's loaded package instead of verifying and building it again
+    (~80% of each call). Everything after the load - argument parsing, the case, validation, the prediction, exit
+    code and output - runs as in a real call. Loading through the CLI is still done in tests/test_cli.py (in-process
+    and in a real process) and by the generated-input CLI test below; tampered packages are refused below."""
+    import core.package
+
+    real = core.package.load_package
+
+    def load(path, *args, **kwargs):
+        if Path(path).resolve() == Path(pkg_dir).resolve() and not args and not kwargs.get("int8"):
+            return pkg
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(core.package, "load_package", load)
+
+
 @pytest.mark.parametrize("channel, name, value, verdict, needle", CORE_CORPUS, ids=[f"{c[0]}:{c[1]}" for c in CORE_CORPUS])
+@pytest.mark.usefixtures("cli_reuses_the_package")
 def test_corpus_through_the_cli(pkg_dir, tmp_path, capsys, channel, name, value, verdict, needle):
     if isinstance(value, dict) and not all(isinstance(k, str) for k in value):
         pytest.skip("a JSON file can't hold non-text keys")
