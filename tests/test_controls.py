@@ -129,6 +129,7 @@ def test_finetune_cut_and_augment_options():
             m, _, _ = frozen_part(enc, x, cut)
             assert torch.allclose(trained_part(enc, m, cut), last, atol=1e-5)
         m, l0, l1 = frozen_part(enc, x, 12)
+        assert torch.allclose(l1, enc._stages(x)[1].mean(dim=(2, 3)), atol=1e-5)   # level 1: the middle stage
     before = {k: v.clone() for k, v in enc.state_dict().items()}
     data = {"map": m.half(), "l0": l0, "l1": l1}
     y = torch.arange(6) % 3
@@ -200,6 +201,8 @@ def test_tiny_metadata_control_meets_its_criteria_and_its_randomised_copy_fails(
     table = K.controls_table([r])
     assert table.count("| metadata-only") == 2 and "| yes |" in table
     assert not math.isnan(t["summary"]["table_top_is_planted"])
+    # explained on the model's own softmax (a fitted temperature may sit at its bound and saturate Shapley)
+    assert t["temperature"]["explained_at"] == 1.0 and t["temperature"]["fitted"] > 0
 
 
 def test_cli_faithfulness_controls_table_and_usage_errors(monkeypatch, capsys):

@@ -42,15 +42,18 @@ CUT = 10          # last frozen block of EfficientNet-Lite0 (closes the stride-1
 
 
 def frozen_part(enc: ImageEncoder, pixels: torch.Tensor, cut: int = CUT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stem + blocks 0..cut (default CUT): the activation map after block cut, and the pooled levels 0 and 1."""
+    """Stem + blocks 0..cut (default CUT): the activation map after block cut, and the pooled levels 0 and 1
+    (level 1 = after block 10, the encoder's middle stage, when ``cut`` is later; else the map's mean)."""
     b = enc.backbone
     x = enc.stem_act(b._bn0(b._conv_stem(pixels)))
-    l0 = None
+    l0 = l1 = None
     for i, block in enumerate(b._blocks[:cut + 1]):
         x = block(x)
         if i == 4:
             l0 = x.mean(dim=(2, 3))
-    return x, l0, x.mean(dim=(2, 3))
+        if i == 10 and cut > 10:
+            l1 = x.mean(dim=(2, 3))
+    return x, l0, x.mean(dim=(2, 3)) if l1 is None else l1
 
 
 def trained_part(enc: ImageEncoder, x: torch.Tensor, cut: int = CUT) -> torch.Tensor:
