@@ -1,8 +1,12 @@
-"""A short soak (issue 19): three Chromium sessions for ~30 s against one loopback server, through
-``scripts/soak.py`` (the full run is 20 sessions over 5 minutes; its figures are in the README).
+"""A short soak (issue 19): three concurrent Chromium sessions against one loopback server, through
+``scripts/soak.py``, each doing exactly two rounds (Case -> submit -> Prediction -> Fusion internals, then
+the same again in the same session). The bound is the round count, not the clock (60 s is only a cap), so
+the test does the same work on a quiet or a loaded machine (the full run is 20 sessions over 5 minutes; its
+figures are in the README).
 
-Asserts no error, every session sees only its own case, resident memory back within 10% of its warm
-starting level once Streamlit has dropped the sessions, and the note's canary nowhere on disk; also that
+Asserts no error, every session sees only its own case, resident memory within 10% of its warm starting
+level after the sessions end (read as soon as it is, ``--settle-min 0``; the reading waits for Streamlit
+to drop the sessions only while memory is over that), and the note's canary nowhere on disk; also that
 the canary scan itself finds a planted copy (a scan that can't find anything proves nothing).
 """
 from __future__ import annotations
@@ -35,9 +39,9 @@ def test_the_canary_scan_finds_a_planted_copy(tmp_path):
 def test_a_short_soak_has_no_error_no_crosstalk_flat_memory_and_no_leak():
     import soak
 
-    r = soak.main(["--sessions", "3", "--duration", "30", "--ramp", "3", "--ttl", "3", "--max-rounds", "6",
-                   "--out", str(ROOT / "tests" / ".results" / "soak-short.json")])
-    assert r["server_alive"] and r["sessions_without_a_round"] == 0, json.dumps(r)
+    r = soak.main(["--sessions", "3", "--duration", "60", "--ramp", "3", "--ttl", "3", "--max-rounds", "2",
+                   "--settle-min", "0", "--out", str(ROOT / "tests" / ".results" / "soak-short.json")])
+    assert r["server_alive"] and r["rounds_per_session"] == [2, 2, 2], json.dumps(r)
     assert r["errors"] == 0, r["error_samples"]
     assert r["foreign_views"] == 0
     assert r["canary_found_in"] == []
