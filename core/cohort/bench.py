@@ -1,24 +1,34 @@
 """``python -m core explain-cohort --bench``: the per-case ``explain_case`` loop vs ``--engine local`` vs
-``--engine ray`` on the same cases, packages and parts, one after the other in one process.
+``--engine ray`` on the same cases, packages and parts, one after the other in one process
+(``--bench-engines`` picks and orders them).
 
 Each engine writes its own results folder under ``out`` and is timed end to end (loading the packages,
-and for Ray starting it and its actors, included). The rows of the three folders are compared too
-(the largest difference of a calibrated probability), so the speed-up is for the same answers.
+and for Ray starting it and its actors, included). The rows of the folders are compared too (the largest
+difference of a calibrated probability), so the speed-up is for the same answers.
 
-What scales the figures (measured on 2 shared cores, 2 dermatology packages sharing MiniLM and EfficientNet-Lite0):
+Start-up is reported apart, never dropped: for each engine the wall time is split into a start-up and a
+steady rate (``steady_state``: cases/s from the part by which a quarter of the cases were done to the last
+part; start-up = wall - n / rate), and the run records what it measured directly (packages loaded; for Ray
+``ray.init``, then each actor's process start, explainer import, package loading and ready time). The
+ray / local ratio is given at the bench's n (start-up included), once started, and projected at the size the
+engines are for: the cases the local engine explains in 4 hours on one thread (start-up included).
+
+What scales the figures (2 dermatology packages sharing MiniLM and EfficientNet-Lite0, 1 torch thread per
+process; measured on 2 shared cores, so compare CPU seconds when the load changes between engines):
 
 * ``local / loop``: with ``note_top`` the note's integrated gradients dominate both engines (24 forward and
-  backward passes through the text transformer per case). The loop pays P x (forward + backward) per case
-  for P packages; the batched engine runs the shared encoder's forward once and P backward passes, so the
-  ratio tends to 2P / (P + 1) on the note alone (1.3x for 2 packages, 1.8x for 8) plus what batching
-  removes from the other parts (encoders once per batch, Grad-CAM from the shared last-stage maps,
-  Shapley coalitions in one pass): about 1.8x end to end with all six parts. Without ``note_top`` the
-  other parts are batched away and the ratio is several times higher.
-* ``local / ray``: Ray pays a fixed start-up (``ray.init``, then each actor importing torch, captum,
-  pytorch-grad-cam and loading every package: ~25 s of wall time on 2 loaded cores) and then explains
-  with ``workers`` processes of 1 torch thread each. On the 2 cores of this machine there is nothing to
-  gain over ``local`` (which already has both cores) and the start-up is not amortised below a few hundred
-  cases; with more cores or machines the explaining part divides by the number of actors.
+  backward passes through the text transformer per case; compute-bound at one thread, so grouping notes
+  does not help). The loop pays P x (forward + backward) per case for P packages; the batched engine runs
+  the shared encoder's forward once and P backward passes, so the ratio tends to 2P / (P + 1) on the note
+  alone (1.3x for 2 packages, 1.8x for 8) plus what batching removes from the other parts (encoders once
+  per batch, Grad-CAM from the shared last-stage maps, Shapley coalitions in one pass): 1.8x in CPU end to
+  end with all six parts, 3.4x without ``note_top`` (0.38 vs 0.11 CPU s per case).
+* ``local / ray``: Ray's CPU per case is that of ``local`` (1.03x: its per-batch overhead is small); it
+  pays a fixed start-up -- ``ray.init`` (~7-10 s wall), then each actor booting a Ray worker, importing
+  torch, captum and transformers and loading every package (~5.5 CPU s per actor, ~20 s wall on 2 loaded
+  cores; pytorch-grad-cam is no longer imported by the actors) -- and then explains with ``workers``
+  single-threaded processes. With one core per actor the steady rate is ``workers`` times ``local``'s on one
+  thread, so Ray is ahead once the run is longer than the start-up (~100 cases with all parts here).
 * Run it with ``--threads 1`` on a shared machine: with 2 torch threads on 2 busy cores every small
   operation waits for the descheduled thread, and the wall time of whichever engine runs then explodes
   (one run: ``local`` 143 s with 2 threads vs 19 s with 1)."""
