@@ -115,6 +115,36 @@ def _shapley_sampling(f, seed: int) -> ShapleyValueSampling:
     return sampler
 
 
+def shapley_sampling(f, x: torch.Tensor, baseline: torch.Tensor, group: torch.Tensor, n_samples: int, seed: int = 0,
+                     chunk: int = 256) -> torch.Tensor:
+    """What ``_shapley_sampling(f, seed).attribute(x, baselines=baseline, feature_mask=group, n_samples=n_samples)``
+    computes (Captum's ShapleyValueSampling, permutations from a private generator seeded ``seed``), with every
+    perturbed input of every permutation evaluated in one batched pass (``chunk`` rows at a time) instead of one
+    pass per permutation: the same permutations, the same perturbed inputs and the same arithmetic of the
+    differences. ``x``, ``baseline``: [1, D]; ``group``: [1, D] feature ids 0..F-1. -> [1, D] float."""
+    n_features = int(group.max()) + 1
+    gen = torch.Generator().manual_seed(seed)
+    perms = [torch.randperm(n_features, generator=gen).tolist() for _ in range(n_samples)]
+    masks = [group == k for k in range(n_features)]
+    rows = [baseline]
+    for perm in perms:  # Captum's _update_current_tensors: the features added one by one in permutation order
+        cur = baseline
+        for k in perm:
+            cur = cur * (~masks[k]).to(cur.dtype) + x * masks[k].to(x.dtype)
+            rows.append(cur)
+    batch = torch.cat(rows)
+    with torch.no_grad():
+        evals = torch.cat([f(batch[i:i + chunk]).reshape(-1) for i in range(0, len(batch), chunk)])
+    initial = evals[:1]
+    total = torch.zeros((1,) + tuple(x.shape[1:]), dtype=torch.float)
+    lead = (-1, 1) + (x.dim() - 1) * (1,)
+    for s, perm in enumerate(perms):
+        all_eval = torch.cat((initial, evals[1 + s * n_features:1 + (s + 1) * n_features]))
+        diff = all_eval[1:] - all_eval[:-1]
+        total += (diff.reshape(lead) * torch.cat([masks[k].unsqueeze(0) for k in perm]).float()).sum(dim=0)
+    return total / n_samples
+
+
 def table_attributions(ctx: ExplainContext, n_steps: int = 32, shapley_samples: int = 40, seed: int = 0) -> dict[str, Any]:
     enc = ctx.model.encoders["metadata"]
     schema = enc.schema
@@ -127,9 +157,7 @@ def table_attributions(ctx: ExplainContext, n_steps: int = 32, shapley_samples: 
         group[0, s] = i
     sv = torch.full_like(x, float("nan"))
     if shapley_samples > 0:  # 0: integrated gradients only
-        with torch.no_grad():
-            sv = _shapley_sampling(f, seed).attribute(x, baselines=base, feature_mask=group, n_samples=shapley_samples,
-                                                      perturbations_per_eval=16)
+        sv = shapley_sampling(f, x, base, group, shapley_samples, seed)
     values, _ = schema.validate(ctx.case.metadata or {})
     rows = []
     for feat, s in zip(schema.features, schema.slices):
