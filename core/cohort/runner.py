@@ -12,6 +12,11 @@ Engines:
 * ``loop``: ``explain_case`` case by case (the naive way; the benchmark's baseline).
 
 Resumable: a case whose rows are already in the folder (status ok, same packages) is skipped.
+
+Each run's entry in the manifest (``runs``) records its start-up apart from its explaining (``startup``):
+the seconds to load the packages (local / loop), or to start Ray and each actor's process start, explainer
+import, package loading and ready time (ray; on a cluster, read with the nodes' clocks), and when the first
+part was written.
 """
 from __future__ import annotations
 
