@@ -276,12 +276,13 @@ def predictions(pkg: "Package", cases: Sequence[Case], det: ModelOutput, mc: Mod
     post = posterior(det.logits, mc.logits, mc.log_var, pkg.temperature)
     gates = pkg.model.encoders["metadata"].feature_gates() if "metadata" in pkg.model.encoders else None
     out = []
+    flags = present.tolist()
     for i, c in enumerate(cases):
         diag = case_diagnostics(det.diagnostics, i)
         if gates is not None:
             diag["metadata_feature_gates"] = dict(zip(pkg.schema.names, gates.tolist()))
-        out.append(make_prediction(pkg, post, i, {m: bool(present[i, j]) for j, m in enumerate(pkg.modalities)},
-                                   diag, warnings[i], c.case_id))
+        out.append(make_prediction(pkg, post, i, dict(zip(pkg.modalities, map(bool, flags[i]))), diag, warnings[i],
+                                   c.case_id))
     return out
 
 

@@ -10,5 +10,7 @@ def mean_pairwise_symmetric_kl(logp: torch.Tensor) -> torch.Tensor:
 
     (KL(p||q) + KL(q||p)) / 2 = sum (p - q)(log p - log q) / 2, every pair in one batched expression."""
     p = logp.exp()
+    if len(logp) == 2:  # one pair (two modalities): no index tensors
+        return ((p[0] - p[1]) * (logp[0] - logp[1])).sum(-1) / 2
     a, b = torch.triu_indices(len(logp), len(logp), 1)
     return ((p[a] - p[b]) * (logp[a] - logp[b])).sum(-1).mean() / 2
