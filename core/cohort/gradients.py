@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..encoders import ModalityFeatures
-from ..explain.attributions import note_ig_inputs
+from ..explain.attributions import gauss_legendre, note_ig_inputs
 
 if TYPE_CHECKING:
     from .engine import _Batch
@@ -93,20 +93,13 @@ def _scale_cams(cams: np.ndarray, size: tuple[int, int] | None = None) -> np.nda
 
 # ---- note: one forward of the shared encoder per case, one backward per package ----------------------------------
 
-def _gauss_legendre(n_steps: int) -> tuple[torch.Tensor, list[float]]:
-    """Captum's Gauss-Legendre step sizes and alphas (``approximation_methods.gauss_legendre_builders``):
-    numpy's nodes and weights on [-1, 1], rescaled to [0, 1]."""
-    x, w = np.polynomial.legendre.leggauss(n_steps)
-    return torch.tensor((0.5 * w).tolist()).float(), (0.5 * (1 + x)).tolist()
-
-
 def note_ig(batches: Sequence["_Batch"], notes: Sequence[str | None], targets: Sequence[torch.Tensor], n_steps: int,
             merge: Callable[..., list[dict[str, Any]]]) -> list[list[list[dict[str, Any]] | None]]:
     """Word scores of every case's note for each package of ``batches`` (which share one note encoder:
     ``batches[0]``'s); ``targets[p][i]`` is package p's target class for case i. Returns
     ``[package][case] -> words`` (None where the case has no note)."""
     enc = batches[0].model.encoders["note"]
-    step_sizes, alphas = _gauss_legendre(n_steps)
+    step_sizes, alphas = gauss_legendre(n_steps)
     out: list[list[list[dict[str, Any]] | None]] = [[None] * len(notes) for _ in batches]
     js = [b.model.modalities.index("note") for b in batches]
     for i, note in enumerate(notes):

@@ -12,12 +12,15 @@
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients, Occlusion, ShapleyValueSampling
-from captum.attr._utils.approximation_methods import approximation_parameters
+
+if TYPE_CHECKING:
+    from captum.attr import ShapleyValueSampling
+# captum (which pulls in matplotlib) is imported where it is used: a cohort engine's Ray actor that never
+# asks for these parts does not pay for it
 
 from .context import ExplainContext
 
@@ -54,6 +57,13 @@ def note_ig_inputs(enc: Any, note: str) -> tuple[Any, torch.Tensor, torch.Tensor
     return tok, ids, mask, emb, base_emb
 
 
+def gauss_legendre(n_steps: int) -> tuple[torch.Tensor, list[float]]:
+    """Captum's Gauss-Legendre IG step sizes and alphas (``approximation_methods.gauss_legendre_builders``):
+    numpy's nodes and weights on [-1, 1], rescaled to [0, 1]."""
+    x, w = np.polynomial.legendre.leggauss(n_steps)
+    return torch.tensor((0.5 * w).tolist()).float(), (0.5 * (1 + x)).tolist()
+
+
 def integrated_gradients(f, x: torch.Tensor, baseline: torch.Tensor, n_steps: int, f_x: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrated gradients of ``f`` ([n, ...] -> [n]) at one input ``x`` [1, ...] from ``baseline`` [1, ...]
@@ -62,12 +72,12 @@ def integrated_gradients(f, x: torch.Tensor, baseline: torch.Tensor, n_steps: in
     forward + backward pass instead of three passes: the baseline's value rides in the steps' batch (its row
     gets no gradient) and ``f_x`` = f(x) is the value the case's context already holds. -> (attributions
     [1, ...], convergence delta [1])."""
-    step_sizes, alphas = (fn(n_steps) for fn in approximation_parameters("gausslegendre"))
+    step_sizes, alphas = gauss_legendre(n_steps)
     with torch.enable_grad():
         scaled = torch.cat([baseline + a * (x - baseline) for a in alphas] + [baseline], 0).requires_grad_()
         out = f(scaled)
         grads = torch.autograd.grad(torch.unbind(out[:n_steps]), scaled)[0][:n_steps]
-    scaled_grads = grads.contiguous().view(n_steps, -1) * torch.tensor(step_sizes).float().view(n_steps, 1)
+    scaled_grads = grads.contiguous().view(n_steps, -1) * step_sizes.view(n_steps, 1)
     attr = torch.sum(scaled_grads.reshape((n_steps, 1) + tuple(x.shape[1:])), dim=0) * (x - baseline)
     return attr, attr.reshape(1, -1).sum(1) - (f_x.reshape(1) - out[n_steps:].detach())
 
@@ -82,6 +92,8 @@ def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_siz
     if internal_batch_size >= n_steps:
         attr, delta = integrated_gradients(f, emb, base_emb, n_steps, ctx.target_logit())
     else:
+        from captum.attr import IntegratedGradients
+
         with torch.enable_grad():
             attr, delta = IntegratedGradients(f).attribute(emb, baselines=base_emb, n_steps=n_steps, method="gausslegendre",
                                                            internal_batch_size=internal_batch_size,
@@ -109,6 +121,8 @@ def _shapley_sampling(f, seed: int) -> ShapleyValueSampling:
     def permutations(num_features: int, num_samples: int):
         for _ in range(num_samples):
             yield torch.randperm(num_features, generator=gen).tolist()
+
+    from captum.attr import ShapleyValueSampling
 
     sampler = ShapleyValueSampling(f)
     sampler.permutation_generator = permutations
@@ -188,6 +202,8 @@ def image_attributions(ctx: ExplainContext, method: str = "integrated_gradients"
     enc = ctx.pixel_encoder
     black = (torch.zeros_like(x) - enc._mean.cpu()) / enc._std.cpu()
     f = ctx.target_fn("image", "pixels", **ctx.image_fixed())
+    from captum.attr import IntegratedGradients, Occlusion
+
     if method == "integrated_gradients":
         with torch.enable_grad():
             attr = IntegratedGradients(f).attribute(x, baselines=black, n_steps=n_steps, method="gausslegendre",
