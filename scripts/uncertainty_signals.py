@@ -1,7 +1,7 @@
 """Which uncertainty signal is worth a referral flag? (issue #14 §4)
 
     python scripts/uncertainty_signals.py --suite assets/models/dermatology --variant mmtm \
-        --calib-seed 9611 --eval-seed 9612 --n 1000 [--json out.json]
+        --calib-seed 9611 --eval-seed 9612 --n 1000 [--json out.json] [--write-committee]
     python scripts/uncertainty_signals.py --suite assets/models/ham10000 --variant add --data ../shared/data/ham10000
 
 Dermatology (generated): calibrators are fitted on a fresh calibration seed and everything is measured on
@@ -17,11 +17,17 @@ Signals compared for the chosen variant's prediction (error = that variant's cal
   (a deep-ensemble-style committee: the variants share the frozen encoders, so the extra cost is one fusion +
   head pass per variant, which the Compare page already runs);
 * ``committee_disagreement``: mean KL of each variant's distribution to the committee mean (its epistemic part);
-* ``committee_vote``: share of variants that disagree with the chosen variant's label.
+* ``committee_vote``: share of the other fused variants whose label differs from the chosen variant's label
+  (the referral signal the Prediction page offers as a second opinion, core/uncertainty/committee.py).
 Calibrators compared (ECE of the chosen variant's probabilities, and of the committee mean): none, the package's
 own scalar temperature, a scalar temperature refitted on the calibration set, per-class temperatures and vector
 scaling (a per-class scale and bias), each fitted by NLL on the calibration set.
 Each figure comes with a percentile-bootstrap 95% interval over evaluation cases.
+
+``--write-committee`` also writes ``<suite>/committee.json`` (read by core/uncertainty/committee.py): the chosen
+variant, the committee, the vote threshold fitted on the CALIBRATION set alone (vote shares are k / n, so the
+threshold is the cut k / n whose referred share of calibration cases is closest to the package's referral fraction)
+and the evaluation set's figures. Off by default, so that a re-run for measurement overwrites nothing.
 """
 from __future__ import annotations
 
@@ -47,6 +53,21 @@ from core.uncertainty import expected_calibration_error, fit_temperature  # noqa
 from core.uncertainty.mc_dropout import entropy  # noqa: E402
 
 T_MC = 30
+REFER_FRACTION = 0.2     # the packages' own referral fraction (core/training: the threshold refers 20% of validation)
+
+
+def fit_vote_threshold(vote: np.ndarray, n_others: int, fraction: float = REFER_FRACTION) -> dict:
+    """The cut ``k / n_others`` (refer when the vote share >= it) whose referred share of ``vote`` (calibration
+    cases) is closest to ``fraction``; ties go to the higher cut (fewer referrals)."""
+    best = None
+    for k in range(1, n_others + 1):
+        share = float(np.mean(vote >= k / n_others - 1e-9))
+        if best is None or abs(share - fraction) < abs(best[1] - fraction) - 1e-12:
+            best = (k, share)
+    k, share = best
+    return {"min_disagreeing": k, "of": n_others, "threshold": round(k / n_others, 6),
+            "rule": "refer when the share of the other variants whose label differs is >= threshold",
+            "target_referred_fraction": fraction, "calibration_referred_fraction": round(share, 4)}
 
 
 def fusion_mc_logits(model, split, T: int, seed: int, batch: int = 256) -> torch.Tensor:
@@ -119,6 +140,8 @@ def main() -> int:
     ap.add_argument("--eval-seed", type=int, default=9612)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--json")
+    ap.add_argument("--write-committee", action="store_true",
+                    help="also write <suite>/committee.json (the vote threshold fitted on the calibration set)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pkgs = [load_package(p) for p in discover_packages(args.suite)]
@@ -199,7 +222,7 @@ def main() -> int:
         "entropy_fusion_mc": entropy(fmc_p) / logC,
         "committee_entropy": entropy(comm_ev) / logC,
         "committee_disagreement": kl_to_mean,
-        "committee_vote": (comm_ev_each.argmax(-1) != pred).float().mean(0),
+        "committee_vote": (comm_ev_each[:-1].argmax(-1) != pred).float().mean(0),   # the others (chosen is last)
     }
     detection = {}
     for k, s in signals.items():
@@ -218,6 +241,37 @@ def main() -> int:
                                  "error_detection_auroc_by_committee_entropy":
                                      with_ci(lambda i: _error_auroc(comm_correct[i], ce[i]), n)},
     }
+    if args.write_committee:
+        others = committee[:-1]
+        pred_cal = cal[name]["det"].argmax(1)
+        vote_cal = torch.stack([cal[p.name]["det"].argmax(1) != pred_cal for p in others]).float().mean(0).numpy()
+        fit = fit_vote_threshold(vote_cal, len(others))
+        vote_ev = signals["committee_vote"].numpy()
+        referred = vote_ev >= fit["threshold"] - 1e-9
+        wrong = ~correct
+        doc = {
+            "format": 1, "suite": Path(args.suite).name, "variant": Path(chosen.path).name, "package": name,
+            "committee": [Path(p.path).name for p in others],
+            "committee_rule": "every fused variant of the suite (more than one modality, no dual-expert encoder) "
+                              "other than the chosen one; they share its frozen encoders",
+            "signal": "committee_vote",
+            "threshold": fit,
+            "data": data,
+            "fitted_on": "calibration",
+            "evaluation": {
+                "n": n, "chosen_variant_accuracy": result["chosen_variant_accuracy"],
+                "error_detection_auroc": detection, "error_detection_chance": 0.5,
+                "at_threshold": {"referred_fraction": round(float(referred.mean()), 4),
+                                 "errors_caught": round(float(referred[wrong].mean()), 4) if wrong.any() else None,
+                                 "accuracy_of_kept": round(float(correct[~referred].mean()), 4)
+                                 if (~referred).any() else None,
+                                 "accuracy_of_referred": round(float(correct[referred].mean()), 4)
+                                 if referred.any() else None}},
+            "script": "scripts/uncertainty_signals.py --write-committee",
+        }
+        result["committee_json"] = doc
+        (Path(args.suite) / "committee.json").write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {Path(args.suite) / 'committee.json'}", file=sys.stderr)
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
