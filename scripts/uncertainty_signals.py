@@ -62,7 +62,7 @@ def fit_vote_threshold(vote: np.ndarray, n_others: int, fraction: float = REFER_
     best = None
     for k in range(1, n_others + 1):
         share = float(np.mean(vote >= k / n_others - 1e-9))
-        if best is None or abs(share - fraction) < abs(best[1] - fraction) - 1e-12:
+        if best is None or abs(share - fraction) <= abs(best[1] - fraction) + 1e-12:   # ascending k: ties -> higher cut
             best = (k, share)
     k, share = best
     return {"min_disagreeing": k, "of": n_others, "threshold": round(k / n_others, 6),

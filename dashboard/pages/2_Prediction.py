@@ -1,14 +1,20 @@
 """Prediction: calibrated probabilities, the MC-dropout spread, uncertainty in plain words, the
-referral flag and where the case sits on the package's accuracy-vs-referred curve."""
+referral flag, a second opinion from the suite's other variants (core/committee.py, on demand) and where
+the case sits on the package's accuracy-vs-referred curve."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
 from core import plots
+from core.committee import committee_vote, read_committee
+from core.errors import FusionLensError
 from dashboard import loaders
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import report_panel
-from dashboard.state import md_escape, results_page
+from dashboard.session_cache import SessionCache
+from dashboard.state import cohort_packages, md_escape, results_page, show_error
 from dashboard.whatif_ui import whatif_panel
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
@@ -89,6 +95,45 @@ if isinstance(curve, dict) and curve.get("fractions") and curve.get("accuracy"):
                "(the package's test split).")
 else:
     st.caption("This package has no accuracy-vs-referred curve (metrics.json).")
+
+
+def second_opinion() -> None:
+    """The committee vote of the suite's other fused variants on this case, computed when asked for."""
+    suite = Path(pkg.path).parent
+    key = (pkg.sha256, str(pkg.path), case.fingerprint())
+    vote = VOTES.get(key)
+    if vote is None:
+        st.caption("Runs every other fusion variant of this suite on the case (the encoders' outputs are shared, so "
+                   "each costs one fusion + head pass) and counts how many predict a different class.")
+        if not st.button("Ask the other variants", key="committee_run", icon=":material/groups:"):
+            return
+        try:
+            spec = read_committee(suite)
+            with st.spinner("Running the other variants…"):
+                same = [s for s in cohort_packages(page.summary, page.summaries) if Path(s["path"]).parent == suite]
+                vote = VOTES.put(key, committee_vote([loaders.load(s) for s in same], case, pkg, spec))
+        except FusionLensError as e:
+            show_error(e)
+            return
+    text = f"**{vote.headline()}** with {md_escape(vote.label)}"
+    if vote.disagreeing:
+        text += ": " + ", ".join(f"{md_escape(v)} says {md_escape(lab)}" for v, lab in vote.disagreeing.items())
+    st.markdown(text + ".")
+    if vote.refer:
+        st.warning(f"**Advise re-check by a clinician.** At least {vote.min_disagreeing} of {vote.n} other variants "
+                   "disagree, the threshold fitted on a calibration set.", icon=":material/flag:")
+    elif vote.refer is False:
+        st.success(f"No referral flag from the second opinion: fewer than {vote.min_disagreeing} of {vote.n} other "
+                   "variants disagree.", icon=":material/check_circle:")
+    if vote.note:
+        st.caption(vote.note)
+    if vote.sentence:
+        st.caption(vote.sentence + " Research use only, not a medical device.")
+
+
+VOTES = SessionCache("fl_committee", 8)   # (package sha, folder, case fingerprint) -> core.committee.CommitteeVote
+st.subheader("Second opinion from the other variants")
+second_opinion()
 
 whatif_panel(pkg, case)  # issue 18: what-if on this case
 

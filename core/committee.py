@@ -1,0 +1,197 @@
+"""The suite's other fusion variants as a second opinion on one case (issue 14 §4).
+
+The signal is the committee vote: the share of the suite's other fused variants (more than one modality, no
+dual-expert encoder) whose predicted class differs from the selected variant's. The variants share the
+frozen encoders, so the vote costs one fusion + head pass per variant on ``core.compare``'s shared-encoder
+path (``compare_variants(..., explain=False)``); nothing here runs a model itself.
+
+``<suite>/committee.json`` (written by ``scripts/uncertainty_signals.py --write-committee``) holds the variant
+the vote threshold was fitted for (on a calibration set), the committee, the threshold and what the vote did
+on an evaluation set none of the models saw. The refer flag is given only when that file applies: the same
+variant, the same committee. Research use only, not a medical device.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .case import Case
+from .compare import compare_variants
+from .errors import FusionLensError
+from .package import Package
+
+COMMITTEE_FILE = "committee.json"
+SIGNAL = "committee_vote"
+
+
+class CommitteeError(FusionLensError, ValueError):
+    """A committee.json that cannot be used (one sentence)."""
+
+
+def _ci(entry: Any) -> tuple[float, tuple[float, float]] | None:
+    if not isinstance(entry, Mapping):
+        return None
+    v, ci = entry.get("value"), entry.get("ci95")
+    if not isinstance(v, (int, float)) or not isinstance(ci, (list, tuple)) or len(ci) != 2 \
+            or not all(isinstance(c, (int, float)) for c in ci):
+        return None
+    return float(v), (float(ci[0]), float(ci[1]))
+
+
+@dataclass(frozen=True)
+class CommitteeSpec:
+    """A validated committee.json."""
+    path: Path
+    variant: str                               # the package folder the threshold was fitted for
+    committee: tuple[str, ...]                 # the other variants' package folders
+    min_disagreeing: int                       # refer when at least this many of them disagree
+    threshold: float                           # = min_disagreeing / len(committee)
+    calibration_referred_fraction: float | None
+    calibration: str                           # what the threshold was fitted on
+    evaluation: str                            # what the figures below were measured on
+    cohort: str
+    auroc: dict[str, tuple[float, tuple[float, float]]]   # signal -> (value, 95% interval) on the evaluation set
+    chance: float = 0.5
+    at_threshold: dict[str, Any] = field(default_factory=dict)
+
+    def sentence(self) -> str:
+        """One plain sentence: what the signal is and how well it caught errors on data the models never saw."""
+        v, (lo, hi) = self.auroc[SIGNAL]
+        return (f"The second opinion counts how many of the suite's other fusion variants (same encoders, different "
+                f"fusion) predict a different class; on {self.cohort} cases none of the models had seen "
+                f"({self.evaluation}), it separated this model's wrong predictions from its right ones with an "
+                f"AUROC of {v:.2f} (95% interval {lo:.2f}–{hi:.2f}; {self.chance:.1f} is chance).")
+
+    def lines(self) -> list[str]:
+        """The measured error-detection AUROC of every signal in the file, best first."""
+        return [f"{k}: {v:.3f} (95% interval {lo:.3f}–{hi:.3f})"
+                for k, (v, (lo, hi)) in sorted(self.auroc.items(), key=lambda kv: -kv[1][0])]
+
+
+def read_committee(suite_dir: str | Path) -> CommitteeSpec | None:
+    """``<suite_dir>/committee.json`` validated; None when there is none; CommitteeError when it is malformed."""
+    path = Path(suite_dir) / COMMITTEE_FILE
+    if not path.is_file():
+        return None
+
+    def bad(why: str) -> CommitteeError:
+        return CommitteeError(f"{path} cannot be used ({why}); re-create it with "
+                              "scripts/uncertainty_signals.py --write-committee.")
+
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise bad(f"not readable JSON: {type(e).__name__}") from None
+    if not isinstance(raw, dict):
+        raise bad("not a JSON object")
+    variant, members = raw.get("variant"), raw.get("committee")
+    if not isinstance(variant, str) or not variant:
+        raise bad("no 'variant'")
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) and m for m in members) \
+            or len(set(members)) != len(members) or variant in members:
+        raise bad("'committee' must list the other variants' folders, each once")
+    th = raw.get("threshold")
+    if not isinstance(th, dict):
+        raise bad("no 'threshold'")
+    k, of = th.get("min_disagreeing"), th.get("of")
+    if not isinstance(k, int) or isinstance(k, bool) or not isinstance(of, int) or of != len(members) or not 1 <= k <= of:
+        raise bad("'threshold' must give min_disagreeing between 1 and 'of' = the committee's size")
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    ev = raw.get("evaluation")
+    if not isinstance(ev, dict) or not isinstance(ev.get("error_detection_auroc"), dict):
+        raise bad("no evaluation 'error_detection_auroc'")
+    auroc = {name: _ci(e) for name, e in ev["error_detection_auroc"].items()}
+    if auroc.get(SIGNAL) is None:
+        raise bad(f"no '{SIGNAL}' AUROC with a 95% interval")
+    chance = ev.get("error_detection_chance", 0.5)
+    crf = th.get("calibration_referred_fraction")
+    return CommitteeSpec(
+        path=path, variant=variant, committee=tuple(members), min_disagreeing=k, threshold=k / of,
+        calibration_referred_fraction=float(crf) if isinstance(crf, (int, float)) else None,
+        calibration=str(data.get("calibration", "a calibration set")),
+        evaluation=str(data.get("evaluation", "an evaluation set")), cohort=str(data.get("cohort", "held-out")),
+        auroc={n: a for n, a in auroc.items() if a is not None},
+        chance=float(chance) if isinstance(chance, (int, float)) else 0.5,
+        at_threshold=dict(ev.get("at_threshold") or {}))
+
+
+def is_member(pkg: Package) -> bool:
+    """A committee member: a fused variant (more than one modality) without a dual-expert encoder."""
+    return len(pkg.modalities) > 1 and not any(getattr(pkg.model.encoders[m], "dual_expert", False)
+                                               for m in pkg.modalities)
+
+
+def folder(pkg: Package) -> str:
+    return Path(pkg.path).name
+
+
+def refer_decision(disagreeing: int, members: Sequence[str], chosen: str,
+                   spec: CommitteeSpec | None) -> tuple[bool | None, str | None]:
+    """(refer flag, or None when the fitted threshold does not apply; why it does not)."""
+    if spec is None:
+        return None, "This suite has no committee.json, so no threshold was fitted: the vote is shown without a refer flag."
+    if spec.variant != chosen:
+        return None, (f"The vote threshold was fitted for the variant '{spec.variant}', not '{chosen}': "
+                      "the vote is shown without a refer flag.")
+    if sorted(members) != sorted(spec.committee):
+        return None, ("The variants available here differ from the committee the threshold was fitted for "
+                      f"({', '.join(spec.committee)}): the vote is shown without a refer flag.")
+    return disagreeing >= spec.min_disagreeing, None
+
+
+@dataclass
+class CommitteeVote:
+    chosen: str                                # the selected package's folder
+    label: str                                 # its predicted class
+    members: list[str]                         # the other variants that voted
+    disagreeing: dict[str, str]                # variant folder -> its (different) label
+    refer: bool | None                         # None: no threshold applies (see ``note``)
+    threshold: float | None
+    min_disagreeing: int | None
+    note: str | None
+    sentence: str | None                       # what the signal is and how well it caught errors (from the file)
+    lines: list[str]                           # the measured AUROC of every signal in the file
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.members)
+
+    @property
+    def k(self) -> int:
+        return len(self.disagreeing)
+
+    @property
+    def share(self) -> float:
+        return self.k / self.n if self.n else 0.0
+
+    def headline(self) -> str:
+        return f"{self.k} of {self.n} other variants disagree"
+
+
+def committee_vote(packages: Sequence[Package], case: Case, chosen: Package,
+                   spec: CommitteeSpec | None = None) -> CommitteeVote:
+    """The vote of ``packages`` (the suite's packages; the non-members and ``chosen`` itself are left out)
+    on ``case`` against ``chosen``'s label, on the shared-encoder path of ``core.compare`` (explain=False).
+    With a ``spec`` that applies (same variant, same committee) the refer flag is decided by its threshold."""
+    others = [p for p in packages if is_member(p) and folder(p) != folder(chosen)
+              and (spec is None or spec.variant != folder(chosen) or folder(p) in spec.committee)]
+    if not others:
+        raise CommitteeError("There are no other fusion variants of this suite to give a second opinion.")
+    comp = compare_variants([chosen, *others], case, explain=False)
+    cols = {folder(c.package): c.prediction for c in comp.columns}
+    if folder(chosen) not in cols:
+        raise CommitteeError("The selected model cannot read this case's inputs, so there is no vote to compare.")
+    label = cols[folder(chosen)].label
+    members = [folder(p) for p in others if folder(p) in cols]
+    disagreeing = {m: cols[m].label for m in members if cols[m].label != label}
+    skipped = {folder(p): comp.skipped[p.name] for p in others if p.name in comp.skipped}
+    refer, note = refer_decision(len(disagreeing), members, folder(chosen), spec)
+    applies = refer is not None
+    return CommitteeVote(
+        chosen=folder(chosen), label=label, members=members, disagreeing=disagreeing, refer=refer,
+        threshold=spec.threshold if applies else None, min_disagreeing=spec.min_disagreeing if applies else None,
+        note=note, sentence=spec.sentence() if spec is not None and applies else None,
+        lines=spec.lines() if spec is not None else [], skipped=skipped)
