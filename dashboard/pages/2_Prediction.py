@@ -121,7 +121,7 @@ def second_opinion() -> None:
     st.markdown(text + ".")
     if vote.refer:
         st.warning(f"**Advise re-check by a clinician.** At least {vote.min_disagreeing} of {vote.n} other variants "
-                   "disagree, the threshold fitted on a calibration set.", icon=":material/flag:")
+                   "disagree (the threshold, fitted on a separate calibration set).", icon=":material/flag:")
     elif vote.refer is False:
         st.success(f"No referral flag from the second opinion: fewer than {vote.min_disagreeing} of {vote.n} other "
                    "variants disagree.", icon=":material/check_circle:")
