@@ -1,6 +1,6 @@
 """A short soak (issue 19): three concurrent Chromium sessions against one loopback server, through
 ``scripts/soak.py``, each doing exactly two rounds (Case -> submit -> Prediction -> Fusion internals, then
-the same again in the same session). The bound is the round count, not the clock (60 s is only a cap), so
+the same again in the same session). The bound is the round count, not the clock (300 s is only a cap), so
 the test does the same work on a quiet or a loaded machine (the full run is 20 sessions over 5 minutes; its
 figures are in the README).
 
@@ -39,7 +39,9 @@ def test_the_canary_scan_finds_a_planted_copy(tmp_path):
 def test_a_short_soak_has_no_error_no_crosstalk_flat_memory_and_no_leak():
     import soak
 
-    r = soak.main(["--sessions", "3", "--duration", "60", "--ramp", "3", "--ttl", "3", "--max-rounds", "2",
+    # --duration is only a cap (two rounds take ~20 s on a quiet machine): generous, so a loaded machine still
+    # finishes its two rounds instead of failing the round count
+    r = soak.main(["--sessions", "3", "--duration", "300", "--ramp", "3", "--ttl", "3", "--max-rounds", "2",
                    "--settle-min", "0", "--out", str(ROOT / "tests" / ".results" / "soak-short.json")])
     assert r["server_alive"] and r["rounds_per_session"] == [2, 2, 2], json.dumps(r)
     assert r["errors"] == 0, r["error_samples"]
