@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,12 @@ def test_a_short_soak_has_no_error_no_crosstalk_flat_memory_and_no_leak():
 
     # --duration is only a cap (two rounds take ~20 s on a quiet machine): generous, so a loaded machine still
     # finishes its two rounds instead of failing the round count
-    r = soak.main(["--sessions", "3", "--duration", "300", "--ramp", "3", "--ttl", "3", "--max-rounds", "2",
-                   "--settle-min", "0", "--out", str(ROOT / "tests" / ".results" / "soak-short.json")])
+    args = ["--sessions", "3", "--duration", "300", "--ramp", "3", "--ttl", "3", "--max-rounds", "2",
+            "--settle-min", "0", "--out", str(ROOT / "tests" / ".results" / "soak-short.json")]
+    # in a thread of its own: soak drives Chromium with asyncio.run(), which refuses to start inside the event
+    # loop that the e2e tests' session-scoped Playwright browser (tests/conftest.py) keeps running in this thread
+    with ThreadPoolExecutor(1) as pool:
+        r = pool.submit(soak.main, args).result()
     assert r["server_alive"] and r["rounds_per_session"] == [2, 2, 2], json.dumps(r)
     assert r["errors"] == 0, r["error_samples"]
     assert r["foreign_views"] == 0
