@@ -2,7 +2,7 @@
 
     python scripts/uncertainty_signals.py --suite assets/models/dermatology --variant mmtm \
         --calib-seed 9611 --eval-seed 9612 --n 1000 [--json out.json] [--write-committee]
-    python scripts/uncertainty_signals.py --suite assets/models/ham10000 --variant add --data ../shared/data/ham10000
+    python scripts/uncertainty_signals.py --suite assets/models/ham10000 --variant concat --data ../shared/data/ham10000
 
 Dermatology (generated): calibrators are fitted on a fresh calibration seed and everything is measured on
 another fresh evaluation seed (neither was used for training or tuning). HAM10000 and diabetes (real patients:
@@ -18,13 +18,13 @@ Signals compared for the chosen variant's prediction (error = that variant's cal
   head pass per variant, which the Compare page already runs);
 * ``committee_disagreement``: mean KL of each variant's distribution to the committee mean (its epistemic part);
 * ``committee_vote``: share of the other fused variants whose label differs from the chosen variant's label
-  (the referral signal the Prediction page offers as a second opinion, core/uncertainty/committee.py).
+  (the referral signal the Prediction page offers as a second opinion, core/committee.py).
 Calibrators compared (ECE of the chosen variant's probabilities, and of the committee mean): none, the package's
 own scalar temperature, a scalar temperature refitted on the calibration set, per-class temperatures and vector
 scaling (a per-class scale and bias), each fitted by NLL on the calibration set.
 Each figure comes with a percentile-bootstrap 95% interval over evaluation cases.
 
-``--write-committee`` also writes ``<suite>/committee.json`` (read by core/uncertainty/committee.py): the chosen
+``--write-committee`` also writes ``<suite>/committee.json`` (read by core/committee.py): the chosen
 variant, the committee, the vote threshold fitted on the CALIBRATION set alone (vote shares are k / n, so the
 threshold is the cut k / n whose referred share of calibration cases is closest to the package's referral fraction)
 and the evaluation set's figures. Off by default, so that a re-run for measurement overwrites nothing.
@@ -45,6 +45,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.committee import is_member  # noqa: E402
 from core.package import discover_packages, load_package  # noqa: E402
 from core.training.dataset import build_split  # noqa: E402
 from core.training.metrics import _bootstrap, _error_auroc  # noqa: E402
@@ -61,7 +62,7 @@ def fit_vote_threshold(vote: np.ndarray, n_others: int, fraction: float = REFER_
     cases) is closest to ``fraction``; ties go to the higher cut (fewer referrals)."""
     best = None
     for k in range(1, n_others + 1):
-        share = float(np.mean(vote >= k / n_others - 1e-9))
+        share = float(np.mean(np.rint(vote * n_others) >= k))   # whole counts: no float rounding at the cut
         if best is None or abs(share - fraction) <= abs(best[1] - fraction) + 1e-12:   # ascending k: ties -> higher cut
             best = (k, share)
     k, share = best
@@ -143,9 +144,8 @@ def main() -> int:
     ap.add_argument("--write-committee", action="store_true",
                     help="also write <suite>/committee.json (the vote threshold fitted on the calibration set)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     pkgs = [load_package(p) for p in discover_packages(args.suite)]
-    fused = [p for p in pkgs if len(p.modalities) > 1 and not any(p.model.encoders[m].dual_expert for m in p.modalities)]
+    fused = [p for p in pkgs if is_member(p)]   # the same rule the Prediction page's second opinion uses
     chosen = next((p for p in pkgs if Path(p.path).name == args.variant), None)
     if chosen is None:
         ap.error(f"no package '{args.variant}' in {args.suite}.")
@@ -247,7 +247,7 @@ def main() -> int:
         vote_cal = torch.stack([cal[p.name]["det"].argmax(1) != pred_cal for p in others]).float().mean(0).numpy()
         fit = fit_vote_threshold(vote_cal, len(others))
         vote_ev = signals["committee_vote"].numpy()
-        referred = vote_ev >= fit["threshold"] - 1e-9
+        referred = np.rint(vote_ev * len(others)) >= fit["min_disagreeing"]
         wrong = ~correct
         doc = {
             "format": 1, "suite": Path(args.suite).name, "variant": Path(chosen.path).name, "package": name,

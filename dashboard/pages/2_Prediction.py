@@ -100,7 +100,8 @@ else:
 def second_opinion() -> None:
     """The committee vote of the suite's other fused variants on this case, computed when asked for."""
     suite = Path(pkg.path).parent
-    key = (pkg.sha256, str(pkg.path), case.fingerprint())
+    spec_file = suite / "committee.json"     # a rewritten committee.json must not be answered from the cache
+    key = (pkg.sha256, str(pkg.path), case.fingerprint(), spec_file.stat().st_mtime_ns if spec_file.is_file() else None)
     vote = VOTES.get(key)
     if vote is None:
         st.caption("Runs every other fusion variant of this suite on the case (the encoders' outputs are shared, so "
