@@ -5,17 +5,31 @@ import io
 
 import numpy as np
 import torch
-from captum.attr import IntegratedGradients
+from captum.attr import IntegratedGradients, ShapleyValueSampling
 
 from core import load_package, save_package
 from core.compare import compare_variants
 from core.encoders import ModalityFeatures, ModalitySpec
 from core.explain import ExplainContext, explain_case
-from core.explain.attributions import _shapley_sampling, integrated_gradients, note_ig_inputs, shapley_sampling
+from core.explain.attributions import integrated_gradients, note_ig_inputs, shapley_sampling
 from core.explain.modality import modality_disagreement
 from core.model import MissingEmbedding
 from core.uncertainty import mean_pairwise_symmetric_kl
 from tiny import LABELS, make_case, make_model
+
+
+def _shapley_sampling(f, seed: int) -> ShapleyValueSampling:
+    """The reference: Captum's ShapleyValueSampling with its permutations drawn from a private generator seeded
+    ``seed`` (Captum asks ``permutation_generator(num_features, n_samples)`` for them)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def permutations(num_features: int, num_samples: int):
+        for _ in range(num_samples):
+            yield torch.randperm(num_features, generator=gen).tolist()
+
+    sampler = ShapleyValueSampling(f)
+    sampler.permutation_generator = permutations
+    return sampler
 
 
 def _pkg(tmp_path, variant="mmtm", **kw):

@@ -12,13 +12,11 @@
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from captum.attr import ShapleyValueSampling
 # captum (which pulls in matplotlib) is imported where it is used: a cohort engine's Ray actor that never
 # asks for these parts does not pay for it
 
@@ -109,30 +107,11 @@ def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_siz
             "n_steps": n_steps, "n_tokens": int(ids.shape[1]), "truncated": len(word_ids) >= enc.max_length}
 
 
-def _shapley_sampling(f, seed: int) -> ShapleyValueSampling:
-    """Captum's ShapleyValueSampling with its permutations drawn from a private generator.
-
-    Captum draws them with ``torch.randperm`` from the process-wide generator, which every other user's
-    request shares (seeding it, or saving and restoring it, races between threads). Captum asks the
-    instance's ``permutation_generator(num_features, n_samples)`` for them, so this instance gets one
-    that uses its own seeded ``torch.Generator``: the same permutations for the same seed, in any thread."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def permutations(num_features: int, num_samples: int):
-        for _ in range(num_samples):
-            yield torch.randperm(num_features, generator=gen).tolist()
-
-    from captum.attr import ShapleyValueSampling
-
-    sampler = ShapleyValueSampling(f)
-    sampler.permutation_generator = permutations
-    return sampler
-
-
 def shapley_sampling(f, x: torch.Tensor, baseline: torch.Tensor, group: torch.Tensor, n_samples: int, seed: int = 0,
                      chunk: int = 256) -> torch.Tensor:
-    """What ``_shapley_sampling(f, seed).attribute(x, baselines=baseline, feature_mask=group, n_samples=n_samples)``
-    computes (Captum's ShapleyValueSampling, permutations from a private generator seeded ``seed``), with every
+    """What Captum's ShapleyValueSampling(f).attribute(x, baselines=baseline, feature_mask=group, n_samples=n_samples)
+    computes with its permutations drawn from a private ``torch.Generator`` seeded ``seed`` (Captum's own draw from
+    the process-wide generator, which concurrent requests share), with every
     perturbed input of every permutation evaluated in one batched pass (``chunk`` rows at a time) instead of one
     pass per permutation: the same permutations, the same perturbed inputs and the same arithmetic of the
     differences. ``x``, ``baseline``: [1, D]; ``group``: [1, D] feature ids 0..F-1. -> [1, D] float."""
