@@ -223,3 +223,24 @@ def test_report_sections_are_built_once_for_pdf_and_html(tmp_path, monkeypatch):
     assert "Plotly.newPlot" in html and "data:image/png;base64" in html
     text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)
     assert rep.data["summary"]["label"] in text and len(PdfReader(io.BytesIO(pdf)).pages[0].images) >= 1
+
+
+def test_one_pass_middle_stage_ig_equals_captums_with_its_delta_passes(tmp_path):
+    from test_dual_expert import dual_model, masked_case
+
+    from core.explain.image_ig import _ig_function, middle_stage_ig
+
+    dual = load_package(save_package(dual_model(), tmp_path / "dual", LABELS, name="dual"))
+    for pkg, case in ((_pkg(tmp_path, "gated"), make_case(0)), (_pkg(tmp_path), make_case(2)), (dual, masked_case(1))):
+        ctx = ExplainContext(pkg, case)
+        f, a, a0, _ = _ig_function(ctx)
+        ref, ref_delta = _captum_ig(f, a, a0, n_steps=8)
+        info = middle_stage_ig(ctx)                                # the one-pass default
+        old = middle_stage_ig(ctx, internal_batch_size=4)          # Captum's path, two step batches + the delta passes
+        assert float(ref.abs().max()) > 0
+        m = ref[0].abs().sum(0)[None, None]
+        m = torch.nn.functional.interpolate(m, size=info["map"].shape, mode="bilinear", align_corners=False)[0, 0]
+        assert np.allclose(info["map"], (m / m.max()).numpy(), atol=1e-6)
+        assert abs(info["convergence_delta"] - float(ref_delta.abs().max())) < 2e-6
+        assert abs(info["output_difference"] - old["output_difference"]) < 2e-6
+        assert np.allclose(info["map"], old["map"], atol=1e-5)

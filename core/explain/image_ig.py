@@ -36,9 +36,38 @@ def _features(enc: nn.Module, early: torch.Tensor, middle: torch.Tensor, last: t
 
 
 def middle_stage_ig(ctx: ExplainContext, n_steps: int = 8, internal_batch_size: int = 8) -> dict[str, Any]:
-    """{"map": [S, S] in [0, 1], "convergence_delta", "relative_delta", "n_steps", "layer"} for the target class."""
-    from captum.attr import IntegratedGradients   # here, not at import: a process that never runs it skips captum
+    """{"map": [S, S] in [0, 1], "convergence_delta", "relative_delta", "n_steps", "layer"} for the target class.
 
+    With ``internal_batch_size >= n_steps`` (the default) the steps and the black image's activation run as
+    one batch through the last stage, fusion and head, and the case's own value is the one its prediction
+    already gave (``attributions.integrated_gradients``): Captum's numbers without its two extra passes
+    for the convergence delta."""
+    f, a, a0, x = _ig_function(ctx)
+    if internal_batch_size >= n_steps:
+        from .attributions import integrated_gradients
+
+        attr, delta = integrated_gradients(f, a, a0, n_steps, ctx.target_logit())
+    else:
+        from captum.attr import IntegratedGradients   # here, not at import: a process that never runs it skips captum
+
+        with torch.enable_grad():
+            attr, delta = IntegratedGradients(f).attribute(a, baselines=a0, n_steps=n_steps, method="gausslegendre",
+                                                           internal_batch_size=internal_batch_size,
+                                                           return_convergence_delta=True)
+    # the delta is sum(attr) - (f(a) - f(a0)), both ends already evaluated: the output difference follows
+    # from it without running the two ends again
+    gap = float(attr.sum()) - float(delta.reshape(-1)[0])
+    m = attr[0].detach().abs().sum(0)[None, None]
+    m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[0, 0].numpy()
+    d = float(delta.abs().max())
+    return {"map": (m / max(float(m.max()), 1e-12)).astype(np.float32), "convergence_delta": d,
+            "relative_delta": d / max(abs(gap), 1e-6), "output_difference": gap, "n_steps": n_steps,
+            "layer": "middle stage", "baseline": "black image"}
+
+
+def _ig_function(ctx: ExplainContext) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(f: middle-stage activations [n, ...] -> calibrated target logits [n], the case's activation, the black
+    image's activation, the case's pixels)."""
     enc_full = ctx.model.encoders["image"]
     dual = enc_full.dual_expert
     enc = enc_full.backbone if dual else enc_full
@@ -69,19 +98,7 @@ def middle_stage_ig(ctx: ExplainContext, n_steps: int = 8, internal_batch_size: 
             g = enc_full(crop_box=None if box is None else box.expand(n, -1), **cached)
         return ctx.calibrated_logits("image", g)[:, ctx.target]
 
-    with torch.enable_grad():
-        attr, delta = IntegratedGradients(f).attribute(a, baselines=a0, n_steps=n_steps, method="gausslegendre",
-                                                       internal_batch_size=internal_batch_size,
-                                                       return_convergence_delta=True)
-    # captum's delta is sum(attr) - (f(a) - f(a0)), both ends already evaluated by captum: the output
-    # difference follows from it without running the two ends again
-    gap = float(attr.sum()) - float(delta.reshape(-1)[0])
-    m = attr[0].detach().abs().sum(0)[None, None]
-    m = F.interpolate(m, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[0, 0].numpy()
-    d = float(delta.abs().max())
-    return {"map": (m / max(float(m.max()), 1e-12)).astype(np.float32), "convergence_delta": d,
-            "relative_delta": d / max(abs(gap), 1e-6), "output_difference": gap, "n_steps": n_steps,
-            "layer": "middle stage", "baseline": "black image"}
+    return f, a, a0, x
 
 
 def _black_activation(enc: nn.Module, head: Any, x: torch.Tensor) -> torch.Tensor:
