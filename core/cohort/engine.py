@@ -7,7 +7,7 @@
 * the prediction (MC-dropout samples of the head drawn per case with the same generator seed as
   ``Package.predict``, so a row does not depend on which batch its case fell into), exact modality
   Shapley values (all coalitions of all cases in one pass), Grad-CAM and the table's integrated
-  gradients (the batch's cases x steps in one pass) are computed from those features;
+  gradients (the batch's cases x steps in one pass, without Captum) are computed from those features;
 * Grad-CAM of a plain image encoder back-propagates from the shared last-stage maps only (not through
   the backbone), and the note's integrated gradients run case by case at the note's own length through
   the shared text encoder once for all packages, one backward pass each (``core.cohort.gradients``).
@@ -32,7 +32,7 @@ from ..case import Case, CaseError
 from ..explain.attributions import merge_word_pieces
 from ..fusion import case_diagnostics
 from ..package import Package, load_package, posterior, referral
-from .gradients import fast_cam_encoder, image_features, image_stages, note_ig, tail_gradcam
+from .gradients import fast_cam_encoder, image_features, image_stages, note_ig, table_ig, tail_gradcam
 from .rows import (ROW_PARTS, CaseResult, CohortError, failed_row, make_row, one_sentence, record_case,
                    shapley_from_values)
 
@@ -285,8 +285,6 @@ class CohortExplainer:
             out[i].cam = np.asarray(maps[k], np.float32)
 
     def _table(self, b: _Batch, cases: Sequence[Case], targets: torch.Tensor, out: list[CaseResult]) -> None:
-        from captum.attr import IntegratedGradients
-
         j = b.model.modalities.index("metadata")
         rows = b.present[:, j].nonzero().squeeze(1)
         if len(rows) == 0:
@@ -298,9 +296,7 @@ class CohortExplainer:
         def f(v: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
             return b.logits(r, replace={"metadata": {"values": v}})
 
-        with torch.enable_grad():
-            ig = IntegratedGradients(f).attribute(x, baselines=base, n_steps=self.ig_steps, method="gausslegendre",
-                                                  additional_forward_args=(rows,), target=targets[rows])
+        ig = table_ig(f, x, base, rows, targets[rows], self.ig_steps)
         for k, i in enumerate(rows.tolist()):
             values, _ = schema.validate(cases[i].metadata or {})
             out[i].table_rows = [{"name": feat.name, "value": values.get(feat.name), "integrated_gradients": float(ig[k, s].sum())}

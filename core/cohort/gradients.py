@@ -18,6 +18,10 @@
   not through the backbone. The map is pytorch-grad-cam's ``GradCAM`` (same weights, ReLU, min-max scaling
   and resize as for the whole model), computed from the map and its gradient without importing the library.
 
+* **Table integrated gradients** (``table_ig``): the batch's cases x Gauss-Legendre steps in one forward and
+  one backward pass (the arithmetic of Captum's ``IntegratedGradients`` with ``method="gausslegendre"``,
+  which the engine called before; Captum, which pulls in matplotlib, is no longer imported by the engine).
+
 Only a plain :class:`~core.encoders.image.ImageEncoder` takes the CAM shortcut (``fast_cam_encoder``);
 a dual-expert or any other image encoder goes through the whole-model Grad-CAM of the engine.
 """
@@ -119,3 +123,25 @@ def note_ig(batches: Sequence["_Batch"], notes: Sequence[str | None], targets: S
                 scores = (total * (emb - base_emb)).sum(-1)[0].detach().numpy()
                 out[p][i] = merge(note, tok.word_ids(0), tok["offset_mapping"][0].tolist(), scores)
     return out
+
+
+# ---- table: the batch's cases x steps in one pass ------------------------------------------------------------------
+
+def table_ig(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, baseline: torch.Tensor,
+             rows: torch.Tensor, targets: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """Integrated gradients of ``f(values [m, D], rows [m]) -> logits [m, C]`` at the table rows ``x`` [n, D]
+    (the cases ``rows`` [n], explained for class ``targets`` [n]) from ``baseline`` [n, D]: what Captum's
+    ``IntegratedGradients(f).attribute(x, baselines=baseline, n_steps=n_steps, method="gausslegendre",
+    additional_forward_args=(rows,), target=targets)`` computes -- the same step-major batch of n x n_steps
+    scaled inputs, one backward pass of the summed target logits, the steps' gradients weighted, summed per
+    case and multiplied by ``x - baseline`` -- without Captum. -> [n, D]."""
+    n = x.shape[0]
+    step_sizes, alphas = gauss_legendre(n_steps)
+    with torch.enable_grad():
+        scaled = torch.cat([baseline + a * (x - baseline) for a in alphas]).requires_grad_()
+        logits = f(scaled, rows.repeat(n_steps))
+        score = logits.gather(1, targets.repeat(n_steps).view(-1, 1)).sum()
+        grads, = torch.autograd.grad(score, scaled)
+    scaled_grads = grads.reshape(n_steps, -1) * step_sizes.view(n_steps, 1)
+    total = scaled_grads.reshape((n_steps, n) + tuple(x.shape[1:])).sum(0)
+    return total * (x - baseline)
