@@ -22,6 +22,8 @@ import torch
 from .case import Case, CaseError
 from .encoders import ModalityFeatures
 from .package import Package, PackageConfig, Prediction
+from .package.predictor import predictions
+from .package.stacked import run_many
 from .utils import to_jsonable
 
 COMPARE_PARTS = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
@@ -210,6 +212,7 @@ class SharedEncoderCache:
         self.case = case
         self._store: dict[str, ModalityFeatures] = {}
         self._prepared: dict[str, Any] = {}
+        self.memo: dict[str, Any] = {}     # prepare_batch's memo: the case checked once per encoder configuration
         self.passes: dict[str, int] = {}
 
     def _dual_streams(self, pkg: Package) -> dict[str, torch.Tensor] | None:
@@ -310,7 +313,11 @@ def compare_variants(packages: Sequence[Package], case: Case, explain: bool = Tr
     feats = [cache.features_for(p) if share_encoders else {} for p in packages]
     timings["shared_encoders"] = round(time.perf_counter() - t0, 4)
     t1 = time.perf_counter()
-    columns = [VariantColumn(p, p.predict(case, mc_samples, 0, f or None)) for p, f in zip(packages, feats)]
+    if share_encoders:  # the case checked and prepared once per encoder configuration, like heads stacked
+        runs = run_many(packages, [case], [f or None for f in feats], mc_samples, 0, cache.memo)
+        columns = [VariantColumn(p, predictions(p, [case], *r)[0]) for p, r in zip(packages, runs)]
+    else:
+        columns = [VariantColumn(p, p.predict(case, mc_samples, 0)) for p in packages]
     timings["predictions"] = round(time.perf_counter() - t1, 4)
     ens = ensemble_summary(columns)
     if isinstance(target, str):

@@ -244,3 +244,53 @@ def test_one_pass_middle_stage_ig_equals_captums_with_its_delta_passes(tmp_path)
         assert abs(info["convergence_delta"] - float(ref_delta.abs().max())) < 2e-6
         assert abs(info["output_difference"] - old["output_difference"]) < 2e-6
         assert np.allclose(info["map"], old["map"], atol=1e-5)
+
+
+def test_stacked_heads_and_one_preparation_give_each_package_alone(tmp_path, monkeypatch):
+    from core.package import stacked
+    from core.package.predictor import input_key
+
+    pkgs = [_pkg(tmp_path, v) for v in ("concat", "gated", "add", "mmtm", "irene")]
+    pkgs.append(load_package(save_package(make_model("gated", modalities=("image", "metadata")), tmp_path / "two", LABELS,
+                                          name="two")))
+    pkgs.append(load_package(save_package(make_model("unimodal", modalities=("metadata",)), tmp_path / "uni", LABELS,
+                                          name="uni")))
+    # a kan head and an int8 copy take the package's own path
+    pkgs.append(load_package(save_package(MultimodalClassifier_with_head("kan"), tmp_path / "kan", LABELS, name="kan")))
+    pkgs.append(load_package(pkgs[1].path, int8=True))
+    groups = []
+    real = stacked.stacked_residual_heads
+    monkeypatch.setattr(stacked, "stacked_residual_heads", lambda heads, *a: groups.append(len(heads)) or real(heads, *a))
+    prepared = []
+    for p in pkgs:
+        enc = p.model.encoders["metadata"]
+        orig = enc.prepare
+        monkeypatch.setattr(enc, "prepare", lambda v, orig=orig: prepared.append(1) or orig(v))
+    for case in (make_case(0), make_case(1, missing=("note",)), make_case(2, missing=("image", "note", "spectrum"))):
+        groups.clear()
+        prepared.clear()
+        cmp = compare_variants(pkgs, case, explain=False)
+        assert sorted(groups, reverse=True)[0] >= 4                  # concat, gated, add, mmtm, irene share a head shape
+        assert len(prepared) == len({input_key(p.model.encoders["metadata"]) for p in pkgs})
+        for col in cmp.columns:
+            alone = col.package.predict(case)
+            got = col.prediction
+            assert got.label == alone.label and got.refer == alone.refer
+            for a, b in ((got.calibrated, alone.calibrated), (got.probabilities, alone.probabilities),
+                         (got.mc_samples, alone.mc_samples), (got.mc_mean, alone.mc_mean)):
+                assert np.allclose(a, b, atol=1e-6, rtol=0)
+            for k, v in alone.uncertainty.items():
+                assert abs(got.uncertainty[k] - v) < 1e-6, k
+            da, db = got.diagnostics.get("modality_disagreement"), alone.diagnostics.get("modality_disagreement")
+            assert (da is None) == (db is None)
+            if da is not None:
+                assert torch.isnan(da) == torch.isnan(db) and (bool(torch.isnan(db)) or abs(float(da) - float(db)) < 1e-6)
+        assert cmp.columns[0].prediction.mc_samples.std(0).max() > 0   # MC dropout really sampled
+
+
+def MultimodalClassifier_with_head(kind: str):
+    from core.model import MultimodalClassifier
+
+    m = make_model("gated")
+    return MultimodalClassifier(dict(m.encoders), len(LABELS), "gated", {"dim": 32}, fused_dim=32,
+                                head_options={"type": kind, "hidden": 8, "dropout": 0.2}).eval()

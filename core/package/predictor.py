@@ -4,6 +4,8 @@ augmentation, and the referral policy with its advice text (one place for every 
 ``Package.predict``, TTA and the what-if session)."""
 from __future__ import annotations
 
+import json
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -74,25 +76,42 @@ def referral(value: float, threshold: float) -> tuple[bool, dict[str, Any]]:
 
 
 # ---- cases -> tensors --------------------------------------------------------------------------------
-def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case], skip: frozenset[str] | set[str] = frozenset()
-                  ) -> tuple[dict[str, Any], torch.Tensor, list[list[str]]]:
+def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case], skip: frozenset[str] | set[str] = frozenset(),
+                  memo: dict[str, Any] | None = None) -> tuple[dict[str, Any], torch.Tensor, list[list[str]]]:
     """Validated cases -> (encoder inputs for the present rows, presence mask [B, M], warnings).
     Each encoder takes its input from a case (``Encoder.case_input``: metadata checked against this
     model's schema, a spectrum against its grid, CaseError on a bad value). Modalities in ``skip`` are
-    checked and marked present but not preprocessed (their features come from elsewhere)."""
+    checked and marked present but not preprocessed (their features come from elsewhere).
+
+    ``memo``: a dict kept by a caller that prepares the same ``cases`` for several packages (a comparison):
+    an encoder whose type and config equal an earlier one's (see ``input_key``) reuses its checked values,
+    warnings and prepared tensors (read-only) instead of preparing the cases again."""
     warnings: list[list[str]] = [[] for _ in cases]
     flags = [[False] * len(model.modalities) for _ in cases]
     inputs: dict[str, Any] = {}
     for j, m in enumerate(model.modalities):
         enc = model.encoders[m]
+        hit = None if memo is None else memo.setdefault(input_key(enc), {})
+        if hit is not None and "values" in hit:
+            checked = hit["values"]
+        else:
+            checked = [enc.case_input(c) for c in cases]
+            if hit is not None:
+                hit["values"] = checked
         vals = []
-        for i, c in enumerate(cases):
-            v, w = enc.case_input(c)
+        for i, (v, w) in enumerate(checked):
             warnings[i] += w
             if v is not None:
                 flags[i][j] = True
                 vals.append(v)
-        inputs[m] = enc.prepare(vals) if vals and m not in skip else None
+        if not vals or m in skip:
+            inputs[m] = None
+        elif hit is None:
+            inputs[m] = enc.prepare(vals)
+        else:
+            if "prepared" not in hit:
+                hit["prepared"] = enc.prepare(vals)
+            inputs[m] = hit["prepared"]
     present = torch.tensor(flags, dtype=torch.bool).reshape(len(cases), len(model.modalities))
     for i, c in enumerate(cases):
         ignored = [k for k, v in c.present().items() if v and k not in model.modalities]
@@ -102,6 +121,19 @@ def prepare_batch(model: MultimodalClassifier, cases: Sequence[Case], skip: froz
             raise CaseError({"case": "The case has none of the inputs this model uses "
                                      f"({', '.join(model.modalities)}); add at least one."})
     return inputs, present, warnings
+
+
+_INPUT_KEYS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
+
+
+def input_key(enc: Any) -> str:
+    """What an encoder's ``case_input`` and ``prepare`` depend on: its class and the config that rebuilds it
+    (schema, grid, tokenizer, image size, crop margin...). Computed once per encoder (configs never change)."""
+    key = _INPUT_KEYS.get(enc)
+    if key is None:
+        key = _INPUT_KEYS[enc] = f"{type(enc).__module__}.{type(enc).__qualname__}:" + json.dumps(
+            enc.config(), sort_keys=True, default=str)
+    return key
 
 
 # ---- the posterior -----------------------------------------------------------------------------------
@@ -177,6 +209,29 @@ def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[s
 
     ``mc_samples=T`` > 0: the head also runs T times with dropout on the cases' fused rows (MC dropout),
     in the same head batch where the head supports it -> (deterministic output, MC output)."""
+    rows = fused_rows(model, modalities, inputs, present)
+    heads = head_pass(model.head, rows.fused, rows.B, mc_samples, generator)
+    return finish_rows(model, rows, heads, temperature, mc_samples)
+
+
+@dataclass
+class FusedRows:
+    """The cases (and their single-modality rows) up to the head: ``fused_rows`` -> ``head_pass`` ->
+    ``finish_rows`` is ``forward_with_single_rows`` cut where a comparison runs several packages' heads
+    as one stacked pass (``core.package.stacked``)."""
+    B: int                                # the cases
+    pres: list[list[bool]]                # their presence rows
+    singles: bool                         # single-modality rows follow the cases' rows
+    feats: list[ModalityFeatures]         # encoded and filled, every row
+    present: torch.Tensor                 # [rows, M]
+    fused: torch.Tensor                   # [rows, F]
+    diag: dict[str, Any]                  # the fusion's diagnostics, every row
+
+
+def fused_rows(model: MultimodalClassifier, modalities: Sequence[str], inputs: Mapping[str, Any],
+               present: torch.Tensor) -> FusedRows:
+    """Encoders, missing-modality fill and fusion of the cases, with their single-modality rows appended
+    when a case has two modalities or more (see ``forward_with_single_rows``)."""
     B, M = present.shape
     pres = present.tolist()     # a handful of rows: Python lists cost less than tensor ops here
     raw: dict[str, Any] = {}
@@ -187,9 +242,9 @@ def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[s
     # (case, modality) of every single-modality row, row-major as ``nonzero`` lists them
     singles = [(i, j) for i, r in enumerate(pres) if sum(r) >= 2 for j in range(M) if r[j]]
     if M < 2 or not singles:
-        det, mc = _fuse_and_classify(model, model.encode(raw, present), present, B, mc_samples, generator)
-        det.diagnostics["modality_disagreement"] = torch.full((B,), float("nan"))
-        return det if mc is None else (det, mc)
+        feats = model.encode(raw, present)
+        fused, diag = model.fusion(feats, present)
+        return FusedRows(B, pres, False, feats, present, fused, diag)
     both = torch.tensor(pres + [[k == j for k in range(M)] for _, j in singles], dtype=torch.bool)
     joined: dict[str, Any] = {}
     for j, m in enumerate(modalities):
@@ -204,11 +259,44 @@ def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[s
             n += bool(r[j])
         # the encoded rows, then these
         joined[m] = f.index(torch.tensor(list(range(f.pooled.shape[0])) + [pos[i] for i in extra]))
-    out, mc = _fuse_and_classify(model, model.encode(joined, both), both, B, mc_samples, generator)
+    feats = model.encode(joined, both)
+    fused, diag = model.fusion(feats, both)
+    return FusedRows(B, pres, True, feats, both, fused, diag)
+
+
+def head_pass(head: Any, fused: torch.Tensor, n: int, mc_samples: int, generator: torch.Generator | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The head on every fused row (dropout off) and, with ``mc_samples`` > 0, its MC-dropout samples of
+    the first ``n`` rows, in one head pass where the head offers it -> (logits, log_var, MC logits, MC log_var)."""
+    if mc_samples <= 0:
+        logits, log_var = head(fused)
+        return logits, log_var, None, None
+    joint = getattr(head, "forward_with_samples", None)
+    if joint is not None:
+        return joint(fused, fused[:n], mc_samples, generator)
+    logits, log_var = head(fused)
+    mc_logits, mc_log_var = head(fused[:n], mc_samples, generator)
+    return logits, log_var, mc_logits, mc_log_var
+
+
+def finish_rows(model: MultimodalClassifier, rows: FusedRows, heads: Sequence[Any], temperature: float,
+                mc_samples: int) -> Any:
+    """``forward_with_single_rows``'s result from the fused rows and the head's outputs on them."""
+    logits, log_var, mc_logits, mc_log_var = heads
+    fused, diag, feats, B = rows.fused, rows.diag, rows.feats, rows.B
+    if hasattr(model.head, "diagnostics"):
+        diag = {**diag, **model.head.diagnostics(fused)}
+    for m, f in zip(model.modalities, feats):
+        for k, v in (f.extras or {}).items():
+            diag[f"{m}_{k}"] = v
+    out = ModelOutput(logits, log_var, fused, diag, list(feats))
+    if not rows.singles:
+        out.diagnostics["modality_disagreement"] = torch.full((B,), float("nan"))
+        return out if mc_samples <= 0 else (out, ModelOutput(mc_logits, mc_log_var, fused[:B], diag, list(feats)))
     logp = torch.log_softmax(out.logits[B:] / temperature, -1)
     dis = torch.full((B,), float("nan"))
     start = 0
-    for i, r in enumerate(pres):              # a case's single rows are consecutive
+    for i, r in enumerate(rows.pres):         # a case's single rows are consecutive
         k = sum(r) if sum(r) >= 2 else 0
         if k:
             dis[i] = mean_pairwise_symmetric_kl(logp[start:start + k])
@@ -216,32 +304,9 @@ def forward_with_single_rows(model: MultimodalClassifier, modalities: Sequence[s
     diag = _first_rows(out.diagnostics, B)
     diag["modality_disagreement"] = dis
     det = ModelOutput(out.logits[:B], out.log_var[:B], out.fused[:B], diag, [_head(f, B) for f in out.features])
-    if mc is None:
-        return det
-    return det, ModelOutput(mc.logits, mc.log_var, det.fused, det.diagnostics, det.features)
-
-
-def _fuse_and_classify(model: MultimodalClassifier, feats: Sequence[ModalityFeatures], present: torch.Tensor, n: int,
-                       mc_samples: int, generator: torch.Generator | None) -> tuple[ModelOutput, ModelOutput | None]:
-    """``model.fuse_and_classify(feats, present)`` and, with ``mc_samples`` > 0, the head's MC-dropout
-    samples of the first ``n`` fused rows, in one head pass where the head offers it."""
     if mc_samples <= 0:
-        return model.fuse_and_classify(feats, present), None
-    fused, diag = model.fusion(feats, present)
-    head = model.head
-    joint = getattr(head, "forward_with_samples", None)
-    if joint is not None:
-        logits, log_var, mc_logits, mc_log_var = joint(fused, fused[:n], mc_samples, generator)
-    else:
-        logits, log_var = head(fused)
-        mc_logits, mc_log_var = head(fused[:n], mc_samples, generator)
-    if hasattr(head, "diagnostics"):
-        diag = {**diag, **head.diagnostics(fused)}
-    for m, f in zip(model.modalities, feats):
-        for k, v in (f.extras or {}).items():
-            diag[f"{m}_{k}"] = v
-    det = ModelOutput(logits, log_var, fused, diag, list(feats))
-    return det, ModelOutput(mc_logits, mc_log_var, fused[:n], diag, list(feats))
+        return det
+    return det, ModelOutput(mc_logits, mc_log_var, det.fused, det.diagnostics, det.features)
 
 
 def _head(f: ModalityFeatures, n: int) -> ModalityFeatures:
