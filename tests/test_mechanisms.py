@@ -326,3 +326,63 @@ def test_evaluate_mechanisms_cli_matches_the_stored_record(capsys):
     for k, v in stored["spread"].items():
         assert rec["spread"][k] == pytest.approx(v, abs=2e-3)
 
+
+
+# ---- gates that select an input per case: one weight per input (gate_per="modality") + the balance loss --------------
+
+@pytest.mark.parametrize("variant", ["gated", "hierarchical", "mmtm"])
+def test_modality_gates_give_one_weight_per_input(variant):
+    opts = {"gate_per": "modality"} | ({"gate_residual": False} if variant == "mmtm" else {})
+    model = _tiny(variant, **opts)
+    inputs, present, _ = prepare_batch(model, [make_case(i) for i in range(5)])
+    with torch.no_grad():
+        d = model(inputs, present).diagnostics
+    if variant == "hierarchical":
+        assert all(m.gate.out_features == 1 for m in model.fusion.mixers)   # two inputs: one sigmoid per case
+        assert torch.allclose(d["level_gates"].sum(-1), torch.ones(5, 3), atol=1e-5)
+    else:
+        g = d["gates_per_dim"]
+        assert float(g.std(-1).max()) < 1e-6      # the same gate on every dimension of an input
+    assert torch.allclose(d["modality_weights"].sum(-1), torch.ones(5), atol=1e-5)
+    dim_gated = _tiny("gated")
+    with torch.no_grad():
+        per_dim = dim_gated(*prepare_batch(dim_gated, [make_case(i) for i in range(5)])[:2]).diagnostics["gates_per_dim"]
+    assert float(per_dim.std(-1).max()) > 1e-4    # while seed 001's gate differs per dimension
+
+
+def test_gate_options_are_checked():
+    with pytest.raises(ValueError, match="gate_per"):
+        _tiny("gated", gate_per="channel")
+    with pytest.raises(ValueError, match="gate_per"):
+        _tiny("mmtm", gate_per="channel")
+
+
+def test_gate_balance_loss_allows_choice_per_case_but_not_collapse():
+    from core.training.module import gate_balance_loss
+
+    uniform = torch.full((6, 3), 1 / 3)
+    per_case_choice = torch.eye(3).repeat(2, 1)          # every case picks one input, each input picked as often
+    collapsed = torch.tensor([[1.0, 0.0, 0.0]]).repeat(6, 1)
+    assert float(gate_balance_loss(uniform)) == pytest.approx(0, abs=1e-6)
+    assert float(gate_balance_loss(per_case_choice)) == pytest.approx(0, abs=1e-6)
+    assert float(gate_balance_loss(collapsed)) == pytest.approx(2.0)
+
+
+def test_selecting_mmtm_gate_can_remove_an_input():
+    """gate_residual=False: final = g * v, so a gate at 0 takes that input out of the fusion; seed 000's
+    final = g * v + v keeps it whatever the gate says."""
+    outs = {}
+    for residual in (True, False):
+        model = _tiny("mmtm", gate_per="modality", gate_residual=residual)
+        inputs, present, _ = prepare_batch(model, [make_case(i) for i in range(4)])
+        with torch.no_grad():
+            last = model.fusion.interaction[4]
+            last.weight.zero_()
+            dim = model.fusion.dim
+            last.bias.copy_(torch.cat([torch.full((dim,), -1.0), torch.full((dim,), 1.0)]))  # input 0 lowest
+            model.fusion.log_tau.fill_(math.log(1e-3))                                         # gate 0 -> 0
+            before = model(inputs, present).logits
+            b = model.fusion.pooled_proj[0][0].bias
+            b.add_(3 * torch.randn_like(b))
+            outs[residual] = float((model(inputs, present).logits - before).abs().max())
+    assert outs[False] < 1e-5 < outs[True]

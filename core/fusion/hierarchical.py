@@ -28,13 +28,13 @@ class HierarchicalFusion(Fusion):
     MECHANISM_PARAMETERS = ("level_logits", "gate.weight", "gate.bias")
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, level_weighting: str = "sigmoid",
-                 dropout: float = 0.1, identifiable: bool = False, **options: Any):
+                 dropout: float = 0.1, identifiable: bool = False, gate_per: str = "dim", **options: Any):
         super().__init__(specs, out_dim, **options)
         if level_weighting not in ("sigmoid", "softmax"):
             raise ValueError("level_weighting must be 'sigmoid' or 'softmax'.")
         self.level_weighting, self.identifiable = level_weighting, identifiable
         self.proj = nn.ModuleList(nn.ModuleList(projector(s.level_dims[i], dim) for s in specs) for i in range(3))
-        self.mixers = nn.ModuleList(GateMixer(len(specs), dim, identifiable) for _ in range(3))
+        self.mixers = nn.ModuleList(GateMixer(len(specs), dim, identifiable, gate_per) for _ in range(3))
         self.level_logits = nn.Parameter(torch.zeros(3))
         self.out = nn.Sequential(nn.Linear(dim, out_dim), nn.LayerNorm(out_dim), nn.GELU(), nn.Dropout(dropout))
 
@@ -75,7 +75,7 @@ class EnhancedMMTM(Fusion):
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, heads: int = 8, bottleneck: int = 128,
                  temperature_mode: str = "scale", init_temperature: float = 1.0, dropout: float = 0.1,
-                 identifiable: bool = False, **options: Any):
+                 identifiable: bool = False, gate_residual: bool = True, gate_per: str = "dim", **options: Any):
         super().__init__(specs, out_dim, **options)
         if temperature_mode not in ("scale", "sharpness"):
             raise ValueError("temperature_mode must be 'scale' (sigmoid(z)*tau, seed 000) or 'sharpness' (sigmoid(z/tau)).")
@@ -83,6 +83,12 @@ class EnhancedMMTM(Fusion):
             raise ValueError("init_temperature must be positive.")
         k = len(specs)
         self.k, self.dim, self.temperature_mode, self.identifiable = k, dim, temperature_mode, identifiable
+        # seed 000: final = g * v + v (the gate recalibrates, it cannot silence an input); False: final = g * v,
+        # so a gate near 0 really removes that input from this case's fusion (a gate that selects)
+        self.gate_residual = gate_residual
+        if gate_per not in ("dim", "modality"):
+            raise ValueError("gate_per must be 'dim' (a gate per dimension, seed 000) or 'modality' (one gate per input).")
+        self.gate_per = gate_per   # 'modality': the interaction MLP gives one logit per input, shared by its dimensions
         self.tokens = TokenProjector(specs, dim)
         self.self_attn = nn.ModuleList(AttentionBlock(dim, heads, dropout) for _ in specs)
         self.cross_attn = nn.ModuleList(AttentionBlock(dim, heads, dropout) for _ in specs)
@@ -126,9 +132,12 @@ class EnhancedMMTM(Fusion):
             z = unit_scale(z)
             vs = [unit_scale(v) for v in vs]
         z = z.view(B, M, self.dim)
+        if self.gate_per == "modality":
+            # the mean of an input's unit-scaled logits is bounded (|mean| < ~1.5), so tau alone sets how sharp the choice is
+            z = z.mean(-1, keepdim=True).expand(-1, -1, self.dim)
         tau = self.temperature
         g = torch.sigmoid(z) * tau if self.temperature_mode == "scale" else torch.sigmoid(z / tau)
-        finals = [g[:, i] * v + v for i, v in enumerate(vs)]
+        finals = [g[:, i] * v + v if self.gate_residual else g[:, i] * v for i, v in enumerate(vs)]
         # 3. three scales: [a, b, a*b] (all pairwise products for k > 2), weighted sum of the scales
         sw = torch.softmax(self.scale_logits, 0)
         fused = 0

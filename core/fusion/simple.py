@@ -92,10 +92,13 @@ class GateMixer(nn.Module):
     the gate still reads the raw inputs, but what it weighs is each input brought to unit scale
     (:func:`unit_scale`) and there is no ungated residual, so the gate alone sets each modality's share."""
 
-    def __init__(self, k: int, dim: int, identifiable: bool = False):
+    def __init__(self, k: int, dim: int, identifiable: bool = False, gate_per: str = "dim"):
         super().__init__()
-        self.k, self.dim, self.identifiable = k, dim, identifiable
-        self.gate = nn.Linear(k * dim, dim if k == 2 else k * dim)
+        if gate_per not in ("dim", "modality"):
+            raise ValueError("gate_per must be 'dim' (a gate per dimension, seed 001) or 'modality' (one gate per input).")
+        self.k, self.dim, self.identifiable, self.gate_per = k, dim, identifiable, gate_per
+        width = 1 if gate_per == "modality" else dim
+        self.gate = nn.Linear(k * dim, width if k == 2 else k * width)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, hs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,9 +107,12 @@ class GateMixer(nn.Module):
         if self.k == 2:
             g = torch.sigmoid(z)
             w = torch.stack([g, 1 - g], 1)
+        elif self.gate_per == "modality":   # one weight per input and case: softmax over the inputs
+            w = torch.softmax(z.view(z.shape[0], self.k, 1), 1)
         else:
-            g = torch.sigmoid(z.view(z.shape[0], self.k, self.dim))
+            g = torch.sigmoid(z.view(z.shape[0], self.k, -1))
             w = g / g.sum(1, keepdim=True).clamp_min(1e-6)
+        w = w.expand(-1, -1, self.dim)
         stacked = torch.stack(list(hs), 1)
         if self.identifiable:
             return self.norm((w * unit_scale(stacked)).sum(1)), w
@@ -124,10 +130,10 @@ class GatedFusion(Fusion):
     MECHANISM_PARAMETERS = ("mixer.gate.weight", "mixer.gate.bias")
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, dropout: float = 0.1,
-                 identifiable: bool = False, **options: Any):
+                 identifiable: bool = False, gate_per: str = "dim", **options: Any):
         super().__init__(specs, out_dim, **options)
         self.proj = nn.ModuleList(projector(s.dim, dim) for s in specs)
-        self.mixer = GateMixer(len(specs), dim, identifiable)
+        self.mixer = GateMixer(len(specs), dim, identifiable, gate_per)
         self.out = nn.Sequential(nn.Linear(dim, out_dim), nn.LayerNorm(out_dim), nn.GELU(), nn.Dropout(dropout))
 
     def forward(self, feats: Sequence[ModalityFeatures], present: torch.Tensor):

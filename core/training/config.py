@@ -35,6 +35,9 @@ class TrainOptions:
                                        # level / scale / rank logits, gate biases, MoE router)
     gate_entropy_weight: float = 0.0   # optional regulariser: + w * mean binary entropy of the modality weights
                                        # (decisive gates); off by default
+    gate_balance_weight: float = 0.0   # optional: + w * (M * sum_m mean_batch(w_m)^2 - 1), the mixture-of-experts
+                                       # importance loss: keeps every input in use across a batch, so gates that
+                                       # choose per case cannot collapse onto one input; off by default
     patience: int = 6                  # early stopping on validation balanced accuracy
     loss: str = "ce"                   # "ce" | "focal"
     focal_gamma: float = 2.0

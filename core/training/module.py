@@ -26,6 +26,15 @@ def symmetric_kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return ((p * (logp - logq)).sum(-1) + (q * (logq - logp)).sum(-1)) / 2
 
 
+def gate_balance_loss(weights: torch.Tensor) -> torch.Tensor:
+    """The mixture-of-experts importance loss on [B, M] modality weights (rows sum to 1): M * sum_m
+    (batch mean of w_m)^2 - 1, zero when every input gets the same share of a batch, M - 1 when one input
+    takes every case. It does not care how each case splits its weight, so it lets a gate pick one input
+    per case while stopping all cases from collapsing onto the input that is easiest to fit first."""
+    imp = weights.mean(0)
+    return imp.numel() * (imp ** 2).sum() - 1
+
+
 class LitClassifier(L.LightningModule):
     def __init__(self, model: MultimodalClassifier, opts: TrainOptions, train_data: SplitTensors, val_data: SplitTensors,
                  class_counts: list[int]):
@@ -83,6 +92,8 @@ class LitClassifier(L.LightningModule):
         if self.opts.gate_entropy_weight and "modality_weights" in out.diagnostics:  # optional: decisive gates
             w = out.diagnostics["modality_weights"].clamp(1e-6, 1.0)
             loss = loss + self.opts.gate_entropy_weight * (-(w * w.log()).sum(-1)).mean()
+        if self.opts.gate_balance_weight and "modality_weights" in out.diagnostics:  # optional: no collapse
+            loss = loss + self.opts.gate_balance_weight * gate_balance_loss(out.diagnostics["modality_weights"])
         ce = F.cross_entropy(out.logits, y, reduction="none").detach()
         loss = loss + self.opts.uncertainty_weight * (torch.exp(-out.log_var) * ce + out.log_var).mean()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(y))
