@@ -169,6 +169,7 @@ def test_ray_engine_gives_the_rows_of_the_local_engine(suite, tmp_path):
     assert startup["actors"] and min(a["ready_s"] for a in startup["actors"].values()) <= startup["first_rows_s"]
     for a in startup["actors"].values():
         assert 0 <= a["import_s"] and 0 < a["load_s"] and a["constructor_s"] <= a["imported_s"] <= a["ready_s"]
+        assert a["boot_cpu_s"] > 0 and a["load_cpu_s"] > 0    # the actor's CPU: booting + importing, loading
     assert_same_rows(rows_by_key(ResultsStore(str(tmp_path / "local"))), rows_by_key(ResultsStore(str(tmp_path / "ray"))),
                      atol=1e-5)
 

@@ -106,10 +106,19 @@ def bench_engines(model_dirs: Sequence[str], records: Sequence[Mapping[str, Any]
         # report the CPU of their batches in the rows (Ray's own daemons and the actors' start-up are not counted)
         cpu = driver_cpu + (explain_cpu if eng == "ray" else 0.0)
         rate, startup = steady_state(arrivals, n, secs)
+        measured = m["runs"][-1].get("startup", {})
+        if eng == "ray":   # plus what a local Ray's start-up burnt outside the rows: daemons, idle workers, actors' boot
+            procs = measured.get("ray_processes_cpu_s", {})
+            actors = measured.get("actors", {}).values()
+            startup_cpu = (sum(v for k, v in procs.items() if k != "actors")
+                           + sum(a.get("boot_cpu_s", 0.0) + a.get("load_cpu_s", 0.0) for a in actors))
+        else:
+            startup_cpu = 0.0
         result["engines"][eng] = {"seconds": round(secs, 2), "cases_per_s": round(n / secs, 4),
                                   "steady_cases_per_s": round(rate, 4), "startup_s": round(startup, 2),
-                                  "startup_measured": m["runs"][-1].get("startup", {}),
+                                  "startup_measured": measured,
                                   "cpu_seconds": round(cpu, 2), "cpu_seconds_per_case": round(cpu / n, 4),
+                                  "startup_cpu_seconds_outside_driver": round(startup_cpu, 2),
                                   "explain_cpu_seconds_per_case": round(explain_cpu / max(len(per_case), 1), 4),
                                   "cases_ok": m["counts"]["cases_ok"], "cases_failed": m["counts"]["cases_failed"],
                                   "load_average_1min": round(os.getloadavg()[0], 1), "folder": folder}
@@ -158,6 +167,13 @@ def bench_table(r: Mapping[str, Any]) -> str:
                      + ", ".join(f"{x['ready_s']:.1f}" for x in a) + " s (each: importing the explainer "
                      + ", ".join(f"{x['import_s']:.1f}" for x in a) + " s, loading the packages "
                      + ", ".join(f"{x['load_s']:.1f}" for x in a) + f" s); first rows at {ray.get('first_rows_s', 0):.1f} s")
+        if all("boot_cpu_s" in x for x in a):
+            lines.append("ray start-up CPU s: each actor up to its constructor (Ray worker, Ray Data, importing core + torch) "
+                         + ", ".join(f"{x['boot_cpu_s']:.1f}" for x in a) + ", loading the packages (transformers) "
+                         + ", ".join(f"{x['load_cpu_s']:.1f}" for x in a))
+    procs = ray.get("ray_processes_cpu_s", {})
+    if procs:
+        lines.append("local Ray's processes, CPU s over the run: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(procs.items())))
     if "local_over_loop" in r:
         lines.append(f"local / loop: {r['local_over_loop']:.2f}x wall at {r['cases']} cases, "
                      f"{r['local_over_loop_steady']:.2f}x once started, {r['local_over_loop_cpu']:.2f}x CPU "

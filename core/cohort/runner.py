@@ -219,15 +219,18 @@ class _RayWorker:
     def __init__(self, model_dirs: Sequence[str], parts: Sequence[str], threads: int | None):
         import json
 
-        started = time.time()
+        started, boot_cpu = time.time(), time.process_time()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from .engine import CohortExplainer
 
         imported = time.time()
         self.explainer = CohortExplainer(model_dirs, parts, threads=threads or 1)
+        # CPU seconds of this process: up to the constructor (booting a Ray worker, Ray Data's map worker and
+        # unpickling this class, which imports core and torch), then for loading the packages (transformers)
         self.startup = json.dumps({"pid": os.getpid(), "process": _process_started(), "constructor": started,
-                                   "imported": imported, "ready": time.time()})
+                                   "imported": imported, "ready": time.time(), "boot_cpu": boot_cpu,
+                                   "load_cpu": time.process_time() - boot_cpu})
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -249,8 +252,57 @@ def _actor_startup(timing: dict[str, Any], startup: str, t0_epoch: float) -> Non
     rel = {k: round(a[k] - t0_epoch, 3) for k in ("process", "constructor", "imported", "ready") if a.get(k) is not None}
     actors[str(a["pid"])] = {**{f"{k}_s": v for k, v in rel.items()},
                              "import_s": round(a["imported"] - a["constructor"], 3),
-                             "load_s": round(a["ready"] - a["imported"], 3)}
+                             "load_s": round(a["ready"] - a["imported"], 3),
+                             **{f"{k}_s": round(a[k], 3) for k in ("boot_cpu", "load_cpu") if a.get(k) is not None}}
     timing["actors_ready_s"] = max(v["ready_s"] for v in actors.values())
+
+
+_RAY_KINDS = (("gcs_server", "gcs"), ("raylet/raylet", "raylet"), ("dashboard.py", "dashboard"),
+              ("log_monitor.py", "log monitor"), ("monitor.py", "autoscaler monitor"),
+              ("DashboardAgent", "dashboard agent"), ("RuntimeEnvAgent", "runtime-env agent"), ("ray::IDLE", "idle workers"))
+
+
+def process_tree_cpu(root: int | None = None) -> dict[int, tuple[str, float]]:
+    """{pid: (command line, CPU seconds so far)} of every process below ``root`` (default: this one), read
+    from Linux's /proc; {} elsewhere."""
+    root = os.getpid() if root is None else root
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    procs: dict[int, tuple[int, float, str]] = {}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            procs[pid] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, cmd)
+        except (OSError, ValueError, IndexError):
+            continue
+    out: dict[int, tuple[str, float]] = {}
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, cpu, cmd) in procs.items():
+            if ppid == parent and pid not in out:
+                out[pid] = (cmd, cpu)
+                frontier.append(pid)
+    return out
+
+
+def ray_processes_cpu(actor_pids: set[str]) -> dict[str, float]:
+    """CPU seconds of a local Ray's processes (children of this driver) by kind; the actors (``actor_pids``)
+    apart, as the rest: daemons and idle workers are start-up and housekeeping, never explaining."""
+    kinds: dict[str, float] = {}
+    for pid, (cmd, cpu) in process_tree_cpu().items():
+        if str(pid) in actor_pids:
+            kind = "actors"
+        else:
+            kind = next((k for key, k in _RAY_KINDS if key in cmd), "other")
+        kinds[kind] = round(kinds.get(kind, 0.0) + cpu, 2)
+    return kinds
 
 
 def ray_available() -> bool:
@@ -316,4 +368,6 @@ def _run_ray(model_dirs: Sequence[str], todo: Sequence[Mapping[str, Any]], parts
                 break
     finally:
         if started:
+            # where a local Ray's CPU went (its daemons and idle workers are ours alone): read before they exit
+            timing["ray_processes_cpu_s"] = ray_processes_cpu(set(timing.get("actors", {})))
             ray.shutdown()
