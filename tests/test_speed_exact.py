@@ -250,17 +250,24 @@ def test_stacked_heads_and_one_preparation_give_each_package_alone(tmp_path, mon
     from core.package import stacked
     from core.package.predictor import input_key
 
-    pkgs = [_pkg(tmp_path, v) for v in ("concat", "gated", "add", "mmtm", "irene")]
-    pkgs.append(load_package(save_package(make_model("gated", modalities=("image", "metadata")), tmp_path / "two", LABELS,
-                                          name="two")))
-    pkgs.append(load_package(save_package(make_model("unimodal", modalities=("metadata",)), tmp_path / "uni", LABELS,
-                                          name="uni")))
-    # a kan head and an int8 copy take the package's own path
-    pkgs.append(load_package(save_package(MultimodalClassifier_with_head("kan"), tmp_path / "kan", LABELS, name="kan")))
+    def own_metadata(model, seed):  # tiny models share their first-built encoders' weights: make each package's its own
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for q in model.encoders["metadata"].parameters():
+                q.add_(0.3 * torch.randn(q.shape, generator=g))
+        return model
+
+    models = [(v, make_model(v)) for v in ("concat", "gated", "add", "mmtm", "irene")]
+    models += [("two", make_model("gated", modalities=("image", "metadata"))), ("uni", make_model("unimodal", modalities=("metadata",))),
+               ("kan", MultimodalClassifier_with_head("kan"))]     # a kan head takes the package's own path
+    pkgs = [load_package(save_package(own_metadata(m, i), tmp_path / name, LABELS, name=name)) for i, (name, m) in enumerate(models)]
     pkgs.append(load_package(pkgs[1].path, int8=True))
     groups = []
     real = stacked.stacked_residual_heads
     monkeypatch.setattr(stacked, "stacked_residual_heads", lambda heads, *a: groups.append(len(heads)) or real(heads, *a))
+    tables = []
+    real_tab = stacked.stacked_tabular
+    monkeypatch.setattr(stacked, "stacked_tabular", lambda encs, *a: tables.append(len(encs)) or real_tab(encs, *a))
     prepared = []
     for p in pkgs:
         enc = p.model.encoders["metadata"]
@@ -269,8 +276,10 @@ def test_stacked_heads_and_one_preparation_give_each_package_alone(tmp_path, mon
     for case in (make_case(0), make_case(1, missing=("note",)), make_case(2, missing=("image", "note", "spectrum"))):
         groups.clear()
         prepared.clear()
+        tables.clear()
         cmp = compare_variants(pkgs, case, explain=False)
         assert sorted(groups, reverse=True)[0] >= 4                  # concat, gated, add, mmtm, irene share a head shape
+        assert tables == [8]                                          # every metadata encoder but the int8 copy's
         assert len(prepared) == len({input_key(p.model.encoders["metadata"]) for p in pkgs})
         for col in cmp.columns:
             alone = col.package.predict(case)

@@ -229,9 +229,10 @@ class FusedRows:
 
 
 def fused_rows(model: MultimodalClassifier, modalities: Sequence[str], inputs: Mapping[str, Any],
-               present: torch.Tensor) -> FusedRows:
+               present: torch.Tensor, memo: dict[Any, Any] | None = None) -> FusedRows:
     """Encoders, missing-modality fill and fusion of the cases, with their single-modality rows appended
-    when a case has two modalities or more (see ``forward_with_single_rows``)."""
+    when a case has two modalities or more (see ``forward_with_single_rows``). ``memo``: kept by a caller
+    that hands the same precomputed features to several packages (a comparison): their rows are picked once."""
     B, M = present.shape
     pres = present.tolist()     # a handful of rows: Python lists cost less than tensor ops here
     raw: dict[str, Any] = {}
@@ -258,7 +259,14 @@ def fused_rows(model: MultimodalClassifier, modalities: Sequence[str], inputs: M
             pos.append(n)
             n += bool(r[j])
         # the encoded rows, then these
-        joined[m] = f.index(torch.tensor(list(range(f.pooled.shape[0])) + [pos[i] for i in extra]))
+        pick = tuple(range(f.pooled.shape[0])) + tuple(pos[i] for i in extra)
+        hit = None if memo is None else memo.get((id(f), pick))
+        if hit is not None and hit[0] is f:
+            joined[m] = hit[1]
+            continue
+        joined[m] = f.index(torch.tensor(pick))
+        if memo is not None:
+            memo[(id(f), pick)] = (f, joined[m])
     feats = model.encode(joined, both)
     fused, diag = model.fusion(feats, both)
     return FusedRows(B, pres, True, feats, both, fused, diag)

@@ -3,6 +3,8 @@
 Each package still prepares, encodes and fuses on its own (the fusion variants differ), but
 
 * the cases are checked and preprocessed once per encoder configuration (``prepare_batch``'s memo),
+* the metadata encoders of one configuration (a suite's variants train their own) run as one stacked pass,
+* shared encoders' outputs are picked into each package's rows (the single-modality rows) once,
 * the residual heads that share a shape run as one stacked pass (batched matrix products over the
   packages' stacked weights) instead of one small pass each, and their MC-dropout masks are drawn
   once: every package's prediction seeds its own generator alike, so the masks are the same anyway.
@@ -19,10 +21,10 @@ import torch
 from torch.nn import functional as F
 
 from ..case import Case
-from ..encoders import ModalityFeatures
+from ..encoders import ModalityFeatures, TabularEncoder
 from ..heads import ResidualHead
 from ..model import ModelOutput
-from .predictor import FusedRows, finish_rows, fused_rows, head_pass, prepare_batch
+from .predictor import finish_rows, fused_rows, head_pass, input_key, prepare_batch
 
 if TYPE_CHECKING:
     from .package import Package
@@ -36,7 +38,7 @@ def run_many(packages: Sequence["Package"], cases: Sequence[Case], features: Seq
     done once (see the module docstring). ``memo``: ``prepare_batch``'s memo for these cases (a fresh one
     when None)."""
     memo = {} if memo is None else memo
-    staged: list[tuple[Any, FusedRows, torch.Tensor, list[list[str]], int]] = []
+    prepared = []
     for pkg, feats in zip(packages, features):
         T = max(pkg.mc_samples if mc_samples is None else mc_samples, 1)
         feats = {m: f for m, f in (feats or {}).items() if m in pkg.modalities}
@@ -48,9 +50,12 @@ def run_many(packages: Sequence["Package"], cases: Sequence[Case], features: Seq
                 if f.pooled.shape[0] != rows:
                     raise ValueError(f"precomputed {m} features have {f.pooled.shape[0]} rows for {rows} present cases.")
                 inputs[m] = f
-        with torch.inference_mode():
-            rows = fused_rows(pkg.inference_model, pkg.modalities, inputs, present)
-        staged.append((pkg, rows, present, warnings, T))
+        prepared.append((pkg, inputs, present, warnings, T))
+    with torch.inference_mode():
+        _stack_tabular_encoders([(pkg.inference_model, inputs) for pkg, inputs, _, _, _ in prepared])
+        picked: dict[Any, Any] = {}
+        staged = [(pkg, fused_rows(pkg.inference_model, pkg.modalities, inputs, present, picked), present, warnings, T)
+                  for pkg, inputs, present, warnings, T in prepared]
     heads: list[Any] = [None] * len(staged)
     groups: dict[tuple, list[int]] = {}
     for k, (pkg, rows, _, _, T) in enumerate(staged):
@@ -92,36 +97,42 @@ _STACKS_LOCK = threading.Lock()
 _STACKS_KEEP = 8
 
 
-def _stacked_weights(heads: Sequence[ResidualHead]) -> dict[str, torch.Tensor]:
-    """The heads' parameters stacked along a new first dimension (linear weights transposed for ``baddbmm``),
-    kept for the same heads while their weights are unchanged (a loaded package's never change)."""
-    key = tuple(id(h) for h in heads)
-    versions = tuple(p._version for h in heads for p in h.parameters())
+def _cached_stack(modules: Sequence[torch.nn.Module], build) -> dict[str, torch.Tensor]:
+    """``build(modules)`` (their parameters stacked along a new first dimension), kept for the same modules
+    while their weights are unchanged (a loaded package's never change)."""
+    key = (build.__name__, *(id(m) for m in modules))
+    versions = tuple(p._version for m in modules for p in m.parameters())
     with _STACKS_LOCK:
         hit = _STACKS.get(key)
-    if hit is not None and all(r() is h for r, h in zip(hit[0], heads)) and hit[1] == versions:
+    if hit is not None and all(r() is m for r, m in zip(hit[0], modules)) and hit[1] == versions:
         return hit[2]
-
-    def lin(mods):
-        return torch.stack([m.weight.detach().t() for m in mods]).contiguous(), \
-            torch.stack([m.bias.detach() for m in mods]).unsqueeze(1)
-
-    def ln(mods):
-        return torch.stack([m.weight.detach() for m in mods]).unsqueeze(1), torch.stack([m.bias.detach() for m in mods]).unsqueeze(1)
-
-    w: dict[str, torch.Tensor] = {}
-    w["inp.w"], w["inp.b"] = lin([h.inp for h in heads])
-    for i in range(len(heads[0].blocks)):
-        w[f"{i}.norm.w"], w[f"{i}.norm.b"] = ln([h.blocks[i].norm for h in heads])
-        w[f"{i}.l1.w"], w[f"{i}.l1.b"] = lin([h.blocks[i].l1 for h in heads])
-        w[f"{i}.l2.w"], w[f"{i}.l2.b"] = lin([h.blocks[i].l2 for h in heads])
-    w["norm.w"], w["norm.b"] = ln([h.norm for h in heads])
-    w["logits.w"], w["logits.b"] = lin([h.logits for h in heads])
-    w["log_var.w"], w["log_var.b"] = lin([h.log_var for h in heads])
+    w = build(modules)
     with _STACKS_LOCK:
         if len(_STACKS) >= _STACKS_KEEP:
             _STACKS.pop(next(iter(_STACKS)))
-        _STACKS[key] = ([weakref.ref(h) for h in heads], versions, w)
+        _STACKS[key] = ([weakref.ref(m) for m in modules], versions, w)
+    return w
+
+
+def _lin(mods: Sequence[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked linear layers for ``baddbmm``: weights [V, in, out], biases [V, 1, out]."""
+    return torch.stack([m.weight.detach().t() for m in mods]).contiguous(), torch.stack([m.bias.detach() for m in mods]).unsqueeze(1)
+
+
+def _ln(mods: Sequence[torch.nn.LayerNorm]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([m.weight.detach() for m in mods]).unsqueeze(1), torch.stack([m.bias.detach() for m in mods]).unsqueeze(1)
+
+
+def _head_weights(heads: Sequence[ResidualHead]) -> dict[str, torch.Tensor]:
+    w: dict[str, torch.Tensor] = {}
+    w["inp.w"], w["inp.b"] = _lin([h.inp for h in heads])
+    for i in range(len(heads[0].blocks)):
+        w[f"{i}.norm.w"], w[f"{i}.norm.b"] = _ln([h.blocks[i].norm for h in heads])
+        w[f"{i}.l1.w"], w[f"{i}.l1.b"] = _lin([h.blocks[i].l1 for h in heads])
+        w[f"{i}.l2.w"], w[f"{i}.l2.b"] = _lin([h.blocks[i].l2 for h in heads])
+    w["norm.w"], w["norm.b"] = _ln([h.norm for h in heads])
+    w["logits.w"], w["logits.b"] = _lin([h.logits for h in heads])
+    w["log_var.w"], w["log_var.b"] = _lin([h.log_var for h in heads])
     return w
 
 
@@ -133,7 +144,7 @@ def stacked_residual_heads(heads: Sequence[ResidualHead], fused: torch.Tensor, n
     the masks its own freshly seeded generator would give it. -> per head (logits [N, C], log_var [N],
     MC logits [T, n, C], MC log_var [T, n])."""
     h0 = heads[0]
-    w = _stacked_weights(heads)
+    w = _cached_stack(heads, _head_weights)
     V, N, D = fused.shape
     p = float(h0.dropout)
     x = torch.cat([fused, fused[:, :n].unsqueeze(1).expand(V, T, n, D).reshape(V, T * n, D)], 1)
@@ -158,3 +169,54 @@ def stacked_residual_heads(heads: Sequence[ResidualHead], fused: torch.Tensor, n
     logits, log_var = linear(h, "logits"), linear(h, "log_var").squeeze(-1)
     C = logits.shape[-1]
     return [(logits[v, :N], log_var[v, :N], logits[v, N:].view(T, -1, C), log_var[v, N:].view(T, -1)) for v in range(V)]
+
+
+# ---- stacked tabular encoders --------------------------------------------------------------------------
+
+def _stack_tabular_encoders(models_inputs: Sequence[tuple[Any, dict[str, Any]]]) -> None:
+    """Every package's metadata encoder that is a plain ``TabularEncoder`` reading the same prepared values
+    with the same configuration runs in one stacked pass; its output replaces the prepared input in ``inputs``
+    (``fused_rows`` takes encoder outputs as they are)."""
+    groups: dict[tuple, list[tuple[Any, dict[str, Any]]]] = {}
+    for model, inputs in models_inputs:
+        enc = model.encoders["metadata"] if "metadata" in model.encoders else None
+        x = inputs.get("metadata")
+        if enc is None or type(enc) is not TabularEncoder or enc.training or not isinstance(x, dict) \
+                or any(type(m) is not torch.nn.Linear for m in (enc.l1, enc.l2, enc.l3, enc.out[0])):
+            continue
+        groups.setdefault((input_key(enc), id(x["values"])), []).append((enc, inputs))
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        encs = [e for e, _ in members]
+        for (_, inputs), out in zip(members, stacked_tabular(encs, members[0][1]["metadata"]["values"])):
+            inputs["metadata"] = out
+
+
+def _tabular_weights(encs: Sequence[TabularEncoder]) -> dict[str, torch.Tensor]:
+    w: dict[str, torch.Tensor] = {"gates": torch.stack([e.feature_gates().detach() for e in encs])}
+    for name in ("l1", "l2", "l3"):
+        w[f"{name}.w"], w[f"{name}.b"] = _lin([getattr(e, name) for e in encs])
+    w["out.w"], w["out.b"] = _lin([e.out[0] for e in encs])
+    w["out_norm.w"], w["out_norm.b"] = _ln([e.out[1] for e in encs])
+    w["tokens.w"] = torch.stack([(e.token_weight * e.member.unsqueeze(-1)).detach() for e in encs])
+    w["tokens.b"] = torch.stack([e.token_bias.detach() for e in encs]).unsqueeze(1)
+    return w
+
+
+def stacked_tabular(encs: Sequence[TabularEncoder], values: torch.Tensor) -> list[ModalityFeatures]:
+    """``[enc(values) for enc in encs]`` as one pass (tabular encoders of one configuration, eval mode)."""
+    w = _cached_stack(encs, _tabular_weights)
+    x = values * (w["gates"] @ encs[0].member).unsqueeze(1)          # [V, B, width]
+
+    def linear(x: torch.Tensor, name: str) -> torch.Tensor:
+        return torch.baddbmm(w[f"{name}.b"], x, w[f"{name}.w"])
+
+    h1 = F.gelu(linear(x, "l1"))
+    h2 = F.gelu(linear(h1, "l2"))
+    h3 = F.gelu(linear(h2, "l3"))
+    pooled = linear(torch.cat([h1, h2, h3], dim=-1), "out")
+    pooled = F.layer_norm(pooled, pooled.shape[-1:], None, None, encs[0].out[1].eps) * w["out_norm.w"] + w["out_norm.b"]
+    tokens = torch.einsum("vbc,vfct->vbft", x, w["tokens.w"]) + w["tokens.b"]
+    mask = torch.ones(tokens.shape[1:3], dtype=torch.bool, device=tokens.device)
+    return [ModalityFeatures(pooled[v], (h1[v], h2[v], h3[v]), tokens[v], mask) for v in range(len(encs))]
