@@ -22,8 +22,7 @@ import torch
 from .case import Case, CaseError
 from .encoders import ModalityFeatures
 from .package import Package, PackageConfig, Prediction
-from .package.predictor import predictions
-from .package.stacked import run_many
+from .package.stacked import predictions_many, run_many
 from .utils import to_jsonable
 
 COMPARE_PARTS = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
@@ -315,7 +314,7 @@ def compare_variants(packages: Sequence[Package], case: Case, explain: bool = Tr
     t1 = time.perf_counter()
     if share_encoders:  # the case checked and prepared once per encoder configuration, like heads stacked
         runs = run_many(packages, [case], [f or None for f in feats], mc_samples, 0, cache.memo)
-        columns = [VariantColumn(p, predictions(p, [case], *r)[0]) for p, r in zip(packages, runs)]
+        columns = [VariantColumn(p, pred[0]) for p, pred in zip(packages, predictions_many(packages, [case], runs))]
     else:
         columns = [VariantColumn(p, p.predict(case, mc_samples, 0)) for p in packages]
     timings["predictions"] = round(time.perf_counter() - t1, 4)

@@ -262,6 +262,8 @@ def test_stacked_heads_and_one_preparation_give_each_package_alone(tmp_path, mon
                ("kan", MultimodalClassifier_with_head("kan"))]     # a kan head takes the package's own path
     pkgs = [load_package(save_package(own_metadata(m, i), tmp_path / name, LABELS, name=name)) for i, (name, m) in enumerate(models)]
     pkgs.append(load_package(pkgs[1].path, int8=True))
+    for i, p in enumerate(pkgs):           # each its own calibration temperature (the posteriors are computed together)
+        p.temperature = 0.6 + 0.25 * i
     groups = []
     real = stacked.stacked_residual_heads
     monkeypatch.setattr(stacked, "stacked_residual_heads", lambda heads, *a: groups.append(len(heads)) or real(heads, *a))

@@ -150,7 +150,9 @@ class Posterior:
         return self.uncertainty.normalised_entropy
 
 
-def posterior(det_logits: torch.Tensor, mc_logits: torch.Tensor, mc_log_var: torch.Tensor, temperature: float) -> Posterior:
+def posterior(det_logits: torch.Tensor, mc_logits: torch.Tensor, mc_log_var: torch.Tensor,
+              temperature: "float | torch.Tensor") -> Posterior:
+    """``temperature``: one for every row, or a [B, 1] tensor (each row its own)."""
     return Posterior(torch.softmax(det_logits, -1), torch.softmax(det_logits / temperature, -1),
                      decompose(mc_logits, mc_log_var, temperature))
 
@@ -344,9 +346,11 @@ def predict(pkg: "Package", case: Case | Sequence[Case], mc_samples: int | None 
 
 
 def predictions(pkg: "Package", cases: Sequence[Case], det: ModelOutput, mc: ModelOutput, present: torch.Tensor,
-                warnings: list[list[str]]) -> list[Prediction]:
-    """The Predictions of ``cases`` from the outputs of ``run`` on them."""
-    post = posterior(det.logits, mc.logits, mc.log_var, pkg.temperature)
+                warnings: list[list[str]], post: Posterior | None = None, row0: int = 0) -> list[Prediction]:
+    """The Predictions of ``cases`` from the outputs of ``run`` on them. ``post``: their posterior already
+    computed, in rows ``row0:`` of a larger batch (several packages' posteriors at once, ``stacked``)."""
+    if post is None:
+        post = posterior(det.logits, mc.logits, mc.log_var, pkg.temperature)
     gates = pkg.model.encoders["metadata"].feature_gates() if "metadata" in pkg.model.encoders else None
     out = []
     flags = present.tolist()
@@ -354,7 +358,7 @@ def predictions(pkg: "Package", cases: Sequence[Case], det: ModelOutput, mc: Mod
         diag = case_diagnostics(det.diagnostics, i)
         if gates is not None:
             diag["metadata_feature_gates"] = dict(zip(pkg.schema.names, gates.tolist()))
-        out.append(make_prediction(pkg, post, i, dict(zip(pkg.modalities, map(bool, flags[i]))), diag, warnings[i],
+        out.append(make_prediction(pkg, post, row0 + i, dict(zip(pkg.modalities, map(bool, flags[i]))), diag, warnings[i],
                                    c.case_id))
     return out
 

@@ -24,7 +24,7 @@ from ..case import Case
 from ..encoders import ModalityFeatures, TabularEncoder
 from ..heads import ResidualHead
 from ..model import ModelOutput
-from .predictor import finish_rows, fused_rows, head_pass, input_key, prepare_batch
+from .predictor import Prediction, finish_rows, fused_rows, head_pass, input_key, posterior, predictions, prepare_batch
 
 if TYPE_CHECKING:
     from .package import Package
@@ -81,6 +81,29 @@ def run_many(packages: Sequence["Package"], cases: Sequence[Case], features: Seq
     return out_runs
 
 
+def predictions_many(packages: Sequence["Package"], cases: Sequence[Case], runs: Sequence[Run]) -> list[list[Prediction]]:
+    """``[predictions(pkg, cases, *run) for pkg, run in zip(packages, runs)]`` with the posteriors of the packages
+    that drew the same number of MC samples computed as one batch (each package's rows divided by its own
+    calibration temperature)."""
+    groups: dict[tuple, list[int]] = {}
+    for k, (_, mc, _, _) in enumerate(runs):
+        groups.setdefault((tuple(mc.logits.shape), mc.logits.dtype), []).append(k)
+    out: list[list[Prediction]] = [[] for _ in runs]
+    for idx in groups.values():
+        if len(idx) < 2:
+            k = idx[0]
+            out[k] = predictions(packages[k], cases, *runs[k])
+            continue
+        B = runs[idx[0]][0].logits.shape[0]
+        temps = torch.tensor([float(packages[k].temperature) for k in idx], dtype=runs[idx[0]][0].logits.dtype)
+        temps = temps.repeat_interleave(B).unsqueeze(-1)                       # [V * B, 1]
+        post = posterior(torch.cat([runs[k][0].logits for k in idx]), torch.cat([runs[k][1].logits for k in idx], 1),
+                         torch.cat([runs[k][1].log_var for k in idx], 1), temps)
+        for v, k in enumerate(idx):
+            out[k] = predictions(packages[k], cases, *runs[k], post=post, row0=v * B)
+    return out
+
+
 def stack_key(head: Any, fused: torch.Tensor, n: int, T: int) -> tuple | None:
     """Heads with equal keys can run as one stacked pass (None: this head can't)."""
     if type(head) is not ResidualHead or any(type(m) is not torch.nn.Linear for m in
@@ -92,25 +115,27 @@ def stack_key(head: Any, fused: torch.Tensor, n: int, T: int) -> tuple | None:
 
 # ---- the stacked residual head -----------------------------------------------------------------------
 
-_STACKS: dict[tuple[int, ...], tuple[list[weakref.ref], tuple, dict[str, torch.Tensor]]] = {}
+_STACKS: dict[tuple, tuple[list[weakref.ref], list[torch.Tensor], list[int], dict[str, torch.Tensor]]] = {}
 _STACKS_LOCK = threading.Lock()
 _STACKS_KEEP = 8
 
 
 def _cached_stack(modules: Sequence[torch.nn.Module], build) -> dict[str, torch.Tensor]:
     """``build(modules)`` (their parameters stacked along a new first dimension), kept for the same modules
-    while their weights are unchanged (a loaded package's never change)."""
+    while their weights are unchanged (a loaded package's never change; a parameter changed in place bumps
+    its version counter and the stack is rebuilt)."""
     key = (build.__name__, *(id(m) for m in modules))
-    versions = tuple(p._version for m in modules for p in m.parameters())
     with _STACKS_LOCK:
         hit = _STACKS.get(key)
-    if hit is not None and all(r() is m for r, m in zip(hit[0], modules)) and hit[1] == versions:
-        return hit[2]
+    if hit is not None and all(r() is m for r, m in zip(hit[0], modules)) \
+            and all(p._version == v for p, v in zip(hit[1], hit[2])):
+        return hit[3]
+    params = [p for m in modules for p in m.parameters()]
     w = build(modules)
     with _STACKS_LOCK:
         if len(_STACKS) >= _STACKS_KEEP:
             _STACKS.pop(next(iter(_STACKS)))
-        _STACKS[key] = ([weakref.ref(m) for m in modules], versions, w)
+        _STACKS[key] = ([weakref.ref(m) for m in modules], params, [p._version for p in params], w)
     return w
 
 
