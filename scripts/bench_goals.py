@@ -29,6 +29,9 @@ def main() -> int:
     ap.add_argument("--memory-cases", type=int, default=30)
     ap.add_argument("--cohort", action="append", choices=["dermatology", "diabetes"])
     ap.add_argument("--json")
+    ap.add_argument("--floors", action="store_true",
+                    help="also measure what a comparison cannot go below while every variant keeps its own fusion: the "
+                         "shared encoders once plus each variant's fusion pass alone, over one predict")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time (time.process_time), steadier than wall time on a machine that "
                          "other jobs keep busy (with OMP_NUM_THREADS=1 the two agree on an idle machine)")
@@ -72,6 +75,7 @@ def main() -> int:
             S["explain_full"].append(clock() - t)
             for k, v in ex.timings.items():
                 parts.setdefault(k, []).append(v)
+        floors = _floors(variants, cases, pkg, clock, args.repeats) if args.floors else None
         mem_parts = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
         warm = min(10, max(2, args.memory_cases // 10))
         base = None
@@ -93,6 +97,9 @@ def main() -> int:
                        "memory_growth_percent": round(100 * (end - base) / base, 3) if base else None},
             "memory_mib": {"after_warm_up": round(base or 0, 1), f"after_{args.memory_cases}_explained_cases": round(end, 1)},
         }
+        if floors:
+            out["cohorts"][cohort]["compare_floor"] = floors
+            print(cohort, "compare floor", json.dumps(floors), flush=True)
         print(cohort, json.dumps(out["cohorts"][cohort]["ratios"]), json.dumps(out["cohorts"][cohort]["median_ms"]), flush=True)
         del variants, pkg
         gc.collect()
@@ -100,6 +107,45 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
+
+
+def _floors(variants, cases, pkg, clock, repeats: int) -> dict:
+    """Median CPU (or wall) ms per case: one predict of the main package; the shared encoders of a comparison
+    (every frozen encoder once, a dual expert's lesion stream included); every variant's fusion alone on the
+    rows its prediction fuses (the case and its single-modality rows); and their sum over the predict: the
+    ratio a comparison cannot go below while each variant keeps its own fusion pass."""
+    import statistics
+
+    import torch
+
+    from core.compare import SharedEncoderCache
+    from core.package.predictor import fused_rows, prepare_batch
+
+    S: dict[str, list[float]] = {"predict_T30": [], "shared_encoders": [], "fusions": []}
+    for case in cases:
+        for _ in range(repeats):
+            t = clock()
+            pkg.predict(case, mc_samples=30)
+            S["predict_T30"].append(clock() - t)
+            t = clock()
+            cache = SharedEncoderCache(case)
+            feats = [cache.features_for(p) for p in variants]
+            S["shared_encoders"].append(clock() - t)
+            total = 0.0
+            for p, f in zip(variants, feats):
+                f = {m: x for m, x in f.items() if m in p.modalities}
+                inputs, present, _ = prepare_batch(p.model, [case], set(f))
+                inputs.update(f)
+                with torch.inference_mode():
+                    rows = fused_rows(p.model, p.modalities, inputs, present)
+                    t = clock()
+                    p.model.fusion(rows.feats, rows.present)
+                    total += clock() - t
+            S["fusions"].append(total)
+    med = {k: 1000 * statistics.median(v) for k, v in S.items()}
+    return {"median_ms": {k: round(v, 2) for k, v in med.items()},
+            "floor_over_predict": round((med["shared_encoders"] + med["fusions"]) / med["predict_T30"], 3),
+            "fusions_over_predict": round(med["fusions"] / med["predict_T30"], 3)}
 
 
 if __name__ == "__main__":

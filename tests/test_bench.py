@@ -37,6 +37,9 @@ def test_bench_quick_mode_reports_every_stage_ratio_and_memory(tmp_path, capsys)
         # every speed ratio is a positive number (memory growth may be zero or negative)
         assert all(v > 0 for k, v in r["ratios"].items() if k != "memory_growth_percent"), r["ratios"]
         assert set(r["goals"]) == set(GOALS)
+        cpu = r["ratios_cpu_time"]   # the time ratios again in CPU time, each goal's beside its wall-time value
+        assert set(cpu) == set(r["ratios"]) - {"memory_growth_percent"} and all(v > 0 and math.isfinite(v) for v in cpu.values())
+        assert all(r["goals"][k]["value_cpu_time"] == cpu[k] for k in GOALS if k in cpu)
         m = r["memory_mib"]
         assert m["holding_every_package"] >= m["before_loading"] > 0 and m["explained_cases"] == 2
     derm = result["cohorts"]["dermatology"]["stages"]
