@@ -27,7 +27,7 @@ from core.explain import EXPLAIN_PARTS
 
 JOB_KEY = "fl_background"          # session_state: the session's Job
 ORDER = ("modality", "cam", "lesion_context", "stability", "note", "table", "spectrum")  # the pages' order
-DEFAULTS: dict[str, Any] = {"cam_methods": ("gradcam",), "cam_layer": "last stage", "tta": False, "ig_steps": 24,
+DEFAULTS: dict[str, Any] = {"cam_methods": ("auto",), "cam_layer": "auto", "tta": False, "ig_steps": 24,
                             "stability_samples": 8, "shapley_samples": 40}
 # which explain_case options each part depends on (besides the target): core's part registry says
 PART_OPTIONS = {p: EXPLAIN_PARTS.get(p).options for p in ORDER}

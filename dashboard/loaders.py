@@ -129,7 +129,10 @@ def explain(pkg: Package, case: Case, parts: Sequence[str], only_cached: bool = 
 
 
 def cam_layers(pkg: Package) -> list[str]:
-    return list(pkg.model.encoders["image"].cam_layers()) if "image" in pkg.model.encoders else []
+    """The image encoder's CAM layers and the layer products (core.explain.gradcam.cam_layer_names)."""
+    from core.explain.gradcam import cam_layer_names
+
+    return cam_layer_names(pkg.model.encoders["image"]) if "image" in pkg.model.encoders else []
 
 
 def compare(pkgs: Sequence[Package], case: Case, explain: bool, only_cached: bool = False) -> Any:

@@ -46,7 +46,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     case = case_from_args(args)
     with usage_errors():
         target = int(args.target) if args.target and args.target.isdigit() else args.target
-        ex = explain_case(pkg, case, target=target, parts=parts, cam_methods=args.cam or ("gradcam",), tta=args.tta,
+        ex = explain_case(pkg, case, target=target, parts=parts, cam_methods=args.cam or ("auto",), tta=args.tta,
                           ig_steps=args.ig_steps)
     if args.json:
         print(json.dumps(ex.to_dict()))

@@ -36,7 +36,7 @@ def build_parser() -> Parser:
     add_case_arguments(p)
     p.add_argument("--target", help="class to explain (label or index; default: the predicted class)")
     p.add_argument("--parts", nargs="*", help="explanation parts (default: all the fast ones)")
-    p.add_argument("--cam", nargs="*", default=[], help="CAM methods (default: gradcam)")
+    p.add_argument("--cam", nargs="*", default=[], help="CAM methods (default: the package's, core.explain.gradcam.default_cam)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for the CAM")
     p.add_argument("--ig-steps", type=int, default=24)
     p.add_argument("--json", action="store_true")

@@ -16,6 +16,7 @@ from ..case import Case
 from ..package import Package, Prediction, to_jsonable
 from ..package.predictor import predictions
 from .context import ExplainContext
+from .gradcam import resolve_cam
 from .parts import DEFAULT_PARTS, EXPLAIN_PARTS, PARTS, SKIP_ORDER, PartRun, run_order
 
 
@@ -63,7 +64,7 @@ class ExplainCancelled(Exception):
 
 
 def explain_case(package: Package, case: Case, target: int | str | None = None, parts: Sequence[str] = DEFAULT_PARTS,
-                 cam_methods: Sequence[str] = ("gradcam",), cam_layer: str = "last stage", tta: bool = False,
+                 cam_methods: Sequence[str] = ("auto",), cam_layer: str = "auto", tta: bool = False,
                  ig_steps: int = 24, stability_samples: int = 8, shapley_samples: int = 40,
                  mc_samples: int | None = None, features: dict[str, Any] | None = None,
                  progress: Callable[[str, "Explanation"], None] | None = None,
@@ -102,6 +103,8 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
             p = EXPLAIN_PARTS.get(name)
             if name in parts and modality in p.needs:
                 ex.skipped[name] = p.skip_reason(modality, package.modalities)
+    # "auto": the package's default heatmap (core.explain.gradcam.default_cam: measured per suite)
+    cam_methods, cam_layer = resolve_cam(package, tuple(cam_methods), cam_layer)
     run = PartRun(ctx, ex, timed, tuple(cam_methods), cam_layer, tta, ig_steps, stability_samples, shapley_samples)
     for name in run_order(parts):
         p = EXPLAIN_PARTS.get(name)

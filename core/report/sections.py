@@ -108,6 +108,13 @@ def _mask(rep: CaseReport):
     return rep.case.mask
 
 
+def _cam_name(method: str, ex) -> str:
+    """Which method on which layer drew the heatmap (core.explain.gradcam.describe_cam)."""
+    from ..explain.gradcam import describe_cam
+
+    return describe_cam(method, ex.cam_layer) if getattr(ex, "cam_layer", None) else method
+
+
 def headline_image(rep: CaseReport) -> tuple[str, bytes] | None:
     """Page 1's picture: the image with the first heatmap and the lesion outline (or the plain image)."""
     case, ex = rep.case, rep.explanation
@@ -116,7 +123,8 @@ def headline_image(rep: CaseReport) -> tuple[str, bytes] | None:
     mask = _mask(rep)
     if ex is not None and ex.cams:
         method, cam = next(iter(ex.cams.items()))
-        cap = (f"Heatmap ({method}) for {ex.target_label}: red = the image regions that raised the probability most"
+        cap = (f"Heatmap ({_cam_name(method, ex)}) for {ex.target_label}: red = the image regions that raised the "
+               "probability most"
                + ("; green line = lesion outline" if mask is not None else ""))
         return cap, figures.cam_png(case.image, cam, mask, "")
     return ("Input image" + (" (green: lesion outline)" if mask is not None else ""), figures.thumbnail_png(case.image, mask))
@@ -134,7 +142,8 @@ def images(rep: CaseReport) -> list[tuple[str, bytes]]:
         shares = (ex.lesion_context or {}).get("shares", {})
         for method, cam in ex.cams.items():
             sh = shares.get(method)
-            cap = f"{method} for {ex.target_label}" + (f": lesion {pct(sh['lesion'])}, surroundings {pct(sh['context'])}" if sh else "")
+            cap = f"{_cam_name(method, ex)} for {ex.target_label}" + (
+                f": lesion {pct(sh['lesion'])}, surroundings {pct(sh['context'])}" if sh else "")
             out.append((cap, figures.cam_png(case.image, cam, mask, method)))
     return out
 

@@ -8,6 +8,7 @@ import streamlit as st
 from core import plots
 from core.errors import FusionLensError
 from core.explain import CAM_METHODS
+from core.explain.gradcam import default_cam, describe_cam
 from core.explain.cohort import map_measures
 from dashboard import loaders
 from dashboard.auth import require_sign_in
@@ -33,10 +34,13 @@ def method_name(m: str) -> str:
 
 
 c1, c2, c3 = st.columns(3)
-method = c1.selectbox("CAM method", list(CAM_METHODS), key="cam_method", format_func=method_name,
-                      help="Methods marked slow run one forward pass per channel of the layer.")
-layer = c2.selectbox("Layer", loaders.cam_layers(pkg), key="cam_layer",
-                     help="The last stage is coarse and semantic; earlier stages are finer but noisier.")
+default_method, default_layer = default_cam(pkg)   # measured per suite (HAM10000: Grad-CAM++ x early LayerCAM)
+layers = loaders.cam_layers(pkg)
+method = c1.selectbox("CAM method", list(CAM_METHODS), index=list(CAM_METHODS).index(default_method), key="cam_method",
+                      format_func=method_name, help="Methods marked slow run one forward pass per channel of the layer.")
+layer = c2.selectbox("Layer", layers, index=layers.index(default_layer) if default_layer in layers else 0, key="cam_layer",
+                     help="The last stage is coarse and semantic; earlier stages are finer but noisier; "
+                          "'last × early stage' gates the last stage's map by the early stage's LayerCAM.")
 target = c3.selectbox("Explain the class", pkg.labels, index=pred.label_index, key="image_target")
 c4, c5, c6 = st.columns(3)
 tta = c4.toggle("Test-time augmentation", key="cam_tta", help="Average the heatmap over flips and a rotation.")
@@ -62,12 +66,12 @@ lc = ex.lesion_context or {}
 left, right = st.columns(2)
 with left:
     st.plotly_chart(plots.cam_overlay(case.image, cam, opacity, lc.get("mask"), lc.get("ring"),
-                                      f"{method} · {layer} · P({target})"), key="cam_chart")
+                                      f"{describe_cam(method, layer)} · P({target})"), key="cam_chart")
     st.caption(f"Green outline: lesion mask ({lc.get('mask_source', 'none')}); dotted white: the context ring around it. "
                "Red = regions that raised the explained class's calibrated logit.")
     if st.checkbox("Prepare a PNG of this overlay", key="cam_png"):
         st.download_button("Download PNG", plots.cam_overlay_png(case.image, cam, lc.get("mask"), opacity,
-                                                                 f"{method} · {layer} · P({target})"),
+                                                                 f"{describe_cam(method, layer)} · P({target})"),
                            file_name=f"{case.case_id or 'case'}_{method}.png", mime="image/png", key="cam_png_download")
 with right:
     shares = (lc.get("shares") or {}).get(method)
