@@ -300,7 +300,9 @@ def ray_processes_cpu(actor_pids: set[str]) -> dict[str, float]:
         if str(pid) in actor_pids:
             kind = "actors"
         else:
-            kind = next((k for key, k in _RAY_KINDS if key in cmd), "other")
+            # else the process's own name (Ray titles its actors "ray::Class"), so nothing hides under "other"
+            kind = next((k for key, k in _RAY_KINDS if key in cmd), None) or (cmd.split()[0].rsplit("/", 1)[-1][:40]
+                                                                              if cmd else "other")
         kinds[kind] = round(kinds.get(kind, 0.0) + cpu, 2)
     return kinds
 
