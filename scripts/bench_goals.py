@@ -5,6 +5,9 @@ comparing every variant, the full `explain_case`, and resident memory over expla
 
     python scripts/bench_goals.py [--repo PATH] [--cases 3] [--memory-cases 30] [--clock cpu] [--json out.json]
 
+``--floors`` and ``--compare-paths`` (this checkout's code only) add what a comparison cannot go below and
+the package-by-package columns timed against ``compare_variants``.
+
 ``--repo`` measures the code of another checkout (e.g. a `git worktree` of an older commit) on its own
 assets, so two runs started side by side give before/after figures under the same load.
 """
@@ -29,6 +32,10 @@ def main() -> int:
     ap.add_argument("--memory-cases", type=int, default=30)
     ap.add_argument("--cohort", action="append", choices=["dermatology", "diabetes"])
     ap.add_argument("--json")
+    ap.add_argument("--compare-paths", action="store_true",
+                    help="also time, interleaved call by call, a comparison's columns the package-by-package way "
+                         "(shared encoders once, then Package.predict per variant) against compare_variants (stacked "
+                         "metadata encoders / heads / posteriors), with the largest difference of their numbers")
     ap.add_argument("--floors", action="store_true",
                     help="also measure what a comparison cannot go below while every variant keeps its own fusion: the "
                          "shared encoders once plus each variant's fusion pass alone, over one predict")
@@ -76,6 +83,7 @@ def main() -> int:
             for k, v in ex.timings.items():
                 parts.setdefault(k, []).append(v)
         floors = _floors(variants, cases, pkg, clock, args.repeats) if args.floors else None
+        paths = _compare_paths(variants, cases, pkg, clock, args.repeats) if args.compare_paths else None
         mem_parts = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
         warm = min(10, max(2, args.memory_cases // 10))
         base = None
@@ -97,6 +105,9 @@ def main() -> int:
                        "memory_growth_percent": round(100 * (end - base) / base, 3) if base else None},
             "memory_mib": {"after_warm_up": round(base or 0, 1), f"after_{args.memory_cases}_explained_cases": round(end, 1)},
         }
+        if paths:
+            out["cohorts"][cohort]["compare_paths"] = paths
+            print(cohort, "compare paths", json.dumps(paths), flush=True)
         if floors:
             out["cohorts"][cohort]["compare_floor"] = floors
             print(cohort, "compare floor", json.dumps(floors), flush=True)
@@ -107,6 +118,41 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
+
+
+def _compare_paths(variants, cases, pkg, clock, repeats: int) -> dict:
+    """Median ms of one predict, the package-by-package columns and ``compare_variants``, timed in turn."""
+    import statistics
+
+    import numpy as np
+
+    from core.compare import SharedEncoderCache, compare_variants
+
+    def one_by_one(case):
+        cache = SharedEncoderCache(case)
+        feats = [cache.features_for(p) for p in variants]
+        return [p.predict(case, None, 0, f or None) for p, f in zip(variants, feats)]
+
+    S: dict[str, list[float]] = {"predict_T30": [], "package_by_package": [], "compare_variants": []}
+    diff = 0.0
+    for case in cases:
+        a, b = one_by_one(case), compare_variants(variants, case, explain=False)
+        for x, y in zip(a, b.columns):
+            diff = max(diff, float(np.abs(x.calibrated - y.prediction.calibrated).max()),
+                       float(np.abs(x.mc_samples - y.prediction.mc_samples).max()),
+                       max(abs(x.uncertainty[k] - y.prediction.uncertainty[k]) for k in x.uncertainty))
+        for _ in range(repeats):
+            for name, fn in (("predict_T30", lambda c=case: pkg.predict(c, mc_samples=30)),
+                             ("package_by_package", lambda c=case: one_by_one(c)),
+                             ("compare_variants", lambda c=case: compare_variants(variants, c, explain=False))):
+                t = clock()
+                fn()
+                S[name].append(clock() - t)
+    med = {k: 1000 * statistics.median(v) for k, v in S.items()}
+    return {"median_ms": {k: round(v, 2) for k, v in med.items()},
+            "package_by_package_over_predict": round(med["package_by_package"] / med["predict_T30"], 3),
+            "compare_variants_over_predict": round(med["compare_variants"] / med["predict_T30"], 3),
+            "max_abs_difference": diff}
 
 
 def _floors(variants, cases, pkg, clock, repeats: int) -> dict:
