@@ -60,3 +60,16 @@ def test_bench_table_reports_where_rays_start_up_went():
     assert "up to its constructor (Ray worker, Ray Data, importing core + torch) 3.5, 3.6" in text
     assert "loading the packages (transformers) 3.1, 3.0" in text
     assert "actors 20.0, gcs 0.4, idle workers 1.0, raylet 1.1" in text
+
+
+def test_bench_table_gives_the_order_free_explaining_cpu_ratio():
+    from core.cohort.bench import bench_table
+
+    eng = {"seconds": 10.0, "cases_per_s": 1.0, "startup_s": 0.0, "steady_cases_per_s": 1.0, "cpu_seconds_per_case": 0.5,
+           "load_average_1min": 1.0, "startup_measured": {}}
+    r = {"cases": 10, "packages": ["a"], "parts": ["prediction"], "batch_size": 8, "torch_threads": 1, "cpus": 2,
+         "engines": {"loop": {**eng, "explain_cpu_seconds_per_case": 0.9}, "local": {**eng, "explain_cpu_seconds_per_case": 0.3}},
+         "local_over_loop": 1.0, "local_over_loop_steady": 1.0, "local_over_loop_cpu": 1.0, "local_over_loop_explain_cpu": 3.0,
+         "max_probability_difference": {}}
+    text = bench_table(r)
+    assert "3.00x the rows' own CPU (explaining only)" in text and "      0.900 " in text
