@@ -17,18 +17,21 @@ What scales the figures (2 dermatology packages sharing MiniLM and EfficientNet-
 process; measured on 2 shared cores, so compare CPU seconds when the load changes between engines):
 
 * ``local / loop``: with ``note_top`` the note's integrated gradients dominate both engines (24 forward and
-  backward passes through the text transformer per case; compute-bound at one thread, so grouping notes
-  does not help). The loop pays P x (forward + backward) per case for P packages; the batched engine runs
-  the shared encoder's forward once and P backward passes, so the ratio tends to 2P / (P + 1) on the note
-  alone (1.3x for 2 packages, 1.8x for 8) plus what batching removes from the other parts (encoders once
-  per batch, Grad-CAM from the shared last-stage maps, Shapley coalitions in one pass): 1.8x in CPU end to
-  end with all six parts, 3.4x without ``note_top`` (0.38 vs 0.11 CPU s per case).
-* ``local / ray``: Ray's CPU per case is that of ``local`` (1.03x: its per-batch overhead is small); it
-  pays a fixed start-up -- ``ray.init`` (~7-10 s wall), then each actor booting a Ray worker, importing
-  torch, captum and transformers and loading every package (~5.5 CPU s per actor, ~20 s wall on 2 loaded
-  cores; pytorch-grad-cam is no longer imported by the actors) -- and then explains with ``workers``
-  single-threaded processes. With one core per actor the steady rate is ``workers`` times ``local``'s on one
-  thread, so Ray is ahead once the run is longer than the start-up (~100 cases with all parts here).
+  backward passes through the text transformer per note). Per note the batched engine pays one forward F of
+  the shared MiniLM and one backward B per package, the loop P x (F + B); measured per note on 2 dermatology
+  packages (1 thread): F 0.21, B 0.22 per package, fusion + head 0.03 CPU s, so the note alone is at most
+  ~1.3-1.5x faster, whatever the rest. Padding notes into one batch was measured slower (groups of 4 / 8 /
+  16 notes sorted by length: 0.84 / 1.17 / 1.80 vs 0.68 CPU s per note, padding waste), as were smaller step
+  chunks (24 steps per pass is the fastest), and fewer Gauss-Legendre steps change the scores far beyond any
+  tolerance (12 steps: up to 31% of the note's largest score). Seed 9801, 96 cases, the rows' own CPU per
+  case: loop 0.85 vs local 0.48 with all six parts (1.79x), 0.31 vs 0.106 without ``note_top`` (2.96x).
+* ``local / ray``: Ray's CPU per case is that of ``local``; it pays a fixed start-up: ``ray.init`` (~10 s wall
+  for ~4 CPU s of daemons: gcs, raylet, dashboard, agents, monitors), Ray Data's helper actors (stats,
+  autoscaling coordinator, actor-location tracker: ~3 CPU s), and each actor booting a Ray worker and
+  importing core + torch (~2.9 CPU s) then loading the packages, mostly importing transformers (~3.2 CPU s):
+  ~20 CPU s outside the driver, ~36-43 s wall on 2 cores at load 10-12. With one core per actor the steady
+  rate is ``workers`` times ``local``'s on one thread, so Ray is ahead once the run outlasts the start-up
+  (~100 cases with all parts, ~200-300 without the note on this machine).
 * Run it with ``--threads 1`` on a shared machine: with 2 torch threads on 2 busy cores every small
   operation waits for the descheduled thread, and the wall time of whichever engine runs then explodes
   (one run: ``local`` 143 s with 2 threads vs 19 s with 1)."""
