@@ -65,7 +65,8 @@ def train_synthetic(variant: str, tmp_path, epochs: int = 12):
     train, _ = synthetic_split(1200, 0)
     val, _ = synthetic_split(300, 1)
     model = synthetic_model(variant)
-    opts = TrainOptions(epochs=epochs, batch_size=64, lr=1e-3, patience=epochs, seed=0)
+    opts = TrainOptions(**{**FUSIONS.get(variant).TRAIN_OPTION_DEFAULTS,
+                           "epochs": epochs, "batch_size": 64, "lr": 1e-3, "patience": epochs, "seed": 0})
     model, _ = fit(model, train, val, opts, TrainerOptions(accelerator="cpu", progress_bar=False), tmp_path / variant)
     return model
 
@@ -386,3 +387,15 @@ def test_selecting_mmtm_gate_can_remove_an_input():
             b.add_(3 * torch.randn_like(b))
             outs[residual] = float((model(inputs, present).logits - before).abs().max())
     assert outs[False] < 1e-5 < outs[True]
+
+
+def test_variant_training_defaults_reach_the_config_and_yield_to_it():
+    from core.training.config import ConfigError, config_from_dict
+
+    base = {"name": "x", "modalities": ["image", "note"], "out": "/tmp/x", "data": {"cohort": "dermatology"}}
+    assert config_from_dict({**base, "variant": "gated"}).train.gate_balance_weight == 0.1
+    assert config_from_dict({**base, "variant": "concat"}).train.gate_balance_weight == 0.0
+    own = config_from_dict({**base, "variant": "gated", "train": {"gate_balance_weight": 0.0}})
+    assert own.train.gate_balance_weight == 0.0
+    with pytest.raises(ConfigError, match="gate_balance_weight"):
+        config_from_dict({**base, "variant": "concat", "train": {"gate_balance_weight": -1}})

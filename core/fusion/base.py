@@ -42,6 +42,9 @@ class Fusion(nn.Module):
     #: defaults stay those of packages saved before the option existed, so an old package (its
     #: ``options`` recorded as they were) rebuilds exactly the forward it was trained with.
     TRAINING_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: training options (``TrainOptions`` fields) this variant is trained with unless a config sets them
+    #: (``core.training.config.config_from_dict``), e.g. the balance loss of gates that select per case
+    TRAIN_OPTION_DEFAULTS: ClassVar[dict[str, Any]] = {}
     #: learned scalars / vectors that *are* the mechanism (name suffixes in this module): trained
     #: without weight decay and with ``train.mechanism_lr_mult``; their movement from ``MECHANISM_INIT``
     #: is measured by ``core.explain.mechanisms``

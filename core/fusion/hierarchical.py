@@ -70,7 +70,13 @@ class EnhancedMMTM(Fusion):
     # sharpness: sigmoid(z / tau), the behaviour seed 000's text describes (high tau = smooth gate, low tau =
     # polarised); identifiable: z, the gated vectors and each scale's output at unit scale, so tau, the gates
     # and the scale weights cannot be absorbed by the layers around them (docs/architecture.md)
-    TRAINING_DEFAULTS = {"identifiable": True, "temperature_mode": "sharpness"}
+    # trained form (README #14, chosen on the training seed's validation split): one gate per input and case
+    # (gate_per='modality') without seed 000's residual, so a gate can take an input out of this case's fusion
+    # and tau sets how sharply the inputs are chosen; the balance loss keeps the choice from collapsing onto
+    # one input for every case
+    TRAINING_DEFAULTS = {"identifiable": True, "temperature_mode": "sharpness", "gate_per": "modality",
+                         "gate_residual": False}
+    TRAIN_OPTION_DEFAULTS = {"gate_balance_weight": 0.1}
     MECHANISM_PARAMETERS = ("log_tau", "scale_logits", "interaction.4.weight", "interaction.4.bias")
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, heads: int = 8, bottleneck: int = 128,

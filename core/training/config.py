@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import FusionLensError
+from ..fusion import FUSIONS
 
 
 class ConfigError(FusionLensError, ValueError):
@@ -101,7 +102,10 @@ def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
     d = dict(d)
     try:
         d["data"] = _build(DataConfig, d.get("data", {}), "data")
-        d["train"] = _build(TrainOptions, d.get("train", {}), "train")
+        train = d.get("train", {})
+        if isinstance(train, Mapping) and d.get("variant") in FUSIONS:   # the variant's own training defaults first
+            train = {**FUSIONS.get(d["variant"]).TRAIN_OPTION_DEFAULTS, **train}
+        d["train"] = _build(TrainOptions, train, "train")
         d["trainer"] = _build(TrainerOptions, d.get("trainer", {}), "trainer")
         cfg = _build(TrainConfig, d, "config")
     except TypeError as e:
@@ -112,6 +116,9 @@ def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
         raise ConfigError("set exactly one of 'data.cohort' (dermatology or diabetes) and 'data.path'.")
     if cfg.train.mechanism_lr_mult <= 0:
         raise ConfigError("'train.mechanism_lr_mult' must be positive.")
+    for key in ("gate_entropy_weight", "gate_balance_weight"):
+        if getattr(cfg.train, key) < 0:
+            raise ConfigError(f"'train.{key}' must be zero (off) or positive.")
     if cfg.train.loss not in ("ce", "focal"):
         raise ConfigError("'train.loss' must be 'ce' or 'focal'.")
     return cfg
