@@ -12,7 +12,7 @@
   and fusion + head, the only part with small operations, are ~12% of the note's time. Nor does one
   batched backward for all packages (``is_grads_batched``, 18 tokens: 0.67 s vs 0.61 s for two in turn).
   The work is F + P x B (one forward, one backward per package) against the loop's P x (F + B). Padding
-  several notes into one pass (with attention masks; equal to per-note IG within 1.0e-6) was measured
+  several notes into one pass (with attention masks; equal to per-note IG within 1.1e-6) was measured
   slower again: groups of 4 / 8 / 16 notes sorted by length 0.84 / 1.17 / 1.80 vs 0.68 CPU s per note.
 * **Grad-CAM of the last stage** (``tail_gradcam``): the last feature map of every image of the batch is
   computed once (shared by the packages, see ``image_stages``); each package's CAM needs only the gradient
