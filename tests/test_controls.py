@@ -69,7 +69,7 @@ def test_note_only_notes_hide_the_planted_words_among_decoys():
 
     from core.data.cohorts.dermatology import draw_case
     from core.data.cohorts.dermatology.notes import (NOTE_DECOY_SHARE, _note, _single_source_metadata,
-                                                    planted_word_share)
+                                                    _without_label_weak, planted_word_share)
     from core.data.cohorts.dermatology.plan import _single_source_plan
 
     shares = []
@@ -82,11 +82,46 @@ def test_note_only_notes_hide_the_planted_words_among_decoys():
         plan_ss, meta_ss, note_ss, _ = np.random.SeedSequence([7, i]).spawn(4)
         plan, decoy = _single_source_plan(np.random.default_rng(plan_ss), c["label"], "note")
         md = _single_source_metadata(np.random.default_rng(meta_ss), c["label"], "note", decoy)
-        plain = re.split(r"(?<=[.!?])\s+", _note(np.random.default_rng(note_ss), plan, md))
+        # (the label's own weak phrases taken out first: test_note_only_notes_carry_no_weak_phrase_of_the_label)
+        plain = re.split(r"(?<=[.!?])\s+", _without_label_weak(_note(np.random.default_rng(note_ss), plan, md), c["label"]))
         it = iter(re.split(r"(?<=[.!?])\s+", c["note"]))
         assert all(any(s == t for t in it) for s in plain)
         assert len(c["note"].split()) > len(" ".join(plain).split())
     assert np.mean(shares) < 0.45
+
+
+def test_note_only_notes_carry_no_weak_phrase_of_the_label():
+    """The generator adds one of the label's weak phrases to 30% of decisive notes; in a note-only control they
+    would carry the label outside the planted sentences (the known answer), so they are taken out before the
+    decoys go in (decoys: weak phrases of random classes)."""
+    import re
+
+    from core.data.cohorts.dermatology import draw_case
+    from core.data.cohorts.dermatology.notes import _WEAK, _without_label_weak
+
+    own = {lab: {t for t, g in _WEAK if lab in g} for lab in LABELS}
+    note = "Itchy at times. Bleeds occasionally. Sore that bleeds, crusts over and never fully heals."
+    assert _without_label_weak(note, "df") == "Bleeds occasionally. Sore that bleeds, crusts over and never fully heals."
+    assert _without_label_weak(note, "mel") == "Itchy at times. Sore that bleeds, crusts over and never fully heals."
+    assert _without_label_weak("Itchy at times.", "df") == "Itchy at times."   # never emptied
+    assert _without_label_weak(None, "df") is None
+    from core.data.cohorts.dermatology.notes import _note, _single_source_metadata
+    from core.data.cohorts.dermatology.plan import _single_source_plan
+
+    drawn_own, still_there = 0, 0
+    for i in range(140):
+        c = draw_case(3, i, LABELS[i % 7], 32, "note")
+        plan_ss, meta_ss, note_ss, _ = np.random.SeedSequence([3, i]).spawn(4)
+        plan, decoy = _single_source_plan(np.random.default_rng(plan_ss), c["label"], "note")
+        md = _single_source_metadata(np.random.default_rng(meta_ss), c["label"], "note", decoy)
+        drawn = re.split(r"(?<=[.!?])\s+", _note(np.random.default_rng(note_ss), plan, md))
+        final = set(re.split(r"(?<=[.!?])\s+", c["note"]))
+        for sent in drawn:
+            if sent in own[c["label"]]:
+                drawn_own += 1
+                still_there += sent in final   # only where a random-class decoy drew the same phrase again
+    assert drawn_own >= 10                     # the generator does plant them (~30% of decisive notes) ...
+    assert still_there / drawn_own < 0.5       # ... and they are gone (kept as drawn, this would be 1.0)
 
 
 def test_note_criterion_fails_a_uniform_attribution_and_passes_a_faithful_one():

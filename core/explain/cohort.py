@@ -145,7 +145,7 @@ def _load_region(path: Path | None) -> np.ndarray | None:
 
 
 def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: bool, method: str,
-               parts: Iterable[str], ig_steps: int = 24) -> dict[str, Any]:
+               parts: Iterable[str], ig_steps: int = 24, layer: str = "last stage") -> dict[str, Any]:
     from ..data.cohorts.dermatology import decisive_spans
     from .attributions import note_attributions, table_attributions
     from .context import ExplainContext
@@ -162,7 +162,7 @@ def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: boo
         context = _load_region(it.context_path)
         if context is None or context.shape != lesion.shape:
             context = context_ring(lesion)   # no generator region (e.g. real data): the ring around the lesion
-        cam = image_cam(ctx, method)
+        cam = image_cam(ctx, method, layer)
         m = map_measures(cam, lesion, context)
         row.update(m)
         if it.evidence == "lesion":
@@ -243,11 +243,13 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def cohort_faithfulness(pkg: Package, items: Sequence[CohortItem], method: str = "gradcam",
                         parts: Iterable[str] = ("image", "shapley", "note", "table"),
-                        targets: Sequence[str] = TARGETS, keep_rows: bool = False, ig_steps: int = 24) -> dict[str, Any]:
+                        targets: Sequence[str] = TARGETS, keep_rows: bool = False, ig_steps: int = 24,
+                        layer: str = "last stage") -> dict[str, Any]:
     """Explain each case for the predicted class and for the true class; summarise every measure for all,
     correct and incorrect cases separately (``targets`` -> group -> :func:`summarise`). For correct cases
     both targets are the same class and share one explanation. ``ig_steps``: integrated-gradients steps
-    for the note and table attributions (Gauss-Legendre)."""
+    for the note and table attributions (Gauss-Legendre). ``method`` / ``layer``: the CAM and the image
+    encoder layer it reads (:data:`core.explain.gradcam.CAM_METHODS`, ``ImageEncoder.cam_layers``)."""
     from ..case import CaseError
 
     parts = tuple(parts)
@@ -269,8 +271,9 @@ def cohort_faithfulness(pkg: Package, items: Sequence[CohortItem], method: str =
             if correct and tag != targets[0]:
                 rows.append({**rows[-1], "target": tag})
                 continue
-            rows.append(_case_rows(pkg, it, p if tag == "predicted" else true, tag, correct, method, parts, ig_steps))
-    out: dict[str, Any] = {"n": n_cases, "method": method, "accuracy": n_correct / n_cases if n_cases else float("nan")}
+            rows.append(_case_rows(pkg, it, p if tag == "predicted" else true, tag, correct, method, parts, ig_steps, layer))
+    out: dict[str, Any] = {"n": n_cases, "method": method, "layer": layer,
+                           "accuracy": n_correct / n_cases if n_cases else float("nan")}
     for tag in targets:
         tr = [r for r in rows if r["target"] == tag]
         out[tag] = {"all": summarise(tr), "correct": summarise([r for r in tr if r["correct"]]),

@@ -16,7 +16,7 @@ import numpy as np
 from ...base import Cohort, CohortItem, fit_schema, grouped_split
 from .context import _CONTEXTS, _background_findings, _Ring
 from .lesion import _lesion_shape, _paint_lesion
-from .notes import NOTE_DECOY_VERSION, _metadata, _note, _single_source_metadata, _with_decoys
+from .notes import NOTE_DECOY_VERSION, _metadata, _note, _single_source_metadata, _with_decoys, _without_label_weak
 from .optics import _apply_optics, _bubbles, _glare, _hairs, _optics, _ruler, _skin
 from .plan import (CONTROL_PLANTED_FEATURE, DERM_SCHEMA, DESCRIPTION, EVIDENCE, GENERATOR_VERSION, LABEL_DESCRIPTIONS,
                    LABELS, SINGLE_SOURCES, _Plan, _plan, _single_source_plan, sample_labels)
@@ -77,7 +77,8 @@ def draw_case(seed: int, index: int, label: str, image_size: int = 224, single_s
         md = _single_source_metadata(np.random.default_rng(meta_ss), label, single_source, decoy)
     note = _note(np.random.default_rng(note_ss), plan, md)
     if single_source == "note":   # decoy sentences from a stream of their own: the planted ones stay as drawn
-        note = _with_decoys(np.random.default_rng(np.random.SeedSequence([seed, index, 4])), note, label, md)
+        note = _with_decoys(np.random.default_rng(np.random.SeedSequence([seed, index, 4])),
+                            _without_label_weak(note, label), label, md)
     image, mask, context, facts = _render(np.random.default_rng(image_ss), plan, image_size)
     extras = {"ambiguous": plan.evidence is None, "lesion_look": plan.lesion_look,
               "lesion_strength": round(plan.lesion_strength, 3), "pigmented": plan.pigmented,

@@ -252,7 +252,9 @@ def _note(rng: np.random.Generator, plan: _Plan, md: dict[str, Any]) -> str | No
 #: planted words are a minority of the note (a share drawn per case from this range), so that a uniform or
 #: random word attribution cannot meet the note criterion (IG mass on the planted words >= 0.6)
 NOTE_DECOY_SHARE = (0.25, 0.45)
-NOTE_DECOY_VERSION = 1   # part of a note-only cohort's cache parameters (other cohorts' caches are untouched)
+#: part of a note-only cohort's cache parameters (other cohorts' caches are untouched). 2: the label's own weak
+#: phrases are taken out of note-only notes (:func:`_without_label_weak`)
+NOTE_DECOY_VERSION = 2
 
 
 def planted_word_share(note: str | None, cls: str) -> float:
@@ -263,6 +265,19 @@ def planted_word_share(note: str | None, cls: str) -> float:
         return float("nan")
     spans = decisive_spans(note, cls)
     return sum(len(note[s:e].split()) for s, e in spans) / len(words)   # type: ignore[index]
+
+
+def _without_label_weak(note: str | None, label: str) -> str | None:
+    """``note`` without the weak phrases of ``label`` (``_note`` adds one to 30% of decisive notes). In a
+    note-only control they carry the label outside the planted (decisive) sentences, so a model may rightly
+    use words the known answer does not count; the decoys then add weak phrases of random classes only."""
+    import re
+
+    if not note:
+        return note
+    own = {t for t, group in _WEAK if label in group}
+    kept = [s for s in re.split(r"(?<=[.!?])\s+", note) if s not in own]
+    return " ".join(kept) if kept else note
 
 
 def _with_decoys(rng: np.random.Generator, note: str | None, label: str, md: dict[str, Any]) -> str | None:
