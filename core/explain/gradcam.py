@@ -54,11 +54,12 @@ LAYER_PRODUCTS: dict[str, tuple[str, str]] = {"last × early stage": ("last stag
 FINE_METHOD = "layercam"
 AUTO = "auto"
 
-#: The package default where one was measured, per (cohort, image architecture); the evidence is the suite's
-#: gradcam_masks.json (validation split to choose, one run on the test split to report). HAM10000 (EfficientNet-
-#: Lite0 at 200 x 150, validation, 140 images, 4 packages): Grad-CAM on the last stage 1.39-1.61 median lesion
-#: mass ratio / 0.49-0.56 pointing game (chance 0.29); Grad-CAM++ there 1.97-2.06 / 0.76-0.82; Grad-CAM++ x
-#: early-stage LayerCAM 2.46-2.71 / 0.94-0.95.
+#: The package default where one was measured, per (cohort, image architecture). HAM10000 (EfficientNet-Lite0 at
+#: 200 x 150; scripts/ham10000_gradcam.py, predicted class): chosen on the validation masks (gradcam_masks_val.json,
+#: 140 images, 4 packages): Grad-CAM on the last stage 1.39-1.62 median lesion mass ratio / 0.49-0.56 pointing game
+#: (chance 0.29), Grad-CAM++ there 2.00-2.11 / 0.75-0.82, Grad-CAM++ x early-stage LayerCAM 2.49-2.76 / 0.93-0.95;
+#: reported once on the test split (gradcam_masks.json, 140 images, 15 packages): 1.30-1.67 / 0.51-0.61 before,
+#: 2.51-2.81 / 0.89-0.97 now (chance 0.30).
 SUITE_DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {("ham10000", "efficientnet_lite0"): ("gradcam++", "last × early stage")}
 DEFAULT_CAM = ("gradcam", "last stage")
 NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
