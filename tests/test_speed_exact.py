@@ -250,10 +250,10 @@ def test_stacked_heads_and_one_preparation_give_each_package_alone(tmp_path, mon
     from core.package import stacked
     from core.package.predictor import input_key
 
-    def own_metadata(model, seed):  # tiny models share their first-built encoders' weights: make each package's its own
-        g = torch.Generator().manual_seed(seed)
+    def own_metadata(model, seed):  # tiny models share their first-built encoders' weights and untrained (zero)
+        g = torch.Generator().manual_seed(seed)   # missing-modality stand-ins: make each package's its own
         with torch.no_grad():
-            for q in model.encoders["metadata"].parameters():
+            for q in [*model.encoders["metadata"].parameters(), *model.missing.parameters()]:
                 q.add_(0.3 * torch.randn(q.shape, generator=g))
         return model
 
@@ -270,6 +270,9 @@ def test_stacked_heads_and_one_preparation_give_each_package_alone(tmp_path, mon
     tables = []
     real_tab = stacked.stacked_tabular
     monkeypatch.setattr(stacked, "stacked_tabular", lambda encs, *a: tables.append(len(encs)) or real_tab(encs, *a))
+    fills = []
+    real_fill = stacked._stacked_fill
+    monkeypatch.setattr(stacked, "_stacked_fill", lambda ms, raws, col: fills.append(len(ms)) or real_fill(ms, raws, col))
     prepared = []
     for p in pkgs:
         enc = p.model.encoders["metadata"]
@@ -279,9 +282,11 @@ def test_stacked_heads_and_one_preparation_give_each_package_alone(tmp_path, mon
         groups.clear()
         prepared.clear()
         tables.clear()
+        fills.clear()
         cmp = compare_variants(pkgs, case, explain=False)
         assert sorted(groups, reverse=True)[0] >= 4                  # concat, gated, add, mmtm, irene share a head shape
         assert tables == [8]                                          # every metadata encoder but the int8 copy's
+        assert fills and max(fills) >= 5                              # the five four-modality packages filled together
         assert len(prepared) == len({input_key(p.model.encoders["metadata"]) for p in pkgs})
         for col in cmp.columns:
             alone = col.package.predict(case)
@@ -305,3 +310,36 @@ def MultimodalClassifier_with_head(kind: str):
     m = make_model("gated")
     return MultimodalClassifier(dict(m.encoders), len(LABELS), "gated", {"dim": 32}, fused_dim=32,
                                 head_options={"type": kind, "hidden": 8, "dropout": 0.2}).eval()
+
+
+def test_stacked_missing_modality_fill_is_each_packages_own(tmp_path, monkeypatch):
+    from core.package.predictor import select_rows
+    from core.package.stacked import stacked_encode
+
+    pkgs = []
+    for i, v in enumerate(("concat", "gated", "add", "mmtm")):
+        model = make_model(v)
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for q in model.missing.parameters():   # untrained stand-ins are zeros: give each package its own
+                q.add_(torch.randn(q.shape, generator=g))
+        pkgs.append(load_package(save_package(model, tmp_path / v, LABELS, name=v)))
+    for case in (make_case(0), make_case(1, missing=("note", "spectrum")), make_case(2, missing=("image", "note", "metadata"))):
+        items = []
+        with torch.inference_mode():
+            for p in pkgs:
+                inputs, present, _ = p.prepare([case])
+                items.append((p.model, select_rows(p.model, p.modalities, inputs, present)))
+            own = []
+            real = MissingEmbedding.fill
+            monkeypatch.setattr(MissingEmbedding, "fill", lambda self, *a, own=own, real=real: own.append(1) or real(self, *a))
+            got = stacked_encode(items)
+            assert not own                           # every modality took the stacked copies, none its own module
+            monkeypatch.setattr(MissingEmbedding, "fill", real)
+            ref = [model.encode(rows.joined, rows.present) for model, rows in items]
+        for a, b in zip(got, ref):
+            for fa, fb in zip(a, b):
+                assert torch.equal(fa.pooled, fb.pooled) and torch.equal(fa.tokens, fb.tokens)
+                assert torch.equal(fa.token_mask, fb.token_mask) and all(torch.equal(x, y) for x, y in zip(fa.levels, fb.levels))
+                assert (fa.extras is None) == (fb.extras is None)
+        assert not torch.equal(got[0][1].tokens, got[1][1].tokens)      # the packages' own stand-ins, not one's

@@ -235,6 +235,23 @@ def fused_rows(model: MultimodalClassifier, modalities: Sequence[str], inputs: M
     """Encoders, missing-modality fill and fusion of the cases, with their single-modality rows appended
     when a case has two modalities or more (see ``forward_with_single_rows``). ``memo``: kept by a caller
     that hands the same precomputed features to several packages (a comparison): their rows are picked once."""
+    rows = select_rows(model, modalities, inputs, present, memo)
+    return fuse_rows(model, rows, model.encode(rows.joined, rows.present))
+
+
+@dataclass
+class SelectedRows:
+    """The encoder outputs of every row to fuse (``select_rows``), before the missing-modality fill."""
+    B: int
+    pres: list[list[bool]]
+    singles: bool
+    joined: dict[str, ModalityFeatures | None]   # modality -> its present rows' features (None: absent everywhere)
+    present: torch.Tensor                         # [rows, M]
+
+
+def select_rows(model: MultimodalClassifier, modalities: Sequence[str], inputs: Mapping[str, Any],
+                present: torch.Tensor, memo: dict[Any, Any] | None = None) -> SelectedRows:
+    """Every encoder that has not run yet, and the single-modality rows picked from their outputs."""
     B, M = present.shape
     pres = present.tolist()     # a handful of rows: Python lists cost less than tensor ops here
     raw: dict[str, Any] = {}
@@ -245,9 +262,7 @@ def fused_rows(model: MultimodalClassifier, modalities: Sequence[str], inputs: M
     # (case, modality) of every single-modality row, row-major as ``nonzero`` lists them
     singles = [(i, j) for i, r in enumerate(pres) if sum(r) >= 2 for j in range(M) if r[j]]
     if M < 2 or not singles:
-        feats = model.encode(raw, present)
-        fused, diag = model.fusion(feats, present)
-        return FusedRows(B, pres, False, feats, present, fused, diag)
+        return SelectedRows(B, pres, False, raw, present)
     both = torch.tensor(pres + [[k == j for k in range(M)] for _, j in singles], dtype=torch.bool)
     joined: dict[str, Any] = {}
     for j, m in enumerate(modalities):
@@ -269,9 +284,13 @@ def fused_rows(model: MultimodalClassifier, modalities: Sequence[str], inputs: M
         joined[m] = f.index(torch.tensor(pick))
         if memo is not None:
             memo[(id(f), pick)] = (f, joined[m])
-    feats = model.encode(joined, both)
-    fused, diag = model.fusion(feats, both)
-    return FusedRows(B, pres, True, feats, both, fused, diag)
+    return SelectedRows(B, pres, True, joined, both)
+
+
+def fuse_rows(model: MultimodalClassifier, rows: SelectedRows, feats: list[ModalityFeatures]) -> FusedRows:
+    """The fusion of the selected rows, from their filled features (``model.encode``)."""
+    fused, diag = model.fusion(feats, rows.present)
+    return FusedRows(rows.B, rows.pres, rows.singles, feats, rows.present, fused, diag)
 
 
 def head_pass(head: Any, fused: torch.Tensor, n: int, mc_samples: int, generator: torch.Generator | None

@@ -4,7 +4,9 @@ Each package still prepares, encodes and fuses on its own (the fusion variants d
 
 * the cases are checked and preprocessed once per encoder configuration (``prepare_batch``'s memo),
 * the metadata encoders of one configuration (a suite's variants train their own) run as one stacked pass,
-* shared encoders' outputs are picked into each package's rows (the single-modality rows) once,
+* shared encoders' outputs are picked into each package's rows (the single-modality rows) once, and the
+  missing-modality fill (each package's learned stand-ins around the present rows) runs once per modality
+  for the packages of one layout,
 * the residual heads that share a shape run as one stacked pass (batched matrix products over the
   packages' stacked weights) instead of one small pass each, and their MC-dropout masks are drawn
   once: every package's prediction seeds its own generator alike, so the masks are the same anyway.
@@ -23,8 +25,9 @@ from torch.nn import functional as F
 from ..case import Case
 from ..encoders import ModalityFeatures, TabularEncoder
 from ..heads import ResidualHead
-from ..model import ModelOutput
-from .predictor import Prediction, finish_rows, fused_rows, head_pass, input_key, posterior, predictions, prepare_batch
+from ..model import MissingEmbedding, ModelOutput
+from .predictor import (Prediction, SelectedRows, finish_rows, fuse_rows, head_pass, input_key, posterior, predictions,
+                        prepare_batch, select_rows)
 
 if TYPE_CHECKING:
     from .package import Package
@@ -54,8 +57,11 @@ def run_many(packages: Sequence["Package"], cases: Sequence[Case], features: Seq
     with torch.inference_mode():
         _stack_tabular_encoders([(pkg.inference_model, inputs) for pkg, inputs, _, _, _ in prepared])
         picked: dict[Any, Any] = {}
-        staged = [(pkg, fused_rows(pkg.inference_model, pkg.modalities, inputs, present, picked), present, warnings, T)
-                  for pkg, inputs, present, warnings, T in prepared]
+        selected = [select_rows(pkg.inference_model, pkg.modalities, inputs, present, picked)
+                    for pkg, inputs, present, _, _ in prepared]
+        filled = stacked_encode([(pkg.inference_model, sel) for (pkg, *_), sel in zip(prepared, selected)])
+        staged = [(pkg, fuse_rows(pkg.inference_model, sel, f), present, warnings, T)
+                  for (pkg, _, present, warnings, T), sel, f in zip(prepared, selected, filled)]
     heads: list[Any] = [None] * len(staged)
     groups: dict[tuple, list[int]] = {}
     for k, (pkg, rows, _, _, T) in enumerate(staged):
@@ -245,3 +251,84 @@ def stacked_tabular(encs: Sequence[TabularEncoder], values: torch.Tensor) -> lis
     tokens = torch.einsum("vbc,vfct->vbft", x, w["tokens.w"]) + w["tokens.b"]
     mask = torch.ones(tokens.shape[1:3], dtype=torch.bool, device=tokens.device)
     return [ModalityFeatures(pooled[v], (h1[v], h2[v], h3[v]), tokens[v], mask) for v in range(len(encs))]
+
+
+# ---- the missing-modality fill of several packages ----------------------------------------------------
+
+def stacked_encode(items: Sequence[tuple[Any, SelectedRows]]) -> list[list[ModalityFeatures]]:
+    """``[model.encode(rows.joined, rows.present) for model, rows in items]`` (encoders already run: only the
+    missing-modality fill is left), the packages with the same modalities, rows and stand-in shapes filled
+    together (``MissingEmbedding.fill``'s copies, stacked); a package with feature reconstruction, or a modality
+    whose features do not fit the stacked form, is filled by its own module."""
+    out: list[Any] = [None] * len(items)
+    groups: dict[tuple, list[int]] = {}
+    for k, (model, rows) in enumerate(items):
+        if model.reconstruct is not None or any(type(model.missing[m]) is not MissingEmbedding for m in model.modalities):
+            continue
+        shapes = tuple((tuple(me.pooled.shape), tuple(tuple(lv.shape) for lv in me.levels), tuple(me.token.shape),
+                        me.pooled.dtype) for me in (model.missing[m] for m in model.modalities))
+        groups.setdefault((tuple(model.modalities), tuple(map(tuple, rows.present.tolist())), shapes), []).append(k)
+    for idx in groups.values():
+        if len(idx) < 2:
+            continue
+        models, sels = [items[k][0] for k in idx], [items[k][1] for k in idx]
+        present = sels[0].present
+        per: list[list[ModalityFeatures]] = [[] for _ in idx]
+        for j, m in enumerate(models[0].modalities):
+            col = present[:, j].bool()
+            anyrow = bool(col.any())
+            raws = [s.joined.get(m) if anyrow else None for s in sels]
+            for v, f in enumerate(_stacked_fill([mm.missing[m] for mm in models], raws, col)):
+                per[v].append(f)
+        for k, f in zip(idx, per):
+            out[k] = f
+    for k, (model, rows) in enumerate(items):
+        if out[k] is None:
+            out[k] = model.encode(rows.joined, rows.present)
+    return out
+
+
+def _fits(me: MissingEmbedding, f: ModalityFeatures) -> bool:
+    """Whether ``me.fill(f, ...)`` takes its plain path (one index_copy per tensor) for these features."""
+    n = f.tokens.shape[1]
+    return (not f.extras and n >= 1 and f.pooled.shape[1:] == me.pooled.shape and f.pooled.dtype == me.pooled.dtype
+            and len(f.levels) == len(me.levels)
+            and all(x.shape[1:] == lv.shape and x.dtype == lv.dtype for x, lv in zip(f.levels, me.levels))
+            and f.tokens.shape[2:] == me.token.shape and f.tokens.dtype == me.token.dtype
+            and f.token_mask.shape[1] == n)
+
+
+def _stacked_fill(misses: Sequence[MissingEmbedding], raws: Sequence[ModalityFeatures | None], col: torch.Tensor
+                  ) -> list[ModalityFeatures]:
+    """``[me.fill(f, col) for me, f in zip(misses, raws)]`` with one copy per tensor for all of them."""
+    none = all(f is None for f in raws)
+    if not none and not all(f is not None and _fits(me, f) for me, f in zip(misses, raws)):
+        return [me.fill(f, col) for me, f in zip(misses, raws)]
+    V, B = len(misses), col.shape[0]
+    idx = col.nonzero().squeeze(1)
+    shared = not none and all(f is raws[0] for f in raws)
+
+    def scatter(miss: list[torch.Tensor], xs: list[torch.Tensor] | None) -> torch.Tensor:
+        full = torch.stack(miss).unsqueeze(1).expand(V, B, *miss[0].shape)
+        if xs is None:
+            return full
+        x = xs[0].unsqueeze(0).expand(V, *xs[0].shape) if shared else torch.stack(xs)
+        return full.index_copy(1, idx, x)
+
+    n = 1 if none else raws[0].tokens.shape[1]
+    t = misses[0].token
+    tok_miss = torch.cat([torch.stack([me.token for me in misses]).unsqueeze(1),
+                          torch.zeros(V, n - 1, t.shape[0], dtype=t.dtype, device=t.device)], 1)
+    mask_miss = torch.zeros(n, dtype=torch.bool, device=col.device)
+    mask_miss[0] = True
+    pooled = scatter([me.pooled for me in misses], None if none else [f.pooled for f in raws])
+    levels = [scatter([me.levels[i] for me in misses], None if none else [f.levels[i] for f in raws])
+              for i in range(len(misses[0].levels))]
+    tokens = scatter([tm for tm in tok_miss], None if none else [f.tokens for f in raws])
+    if none:
+        masks = [mask_miss.expand(B, n)] * V
+    elif shared:
+        masks = [mask_miss.expand(B, n).index_copy(0, idx, raws[0].token_mask)] * V
+    else:
+        masks = list(mask_miss.expand(V, B, n).index_copy(1, idx, torch.stack([f.token_mask for f in raws])))
+    return [ModalityFeatures(pooled[v], tuple(lv[v] for lv in levels), tokens[v], masks[v], None) for v in range(V)]
