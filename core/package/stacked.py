@@ -112,18 +112,23 @@ def predictions_many(packages: Sequence["Package"], cases: Sequence[Case], runs:
 
 def stack_key(head: Any, fused: torch.Tensor, n: int, T: int) -> tuple | None:
     """Heads with equal keys can run as one stacked pass (None: this head can't)."""
-    if type(head) is not ResidualHead or any(type(m) is not torch.nn.Linear for m in
-                                             (head.inp, head.logits, head.log_var, *(l for b in head.blocks for l in (b.l1, b.l2)))):
-        return None   # another head type, or an int8 copy
-    return (tuple(fused.shape), fused.dtype, n, T, head.inp.in_features, head.inp.out_features, len(head.blocks),
-            head.logits.out_features, float(head.dropout), head.norm.eps, *(b.norm.eps for b in head.blocks))
+    shape = _LAYOUTS.get(head, False)
+    if shape is False:
+        if type(head) is not ResidualHead or any(type(m) is not torch.nn.Linear for m in
+                                                 (head.inp, head.logits, head.log_var, *(l for b in head.blocks for l in (b.l1, b.l2)))):
+            shape = None   # another head type, or an int8 copy
+        else:
+            shape = (head.inp.in_features, head.inp.out_features, len(head.blocks), head.logits.out_features,
+                     float(head.dropout), head.norm.eps, *(b.norm.eps for b in head.blocks))
+        _LAYOUTS[head] = shape
+    return None if shape is None else (tuple(fused.shape), fused.dtype, n, T, *shape)
 
 
 # ---- the stacked residual head -----------------------------------------------------------------------
 
 _STACKS: dict[tuple, tuple[list[weakref.ref], list[torch.Tensor], list[int], dict[str, torch.Tensor]]] = {}
 _STACKS_LOCK = threading.Lock()
-_STACKS_KEEP = 8
+_STACKS_KEEP = 32
 
 
 def _cached_stack(modules: Sequence[torch.nn.Module], build) -> dict[str, torch.Tensor]:
@@ -263,11 +268,9 @@ def stacked_encode(items: Sequence[tuple[Any, SelectedRows]]) -> list[list[Modal
     out: list[Any] = [None] * len(items)
     groups: dict[tuple, list[int]] = {}
     for k, (model, rows) in enumerate(items):
-        if model.reconstruct is not None or any(type(model.missing[m]) is not MissingEmbedding for m in model.modalities):
-            continue
-        shapes = tuple((tuple(me.pooled.shape), tuple(tuple(lv.shape) for lv in me.levels), tuple(me.token.shape),
-                        me.pooled.dtype) for me in (model.missing[m] for m in model.modalities))
-        groups.setdefault((tuple(model.modalities), tuple(map(tuple, rows.present.tolist())), shapes), []).append(k)
+        layout = _fill_layout(model)
+        if layout is not None:
+            groups.setdefault((layout, tuple(map(tuple, rows.present.tolist()))), []).append(k)
     for idx in groups.values():
         if len(idx) < 2:
             continue
@@ -288,14 +291,40 @@ def stacked_encode(items: Sequence[tuple[Any, SelectedRows]]) -> list[list[Modal
     return out
 
 
+_LAYOUTS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _shapes(me: MissingEmbedding) -> tuple:
+    """(pooled, levels, token) shapes and dtypes of a stand-in (parameters never change shape: computed once)."""
+    hit = _LAYOUTS.get(me)
+    if hit is None:
+        hit = _LAYOUTS[me] = ((tuple(me.pooled.shape), me.pooled.dtype), tuple((tuple(lv.shape), lv.dtype) for lv in me.levels),
+                              (tuple(me.token.shape), me.token.dtype))
+    return hit
+
+
+def _fill_layout(model: Any) -> tuple | None:
+    """What packages filled together must share (modalities and stand-in shapes); None: fill on its own."""
+    if model.reconstruct is not None or any(type(model.missing[m]) is not MissingEmbedding for m in model.modalities):
+        return None
+    return tuple((m, _shapes(model.missing[m])) for m in model.modalities)
+
+
 def _fits(me: MissingEmbedding, f: ModalityFeatures) -> bool:
     """Whether ``me.fill(f, ...)`` takes its plain path (one index_copy per tensor) for these features."""
+    (ps, pd), lvs, (ts, td) = _shapes(me)
     n = f.tokens.shape[1]
-    return (not f.extras and n >= 1 and f.pooled.shape[1:] == me.pooled.shape and f.pooled.dtype == me.pooled.dtype
-            and len(f.levels) == len(me.levels)
-            and all(x.shape[1:] == lv.shape and x.dtype == lv.dtype for x, lv in zip(f.levels, me.levels))
-            and f.tokens.shape[2:] == me.token.shape and f.tokens.dtype == me.token.dtype
-            and f.token_mask.shape[1] == n)
+    return (not f.extras and n >= 1 and tuple(f.pooled.shape[1:]) == ps and f.pooled.dtype == pd and len(f.levels) == len(lvs)
+            and all(tuple(x.shape[1:]) == s and x.dtype == d for x, (s, d) in zip(f.levels, lvs))
+            and tuple(f.tokens.shape[2:]) == ts and f.tokens.dtype == td and f.token_mask.shape[1] == n)
+
+
+def _missing_weights(misses: Sequence[MissingEmbedding]) -> dict[str, torch.Tensor]:
+    w = {"pooled": torch.stack([me.pooled.detach() for me in misses]),
+         "token": torch.stack([me.token.detach() for me in misses])}
+    for i in range(len(misses[0].levels)):
+        w[f"level{i}"] = torch.stack([me.levels[i].detach() for me in misses])
+    return w
 
 
 def _stacked_fill(misses: Sequence[MissingEmbedding], raws: Sequence[ModalityFeatures | None], col: torch.Tensor
@@ -308,23 +337,23 @@ def _stacked_fill(misses: Sequence[MissingEmbedding], raws: Sequence[ModalityFea
     idx = col.nonzero().squeeze(1)
     shared = not none and all(f is raws[0] for f in raws)
 
-    def scatter(miss: list[torch.Tensor], xs: list[torch.Tensor] | None) -> torch.Tensor:
-        full = torch.stack(miss).unsqueeze(1).expand(V, B, *miss[0].shape)
+    w = _cached_stack(misses, _missing_weights)
+
+    def scatter(miss: torch.Tensor, xs: list[torch.Tensor] | None) -> torch.Tensor:   # miss [V, ...]
+        full = miss.unsqueeze(1).expand(V, B, *miss.shape[1:])
         if xs is None:
             return full
         x = xs[0].unsqueeze(0).expand(V, *xs[0].shape) if shared else torch.stack(xs)
         return full.index_copy(1, idx, x)
 
     n = 1 if none else raws[0].tokens.shape[1]
-    t = misses[0].token
-    tok_miss = torch.cat([torch.stack([me.token for me in misses]).unsqueeze(1),
-                          torch.zeros(V, n - 1, t.shape[0], dtype=t.dtype, device=t.device)], 1)
+    t = w["token"]
+    tok_miss = torch.cat([t.unsqueeze(1), torch.zeros(V, n - 1, t.shape[1], dtype=t.dtype, device=t.device)], 1)
     mask_miss = torch.zeros(n, dtype=torch.bool, device=col.device)
     mask_miss[0] = True
-    pooled = scatter([me.pooled for me in misses], None if none else [f.pooled for f in raws])
-    levels = [scatter([me.levels[i] for me in misses], None if none else [f.levels[i] for f in raws])
-              for i in range(len(misses[0].levels))]
-    tokens = scatter([tm for tm in tok_miss], None if none else [f.tokens for f in raws])
+    pooled = scatter(w["pooled"], None if none else [f.pooled for f in raws])
+    levels = [scatter(w[f"level{i}"], None if none else [f.levels[i] for f in raws]) for i in range(len(_shapes(misses[0])[1]))]
+    tokens = scatter(tok_miss, None if none else [f.tokens for f in raws])
     if none:
         masks = [mask_miss.expand(B, n)] * V
     elif shared:
