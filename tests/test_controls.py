@@ -252,7 +252,16 @@ def test_cli_faithfulness_controls_table_and_usage_errors(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "| lesion-only | 0.90 / 0.10 | m | >= 0.9 | 0.95 (0.10) | yes | 0.20 | yes |" in out
     assert seen["sources"] == ["lesion"] and seen["n"] == 350
+    assert main(["faithfulness", "--controls", "--sources", "note"]) == 0
+    assert seen["n"] is None   # no --n: each control's own size (K.CONTROL_N: the note-only control's 2100)
+    capsys.readouterr()
     assert main(["faithfulness"]) != 0
     assert "give model package folders" in capsys.readouterr().err
     assert main(["faithfulness", "some/package", "--seed", "0"]) != 0
     assert "training cohort's seed" in capsys.readouterr().err
+
+
+def test_controls_are_never_measured_on_their_training_seed():
+    assert K.EVAL_SEED != K.TRAIN_SEED and K.CONTROL_N["note"] > 700
+    with pytest.raises(ValueError, match="training seed"):
+        K.run_controls(["metadata"], eval_seed=K.TRAIN_SEED, tiny=True, log=lambda *_: None)

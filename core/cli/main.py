@@ -103,7 +103,7 @@ def build_parser() -> Parser:
                                                            "print the known-answer table (trained vs randomised)")
     p.add_argument("--sources", nargs="+", default=["lesion", "context", "note", "metadata"],
                    choices=["lesion", "context", "note", "metadata"])
-    p.add_argument("--n", type=int, default=700, help="control training cohort size")
+    p.add_argument("--n", type=int, default=None, help="control training cohort size (default: 2100 note-only, else 700)")
     p.add_argument("--eval-n", type=int, default=70, help="control evaluation cohort size (fresh seed)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--retrain", action="store_true", help="retrain the controls even if cached")

@@ -39,11 +39,11 @@ from .cohort import cohort_faithfulness
 logger = logging.getLogger(__name__)
 
 TRAIN_SEED = 9301       # generator seed the controls train on (not the suite's 0, not #14's 9101, not 9201/9202)
-EVAL_SEED = 9302        # fresh seed the controls are measured on
+EVAL_SEED = 9303        # fresh seed the controls are measured on (9302 until session 6; it was seen while choosing)
 #: training cohort size per control (others: ``run_controls``' ``n``). The note-only control needs more cases:
 #: its decisive sentences are 25-45% of the note's words among decoys, and frozen mean-pooled MiniLM features of
-#: 490 training notes gave a control right on only 63% of fresh cases (9302), too weak to "have to" use its note
-#: (chosen on seed 9301's validation split; the docstring of :func:`train_control` has the figures)
+#: 490 training notes gave a control right on 65% of its test split (63% of seed 9302): too weak to "have to" use
+#: its note. 2,100 cases (1,470 to train): 92% on its test split, 93% on the first 30 of 9301's validation split.
 CONTROL_N: dict[str, int] = {"note": 2100}
 
 #: source -> [(summary key, chance key or a constant, operator, threshold, what it says)]
@@ -245,7 +245,17 @@ def fine_tuned_prefixes(pkg: Package) -> list[str]:
 #: modality is whichever comes first (the metadata-only control: T = 0.05, and its 4 misses of 70 on seed 9302
 #: were exact ties). Grad-CAM and IG explain the target logit / T: T only scales them, their shares stay.
 EXPLAIN_TEMPERATURE = 1.0
-#: the CAM (method, layer) the image controls are explained with
+#: the CAM (method, layer) the image controls are explained with: the dermatology packages' default
+#: (core.explain.gradcam.default_cam), so the controls test what the dashboard shows. Seed 9301 validation (105
+#: cases each; trained / randomised copy): lesion-only pointing game 0.39 / 0.00, context-only lesion mass ratio
+#: 1.49 / 0.87. Why (measured there): the 7 x 7 last-stage map cannot do better on the context criterion -- the
+#: context region itself, area-averaged to 7 x 7 and upsampled as pytorch-grad-cam does, puts a lesion mass ratio
+#: of 1.46 (14 x 14: 0.77) -- while the control does not use the lesion (blanking it: p(true) 0.91 -> 0.94;
+#: blanking the ring: -> 0.20). The lesion-only control does not use the ring (blanking it: 0.87 -> 0.86) and the
+#: 7 x 7 oracle hits the lesion every time, yet the map's maximum sits in the 16 px band outside the lesion for
+#: most misses (Grad-CAM's channel weights are spatially constant here: the last map is average-pooled).
+#: Finer maps point at the lesion whatever the model uses: LayerCAM on the middle stage reaches lesion pointing
+#: 0.94 but also 0.40 on the context-only control and 0.44 on the lesion control's randomised copy (chance 0.10).
 CONTROL_CAM: tuple[str, str] = ("gradcam", "last stage")
 
 
