@@ -83,7 +83,7 @@ def main() -> int:
             for k, v in ex.timings.items():
                 parts.setdefault(k, []).append(v)
         floors = _floors(variants, cases, pkg, clock, args.repeats) if args.floors else None
-        paths = _compare_paths(variants, cases, pkg, clock, args.repeats) if args.compare_paths else None
+        cpaths = _compare_paths(variants, cases, pkg, clock, args.repeats) if args.compare_paths else None
         mem_parts = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
         warm = min(10, max(2, args.memory_cases // 10))
         base = None
@@ -105,9 +105,9 @@ def main() -> int:
                        "memory_growth_percent": round(100 * (end - base) / base, 3) if base else None},
             "memory_mib": {"after_warm_up": round(base or 0, 1), f"after_{args.memory_cases}_explained_cases": round(end, 1)},
         }
-        if paths:
-            out["cohorts"][cohort]["compare_paths"] = paths
-            print(cohort, "compare paths", json.dumps(paths), flush=True)
+        if cpaths:
+            out["cohorts"][cohort]["compare_paths"] = cpaths
+            print(cohort, "compare paths", json.dumps(cpaths), flush=True)
         if floors:
             out["cohorts"][cohort]["compare_floor"] = floors
             print(cohort, "compare floor", json.dumps(floors), flush=True)
