@@ -215,6 +215,21 @@ def test_cohort_faithfulness_with_a_known_cam(pkg, tmp_path, monkeypatch):
             assert r_p["shapley_top"] == r_t["shapley_top"]
 
 
+def test_cohort_faithfulness_draws_the_cam_asked_for(pkg, tmp_path, monkeypatch):
+    """method and layer reach the CAM (the known-answer controls compare CAMs on the same cases) and are recorded."""
+    import core.explain.gradcam as G
+
+    seen = []
+    monkeypatch.setattr(G, "image_cam", lambda ctx, method="gradcam", layer="last stage", **k:
+                        seen.append((method, layer)) or np.ones((40, 40)))
+    items = _items(tmp_path, ["lesion", "context"])
+    out = C.cohort_faithfulness(pkg, items, parts=("image",), targets=("true",), method="layercam", layer="middle stage")
+    assert seen and set(seen) == {("layercam", "middle stage")}
+    assert (out["method"], out["layer"]) == ("layercam", "middle stage")
+    C.cohort_faithfulness(pkg, items, parts=("image",), targets=("true",))
+    assert seen[-1] == ("gradcam", "last stage")
+
+
 def test_cohort_faithfulness_explains_the_true_class_of_wrong_cases(pkg, tmp_path, monkeypatch):
     import core.explain.gradcam as G
 

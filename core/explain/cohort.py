@@ -162,7 +162,7 @@ def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: boo
         context = _load_region(it.context_path)
         if context is None or context.shape != lesion.shape:
             context = context_ring(lesion)   # no generator region (e.g. real data): the ring around the lesion
-        cam = image_cam(ctx, method, layer)
+        cam = image_cam(ctx, method, layer=layer)
         m = map_measures(cam, lesion, context)
         row.update(m)
         if it.evidence == "lesion":
