@@ -343,3 +343,16 @@ def test_stacked_missing_modality_fill_is_each_packages_own(tmp_path, monkeypatc
                 assert torch.equal(fa.token_mask, fb.token_mask) and all(torch.equal(x, y) for x, y in zip(fa.levels, fb.levels))
                 assert (fa.extras is None) == (fb.extras is None)
         assert not torch.equal(got[0][1].tokens, got[1][1].tokens)      # the packages' own stand-ins, not one's
+
+
+def test_stacked_weights_follow_an_in_place_change():
+    from core.heads import ResidualHead
+    from core.package.stacked import _cached_stack, _head_weights
+
+    heads = [ResidualHead(8, 3, hidden=4, blocks=1) for _ in range(2)]
+    first = _cached_stack(heads, _head_weights)
+    assert _cached_stack(heads, _head_weights) is first                  # kept while the weights are unchanged
+    with torch.no_grad():
+        heads[1].blocks[0].l2.bias.add_(1.0)
+    again = _cached_stack(heads, _head_weights)
+    assert again is not first and torch.equal(again["0.l2.b"][1, 0], heads[1].blocks[0].l2.bias)

@@ -126,7 +126,7 @@ def stack_key(head: Any, fused: torch.Tensor, n: int, T: int) -> tuple | None:
 
 # ---- the stacked residual head -----------------------------------------------------------------------
 
-_STACKS: dict[tuple, tuple[list[weakref.ref], list[torch.Tensor], list[int], dict[str, torch.Tensor]]] = {}
+_STACKS: dict[tuple, tuple[list[weakref.ref], list[weakref.ref], list[int], dict[str, torch.Tensor]]] = {}
 _STACKS_LOCK = threading.Lock()
 _STACKS_KEEP = 32
 
@@ -139,14 +139,14 @@ def _cached_stack(modules: Sequence[torch.nn.Module], build) -> dict[str, torch.
     with _STACKS_LOCK:
         hit = _STACKS.get(key)
     if hit is not None and all(r() is m for r, m in zip(hit[0], modules)) \
-            and all(p._version == v for p, v in zip(hit[1], hit[2])):
+            and all((p := r()) is not None and p._version == v for r, v in zip(hit[1], hit[2])):
         return hit[3]
     params = [p for m in modules for p in m.parameters()]
     w = build(modules)
     with _STACKS_LOCK:
         if len(_STACKS) >= _STACKS_KEEP:
             _STACKS.pop(next(iter(_STACKS)))
-        _STACKS[key] = ([weakref.ref(m) for m in modules], params, [p._version for p in params], w)
+        _STACKS[key] = ([weakref.ref(m) for m in modules], [weakref.ref(p) for p in params], [p._version for p in params], w)
     return w
 
 
