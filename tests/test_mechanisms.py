@@ -345,7 +345,7 @@ def test_modality_gates_give_one_weight_per_input(variant):
         g = d["gates_per_dim"]
         assert float(g.std(-1).max()) < 1e-6      # the same gate on every dimension of an input
     assert torch.allclose(d["modality_weights"].sum(-1), torch.ones(5), atol=1e-5)
-    dim_gated = _tiny("gated")
+    dim_gated = _tiny("gated", gate_per="dim")
     with torch.no_grad():
         per_dim = dim_gated(*prepare_batch(dim_gated, [make_case(i) for i in range(5)])[:2]).diagnostics["gates_per_dim"]
     assert float(per_dim.std(-1).max()) > 1e-4    # while seed 001's gate differs per dimension
@@ -399,3 +399,17 @@ def test_variant_training_defaults_reach_the_config_and_yield_to_it():
     assert own.train.gate_balance_weight == 0.0
     with pytest.raises(ConfigError, match="gate_balance_weight"):
         config_from_dict({**base, "variant": "concat", "train": {"gate_balance_weight": -1}})
+
+
+def test_balance_penalty_looks_at_every_level():
+    """A level that gives one input nothing for every case is penalised even when the levels' weighted sum
+    looks balanced (which is what let hierarchical's image weight stay constant)."""
+    from core.training.module import balance_penalty
+
+    level_ok = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+    drops_first = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    drops_second = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    levels = torch.stack([level_ok, drops_first, drops_second], 1)       # [B, 3 levels, 2 inputs]
+    weights = levels.mean(1)                                              # balanced overall
+    assert float(balance_penalty({"modality_weights": weights})) == pytest.approx(0, abs=1e-6)
+    assert float(balance_penalty({"modality_weights": weights, "level_gates": levels})) == pytest.approx(2 / 3)

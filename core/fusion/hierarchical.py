@@ -24,7 +24,10 @@ class HierarchicalFusion(Fusion):
     }
     # softmax: only the level weights' ratios can matter to the LayerNorm'ed output, so weights that sum
     # to 1 are the identifiable form; identifiable: each level's output at unit scale before a_i weighs it
-    TRAINING_DEFAULTS = {"identifiable": True, "level_weighting": "softmax"}
+    # trained form (README #14, chosen on seed 0's validation split): one gate per input, case and level, each
+    # level's gate kept from collapsing by the balance loss (core.training.module.balance_penalty)
+    TRAINING_DEFAULTS = {"identifiable": True, "level_weighting": "softmax", "gate_per": "modality"}
+    TRAIN_OPTION_DEFAULTS = {"gate_balance_weight": 0.3}
     MECHANISM_PARAMETERS = ("level_logits", "gate.weight", "gate.bias")
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, level_weighting: str = "sigmoid",

@@ -35,6 +35,16 @@ def gate_balance_loss(weights: torch.Tensor) -> torch.Tensor:
     return imp.numel() * (imp ** 2).sum() - 1
 
 
+def balance_penalty(diagnostics: dict[str, Any]) -> torch.Tensor:
+    """:func:`gate_balance_loss` of a variant's gates: of every level's gate separately where there are
+    levels (``level_gates`` [B, L, M]; balancing only their weighted sum let one level drop an input for
+    every case: measured, hierarchical's image weight then never varied), else of ``modality_weights``."""
+    if "level_gates" in diagnostics:
+        g = diagnostics["level_gates"]
+        return torch.stack([gate_balance_loss(g[:, i]) for i in range(g.shape[1])]).mean()
+    return gate_balance_loss(diagnostics["modality_weights"])
+
+
 class LitClassifier(L.LightningModule):
     def __init__(self, model: MultimodalClassifier, opts: TrainOptions, train_data: SplitTensors, val_data: SplitTensors,
                  class_counts: list[int]):
@@ -93,7 +103,7 @@ class LitClassifier(L.LightningModule):
             w = out.diagnostics["modality_weights"].clamp(1e-6, 1.0)
             loss = loss + self.opts.gate_entropy_weight * (-(w * w.log()).sum(-1)).mean()
         if self.opts.gate_balance_weight and "modality_weights" in out.diagnostics:  # optional: no collapse
-            loss = loss + self.opts.gate_balance_weight * gate_balance_loss(out.diagnostics["modality_weights"])
+            loss = loss + self.opts.gate_balance_weight * balance_penalty(out.diagnostics)
         ce = F.cross_entropy(out.logits, y, reduction="none").detach()
         loss = loss + self.opts.uncertainty_weight * (torch.exp(-out.log_var) * ce + out.log_var).mean()
         self.log("train_loss", loss, prog_bar=True, batch_size=len(y))
