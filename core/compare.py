@@ -161,7 +161,7 @@ def agreement_summary(columns: Sequence[VariantColumn]) -> dict[str, Any]:
     majority = max(votes, key=votes.get)
     return {"all_agree": len(votes) == 1, "votes": votes, "majority_label": majority,
             "majority_fraction": votes[majority] / len(columns),
-            "referred": [c.package.variant for c in columns if c.prediction.refer]}
+            "referred": [c.package.name for c in columns if c.prediction.refer]}
 
 
 def explanation_agreement(columns: Sequence[VariantColumn]) -> dict[str, Any]:
@@ -171,7 +171,7 @@ def explanation_agreement(columns: Sequence[VariantColumn]) -> dict[str, Any]:
         ea, eb = columns[a].explanation, columns[b].explanation
         if ea is None or eb is None:
             continue
-        row: dict[str, Any] = {"a": columns[a].package.variant, "b": columns[b].package.variant}
+        row: dict[str, Any] = {"a": columns[a].package.name, "b": columns[b].package.name}
         if ea.cams and eb.cams:
             m = next(iter(ea.cams))
             if m in eb.cams:

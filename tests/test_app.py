@@ -144,7 +144,7 @@ def test_compare_page_side_by_side_table_and_cohort_view(app):
     assert cmp.encoder_passes["image"] == 1 and cmp.encoder_passes["note"] == 1 and cmp.encoder_passes["metadata"] == 4
     figs = charts(at)
     probs = figs[0]["data"][0]
-    assert probs["type"] == "bar" and probs["y"] == ["gated", "mmtm"]
+    assert probs["type"] == "bar" and probs["y"] == ["tiny-gated (gated)", "tiny-mmtm (mmtm)"]  # package (variant type)
     assert sum(1 for f in figs if any(t["type"] == "heatmap" for t in f["data"])) == 2  # a Grad-CAM per column
     assert at.dataframe[-1].value["model"].tolist() == ["gated", "mmtm"]
     bars = next(f for f in figs if f["data"][0].get("error_y"))  # cohort view: sorted by the metric, with intervals
@@ -154,6 +154,38 @@ def test_compare_page_side_by_side_table_and_cohort_view(app):
     ok(at)
     table = at.dataframe[0].value
     assert table["variant"].tolist() == ["gated", "mmtm"] and table["probability"].between(0, 1).all()
+
+
+@pytest.fixture(scope="module")
+def same_type_suite(tmp_path_factory):
+    """Two packages of ONE fusion variant type under different names (as HAM10000 gated and gated_kan)."""
+    from core import save_package
+    from tiny import LABELS, make_model
+
+    root = tmp_path_factory.mktemp("same_type")
+    save_suite(root / "models", ("gated",))
+    save_package(make_model("gated", modalities=("image", "note", "metadata"), seed=1),
+                 root / "models" / "dermatology" / "gated_kan", LABELS, name="tiny-gated_kan", cohort="dermatology",
+                 mc_samples=8, training_data={"synthetic": True, "description": "tiny generated cases"})
+    write_demo_case(root / "cases" / "dermatology" / "demo-1")
+    return root / "models", root / "cases"
+
+
+def test_compare_page_keeps_two_packages_of_one_variant_type_apart(same_type_suite, monkeypatch):
+    # labelled by the variant type both columns were headed "gated" and plotly stacked the two bars into one (> 100%)
+    models, demo_cases = same_type_suite
+    monkeypatch.setenv("FUSIONLENS_MODELS", str(models))
+    monkeypatch.setenv("FUSIONLENS_CASES", str(demo_cases))
+    at = goto(load_demo(AppTest.from_file(APP, default_timeout=120).run()), PAGES[5])
+    assert len(at.multiselect(key="cmp_variants").value) == 2
+    cmp = next(v for k, v in at.session_state["fl_results"].items() if k[0] == "compare")
+    assert [c.package.variant for c in cmp.columns] == ["gated", "gated"]
+    names = [f"{c.package.name} (gated)" for c in cmp.columns]
+    assert sorted(names) == ["tiny-gated (gated)", "tiny-gated_kan (gated)"]
+    probs = charts(at)[0]["data"][0]
+    assert probs["type"] == "bar" and probs["y"] == names and len(probs["x"]) == 2 and max(probs["x"]) <= 1.0
+    heads = [m.value.replace("\\", "") for m in at.markdown]
+    assert all(f"**{n}**" in heads for n in names)
 
 
 def test_report_panel_prepares_pdf_html_json_in_memory(app, tmp_path):

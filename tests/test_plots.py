@@ -41,6 +41,33 @@ def test_probability_bars_mark_the_prediction_and_the_true_label():
     assert "true label" in bar.text[0] and bar.marker.color[1] != bar.marker.color[0]
 
 
+def _column(name: str, variant: str, p_malignant: float) -> dict:
+    probs = {"benign": 1 - p_malignant - 0.05, "malignant": p_malignant, "other": 0.05}
+    return {"name": name, "variant": variant, "label": max(probs, key=probs.get), "probability": max(probs.values()),
+            "probabilities": probs, "normalised_entropy": 0.4, "refer": False}
+
+
+def test_compared_packages_of_one_variant_type_get_their_own_bar_and_row():
+    # HAM10000 gated and gated_kan are both fusion variant "gated": labelled by the type, plotly drew them as one
+    # stacked bar (0.9 + 0.8 = 170%) and the report table had two rows both called "gated"
+    cols = [_column("ham10000/concat", "concat", 0.7), _column("ham10000/gated", "gated", 0.9),
+            _column("ham10000/gated_kan", "gated", 0.8)]
+    fig = plots.variant_probabilities(cols, "malignant")
+    assert types(fig) == ["bar"] and list(fig.data[0].y) == ["concat", "gated", "gated_kan (gated)"]
+    assert list(fig.data[0].x) == [0.7, 0.9, 0.8] and max(fig.data[0].x) <= 1.0
+    assert plots.prediction.package_labels(cols) == list(fig.data[0].y)
+
+    from core.report.sections import comparison_rows
+
+    rows = comparison_rows({"columns": cols})
+    assert [r[0] for r in rows] == ["concat", "gated", "gated_kan (gated)"]
+    # names that still collide (two cohorts' gated, the same package twice) stay distinct too
+    same = [_column("ham10000/gated", "gated", 0.9), _column("dermatology/gated", "gated", 0.5),
+            _column("dermatology/gated", "gated", 0.5)]
+    labels = plots.prediction.package_labels(same)
+    assert len(set(labels)) == 3 and labels[0] == "ham10000/gated"
+
+
 def test_mc_distribution_has_one_box_per_class():
     samples = np.random.default_rng(0).dirichlet(np.ones(3), size=8)
     fig = plots.mc_distribution(LABELS, samples)

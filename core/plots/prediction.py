@@ -65,10 +65,32 @@ def referral_curve(fractions: Sequence[float], accuracy: Sequence[float], operat
 # ----------------------------------------------------------------------------------------------------------------------
 # variant comparison
 
+def package_labels(columns: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One display label per compared package (``Comparison.to_dict()['columns']`` or package summaries):
+    the package's name without its cohort folder, with the fusion variant type after it where the name does
+    not already say it ("gated_kan (gated)", "concat"). Several packages share a variant type (HAM10000
+    ``gated`` and ``gated_kan`` are both "gated"), so labelling by the type would merge their columns and
+    bars; names that still collide are written in full, then numbered, so every label is distinct."""
+    full = [str(c.get("name") or c.get("variant") or "package") for c in columns]
+    short = [n.rsplit("/", 1)[-1] for n in full]
+    out = []
+    for f, s, c in zip(full, short, columns):
+        name = s if short.count(s) == 1 else f
+        v = c.get("variant")
+        out.append(name if not v or v == s else f"{name} ({v})")
+    repeated = {lab for lab in out if out.count(lab) > 1}
+    seen: dict[str, int] = {}
+    for i, lab in enumerate(out):
+        if lab in repeated:
+            seen[lab] = seen.get(lab, 0) + 1
+            out[i] = f"{lab} #{seen[lab]}"
+    return out
+
+
 def variant_probabilities(columns: Sequence[Mapping[str, Any]], label: str, title: str | None = None) -> go.Figure:
-    """The calibrated probability of ``label`` per variant (``Comparison.to_dict()['columns']``);
-    variants that predict another class are drawn in orange."""
-    names = [c["variant"] for c in columns]
+    """The calibrated probability of ``label`` per compared package (``Comparison.to_dict()['columns']``),
+    one bar each labelled by :func:`package_labels`; packages that predict another class are drawn in orange."""
+    names = package_labels(columns)
     p = [float(c["probabilities"].get(label, 0.0)) for c in columns]
     colours = ["#1f77b4" if c["label"] == label else "#ff7f0e" for c in columns]
     fig = go.Figure(go.Bar(x=p, y=names, orientation="h", marker_color=colours, text=[f"{v:.1%}" for v in p],

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..plots import attribution_bands, cam_overlay_png
+from ..plots.prediction import package_labels
 
 DPI = 110
 
@@ -102,7 +103,7 @@ def spectrum_png(spectrum: Mapping[str, Any], title: str = "Spectrum and its att
 
 def comparison_png(columns: Sequence[Mapping[str, Any]], label: str) -> bytes:
     plt = _plt()
-    names = [c["variant"] for c in columns]
+    names = package_labels(columns)  # by package, not variant type: one type can hold several packages
     p = [c["probabilities"].get(label, 0.0) for c in columns]
     fig, ax = plt.subplots(figsize=(5.2, 0.5 + 0.3 * len(names)))
     y = np.arange(len(names))[::-1]

@@ -169,8 +169,12 @@ def probability_rows(pred: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def comparison_rows(c: Mapping[str, Any]) -> list[tuple[str, str]]:
-    return [(col["variant"], f"{col['label']} {pct(col['probability'])}, uncertainty {col['normalised_entropy']:.2f}"
-             + (", refer" if col["refer"] else "")) for col in c["columns"]]
+    """One row per compared package, named by the package (its variant type after it), not by the type alone:
+    two packages of one type (HAM10000 gated and gated_kan) keep two distinguishable rows."""
+    from ..plots.prediction import package_labels
+
+    return [(name, f"{col['label']} {pct(col['probability'])}, uncertainty {col['normalised_entropy']:.2f}"
+             + (", refer" if col["refer"] else "")) for name, col in zip(package_labels(c["columns"]), c["columns"])]
 
 
 # ---- the sections ----------------------------------------------------------------------------------------------------
@@ -259,7 +263,7 @@ def _internals(d: Mapping[str, Any]) -> list[Section]:
         blocks: list[Block] = [
             Text(f"{'All variants agree' if c['agreement']['all_agree'] else 'The variants disagree'}: votes {votes}; "
                  f"ensemble disagreement {c['ensemble']['disagreement']:.2f} nats."),
-            Table(comparison_rows(c), ("variant", "prediction")),
+            Table(comparison_rows(c), ("package (fusion variant)", "prediction")),
             Figure(lambda: plots.variant_probabilities(c["columns"], c["target_label"]),
                    lambda: figures.comparison_png(c["columns"], c["target_label"]))]
         if c["explanation_agreement"]:

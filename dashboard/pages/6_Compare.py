@@ -7,6 +7,7 @@ import streamlit as st
 from core import plots
 from core.compare import cohort_metrics
 from core.explain.mechanisms import readings as mechanism_readings
+from core.plots.prediction import package_labels
 from dashboard import background, loaders
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import remember_comparison, report_panel
@@ -83,9 +84,10 @@ if explain:
 
     # ---- one column per variant ------------------------------------------------------------------------------
     cols = st.columns(len(cmp.columns))
-    for i, (col, vc, summ) in enumerate(zip(cols, cmp.columns, d["columns"])):
+    heads = package_labels(d["columns"])  # the package's name (variant type after it): gated and gated_kan are both "gated"
+    for i, (col, vc, summ, head) in enumerate(zip(cols, cmp.columns, d["columns"], heads)):
         with col:
-            st.markdown(f"**{md_escape(summ['variant'])}**")
+            st.markdown(f"**{md_escape(head)}**")
             st.metric("Prediction", f"{summ['label']} {summ['probability']:.1%}")
             st.caption(f"uncertainty {summ['normalised_entropy']:.2f} · epistemic {summ['epistemic']:.3f}")
             if summ["refer"]:
