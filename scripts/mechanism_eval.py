@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = classification_metrics(y, post.calibrated.numpy(), post.probabilities.numpy(),
                                          post.normalised_entropy.numpy(), pkg.labels, n_boot=200)
         rec = measure_split(pkg.model, split, pkg.temperature, [evidence.get(i) for i in split.ids],
-                            data={"cohort": args.cohort, "seed": args.seed, "n": len(items), "split": "all"})
+                            data={"cohort": args.cohort, "seed": args.seed, "split": "train+val+test", "n_generated": len(items)})
         ag, ev = rec.get("agreement_with_shapley", {}), rec.get("agreement_with_evidence", {})
         short = {"balanced_accuracy": metrics["balanced_accuracy"], "ece": metrics["ece"],
                  "error_detection_auroc": metrics["error_detection_auroc"],
