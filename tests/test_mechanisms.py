@@ -310,7 +310,7 @@ def test_fusion_internals_page_shows_readings(tmp_path, monkeypatch):
 
 def test_evaluate_mechanisms_cli_matches_the_stored_record(capsys):
     """`evaluate --mechanisms` through the deployed path reproduces the record training stored, on the
-    shipped diabetes `hierarchical` (retrained in issue 14: its level weights moved)."""
+    shipped diabetes `hierarchical` (retrained in issue 14 with one gate per input and level)."""
     import json
     from pathlib import Path
 
@@ -322,7 +322,8 @@ def test_evaluate_mechanisms_cli_matches_the_stored_record(capsys):
     assert main(["evaluate", "--model", str(pkg), "--cohort", "diabetes", "--split", "test", "--mechanisms", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)["mechanisms"]
     assert rec["n_cases"] == stored["n_cases"] == 115
-    assert rec["movement"]["level_weights"]["moved"] > THRESHOLDS["moved"]
+    assert rec["movement"]["level_weights"]["moved"] == pytest.approx(stored["movement"]["level_weights"]["moved"], abs=1e-6)
+    assert max(stored["spread"].values()) >= THRESHOLDS["spread_varies"]   # its gates vary per patient
     assert rec["agreement_with_shapley"]["spearman_mean"] == pytest.approx(stored["agreement_with_shapley"]["spearman_mean"], abs=0.02)
     for k, v in stored["spread"].items():
         assert rec["spread"][k] == pytest.approx(v, abs=2e-3)
