@@ -282,31 +282,23 @@ def bench_cohort(cohort: str, n_cases: int, repeats: int, memory_cases: int, mod
             curve.append([i + 1, round(rss_mb(), 1)])
     gc.collect()
     end = rss_mb()
-    med = T.median
-    ratios = {
-        "predict_T30_over_forward": med("predict_T30") / med("forward_plain"),
-        "naive_predict_over_predict": med("predict_T30_naive") / med("predict_T30"),
-        "explain_over_forward": med("explain_full") / med("forward_plain"),
-        "naive_explain_over_explain": med("explain_full_naive") / med("explain_full"),
-        "compare_all_over_one_variant": med("compare_all") / med("predict_T30"),
-        "naive_compare_all_over_compare_all": med("compare_all_naive") / med("compare_all"),
-        "memory_growth_percent": 100 * (end - base) / base,
-        "int8_speedup_forward": med("forward_plain") / med("forward_plain_int8"),
-        "int8_speedup_predict": med("predict_T30") / med("predict_T30_int8"),
-    }
-    ratios = {k: round(v, 3) for k, v in ratios.items()}
-    cmed = T.cpu_median
+
+    def goal_ratios(med):
+        return {
+            "predict_T30_over_forward": med("predict_T30") / med("forward_plain"),
+            "naive_predict_over_predict": med("predict_T30_naive") / med("predict_T30"),
+            "explain_over_forward": med("explain_full") / med("forward_plain"),
+            "naive_explain_over_explain": med("explain_full_naive") / med("explain_full"),
+            "compare_all_over_one_variant": med("compare_all") / med("predict_T30"),
+            "naive_compare_all_over_compare_all": med("compare_all_naive") / med("compare_all"),
+            "int8_speedup_forward": med("forward_plain") / med("forward_plain_int8"),
+            "int8_speedup_predict": med("predict_T30") / med("predict_T30_int8"),
+        }
+
+    ratios = {k: round(v, 3) for k, v in {**goal_ratios(T.median),
+                                          "memory_growth_percent": 100 * (end - base) / base}.items()}
     # the same time ratios in CPU time (steadier than wall time while other jobs share the machine)
-    ratios_cpu = {k: round(v, 3) for k, v in {
-        "predict_T30_over_forward": cmed("predict_T30") / cmed("forward_plain"),
-        "naive_predict_over_predict": cmed("predict_T30_naive") / cmed("predict_T30"),
-        "explain_over_forward": cmed("explain_full") / cmed("forward_plain"),
-        "naive_explain_over_explain": cmed("explain_full_naive") / cmed("explain_full"),
-        "compare_all_over_one_variant": cmed("compare_all") / cmed("predict_T30"),
-        "naive_compare_all_over_compare_all": cmed("compare_all_naive") / cmed("compare_all"),
-        "int8_speedup_forward": cmed("forward_plain") / cmed("forward_plain_int8"),
-        "int8_speedup_predict": cmed("predict_T30") / cmed("predict_T30_int8"),
-    }.items()}
+    ratios_cpu = {k: round(v, 3) for k, v in goal_ratios(T.cpu_median).items()}
     return {
         "cohort": cohort, "main_package": main.name, "packages": len(paths), "cases": len(cases), "repeats": repeats,
         "stages": T.summary(), "ratios": ratios, "ratios_cpu_time": ratios_cpu,

@@ -257,3 +257,18 @@ def test_cohort_metrics_show_the_fair_faithfulness_measures_beside_chance_and_dr
                     "faithfulness_pointing_game_decisive": 0.45, "faithfulness_pointing_game_decisive_chance": 0.22}
     old = {"cam_lesion_share_lesion_decided": 0.33, "pointing_game_rate": 0.45, "shapley_top_equals_evidence": 0.75}
     assert _faithfulness_columns(old) == {}
+
+
+def test_report_file_name_names_the_package_not_its_variant_type():
+    """Two packages of one variant type (HAM10000 `gated`, `gated_kan`) must not download under one name."""
+    from core.report.render import CaseReport
+
+    def name(model):
+        rep = CaseReport.__new__(CaseReport)
+        rep.data = {"case": {"case_id": "ham-05"}, "model": model}
+        return rep.filename("pdf")
+
+    a = name({"name": "ham10000/gated", "variant": "gated"})
+    b = name({"name": "ham10000/gated_kan", "variant": "gated"})
+    assert a == "fusionlens-report-ham-05-gated.pdf" and b == "fusionlens-report-ham-05-gated_kan.pdf"
+    assert name({"name": "../x/y z", "variant": "mmtm"}) == "fusionlens-report-ham-05-y_z.pdf"

@@ -72,8 +72,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d))
     else:
-        for col in d["columns"]:
-            print(f"{col['variant']:18s} {col['label']:8s} p={col['probability']:.3f}  uncertainty={col['normalised_entropy']:.3f}"
+        from ..plots.prediction import package_labels   # package names: several packages can share a variant type
+
+        for name, col in zip(package_labels(d["columns"]), d["columns"]):
+            print(f"{name:24s} {col['label']:8s} p={col['probability']:.3f}  uncertainty={col['normalised_entropy']:.3f}"
                   f"{'  REFER' if col['refer'] else ''}")
         a, e = d["agreement"], d["ensemble"]
         print(f"{'all agree' if a['all_agree'] else 'disagree'}: {a['votes']}; ensemble {e['label']} p={e['probability_of_label']:.3f}"

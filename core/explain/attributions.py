@@ -80,6 +80,21 @@ def integrated_gradients(f, x: torch.Tensor, baseline: torch.Tensor, n_steps: in
     return attr, attr.reshape(1, -1).sum(1) - (f_x.reshape(1) - out[n_steps:].detach())
 
 
+def ig_with_delta(f, x: torch.Tensor, baseline: torch.Tensor, n_steps: int, f_x, internal_batch_size: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attributions, convergence delta): all steps in one batch by :func:`integrated_gradients` (``f_x()``
+    gives f at ``x``, already known to the caller) when ``internal_batch_size >= n_steps``, else Captum's
+    ``IntegratedGradients`` in chunks of ``internal_batch_size`` (imported here, so a process that never
+    chunks never imports captum)."""
+    if internal_batch_size >= n_steps:
+        return integrated_gradients(f, x, baseline, n_steps, f_x())
+    from captum.attr import IntegratedGradients
+
+    with torch.enable_grad():
+        return IntegratedGradients(f).attribute(x, baselines=baseline, n_steps=n_steps, method="gausslegendre",
+                                                internal_batch_size=internal_batch_size, return_convergence_delta=True)
+
+
 def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_size: int = 24) -> dict[str, Any]:
     enc = ctx.model.encoders["note"]
     note = ctx.case.note or ""
@@ -87,15 +102,7 @@ def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_siz
     # embedding layer computes, but with no hook: the shared encoder is used as it is (no private copy).
     tok, ids, mask, emb, base_emb = note_ig_inputs(enc, note)
     f = ctx.target_fn("note", "inputs_embeds", attention_mask=mask)
-    if internal_batch_size >= n_steps:
-        attr, delta = integrated_gradients(f, emb, base_emb, n_steps, ctx.target_logit())
-    else:
-        from captum.attr import IntegratedGradients
-
-        with torch.enable_grad():
-            attr, delta = IntegratedGradients(f).attribute(emb, baselines=base_emb, n_steps=n_steps, method="gausslegendre",
-                                                           internal_batch_size=internal_batch_size,
-                                                           return_convergence_delta=True)
+    attr, delta = ig_with_delta(f, emb, base_emb, n_steps, ctx.target_logit, internal_batch_size)
     token_scores = attr.sum(-1)[0].detach().numpy()
     tokens = enc.tokenizer.convert_ids_to_tokens(ids[0])
     offsets = tok["offset_mapping"][0].tolist()

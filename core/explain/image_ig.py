@@ -43,17 +43,9 @@ def middle_stage_ig(ctx: ExplainContext, n_steps: int = 8, internal_batch_size: 
     already gave (``attributions.integrated_gradients``): Captum's numbers without its two extra passes
     for the convergence delta."""
     f, a, a0, x = _ig_function(ctx)
-    if internal_batch_size >= n_steps:
-        from .attributions import integrated_gradients
+    from .attributions import ig_with_delta
 
-        attr, delta = integrated_gradients(f, a, a0, n_steps, ctx.target_logit())
-    else:
-        from captum.attr import IntegratedGradients   # here, not at import: a process that never runs it skips captum
-
-        with torch.enable_grad():
-            attr, delta = IntegratedGradients(f).attribute(a, baselines=a0, n_steps=n_steps, method="gausslegendre",
-                                                           internal_batch_size=internal_batch_size,
-                                                           return_convergence_delta=True)
+    attr, delta = ig_with_delta(f, a, a0, n_steps, ctx.target_logit, internal_batch_size)
     # the delta is sum(attr) - (f(a) - f(a0)), both ends already evaluated: the output difference follows
     # from it without running the two ends again
     gap = float(attr.sum()) - float(delta.reshape(-1)[0])

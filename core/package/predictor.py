@@ -177,6 +177,22 @@ def make_prediction(pkg: "Package", post: Posterior, i: int, present: dict[str, 
 
 
 # ---- one pass --------------------------------------------------------------------------------------
+def prepare_with_features(pkg, cases, features=None, memo=None):
+    """``prepare_batch`` for ``pkg`` with encoder outputs already computed spliced in: ``features`` maps a
+    modality to the output for the present rows of these cases (by an encoder with the same
+    ``encoder_fingerprint``); that encoder's input is not prepared. -> (inputs, present, warnings)."""
+    features = {m: f for m, f in (features or {}).items() if m in pkg.modalities}
+    inputs, present, warnings = prepare_batch(pkg.model, cases, set(features), memo)
+    counts = present.sum(0).tolist() if features else []
+    for m, f in features.items():
+        rows = counts[pkg.modalities.index(m)]
+        if rows:
+            if f.pooled.shape[0] != rows:
+                raise ValueError(f"precomputed {m} features have {f.pooled.shape[0]} rows for {rows} present cases.")
+            inputs[m] = f
+    return inputs, present, warnings
+
+
 def run(pkg: "Package", cases: Sequence[Case], mc_samples: int | None = None, seed: int = 0,
         features: Mapping[str, ModalityFeatures] | None = None) -> tuple[ModelOutput, ModelOutput, torch.Tensor, list[list[str]]]:
     """One encoder + fusion pass; the head runs once without dropout and T times with it, on the
@@ -185,15 +201,7 @@ def run(pkg: "Package", cases: Sequence[Case], mc_samples: int | None = None, se
     ``features``: modality -> encoder output already computed for the present rows of these cases
     (by this package's encoder or one with the same ``encoder_fingerprint``); that encoder is skipped."""
     T = pkg.mc_samples if mc_samples is None else mc_samples
-    features = {m: f for m, f in (features or {}).items() if m in pkg.modalities}
-    inputs, present, warnings = prepare_batch(pkg.model, cases, set(features))
-    counts = present.sum(0).tolist() if features else []
-    for m, f in features.items():
-        rows = counts[pkg.modalities.index(m)]
-        if rows:
-            if f.pooled.shape[0] != rows:
-                raise ValueError(f"precomputed {m} features have {f.pooled.shape[0]} rows for {rows} present cases.")
-            inputs[m] = f
+    inputs, present, warnings = prepare_with_features(pkg, cases, features)
     gen = torch.Generator().manual_seed(seed)
     model = pkg.inference_model
     with torch.inference_mode():

@@ -27,7 +27,7 @@ from ..encoders import ModalityFeatures, TabularEncoder
 from ..heads import ResidualHead
 from ..model import MissingEmbedding, ModelOutput
 from .predictor import (Prediction, SelectedRows, finish_rows, fuse_rows, head_pass, input_key, posterior, predictions,
-                        prepare_batch, select_rows)
+                        prepare_with_features, select_rows)
 
 if TYPE_CHECKING:
     from .package import Package
@@ -44,15 +44,7 @@ def run_many(packages: Sequence["Package"], cases: Sequence[Case], features: Seq
     prepared = []
     for pkg, feats in zip(packages, features):
         T = max(pkg.mc_samples if mc_samples is None else mc_samples, 1)
-        feats = {m: f for m, f in (feats or {}).items() if m in pkg.modalities}
-        inputs, present, warnings = prepare_batch(pkg.model, cases, set(feats), memo)
-        counts = present.sum(0).tolist() if feats else []
-        for m, f in feats.items():
-            rows = counts[pkg.modalities.index(m)]
-            if rows:
-                if f.pooled.shape[0] != rows:
-                    raise ValueError(f"precomputed {m} features have {f.pooled.shape[0]} rows for {rows} present cases.")
-                inputs[m] = f
+        inputs, present, warnings = prepare_with_features(pkg, cases, feats, memo)
         prepared.append((pkg, inputs, present, warnings, T))
     with torch.inference_mode():
         _stack_tabular_encoders([(pkg.inference_model, inputs) for pkg, inputs, _, _, _ in prepared])

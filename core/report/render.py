@@ -70,7 +70,10 @@ class CaseReport:
 
     def filename(self, fmt: str) -> str:
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in (self.data["case"]["case_id"] or "case"))[:40]
-        return f"fusionlens-report-{safe}-{self.data['model']['variant']}.{fmt}"
+        model = self.data["model"]   # the package's own name (several packages can share a variant type)
+        pkg = "".join(ch if ch.isalnum() or ch in "-_" else "_"
+                      for ch in str(model.get("name") or model["variant"]).rsplit("/", 1)[-1])[:40]
+        return f"fusionlens-report-{safe}-{pkg}.{fmt}"
 
 
 def make_report(package: Package, case: Case, explanation: Any | None = None, comparison: Any | None = None,
