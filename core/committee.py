@@ -8,7 +8,10 @@ path (``compare_variants(..., explain=False)``); nothing here runs a model itsel
 ``<suite>/committee.json`` (written by ``scripts/uncertainty_signals.py --write-committee``) holds the variant
 the vote threshold was fitted for (on a calibration set), the committee, the threshold and what the vote did
 on an evaluation set none of the models saw. The refer flag is given only when that file applies: the same
-variant, the same committee. Research use only, not a medical device.
+variant, the same committee. Where it applies, the vote is the Prediction page's referral signal
+(``fitted_spec`` + ``referral_signal``: the flag, the sentence naming the signal and its measured AUROC, the
+package's own entropy flag as secondary information, or the fallback to that flag with the reason).
+Research use only, not a medical device.
 """
 from __future__ import annotations
 
@@ -195,3 +198,95 @@ def committee_vote(packages: Sequence[Package], case: Case, chosen: Package,
         threshold=spec.threshold if applies else None, min_disagreeing=spec.min_disagreeing if applies else None,
         note=note, sentence=spec.sentence() if spec is not None and applies else None,
         lines=spec.lines() if spec is not None else [], skipped=skipped)
+
+
+# ---- which signal raises the Prediction page's referral flag --------------------------------------------------------
+OWN_SIGNAL = "entropy_head_mc"   # the package's own referral signal (head MC-dropout entropy), as committee.json names it
+
+
+def fitted_spec(pkg: Package) -> tuple[CommitteeSpec | None, str | None]:
+    """The committee.json of ``pkg``'s suite when it was fitted for ``pkg`` (the vote is then its referral
+    signal): (spec, None). (None, why) when that file names ``pkg`` but cannot be used; (None, None) when there
+    is no file or it was fitted for another variant (the package's own flag applies, nothing is said)."""
+    suite = Path(pkg.path).parent
+    try:
+        spec = read_committee(suite)
+    except CommitteeError as e:
+        try:
+            named = json.loads((suite / COMMITTEE_FILE).read_text()).get("variant")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            named = None
+        return None, (str(e) if named == folder(pkg) else None)
+    if spec is None or spec.variant != folder(pkg):
+        return None, None
+    return spec, None
+
+
+@dataclass(frozen=True)
+class Referral:
+    """The referral flag the Prediction page shows and the sentences around it."""
+    signal: str                  # SIGNAL (the committee vote) or OWN_SIGNAL (the package's own entropy flag)
+    refer: bool
+    flag: str                    # the flag in words (markdown)
+    sentence: str | None         # what raised the flag and how well it caught errors; None: the package's own flag as always
+    secondary: str | None = None  # the model's own uncertainty, when the vote decides
+    fallback: str | None = None   # why the vote fitted for this package was not used
+
+    @property
+    def curve_note(self) -> str | None:
+        """Said beside the package's accuracy-vs-referred curve (an entropy curve) when the vote raises the flag."""
+        if self.signal != SIGNAL:
+            return None
+        return "This curve follows the model's own uncertainty, not the committee vote that raises the flag above."
+
+
+def _own_flag(pred: Any) -> str:
+    r = pred.referral
+    if pred.refer:
+        return (f"**Advise re-check by a clinician.** This case's uncertainty ({r['value']:.2f}) is above the "
+                f"package's referral threshold ({r['threshold']:.2f}).")
+    return (f"No referral flag: the uncertainty ({r['value']:.2f}) is below the package's referral threshold "
+            f"({r['threshold']:.2f}).")
+
+
+def _own(pred: Any) -> str:
+    r = pred.referral
+    return (f"normalised entropy {r['value']:.2f} is {'above' if pred.refer else 'not above'} "
+            f"its threshold {r['threshold']:.2f}")
+
+
+def referral_signal(pred: Any, spec: CommitteeSpec | None, vote: CommitteeVote | None = None,
+                    failure: str | None = None) -> Referral:
+    """Which flag applies to ``pred`` (a ``core.package.Prediction``): the committee vote's when ``spec`` (from
+    ``fitted_spec``) was fitted for this package and ``vote`` applied its threshold; else the package's own
+    entropy flag, with one sentence saying why the vote was not used when it should have been (``failure``:
+    the vote could not be computed, or ``fitted_spec``'s reason)."""
+    if spec is not None and vote is not None and vote.refer is not None:
+        v, (lo, hi) = spec.auroc[SIGNAL]
+        sentence = (f"The referral flag comes from the committee vote (raised when at least {spec.min_disagreeing} "
+                    f"of the {len(spec.committee)} other fusion variants predict another class), which on "
+                    f"{spec.cohort} cases none of the models had seen ({spec.evaluation}) separated this model's "
+                    f"wrong predictions from its right ones with an AUROC of {v:.3f} (95% bootstrap interval "
+                    f"{lo:.3f}–{hi:.3f}; {spec.chance:.1f} is chance).")
+        own = spec.auroc.get(OWN_SIGNAL)
+        measured = (f" (its AUROC on the same cases: {own[0]:.3f}, {own[1][0]:.3f}–{own[1][1]:.3f})"
+                    if own is not None else "")
+        secondary = (f"The model's own uncertainty says **{'refer' if pred.refer else 'no referral flag'}**: its "
+                     f"{_own(pred)}{measured}.")
+        counted = (f"{vote.k} of the {vote.n} other fusion variants predict another class (the flag is raised from "
+                   f"{vote.min_disagreeing}).")
+        flag = f"**Advise re-check by a clinician.** {counted}" if vote.refer else f"No referral flag: {counted}"
+        return Referral(SIGNAL, bool(vote.refer), flag, sentence, secondary)
+    if spec is None and failure is None:
+        return Referral(OWN_SIGNAL, bool(pred.refer), _own_flag(pred), None)
+    if failure is None and vote is not None and spec is not None:
+        absent = [m for m in spec.committee if m not in vote.members]
+        failure = (f"{len(absent)} of the {len(spec.committee)} variants it was fitted for did not vote here: "
+                   + ", ".join(f"{m} ({vote.skipped[m]})" if m in vote.skipped else f"{m} (not in this suite)"
+                               for m in absent))
+        if not absent:
+            failure = f"the variants that voted here are not the {len(spec.committee)} it was fitted for"
+    why = (failure or "no vote was computed").rstrip(".")
+    return Referral(OWN_SIGNAL, bool(pred.refer), _own_flag(pred),
+                    f"The committee vote fitted for this model could not be used ({why}), so the flag comes from the "
+                    "model's own uncertainty (head MC-dropout entropy).", fallback=why)

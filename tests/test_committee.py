@@ -132,3 +132,145 @@ def test_prediction_page_button_shows_the_second_opinion(app):
     assert any("no committee.json" in c.value for c in at.caption)
     at = ok(at.run())   # kept for this session and case: no second click
     assert any("of 1 other variants disagree" in m.value for m in at.markdown)
+
+
+# ---- the vote as the referral signal (where a committee.json was fitted for the selected package) ------------------
+
+VOTE_SENTENCE = "The referral flag comes from the committee vote"
+FALLBACK = "The committee vote fitted for this model could not be used"
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """The app's tiny suite (dermatology gated + mmtm) and its demo case -> (AppTest, the suite folder)."""
+    from test_app import write_app_suite
+
+    models, cases = write_app_suite(tmp_path)
+    monkeypatch.setenv("FUSIONLENS_MODELS", str(models))
+    monkeypatch.setenv("FUSIONLENS_CASES", str(cases))
+    return AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120), models / "dermatology"
+
+
+def set_referral_threshold(pkg: Path, threshold: float) -> None:
+    """The package's own (entropy) referral threshold: 0 refers every case, 1 none."""
+    cfg = json.loads((pkg / "config.json").read_text())
+    cfg["referral"]["threshold"] = threshold
+    (pkg / "config.json").write_text(json.dumps(cfg))
+
+
+def prediction_page(at: AppTest, variant: str) -> AppTest:
+    from test_app import load_demo, ok
+
+    at = load_demo(at)
+    at = ok(at.selectbox(key="w_variant").set_value(variant).run())
+    return ok(at.switch_page("pages/2_Prediction.py").run())
+
+
+def flags(at: AppTest) -> tuple[list[str], list[str]]:
+    """(referral warnings, no-referral successes) on the page."""
+    return ([w.value for w in at.warning if "Advise re-check" in w.value],
+            [s.value for s in at.success if "No referral flag" in s.value])
+
+
+def captions(at: AppTest, text: str) -> list[str]:
+    return [c.value for c in at.caption if text in c.value]
+
+
+@pytest.mark.parametrize("own_threshold", [0.0, 1.0])   # the package's own flag: always raised / never raised
+def test_the_vote_decides_the_referral_flag_where_committee_json_was_fitted_for_the_package(site, own_threshold):
+    at, suite = site
+    committee_file(suite, "mmtm", ["gated"], 1)
+    set_referral_threshold(suite / "mmtm", own_threshold)
+    at = prediction_page(at, "mmtm")
+    # computed with the page, no button: the panel below shows the same vote
+    shown = [m.value for m in at.markdown if "of 1 other variants disagree" in m.value]
+    assert len(shown) == 1, [m.value for m in at.markdown]
+    k = int(shown[0].split("**")[1].split(" ")[0])
+    refer, keep = flags(at)
+    if k >= 1:   # the threshold of the file: 1 of 1 disagreeing refers
+        assert len(refer) == 1 and not keep and "1 of the 1 other fusion variants predict another class" in refer[0]
+    else:
+        assert len(keep) == 1 and not refer and "0 of the 1 other fusion variants" in keep[0]
+    # one sentence naming the signal, with the AUROC and its interval read from committee.json
+    sentence = captions(at, VOTE_SENTENCE)
+    assert len(sentence) == 1 and "AUROC of 0.800 (95% bootstrap interval 0.700–0.900; 0.5 is chance)" in sentence[0]
+    assert "fresh seed 2, 10 cases" in sentence[0] and "at least 1 of the 1 other" in sentence[0]
+    # the package's own entropy flag, as secondary information
+    own = captions(at, "The model's own uncertainty says")
+    assert len(own) == 1
+    assert ("**refer**" in own[0]) == (own_threshold == 0.0) and "(its AUROC on the same cases: 0.600, 0.500–0.700)" in own[0]
+    assert not captions(at, FALLBACK) and captions(at, "This curve follows the model's own uncertainty")
+    assert not [b for b in at.button if b.key == "committee_run"]   # nothing left to ask for
+
+
+def test_the_package_s_own_flag_applies_where_committee_json_was_fitted_for_another_variant(site):
+    at, suite = site
+    committee_file(suite, "mmtm", ["gated"], 1)
+    set_referral_threshold(suite / "gated", 0.0)      # gated's own flag: always raised
+    set_referral_threshold(suite / "mmtm", 0.0)
+    at = prediction_page(at, "gated")
+    refer, keep = flags(at)
+    assert len(refer) == 1 and "is above the package's referral threshold (0.00)" in refer[0] and not keep
+    assert not captions(at, VOTE_SENTENCE) and not captions(at, FALLBACK)
+    assert not captions(at, "The model's own uncertainty says")
+    assert not any("other variants disagree" in m.value for m in at.markdown)   # the vote stays on demand here
+    assert [b for b in at.button if b.key == "committee_run"]
+    # the same session on mmtm, the variant the file was fitted for: the vote decides
+    from test_app import ok
+    at = ok(at.selectbox(key="w_variant").set_value("mmtm").run())
+    assert captions(at, VOTE_SENTENCE) and captions(at, "The model's own uncertainty says **refer**")
+
+
+@pytest.mark.parametrize("broken", ["damaged weights", "missing member"])
+def test_the_flag_falls_back_to_the_package_s_own_when_the_vote_fails(site, broken):
+    at, suite = site
+    if broken == "damaged weights":
+        committee_file(suite, "mmtm", ["gated"], 1)
+        weights = suite / "gated" / json.loads((suite / "gated" / "config.json").read_text())["weights"]["file"]
+        weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+        why = "does not match config.json"
+    else:
+        committee_file(suite, "mmtm", ["gated", "concat"], 1)     # concat is not in this suite
+        why = "1 of the 2 variants it was fitted for did not vote here: concat (not in this suite)"
+    set_referral_threshold(suite / "mmtm", 1.0)      # mmtm's own flag: never raised
+    at = prediction_page(at, "mmtm")
+    refer, keep = flags(at)
+    assert len(keep) == 1 and "is below the package's referral threshold (1.00)" in keep[0] and not refer
+    fallback = captions(at, FALLBACK)
+    assert len(fallback) == 1 and why in fallback[0], [c.value for c in at.caption]
+    assert fallback[0].endswith("so the flag comes from the model's own uncertainty (head MC-dropout entropy).")
+    assert not captions(at, VOTE_SENTENCE) and not captions(at, "not the committee vote")
+
+
+def test_fitted_spec_and_referral_signal_pick_the_flag(tiny_suite, tmp_path):
+    from types import SimpleNamespace
+
+    from core.committee import OWN_SIGNAL, SIGNAL, fitted_spec, referral_signal
+
+    suite, pkgs = tiny_suite
+    mmtm, gated = pkgs["mmtm"], pkgs["gated"]
+    pred = SimpleNamespace(refer=False, referral={"value": 0.3, "threshold": 0.5})
+    spec_file = committee_file(suite, "mmtm", ["gated", "concat", "add"], 1)
+    try:
+        spec, why = fitted_spec(mmtm)
+        assert spec is not None and why is None and fitted_spec(gated) == (None, None)
+        vote = committee_vote(list(pkgs.values()), make_case(0), mmtm, spec)
+        ref = referral_signal(pred, spec, vote)
+        assert ref.signal == SIGNAL and ref.refer == (vote.k >= 1) and ref.sentence.startswith(
+            "The referral flag comes from the committee vote") and "0.800 (95% bootstrap interval 0.700–0.900" in ref.sentence
+        assert "says **no referral flag**" in ref.secondary and ref.fallback is None
+        own = referral_signal(pred, None)           # no committee for this package: the package's flag, nothing said
+        assert own.signal == OWN_SIGNAL and own.refer is False and own.sentence is None and own.curve_note is None
+        assert "below the package's referral threshold (0.50)" in own.flag
+        broken = referral_signal(pred, spec, None, "x.safetensors: the weights file is missing.")
+        assert broken.signal == OWN_SIGNAL and broken.refer is False
+        assert broken.sentence == ("The committee vote fitted for this model could not be used (x.safetensors: the weights "
+                                   "file is missing), so the flag comes from the model's own uncertainty (head MC-dropout "
+                                   "entropy).")
+        # a damaged committee.json: said where it names this package, ignored for the others
+        spec_file.write_text(json.dumps({"variant": "mmtm"}))
+        spec, why = fitted_spec(mmtm)
+        assert spec is None and "cannot be used" in why and fitted_spec(gated) == (None, None)
+        assert referral_signal(pred, spec, None, why).fallback
+    finally:
+        spec_file.unlink()

@@ -1,6 +1,7 @@
 """Prediction: calibrated probabilities, the MC-dropout spread, uncertainty in plain words, the
-referral flag, a second opinion from the suite's other variants (core/committee.py, on demand) and where
-the case sits on the package's accuracy-vs-referred curve."""
+referral flag (the committee vote of the suite's other variants where a committee.json was fitted for this
+package, else the package's own entropy flag; core/committee.py), the vote as a second opinion (on demand
+elsewhere) and where the case sits on the package's accuracy-vs-referred curve."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,8 @@ from pathlib import Path
 import streamlit as st
 
 from core import plots
-from core.committee import committee_vote, read_committee
+from core.committee import (CommitteeSpec, CommitteeVote, committee_vote, fitted_spec, read_committee,
+                            referral_signal)
 from core.errors import FusionLensError
 from dashboard import loaders
 from dashboard.auth import require_sign_in
@@ -40,12 +42,39 @@ if page.label:
     match = "matches" if page.label == pred.label else "differs from"
     st.info(f"True label recorded with this demo case: **{md_escape(page.label)}**; the prediction {match} it.")
 
-if pred.refer:
-    st.warning(f"**Advise re-check by a clinician.** This case's uncertainty ({pred.referral['value']:.2f}) is above "
-               f"the package's referral threshold ({pred.referral['threshold']:.2f}).", icon=":material/flag:")
+VOTES = SessionCache("fl_committee", 8)   # (package sha, folder, case fingerprint, committee.json mtime) -> CommitteeVote
+
+
+def vote_key() -> tuple:
+    spec_file = Path(pkg.path).parent / "committee.json"   # a rewritten committee.json must not be answered from the cache
+    return pkg.sha256, str(pkg.path), case.fingerprint(), spec_file.stat().st_mtime_ns if spec_file.is_file() else None
+
+
+def run_vote(spec: CommitteeSpec | None) -> CommitteeVote:
+    """The suite's other fused variants on this case (kept for this session, package and case)."""
+    suite = Path(pkg.path).parent
+    same = [s for s in cohort_packages(page.summary, page.summaries) if Path(s["path"]).parent == suite]
+    return VOTES.put(vote_key(), committee_vote([loaders.load(s) for s in same], case, pkg, spec))
+
+
+# the referral flag: the committee vote where a committee.json was fitted for this package (core/committee.py)
+spec, failure = fitted_spec(pkg)
+vote = VOTES.get(vote_key()) if spec is not None else None
+if spec is not None and vote is None:
+    try:
+        with st.spinner("Asking the suite's other fusion variants (this model's referral signal)…"):
+            vote = run_vote(spec)
+    except FusionLensError as e:
+        failure = str(e)
+ref = referral_signal(pred, spec, vote, failure)
+if ref.refer:
+    st.warning(ref.flag, icon=":material/flag:")
 else:
-    st.success(f"No referral flag: the uncertainty ({pred.referral['value']:.2f}) is below the package's referral "
-               f"threshold ({pred.referral['threshold']:.2f}).", icon=":material/check_circle:")
+    st.success(ref.flag, icon=":material/check_circle:")
+if ref.sentence:
+    st.caption(ref.sentence)
+if ref.secondary:
+    st.caption(ref.secondary)
 for w in pred.warnings:
     st.info(w)
 missing = [m for m, ok in pred.present.items() if not ok]
@@ -92,27 +121,23 @@ if isinstance(curve, dict) and curve.get("fractions") and curve.get("accuracy"):
     elif "thresholds" in curve:
         where.append("This case is less uncertain than every cut-off on the curve: it would be kept at every point.")
     st.caption(" ".join(where) + " The curve: accuracy on the cases kept when the most uncertain share is referred "
-               "(the package's test split).")
+               "(the package's test split)." + (f" {ref.curve_note}" if ref.curve_note else ""))
 else:
     st.caption("This package has no accuracy-vs-referred curve (metrics.json).")
 
 
 def second_opinion() -> None:
-    """The committee vote of the suite's other fused variants on this case, computed when asked for."""
-    suite = Path(pkg.path).parent
-    spec_file = suite / "committee.json"     # a rewritten committee.json must not be answered from the cache
-    key = (pkg.sha256, str(pkg.path), case.fingerprint(), spec_file.stat().st_mtime_ns if spec_file.is_file() else None)
-    vote = VOTES.get(key)
+    """The committee vote of the suite's other fused variants on this case: computed above where it is this
+    model's referral signal, else when asked for."""
+    vote = VOTES.get(vote_key())
     if vote is None:
         st.caption("Runs every other fusion variant of this suite on the case (the encoders' outputs are shared, so "
                    "each costs one fusion + head pass) and counts how many predict a different class.")
         if not st.button("Ask the other variants", key="committee_run", icon=":material/groups:"):
             return
         try:
-            spec = read_committee(suite)
             with st.spinner("Running the other variants…"):
-                same = [s for s in cohort_packages(page.summary, page.summaries) if Path(s["path"]).parent == suite]
-                vote = VOTES.put(key, committee_vote([loaders.load(s) for s in same], case, pkg, spec))
+                vote = run_vote(read_committee(Path(pkg.path).parent))
         except FusionLensError as e:
             show_error(e)
             return
@@ -120,19 +145,10 @@ def second_opinion() -> None:
     if vote.disagreeing:
         text += ": " + ", ".join(f"{md_escape(v)} says {md_escape(lab)}" for v, lab in vote.disagreeing.items())
     st.markdown(text + ".")
-    if vote.refer:
-        st.warning(f"**Advise re-check by a clinician.** At least {vote.min_disagreeing} of {vote.n} other variants "
-                   "disagree (the threshold, fitted on a separate calibration set).", icon=":material/flag:")
-    elif vote.refer is False:
-        st.success(f"No referral flag from the second opinion: fewer than {vote.min_disagreeing} of {vote.n} other "
-                   "variants disagree.", icon=":material/check_circle:")
     if vote.note:
         st.caption(vote.note)
-    if vote.sentence:
-        st.caption(vote.sentence + " Research use only, not a medical device.")
 
 
-VOTES = SessionCache("fl_committee", 8)   # (package sha, folder, case fingerprint) -> core.committee.CommitteeVote
 st.subheader("Second opinion from the other variants")
 second_opinion()
 
