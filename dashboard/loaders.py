@@ -67,7 +67,10 @@ def package_summaries() -> tuple[list[dict[str, Any]], list[str]]:
     return _summaries(tuple(str(r) for r in models_roots()))
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+# a whole suite at once (the dermatology suite has 18 packages, and the committee vote of its mmtm and the
+# Compare page's "all variants" load every one): room for two suites, so switching case or page does not
+# reload packages from disk; each holds only its fusion + head (frozen encoders are shared by the pool)
+@st.cache_resource(show_spinner=False, max_entries=40)
 def _load(path: str, root: str, sha256: str) -> Package:
     # sha256 is part of the key: a package replaced on disk is loaded again
     return load_package(path, root=root)
