@@ -24,6 +24,7 @@ import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 from core.explain import EXPLAIN_PARTS
+from core.explain.gradcam import resolve_cam
 
 JOB_KEY = "fl_background"          # session_state: the session's Job
 ORDER = ("modality", "cam", "lesion_context", "stability", "note", "table", "spectrum")  # the pages' order
@@ -178,9 +179,15 @@ def covers(job: Job, parts: Sequence[str], options: Mapping[str, Any]) -> bool:
     unknown = set(options) - set(DEFAULTS) - {"target"}
     if unknown:
         return False
+    asked = {k: _norm(options.get(k, v)) for k, v in DEFAULTS.items()}
+    default = {k: _norm(v) for k, v in DEFAULTS.items()}
+    # the CAM options compared as resolved for this package ("auto" = its default method / layer), so a page
+    # that sends the resolved names is answered by the job that asked for "auto"
+    asked["cam_methods"], asked["cam_layer"] = resolve_cam(job.pkg, asked["cam_methods"], asked["cam_layer"])
+    default["cam_methods"], default["cam_layer"] = resolve_cam(job.pkg, default["cam_methods"], default["cam_layer"])
     for part in parts:
         for opt in PART_OPTIONS[part]:
-            if _norm(options.get(opt, DEFAULTS[opt])) != _norm(DEFAULTS[opt]):
+            if asked[opt] != default[opt]:
                 return False
     return True
 

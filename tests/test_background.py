@@ -57,3 +57,16 @@ def test_a_new_case_cancels_the_old_job_between_parts(pkg):
     background.cancel_job(state)
     assert state[background.JOB_KEY] is None and new.cancel.is_set()
     gate.set()
+
+
+def test_the_auto_cam_job_answers_a_page_that_sends_the_resolved_names(pkg):
+    """The Image explanations page sends the package's default as names ('gradcam', 'last stage'); the job
+    asked for 'auto'. Before the fix every such request missed the job and the map was computed twice."""
+    from core.explain.gradcam import default_cam
+
+    method, layer = default_cam(pkg)
+    job = background.Job.__new__(background.Job)
+    job.pkg = pkg
+    assert background.covers(job, ("cam", "lesion_context"), {"cam_methods": (method,), "cam_layer": layer})
+    assert background.covers(job, ("cam",), {"cam_methods": ["auto"], "cam_layer": "auto"})
+    assert not background.covers(job, ("cam",), {"cam_methods": ("gradcam++",), "cam_layer": layer})

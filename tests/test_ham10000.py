@@ -163,7 +163,9 @@ def test_a_real_demo_case_through_predict_explain_report(tmp_path):
     from core.report.render import make_report
 
     ex = explain_case(pkg, case, parts=("cam", "lesion_context"))
-    assert ex.cams["gradcam"].shape == (150, 200)                       # native size, not squashed to a square
+    # the suite's measured default map (Grad-CAM++ x early-stage LayerCAM on HAM10000), at native size
+    assert list(ex.cams) == ["gradcam++"] and ex.cam_layer == "last × early stage"
+    assert ex.cams["gradcam++"].shape == (150, 200)                     # native size, not squashed to a square
     assert ex.lesion_context["mask_source"] == "uploaded"               # the published mask, not a guess
     assert np.array_equal(ex.lesion_context["mask"], case.mask)
     html = make_report(pkg, case, explanation=ex).render("html").decode()

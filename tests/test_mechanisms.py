@@ -335,7 +335,7 @@ def test_evaluate_mechanisms_cli_matches_the_stored_record(capsys):
 @pytest.mark.parametrize("variant", ["gated", "hierarchical", "mmtm"])
 def test_modality_gates_give_one_weight_per_input(variant):
     opts = {"gate_per": "modality"} | ({"gate_residual": False} if variant == "mmtm" else {})
-    model = _tiny(variant, **opts)
+    model = _tiny(variant, **opts)   # two inputs: the one-sigmoid path (three inputs: the softmax test below)
     inputs, present, _ = prepare_batch(model, [make_case(i) for i in range(5)])
     with torch.no_grad():
         d = model(inputs, present).diagnostics
@@ -414,3 +414,20 @@ def test_balance_penalty_looks_at_every_level():
     weights = levels.mean(1)                                              # balanced overall
     assert float(balance_penalty({"modality_weights": weights})) == pytest.approx(0, abs=1e-6)
     assert float(balance_penalty({"modality_weights": weights, "level_gates": levels})) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("variant", ["gated", "hierarchical"])
+def test_three_input_modality_gates_are_a_softmax_per_case(variant):
+    """The path every shipped dermatology gated / hierarchical package uses: k = 3 inputs, one softmax weight
+    per input and case, the same on every dimension, and different from case to case."""
+    model = make_model(variant, ("image", "note", "metadata"), **{**FUSIONS.get(variant).TRAINING_DEFAULTS}).eval()
+    mixers = [model.fusion.mixer] if variant == "gated" else list(model.fusion.mixers)
+    assert all(m.gate_per == "modality" and m.gate.out_features == 3 for m in mixers)
+    inputs, present, _ = prepare_batch(model, [make_case(i) for i in range(6)])
+    with torch.no_grad():
+        d = model(inputs, present).diagnostics
+    w = d["gates_per_dim"] if variant == "gated" else d["level_gates"]
+    if variant == "gated":
+        assert float(w.std(-1).max()) < 1e-6 and torch.allclose(w.sum(1), torch.ones_like(w.sum(1)), atol=1e-5)
+    assert torch.allclose(d["modality_weights"].sum(-1), torch.ones(6), atol=1e-5)
+    assert float(d["modality_weights"].std(0).max()) > 1e-4     # not a constant

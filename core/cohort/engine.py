@@ -318,7 +318,9 @@ class LoopExplainer(CohortExplainer):
             for pkg in self.packages:
                 parts = [p for p, want in (("cam", "cam_summary"), ("note", "note_top"), ("table", "table_top"),
                                            ("modality", "modality")) if want in self.parts]
-                ex = explain_case(pkg, case, parts=parts, ig_steps=self.ig_steps, shapley_samples=0)
+                # the batched engine's map: plain Grad-CAM on the last stage (not the package's 'auto' default)
+                ex = explain_case(pkg, case, parts=parts, ig_steps=self.ig_steps, shapley_samples=0,
+                                  cam_methods=("gradcam",), cam_layer="last stage")
                 p = ex.prediction
                 fused = None
                 if "embedding" in self.parts:
