@@ -43,6 +43,7 @@ if page.label:
     st.info(f"True label recorded with this demo case: **{md_escape(page.label)}**; the prediction {match} it.")
 
 VOTES = SessionCache("fl_committee", 8)   # (package sha, folder, case fingerprint, committee.json mtime) -> CommitteeVote
+FAILED = SessionCache("fl_committee_failed", 8)   # same key -> why the vote could not be computed (not retried per rerun)
 
 
 def vote_key() -> tuple:
@@ -61,11 +62,13 @@ def run_vote(spec: CommitteeSpec | None) -> CommitteeVote:
 spec, failure = fitted_spec(pkg)
 vote = VOTES.get(vote_key()) if spec is not None else None
 if spec is not None and vote is None:
-    try:
-        with st.spinner("Asking the suite's other fusion variants (this model's referral signal)…"):
-            vote = run_vote(spec)
-    except FusionLensError as e:
-        failure = str(e)
+    failure = FAILED.get(vote_key()) or failure
+    if failure is None:
+        try:
+            with st.spinner("Asking the suite's other fusion variants (this model's referral signal)…"):
+                vote = run_vote(spec)
+        except FusionLensError as e:
+            failure = FAILED.put(vote_key(), str(e))
 ref = referral_signal(pred, spec, vote, failure)
 if ref.refer:
     st.warning(ref.flag, icon=":material/flag:")
