@@ -58,6 +58,12 @@ class CommitteeSpec:
     auroc: dict[str, tuple[float, tuple[float, float]]]   # signal -> (value, 95% interval) on the evaluation set
     chance: float = 0.5
     at_threshold: dict[str, Any] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)   # package folder -> weights it was fitted with (may be empty)
+
+    def fitted_with(self, pkg: Package) -> bool:
+        """Whether ``pkg`` holds the weights the threshold was fitted with (True when the file does not say)."""
+        want = self.sha256.get(folder(pkg))
+        return want is None or want == pkg.sha256
 
     def sentence(self) -> str:
         """One plain sentence: what the signal is and how well it caught errors on data the models never saw."""
@@ -109,6 +115,9 @@ def read_committee(suite_dir: str | Path) -> CommitteeSpec | None:
     if auroc.get(SIGNAL) is None:
         raise bad(f"no '{SIGNAL}' AUROC with a 95% interval")
     chance = ev.get("error_detection_chance", 0.5)
+    shas = raw.get("package_sha256", {})
+    if not isinstance(shas, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in shas.items()):
+        raise bad("'package_sha256' must map package folders to sha256 strings")
     crf = th.get("calibration_referred_fraction")
     return CommitteeSpec(
         path=path, variant=variant, committee=tuple(members), min_disagreeing=k, threshold=k / of,
@@ -117,7 +126,7 @@ def read_committee(suite_dir: str | Path) -> CommitteeSpec | None:
         evaluation=str(data.get("evaluation", "an evaluation set")), cohort=str(data.get("cohort", "held-out")),
         auroc={n: a for n, a in auroc.items() if a is not None},
         chance=float(chance) if isinstance(chance, (int, float)) else 0.5,
-        at_threshold=dict(ev.get("at_threshold") or {}))
+        at_threshold=dict(ev.get("at_threshold") or {}), sha256=dict(shas))
 
 
 def is_member(pkg: Package) -> bool:
@@ -181,6 +190,10 @@ def committee_vote(packages: Sequence[Package], case: Case, chosen: Package,
     With a ``spec`` that applies (same variant, same committee) the refer flag is decided by its threshold."""
     others = [p for p in packages if is_member(p) and folder(p) != folder(chosen)
               and (spec is None or spec.variant != folder(chosen) or folder(p) in spec.committee)]
+    # a member retrained since the threshold was fitted does not vote under it (it is reported as skipped)
+    stale = {folder(p): "retrained since the threshold was fitted" for p in others
+             if spec is not None and spec.variant == folder(chosen) and not spec.fitted_with(p)}
+    others = [p for p in others if folder(p) not in stale]
     if not others:
         raise CommitteeError("There are no other fusion variants of this suite to give a second opinion.")
     comp = compare_variants([chosen, *others], case, explain=False)
@@ -190,7 +203,7 @@ def committee_vote(packages: Sequence[Package], case: Case, chosen: Package,
     label = cols[folder(chosen)].label
     members = [folder(p) for p in others if folder(p) in cols]
     disagreeing = {m: cols[m].label for m in members if cols[m].label != label}
-    skipped = {folder(p): comp.skipped[p.name] for p in others if p.name in comp.skipped}
+    skipped = {**stale, **{folder(p): comp.skipped[p.name] for p in others if p.name in comp.skipped}}
     refer, note = refer_decision(len(disagreeing), members, folder(chosen), spec)
     applies = refer is not None
     return CommitteeVote(
@@ -219,6 +232,8 @@ def fitted_spec(pkg: Package) -> tuple[CommitteeSpec | None, str | None]:
         return None, (str(e) if named == folder(pkg) else None)
     if spec is None or spec.variant != folder(pkg):
         return None, None
+    if not spec.fitted_with(pkg):
+        return None, "this model was retrained after the vote's threshold was fitted for it"
     return spec, None
 
 

@@ -252,6 +252,8 @@ def main() -> int:
         doc = {
             "format": 1, "suite": Path(args.suite).name, "variant": Path(chosen.path).name, "package": name,
             "committee": [Path(p.path).name for p in others],
+            # the weights the threshold was fitted with: a member retrained later no longer votes under it
+            "package_sha256": {Path(p.path).name: p.sha256 for p in committee},
             "committee_rule": "every fused variant of the suite (more than one modality, no dual-expert encoder) "
                               "other than the chosen one; they share its frozen encoders",
             "signal": "committee_vote",

@@ -290,3 +290,31 @@ def test_fitted_spec_and_referral_signal_pick_the_flag(tiny_suite, tmp_path):
         assert referral_signal(pred, spec, None, why).fallback
     finally:
         spec_file.unlink()
+
+
+def test_a_member_or_model_retrained_after_the_fit_does_not_vote_under_it(tiny_suite):
+    """committee.json records the weights it was fitted with: a retrained member is left out of the vote (and
+    named), a retrained chosen model falls back to its own flag."""
+    from types import SimpleNamespace
+
+    from core.committee import OWN_SIGNAL, committee_vote, fitted_spec, read_committee, referral_signal
+
+    suite, pkgs = tiny_suite
+    mmtm, gated = pkgs["mmtm"], pkgs["gated"]
+    spec_file = committee_file(suite, "mmtm", ["gated"], 1)
+    doc = json.loads(spec_file.read_text())
+    try:
+        doc["package_sha256"] = {"mmtm": mmtm.sha256, "gated": "0" * 64}      # gated was retrained since
+        spec_file.write_text(json.dumps(doc))
+        spec, why = fitted_spec(mmtm)
+        assert spec is not None and why is None and spec.fitted_with(mmtm) and not spec.fitted_with(gated)
+        with pytest.raises(Exception, match="no other fusion variants"):
+            committee_vote([mmtm, gated], make_case(0), mmtm, read_committee(suite))
+        doc["package_sha256"] = {"mmtm": "1" * 64, "gated": gated.sha256}     # the chosen model was retrained
+        spec_file.write_text(json.dumps(doc))
+        spec, why = fitted_spec(mmtm)
+        assert spec is None and "retrained after" in why
+        pred = SimpleNamespace(refer=False, referral={"value": 0.3, "threshold": 0.5})
+        assert referral_signal(pred, spec, None, why).signal == OWN_SIGNAL
+    finally:
+        spec_file.unlink()
