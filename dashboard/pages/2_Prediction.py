@@ -55,6 +55,8 @@ def run_vote(spec: CommitteeSpec | None) -> CommitteeVote:
     """The suite's other fused variants on this case (kept for this session, package and case)."""
     suite = Path(pkg.path).parent
     same = [s for s in cohort_packages(page.summary, page.summaries) if Path(s["path"]).parent == suite]
+    if spec is not None and spec.variant == Path(pkg.path).name:   # only the committee it was fitted with votes:
+        same = [s for s in same if Path(s["path"]).name in spec.committee]   # do not load the suite's other packages
     return VOTES.put(vote_key(), committee_vote([loaders.load(s) for s in same], case, pkg, spec))
 
 
