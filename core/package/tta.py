@@ -1,0 +1,182 @@
+"""Test-time augmentation (TTA) of the image, with settings fitted on a validation split and kept in a
+suite-level file (``suite_inference.json`` next to the packages).
+
+Dermoscopy images have no canonical orientation, so the eight symmetries of the image (identity, the
+two flips, the 180-degree turn, the two transposes and the two 90-degree turns) are equally valid
+views. For a non-square image (HAM10000's 200 x 150) a transpose or a quarter turn swaps width and
+height; the backbone is fully convolutional with global pooling, so the view is encoded as it is, never
+squashed back to 200 x 150. Each view is encoded by the package's own image encoder from pixels, as a
+new case is; fusion and head run on every view, and the views are combined:
+
+* ``mean_logits``: the deterministic logits averaged over views (and each MC-dropout sample's logits
+  averaged over views), then the usual posterior with the temperature fitted for TTA;
+* ``mean_probs``: the calibrated probabilities averaged over views, the MC samples of all views pooled.
+
+Averaging shrinks the logits, so the temperature (and the referral threshold) are refitted on the
+validation split for the TTA outputs and stored per package in ``suite_inference.json`` with the
+package's weights sha256: a package retrained since is refused (``load_settings`` returns None), never
+silently run with another package's calibration. Nothing here changes a package's weights.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..encoders import ModalityFeatures
+from ..uncertainty import decompose
+from .predictor import Posterior, posterior, prepare_batch
+
+if TYPE_CHECKING:
+    from ..case import Case
+    from ..data import CohortItem
+    from .package import Package
+
+SETTINGS_FILE = "suite_inference.json"
+FORMAT = "fusionlens-suite-inference/1"
+COMBINE = ("mean_logits", "mean_probs")
+
+
+def _t(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(-1, -2)
+
+
+# the dihedral group of the rectangle / square on the last two dims ([..., H, W]); the names say what the image does
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "rot180": lambda x: x.flip(-2, -1),
+    "transpose": _t,
+    "rot90": lambda x: _t(x).flip(-1),        # a quarter turn clockwise
+    "rot270": lambda x: _t(x).flip(-2),       # a quarter turn anticlockwise
+    "antitranspose": lambda x: _t(x).flip(-2, -1),
+}
+FLIPS = ("identity", "hflip", "vflip", "rot180")   # the views that keep the image's width and height
+
+
+def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """One view of an image batch ``[..., H, W]`` (pixels or activation maps), contiguous."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view '{view}'; use {', '.join(VIEWS)}.")
+    return VIEWS[view](x).contiguous()
+
+
+@dataclass
+class TTASettings:
+    views: tuple[str, ...] = FLIPS
+    combine: str = "mean_logits"
+    temperature: float = 1.0
+    referral_threshold: float | None = None
+    source: str = ""                          # where the settings came from (file, fitted on what)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.views = tuple(self.views)
+        for v in self.views:
+            if v not in VIEWS:
+                raise ValueError(f"unknown view '{v}'; use {', '.join(VIEWS)}.")
+        if not self.views:
+            raise ValueError("TTA needs at least one view.")
+        if self.combine not in COMBINE:
+            raise ValueError(f"unknown combine '{self.combine}'; use {' or '.join(COMBINE)}.")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+
+
+def load_settings(pkg: "Package", path: str | Path | None = None) -> TTASettings | None:
+    """The TTA settings fitted for ``pkg`` (``suite_inference.json`` beside its folder, or ``path``); None
+    when the file, the package's entry or its TTA part is missing, or the entry was fitted on other weights."""
+    f = Path(path) if path else Path(pkg.path).parent / SETTINGS_FILE
+    if not f.is_file():
+        return None
+    doc = json.loads(f.read_text())
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{f}: not a {FORMAT} file.")
+    entry = doc.get("packages", {}).get(Path(pkg.path).name)
+    tta = doc.get("tta")
+    if not entry or not tta or entry.get("package_sha256") != pkg.sha256 or "tta_temperature" not in entry:
+        return None
+    return TTASettings(tuple(tta["views"]), tta["combine"], float(entry["tta_temperature"]),
+                       entry.get("tta_referral_threshold"), source=f"{f.name}: {doc.get('fitted_on', '')}")
+
+
+def view_features(pkg: "Package", pixels: torch.Tensor, views: Sequence[str]) -> list[ModalityFeatures]:
+    """The package's image encoder on each view of prepared ``pixels`` [B, 3, H, W]."""
+    enc = pkg.inference_model.encoders["image"]
+    with torch.inference_mode():
+        return [enc(apply_view(pixels, v)) for v in views]
+
+
+def run_views(pkg: "Package", cases: Sequence["Case"], views: Sequence[str], mc_samples: int | None = None,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Deterministic logits [V, B, K], MC logits [V, T, B, K] and MC log-variances [V, T, B] of every view.
+    Cases without an image (or a package without one) give the same numbers in every view."""
+    from .predictor import run
+
+    feats: list[dict[str, ModalityFeatures]] = [{} for _ in views]
+    if "image" in pkg.modalities:
+        inputs, _, _ = prepare_batch(pkg.model, cases, skip={m for m in pkg.modalities if m != "image"})
+        if inputs.get("image") is not None:
+            feats = [{"image": f} for f in view_features(pkg, inputs["image"]["pixels"], views)]
+    det, mc, lv = [], [], []
+    for f in feats:
+        d, m, _, _ = run(pkg, cases, mc_samples, seed, f)
+        det.append(d.logits)
+        mc.append(m.logits)
+        lv.append(m.log_var)
+    return torch.stack(det), torch.stack(mc), torch.stack(lv)
+
+
+def combine_views(det: torch.Tensor, mc: torch.Tensor, lv: torch.Tensor, temperature: float,
+                  mode: str = "mean_logits") -> Posterior:
+    """Per-view logits ([V, B, K], [V, T, B, K], [V, T, B]) -> one posterior (see the module docstring)."""
+    if mode == "mean_logits":
+        return posterior(det.mean(0), mc.mean(0), lv.mean(0), temperature)
+    if mode == "mean_probs":
+        v, t = mc.shape[:2]
+        return Posterior(torch.softmax(det, -1).mean(0), torch.softmax(det / temperature, -1).mean(0),
+                         decompose(mc.reshape(v * t, *mc.shape[2:]), lv.reshape(v * t, *lv.shape[2:]), temperature))
+    raise ValueError(f"unknown combine '{mode}'; use {' or '.join(COMBINE)}.")
+
+
+def tta_posterior(pkg: "Package", cases: Sequence["Case"], settings: TTASettings, mc_samples: int | None = None,
+                  seed: int = 0) -> Posterior:
+    det, mc, lv = run_views(pkg, cases, settings.views, mc_samples, seed)
+    return combine_views(det, mc, lv, settings.temperature, settings.combine)
+
+
+def evaluate_package_tta(pkg: "Package", items: Sequence["CohortItem"], settings: TTASettings | None = None,
+                         batch: int = 64, n_boot: int = 200, mc_samples: int | None = None) -> dict[str, Any]:
+    """``core.training.evaluate.evaluate_package`` with TTA: the same metrics, plus what was run. ``settings``
+    default: the package's entry in ``suite_inference.json`` (ValueError when there is none)."""
+    from ..training.metrics import classification_metrics
+
+    settings = settings or load_settings(pkg)
+    if settings is None:
+        raise ValueError(f"no test-time augmentation settings for {pkg.path}: {SETTINGS_FILE} beside the package is "
+                         "missing, has no entry for it, or was fitted on other weights.")
+    missing = sorted({it.label for it in items} - set(pkg.labels))
+    if missing:
+        raise ValueError(f"the data has labels this model does not know: {', '.join(missing)}.")
+    cal, unc, ent = [], [], []
+    for start in range(0, len(items), batch):
+        cases = [it.to_case(with_mask=False) for it in items[start:start + batch]]
+        post = tta_posterior(pkg, cases, settings, mc_samples, seed=start)
+        cal.append(post.calibrated)
+        unc.append(post.probabilities)
+        ent.append(post.normalised_entropy)
+    y = np.array([pkg.labels.index(it.label) for it in items])
+    out = classification_metrics(y, torch.cat(cal).numpy(), torch.cat(unc).numpy(), torch.cat(ent).numpy(), pkg.labels,
+                                 n_boot=n_boot)
+    out["tta"] = {"views": list(settings.views), "combine": settings.combine, "temperature": settings.temperature,
+                  "source": settings.source}
+    return out
+
+
+__all__ = ["COMBINE", "FLIPS", "FORMAT", "SETTINGS_FILE", "TTASettings", "VIEWS", "apply_view", "combine_views",
+           "evaluate_package_tta", "load_settings", "run_views", "tta_posterior", "view_features"]
