@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .case import Case
 from .compare import compare_variants
@@ -184,10 +184,12 @@ class CommitteeVote:
 
 
 def committee_vote(packages: Sequence[Package], case: Case, chosen: Package,
-                   spec: CommitteeSpec | None = None) -> CommitteeVote:
+                   spec: CommitteeSpec | None = None, prediction: Any | None = None) -> CommitteeVote:
     """The vote of ``packages`` (the suite's packages; the non-members and ``chosen`` itself are left out)
     on ``case`` against ``chosen``'s label, on the shared-encoder path of ``core.compare`` (explain=False).
-    With a ``spec`` that applies (same variant, same committee) the refer flag is decided by its threshold."""
+    With a ``spec`` that applies (same variant, same committee) the refer flag is decided by its threshold.
+    ``prediction``: ``chosen``'s prediction of ``case``, already made (the label the vote is counted
+    against; ``chosen`` then does not run again); else ``chosen`` runs with the others."""
     others = [p for p in packages if is_member(p) and folder(p) != folder(chosen)
               and (spec is None or spec.variant != folder(chosen) or folder(p) in spec.committee)]
     # a member retrained since the threshold was fitted does not vote under it (it is reported as skipped)
@@ -196,11 +198,11 @@ def committee_vote(packages: Sequence[Package], case: Case, chosen: Package,
     others = [p for p in others if folder(p) not in stale]
     if not others:
         raise CommitteeError("There are no other fusion variants of this suite to give a second opinion.")
-    comp = compare_variants([chosen, *others], case, explain=False)
+    comp = compare_variants(others if prediction is not None else [chosen, *others], case, explain=False)
     cols = {folder(c.package): c.prediction for c in comp.columns}
-    if folder(chosen) not in cols:
+    if prediction is None and folder(chosen) not in cols:
         raise CommitteeError("The selected model cannot read this case's inputs, so there is no vote to compare.")
-    label = cols[folder(chosen)].label
+    label = prediction.label if prediction is not None else cols[folder(chosen)].label
     members = [folder(p) for p in others if folder(p) in cols]
     disagreeing = {m: cols[m].label for m in members if cols[m].label != label}
     skipped = {**stale, **{folder(p): comp.skipped[p.name] for p in others if p.name in comp.skipped}}
@@ -305,3 +307,75 @@ def referral_signal(pred: Any, spec: CommitteeSpec | None, vote: CommitteeVote |
     return Referral(OWN_SIGNAL, bool(pred.refer), _own_flag(pred),
                     f"The committee vote fitted for this model could not be used ({why}), so the flag comes from the "
                     "model's own uncertainty (head MC-dropout entropy).", fallback=why)
+
+
+# ---- one decision for every surface: the Prediction page, the case report, ``python -m core predict`` -----------------
+
+def suite_loader(pkg: Package) -> Callable[[str], Package | None]:
+    """Loads a committee member by its folder name from ``pkg``'s suite folder (None: not in this suite)."""
+    from .package import load_package
+
+    suite = Path(pkg.path).parent
+
+    def load(name: str) -> Package | None:
+        path = suite / name
+        return load_package(path) if (path / "config.json").is_file() else None
+
+    return load
+
+
+def vote_for(pkg: Package, case: Case, spec: CommitteeSpec, prediction: Any | None = None,
+             load: Callable[[str], Package | None] | None = None) -> CommitteeVote:
+    """The committee vote of ``spec`` (fitted for ``pkg``) on ``case``: only the members it names are loaded
+    (``load``: folder name -> Package or None when the suite lacks it; default: from ``pkg``'s suite folder).
+    A member that cannot be loaded raises its error (FusionLensError: one sentence)."""
+    load = load or suite_loader(pkg)
+    members = [m for m in (load(name) for name in spec.committee) if m is not None]
+    return committee_vote(members, case, pkg, spec, prediction=prediction)
+
+
+@dataclass(frozen=True)
+class ReferralDecision:
+    """The referral flag that applies to one prediction, with the vote behind it (None: not computed)."""
+    referral: Referral
+    vote: CommitteeVote | None = None
+    own_refer: bool | None = None       # the package's own (entropy) flag, for the record
+
+    def to_dict(self) -> dict[str, Any]:
+        r, v = self.referral, self.vote
+        out: dict[str, Any] = {"signal": r.signal, "refer": r.refer, "flag": r.flag.replace("**", ""),
+                               "sentence": r.sentence, "secondary": (r.secondary or "").replace("**", "") or None,
+                               "fallback": r.fallback, "own_refer": self.own_refer}
+        if v is not None and r.signal == SIGNAL:
+            out["vote"] = {"disagreeing": v.k, "of": v.n, "min_disagreeing": v.min_disagreeing,
+                           "labels": dict(v.disagreeing), "label": v.label}
+        return out
+
+
+def decide_referral(pkg: Package, case: Case, prediction: Any,
+                    load: Callable[[str], Package | None] | None = None) -> ReferralDecision:
+    """Which referral flag applies to ``prediction`` of ``case`` by ``pkg``: the committee vote where
+    ``committee.json`` was fitted for ``pkg`` (its members loaded with ``load``, see ``vote_for``), else the
+    package's own entropy flag; a vote that cannot be computed falls back to the own flag with the reason.
+    The vote is counted against ``prediction``'s label, or, for a test-time-augmented prediction (the vote's
+    threshold was fitted on plain ones), against ``pkg``'s plain prediction run with the committee. The same
+    decision as the Prediction page."""
+    spec, failure = fitted_spec(pkg)
+    vote = None
+    if spec is not None:
+        plain = "tta_spread" not in (getattr(prediction, "uncertainty", None) or {})
+        try:
+            vote = vote_for(pkg, case, spec, prediction if plain else None, load)
+        except FusionLensError as e:
+            failure = str(e)
+    return ReferralDecision(referral_signal(prediction, spec, vote, failure), vote, bool(prediction.refer))
+
+
+def referral_line(decision: ReferralDecision) -> str:
+    """The referral flag in one line for a terminal: ``REFER`` / ``no referral flag``, naming the signal."""
+    r, v = decision.referral, decision.vote
+    if r.signal == SIGNAL and v is not None:
+        return (f"{'REFER' if r.refer else 'no referral flag'} (committee vote: {v.k} of {v.n} other fusion variants "
+                f"predict another class; raised from {v.min_disagreeing})")
+    line = f"{'REFER' if r.refer else 'no referral flag'} (the model's own uncertainty)"
+    return line + (f"; the committee vote fitted for this model could not be used: {r.fallback}" if r.fallback else "")

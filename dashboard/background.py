@@ -4,8 +4,11 @@
   explanation** (what the pages show before the user changes a control: the prediction, modality
   Shapley values, the Grad-CAM heatmap with the lesion / context check, its stability, the note /
   table / spectrum attributions) with one encoder pass, part by part in the order the pages come,
-  and then the default variant comparison of the Compare page. Every page reads it through
-  ``loaders.predict`` / ``loaders.explain`` / ``loaders.compare``, waiting only for the parts it draws.
+  and then the default variant comparison of the Compare page. Right after the prediction (before the
+  explanation's parts) it runs the **committee vote** where the suite's ``committee.json`` was fitted for
+  the package (the Prediction page's referral flag; ``core.committee``), so the page's headline does not
+  wait for it. Every page reads it through ``loaders.predict`` / ``loaders.referral`` / ``loaders.explain``
+  / ``loaders.compare``, waiting only for the parts it draws; a vote that failed is kept as one sentence.
   One job per session (bounded memory: one explanation, one comparison); a new case or model cancels
   the old job between two parts. At most ``MAX_CONCURRENT`` jobs run at once in the process.
 * The first session of the server process starts ``warm_up``: the heavy imports, the default
@@ -75,7 +78,8 @@ class Job:
     """The default explanation (and comparison) of one case under one package, computed in a thread."""
 
     def __init__(self, key: tuple, pkg: Any, case: Any, compare_pkgs: Callable[[], list] | None = None,
-                 compare_key: tuple | None = None):
+                 compare_key: tuple | None = None, vote: Callable[[Any], tuple[Any, str | None]] | None = None,
+                 vote_key: Any = None):
         self.key, self.pkg, self.case = key, pkg, case
         self.cancel = threading.Event()
         self.cond = threading.Condition()
@@ -83,6 +87,10 @@ class Job:
         self.explanation: Any = None
         self.comparison: Any = None
         self.compare_key = compare_key            # ((sha256, folder), ...) of the default comparison
+        self.vote: Any = None                     # core.committee.CommitteeVote, when one was fitted and computed
+        self.vote_failure: str | None = None      # why the vote fitted for this package could not be computed
+        self.vote_key = vote_key                  # what the vote depends on besides the job's key (committee.json)
+        self._vote = vote
         self.error: BaseException | None = None
         self.finished = False
         self.started = time.perf_counter()
@@ -101,6 +109,20 @@ class Job:
         with self.cond:
             self.explanation = ex
             self.done.add(part)
+            self.cond.notify_all()
+        if part == "prediction" and self._vote is not None and not self.cancel.is_set():
+            self._run_vote(ex.prediction)
+
+    def _run_vote(self, prediction: Any) -> None:
+        """The committee vote against the prediction just made (the Prediction page's referral flag), before
+        the explanation's parts: ``vote(prediction) -> (CommitteeVote | None, why it failed | None)``."""
+        try:
+            vote, failure = self._vote(prediction)
+        except Exception as e:  # noqa: BLE001  (kept as one sentence; the page falls back to the package's own flag)
+            vote, failure = None, " ".join(str(e).split()) or type(e).__name__
+        with self.cond:
+            self.vote, self.vote_failure = vote, failure
+            self.done.add("vote")
             self.cond.notify_all()
 
     def _run(self) -> None:
@@ -136,6 +158,17 @@ class Job:
             self.cond.wait_for(lambda: self.finished or need <= self.done, timeout)
             return self.explanation if need <= self.done else None
 
+    def wait_vote(self, vote_key: Any, timeout: float = WAIT_S) -> tuple[bool, Any, str | None]:
+        """(answered, the vote, why it failed) once the job has voted; answered is False when this job does
+        not vote, voted under another ``vote_key`` (committee.json was rewritten) or ended without voting."""
+        if self._vote is None or vote_key != self.vote_key:
+            return False, None, None
+        with self.cond:
+            self.cond.wait_for(lambda: self.finished or "vote" in self.done, timeout)
+            if "vote" not in self.done:
+                return False, None, None
+            return True, self.vote, self.vote_failure
+
     def wait_comparison(self, key: tuple, timeout: float = WAIT_S) -> Any | None:
         if key != self.compare_key:
             return None
@@ -153,16 +186,46 @@ def current_job(session_state: Mapping[str, Any], pkg: Any, case: Any, fingerpri
 
 def ensure_job(session_state: Any, pkg: Any, case: Any, fingerprint: str,
                compare_pkgs: Callable[[], list] | None = None, compare_key: tuple | None = None,
-               attach: Callable[[threading.Thread], None] | None = None) -> Job:
-    """The session's job for (package, case), started if needed; any other job of the session is cancelled."""
+               attach: Callable[[threading.Thread], None] | None = None,
+               vote: Callable[[Any], tuple[Any, str | None]] | None = None, vote_key: Any = None) -> Job:
+    """The session's job for (package, case), started if needed; any other job of the session is cancelled.
+    ``vote``: the committee vote to run right after the prediction (see ``Job._run_vote``); ``vote_key``:
+    what it depends on besides the package and the case (a job that voted under another one is replaced)."""
     key = (pkg.sha256, str(pkg.path), fingerprint)
     job = session_state.get(JOB_KEY)
-    if job is not None and job.key == key and not job.cancel.is_set():
+    if job is not None and job.key == key and not job.cancel.is_set() and job.vote_key == vote_key:
         return job
     if job is not None:
         job.cancel.set()
-    job = session_state[JOB_KEY] = Job(key, pkg, case, compare_pkgs, compare_key).start(attach)
+    job = session_state[JOB_KEY] = Job(key, pkg, case, compare_pkgs, compare_key, vote, vote_key).start(attach)
     return job
+
+
+_PRELOADED: set[Any] = set()
+_PRELOAD_LOCK = threading.Lock()
+
+
+def preload(key: Any, load: Callable[[], Any], attach: Callable[[threading.Thread], None] | None = None) -> bool:
+    """Run ``load`` once per process and ``key`` in a background thread (e.g. the committee members of the
+    selected package, loaded into the shared cache while the user is still choosing a case); True when started.
+    Warming only: a failure is left for the page that needs the result to report."""
+    with _PRELOAD_LOCK:
+        if key in _PRELOADED:
+            return False
+        _PRELOADED.add(key)
+
+    def run() -> None:
+        try:
+            load()
+        except Exception:  # noqa: BLE001  (an optimisation; the page reports real errors)
+            pass
+
+    thread = threading.Thread(target=run, name="fusionlens-preload", daemon=True)
+    _WARM_THREADS.append(thread)
+    if attach is not None:
+        attach(thread)
+    thread.start()
+    return True
 
 
 def cancel_job(session_state: Any) -> None:

@@ -6,6 +6,9 @@
   session; core freezes its weights and explainers hook private copies.
 * Predictions and explanations are cached per session, keyed by (package sha256 and folder, case
   fingerprint, options): a case's data never leaves its session.
+* ``referral``: the referral flag of a prediction, decided like ``core.committee.decide_referral`` (the
+  committee vote where the suite's ``committee.json`` was fitted for the package), from the session's
+  background job when it voted (dashboard/background.py), else computed here once per session and case.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import streamlit as st
 
 from core import Case, Package, PackageError, Prediction, discover_packages, load_package, read_package_summary
 from core.case_io import DemoCase, list_demo_cases
+from core.committee import COMMITTEE_FILE, CommitteeVote, ReferralDecision, fitted_spec, referral_signal, vote_for
+from core.errors import FusionLensError
 from core.explain import Explanation, explain_case
 from dashboard import background
 from dashboard.session_cache import SessionCache
@@ -28,6 +33,9 @@ CASES_ENV = "FUSIONLENS_CASES"
 DEFAULT_MODELS = REPO / "assets" / "models"
 DEFAULT_CASES = REPO / "assets" / "cases"
 RESULTS = SessionCache("fl_results", 24)   # predictions, explanations and comparisons of this session
+# (package sha, folder, case fingerprint, committee.json stamp) -> (CommitteeVote | None, why it failed | None):
+# votes the background job did not make (a failure is kept too: not retried on every rerun)
+VOTES = SessionCache("fl_committee", 8)
 
 
 def _roots(env: str, default: Path) -> list[Path]:
@@ -149,3 +157,56 @@ def compare(pkgs: Sequence[Package], case: Case, explain: bool, only_cached: boo
         return RESULTS.put(key, done)          # the same object the job holds: no copy
     compute = None if only_cached else (lambda: compare_variants(list(pkgs), case, explain=explain))
     return RESULTS.get_or_compute(key, compute)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the referral flag (core/committee.py): the committee vote where committee.json was fitted for the package
+
+def committee_stamp(pkg: Package) -> tuple[str, int] | None:
+    """What a vote depends on besides the package and the case: the suite's committee.json and its mtime
+    (a refitted file must not be answered from a vote made under the old one); None without a file."""
+    f = Path(pkg.path).parent / COMMITTEE_FILE
+    try:
+        return str(f), f.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def member_loader(pkg: Package, summaries: Sequence[dict[str, Any]] | None = None):
+    """Folder name -> the shared Package of that committee member in ``pkg``'s suite (None: not found)."""
+    suite = Path(pkg.path).parent
+    if summaries is None:
+        summaries = package_summaries()[0]
+    by_name = {Path(s["path"]).name: s for s in summaries if Path(s["path"]).parent == suite}
+    return lambda name: load(by_name[name]) if name in by_name else None
+
+
+def committee_vote(pkg: Package, case: Case, prediction: Prediction,
+                   summaries: Sequence[dict[str, Any]] | None = None) -> tuple[CommitteeVote | None, str | None]:
+    """(the committee vote fitted for ``pkg`` against ``prediction`` (a plain one), or None; why it failed).
+    (None, None) where no committee.json was fitted for ``pkg`` (its own flag applies, nothing is said)."""
+    spec, failure = fitted_spec(pkg)
+    if spec is None:
+        return None, failure
+    try:
+        return vote_for(pkg, case, spec, prediction, member_loader(pkg, summaries)), None
+    except FusionLensError as e:
+        return None, str(e)
+
+
+def referral(pkg: Package, case: Case, prediction: Prediction | None = None) -> ReferralDecision:
+    """The referral flag of ``prediction`` (default: the plain prediction): the committee vote's where
+    committee.json was fitted for ``pkg`` (the session's background vote when the job made it, else computed
+    here once per session and case), else the package's own entropy flag."""
+    plain = predict(pkg, case)
+    prediction = prediction or plain
+    spec, failure = fitted_spec(pkg)
+    if spec is None:
+        return ReferralDecision(referral_signal(prediction, None, None, failure), None, bool(prediction.refer))
+    stamp = committee_stamp(pkg)
+    job = _job(pkg, case)
+    answered, vote, failure = job.wait_vote(stamp) if job is not None else (False, None, None)
+    if not answered:
+        key = (pkg.sha256, str(pkg.path), case.fingerprint(), stamp)
+        vote, failure = VOTES.get(key) or VOTES.put(key, committee_vote(pkg, case, plain))
+    return ReferralDecision(referral_signal(prediction, spec, vote, failure), vote, bool(prediction.refer))

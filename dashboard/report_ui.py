@@ -59,7 +59,9 @@ def report_panel(pkg: Package, case: Case, key: str) -> None:
         try:
             with st.spinner("Explaining the case and writing the report…"):
                 ex = loaders.explain(pkg, case, REPORT_PARTS)
-                rep = make_report(pkg, case, ex, last_comparison(case, pkg), reference, ex.prediction)
+                # the referral flag of the Prediction page (the committee vote where it was fitted; no second vote)
+                rep = make_report(pkg, case, ex, last_comparison(case, pkg), reference, ex.prediction,
+                                  loaders.referral(pkg, case, ex.prediction))
                 REPORTS.clear()  # free the old report before the new one is kept
                 # one CaseReport for every format: its sections (and their pictures) are built once for PDF and HTML
                 REPORTS.put(rkey, {"pdf": rep.pdf(), "html": rep.html().encode("utf-8"), "json": rep.json().encode("utf-8"),

@@ -261,6 +261,7 @@ def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]],
         attach = None
     same = cohort_packages(summary, summaries)
     background.warm_up(loaders.load, summary, same, lambda: _first_demo_case(summary.get("cohort")), attach)
+    _preload_committee(summary, summaries, attach)
     if case is None:
         background.cancel_job(st.session_state)
         return
@@ -268,6 +269,10 @@ def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]],
         pkg = loaders.load(summary)
     except FusionLensError:
         return  # the page reports it
+    # the Prediction page's referral flag: the committee vote where committee.json was fitted for this package,
+    # run by the job right after the prediction (core/committee.py; dashboard/loaders.py:referral reads it)
+    stamp = loaders.committee_stamp(pkg)
+    vote = (lambda pred: loaders.committee_vote(pkg, case, pred, summaries)) if stamp is not None else None
     paths = background.default_compare_paths(summary, same)
     by_path = {s["path"]: s for s in same}
     chosen = [by_path[p] for p in paths if p in by_path]
@@ -276,4 +281,33 @@ def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]],
     def compare_pkgs() -> list[Package]:
         return [loaders.load(s) for s in chosen] if key else []
 
-    background.ensure_job(st.session_state, pkg, case, case.fingerprint(), compare_pkgs, key, attach)
+    background.ensure_job(st.session_state, pkg, case, case.fingerprint(), compare_pkgs, key, attach, vote, stamp)
+
+
+def _preload_committee(summary: dict[str, Any], summaries: list[dict[str, Any]], attach: Any) -> None:
+    """Where the selected package's suite has a committee.json fitted for it, load its members into the shared
+    cache once per process while the user is still choosing a case (the vote then only runs them)."""
+    from pathlib import Path
+
+    from core.committee import COMMITTEE_FILE, read_committee
+
+    suite = Path(summary["path"]).parent
+    stamp = suite / COMMITTEE_FILE
+    if not stamp.is_file():
+        return
+
+    def load_members() -> None:
+        spec = read_committee(suite)
+        if spec is None or spec.variant != Path(summary["path"]).name:
+            return
+        by_name = {Path(s["path"]).name: s for s in summaries if Path(s["path"]).parent == suite}
+        for name in (summary["path"], *spec.committee):
+            s = by_name.get(Path(name).name)
+            if s is not None:
+                loaders.load(s)
+
+    try:
+        key = (summary["path"], str(summary.get("sha256")), stamp.stat().st_mtime_ns)
+    except OSError:
+        return
+    background.preload(key, load_members, attach)

@@ -45,11 +45,6 @@ def whatif_panel(pkg: Package, case: Case) -> None:
     st.subheader("What if?")
     st.caption("Change an input and see what the model would say. Only the edited inputs are re-encoded. "
                "Research use only, not a medical device.")
-    try:
-        session = _session(pkg, case)
-    except FusionLensError as e:
-        st.error(error_sentence(e))
-        return
     schema = pkg.schema
     present = case.present()
     fkey = case.fingerprint()[:10]
@@ -86,8 +81,8 @@ def whatif_panel(pkg: Package, case: Case) -> None:
             st.info("Nothing was changed: edit a value, the note, blur a region or drop an input first.")
             st.session_state.pop(RESULT, None)
         else:
-            try:
-                result = session.run(edit)
+            try:   # the original is encoded only now, when a what-if is asked for (not on every page open)
+                result = _session(pkg, case).run(edit)
             except FusionLensError as e:
                 st.error(error_sentence(e))
                 st.session_state.pop(RESULT, None)
@@ -96,7 +91,7 @@ def whatif_panel(pkg: Package, case: Case) -> None:
     stored = st.session_state.get(RESULT)
     if stored and stored[0] == pkg.sha256 and stored[1] == fkey:
         show_result(stored[2])
-    _nearest(pkg, session)
+    _nearest(pkg, case)
 
 
 def _same_number(a: Any, b: Any) -> bool:
@@ -142,7 +137,7 @@ def show_result(result: Any) -> None:
                "read the same way. Highlighted: changes of 0.05 or more.")
 
 
-def _nearest(pkg: Package, session: WhatIfSession) -> None:
+def _nearest(pkg: Package, case: Case) -> None:
     try:
         from dashboard import cohort_ui  # the Cohort page's results sets (pandas, pyarrow): only when asked
     except ImportError:
@@ -153,6 +148,10 @@ def _nearest(pkg: Package, session: WhatIfSession) -> None:
     try:
         df, _ = cohort_ui.load_set(sets[0])
     except (OSError, ValueError):
+        return
+    try:
+        session = _session(pkg, case)
+    except FusionLensError:
         return
     near = nearest_cases(df.to_dict("records"), session.original.fused, pkg.sha256, k=5, exclude=session.case.case_id)
     if not near:

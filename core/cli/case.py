@@ -25,11 +25,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()) if args.json else format_result(result) + "\nResearch use only, not a medical device.")
         return 0
     pred = pkg.predict_tta(case, args.mc_samples) if args.tta else pkg.predict(case, mc_samples=args.mc_samples)
+    # the referral flag of the Prediction page and the case report: the committee vote where the suite's
+    # committee.json was fitted for this package (its members loaded from the suite folder), else its own flag
+    from ..committee import OWN_SIGNAL, decide_referral, referral_line
+
+    decision = decide_referral(pkg, case, pred)
     if args.json:
-        print(json.dumps(pred.to_dict()))
+        out = pred.to_dict()
+        out["refer"] = decision.referral.refer          # the flag that applies; "referral" stays the package's own measure
+        out["referral_decision"] = decision.to_dict()
+        print(json.dumps(out))
     else:
+        if decision.referral.signal == OWN_SIGNAL and not decision.referral.fallback:   # as before: the package's own flag
+            flag = "REFER: " + pred.referral["advice"] if pred.refer else ""
+        else:
+            flag = referral_line(decision)
         print(f"{pred.label}  p={pred.calibrated.max():.3f}  normalised entropy={pred.uncertainty['normalised_entropy']:.3f}"
-              f"  {'REFER: ' + pred.referral['advice'] if pred.refer else ''}")
+              f"  {flag}")
         print("Research use only, not a medical device.")
     return 0
 
@@ -112,12 +124,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     parts = explain_parts(args, "report")
     pkgs = load_many([args.model, *args.compare])
     pkg = pkgs[0]
+    # the referral flag as on the Prediction page (core.committee.decide_referral); the committee members are
+    # loaded from the suite folder once for every case of a batch
+    from functools import lru_cache
+
+    from ..committee import decide_referral, suite_loader
+
+    members = lru_cache(maxsize=None)(suite_loader(pkg))
 
     def one(case, path: Path) -> Path:
         with usage_errors(ReportError):
             ex = None if args.no_explain else explain_case(pkg, case, parts=parts)
+            pred = ex.prediction if ex else pkg.predict(case)
             cmp = compare_variants(pkgs, case, explain=False) if len(pkgs) > 1 else None
-            rep = make_report(pkg, case, ex, cmp, case_reference=args.reference, prediction=ex.prediction if ex else None)
+            rep = make_report(pkg, case, ex, cmp, case_reference=args.reference, prediction=pred,
+                              referral=decide_referral(pkg, case, pred, members))
         return rep.write(path, fmt)
 
     if not batch:

@@ -2,7 +2,10 @@
 
 ``build_report`` gathers what a reader of the report needs to judge one prediction: the case (its id and a
 free "case reference", never patient name fields), a summary of the inputs, the model package (name,
-variant, sha256, training data), the calibrated prediction with its uncertainty and referral advice,
+variant, sha256, training data), the calibrated prediction with its uncertainty and referral advice (the
+flag that applies, named by its signal: the committee vote where the suite's ``committee.json`` was fitted
+for the package, as on the Prediction page and in ``python -m core predict``; else the package's own
+entropy flag; ``core.committee.decide_referral``),
 the fusion internals, the explanations (Grad-CAM lesion/context shares, top attributions, modality
 Shapley values, faithfulness), the variant comparison when one was run, a timestamp, the software
 version and the research-use notice. Images are not part of the data; the HTML and PDF renderers draw
@@ -234,15 +237,35 @@ def _points(p: float) -> str:
     return f"{abs(p) * 100:.0f} percentage point{'s' if round(abs(p) * 100) != 1 else ''}"
 
 
-def uncertainty_words(pred: Mapping[str, Any]) -> dict[str, str]:
+def uncertainty_words(pred: Mapping[str, Any], own_flag: bool = True) -> dict[str, str]:
+    """``own_flag``: whether the model's own uncertainty raises the referral flag (else the committee vote does)."""
     u = float(pred["uncertainty"]["normalised_entropy"])
     t = float(pred["referral"]["threshold"])
     level = "Low" if u <= t / 2 else ("Moderate" if u <= t else "High")
     sd = float(pred["mc_std"].get(pred["label"], 0.0))
+    where = (f"where cases above {t:.2f} are referred" if own_flag else
+             f"where the model's own threshold is {t:.2f} (the referral flag comes from the committee vote)")
     return {"level": level.lower(),
-            "sentence": f"{level} uncertainty: {u:.2f} on a 0-1 scale, where cases above {t:.2f} are referred. "
+            "sentence": f"{level} uncertainty: {u:.2f} on a 0-1 scale, {where}. "
                         f"Re-running the model {pred['mc_samples']} times with dropout moves the probability by about "
                         f"±{sd * 100:.0f} percentage points."}
+
+
+def referral_words(ref: Mapping[str, Any]) -> str:
+    """The referral advice of page 1, naming the signal that raised (or did not raise) the flag."""
+    vote = ref.get("vote")
+    if ref["signal"] == "committee_vote" and vote:
+        head = "Advise re-check by a clinician" if ref["refer"] else "No referral flag"
+        text = (f"{head}: {vote['disagreeing']} of the {vote['of']} other fusion variants of this suite predict another "
+                f"class (the committee vote, this model's referral signal; the flag is raised from "
+                f"{vote['min_disagreeing']}).")
+        return text + ("" if ref["refer"] else " This is not a diagnosis.")
+    text = ("Advise re-check by a clinician: the model is less certain about this case than its referral threshold "
+            "allows." if ref["refer"] else "No referral flag: the model's uncertainty is below its referral threshold. "
+            "This is not a diagnosis.")
+    if ref.get("fallback"):
+        text += f" The committee vote fitted for this model could not be used ({ref['fallback']})."
+    return text
 
 
 def _reasons_image(ex: Mapping[str, Any], label: str) -> list[str]:
@@ -271,11 +294,10 @@ def clinical_summary(report: Mapping[str, Any], explanation: Any | None) -> dict
     reasons per input, provenance. Built from the report's own numbers (rounded for people)."""
     pred, model, ex = report["prediction"], report["model"], report.get("explanation") or {}
     label = pred["label"]
-    unc = uncertainty_words(pred)
-    refer = bool(pred["refer"])
-    referral = ("Advise re-check by a clinician: the model is less certain about this case than its referral threshold "
-                "allows." if refer else "No referral flag: the model's uncertainty is below its referral threshold. "
-                "This is not a diagnosis.")
+    ref = report["referral"]
+    unc = uncertainty_words(pred, ref["signal"] != "committee_vote")
+    refer = bool(ref["refer"])
+    referral = referral_words(ref)
     shap = (ex.get("modality_shapley") or {}).get("values", {})
     reasons = []
     for m in report["case"]["inputs"]["used_by_model"]:
@@ -327,7 +349,9 @@ def clinical_summary(report: Mapping[str, Any], explanation: Any | None) -> dict
                           + ": " + "; ".join(perf) + ".")
     return {"label": label, "probability": float(pred["probability"]),
             "headline": f"Predicted class {label}: calibrated probability {pred['probability']:.0%}",
-            "uncertainty": unc, "refer": refer, "referral": referral, "reasons": reasons, "provenance": provenance}
+            "uncertainty": unc, "refer": refer, "referral": referral, "referral_signal": ref["signal"],
+            "referral_details": [x for x in (ref.get("sentence"), ref.get("secondary")) if x],
+            "reasons": reasons, "provenance": provenance}
 
 
 def mechanism_readings(package: Package, prediction: Prediction) -> list[dict[str, Any]]:
@@ -347,10 +371,17 @@ def mechanism_readings(package: Package, prediction: Prediction) -> list[dict[st
 
 def build_report(package: Package, case: Case, prediction: Prediction | None = None, explanation: Any | None = None,
                  comparison: Comparison | None = None, case_reference: str | None = None,
-                 now: _dt.datetime | None = None) -> dict[str, Any]:
-    """The report of one case as a JSON-ready dict (validated against ``schema.json``)."""
+                 now: _dt.datetime | None = None, referral: Any | None = None) -> dict[str, Any]:
+    """The report of one case as a JSON-ready dict (validated against ``schema.json``). ``referral``: the
+    ``core.committee.ReferralDecision`` already made for this prediction (the dashboard's); default: decided
+    here (``decide_referral``: where committee.json was fitted for ``package``, its committee is loaded from the
+    suite folder and votes)."""
     if prediction is None:
         prediction = explanation.prediction if explanation is not None else package.predict(case)
+    if referral is None:
+        from ..committee import decide_referral
+
+        referral = decide_referral(package, case, prediction)
     now = now or _dt.datetime.now(_dt.timezone.utc)
     report = {
         "schema": SCHEMA_VERSION,
@@ -364,6 +395,7 @@ def build_report(package: Package, case: Case, prediction: Prediction | None = N
         "fusion_internals": internals_summary(prediction.diagnostics),
         "explanation": explanation_summary(explanation) if explanation is not None else None,
         "comparison": comparison_summary(comparison) if comparison is not None else None,
+        "referral": referral.to_dict(),
     }
     report = to_jsonable(report)
     report["summary"] = to_jsonable(clinical_summary(report, explanation))

@@ -77,8 +77,9 @@ class CaseReport:
 
 
 def make_report(package: Package, case: Case, explanation: Any | None = None, comparison: Any | None = None,
-                case_reference: str | None = None, prediction: Any | None = None) -> CaseReport:
-    data = build_report(package, case, prediction, explanation, comparison, case_reference)
+                case_reference: str | None = None, prediction: Any | None = None, referral: Any | None = None) -> CaseReport:
+    """``referral``: the ``core.committee.ReferralDecision`` already made (else decided by ``build_report``)."""
+    data = build_report(package, case, prediction, explanation, comparison, case_reference, referral=referral)
     return CaseReport(data, case, explanation, comparison)
 
 
@@ -113,7 +114,9 @@ def render_csv(rep: CaseReport) -> str:
                                         ("model", "sha256", model["sha256"]),
                                         ("prediction", "label", sm["label"]), ("prediction", "probability", f"{sm['probability']:.4f}"),
                                         ("prediction", "uncertainty", sm["uncertainty"]["sentence"]),
-                                        ("prediction", "referral", sm["referral"])]
+                                        ("prediction", "referral", sm["referral"]),
+                                        ("prediction", "referral signal", sm["referral_signal"])]
+    rows += [("prediction", "referral signal, in words", x) for x in sm["referral_details"]]
     rows += [("probability", k, f"{v:.4f}") for k, v in pred["calibrated_probabilities"].items()]
     for r in sm["reasons"]:
         rows += [(f"reasons: {r['input']}", r["title"], line) for line in r["reasons"]]

@@ -183,7 +183,8 @@ def _page_one(rep: CaseReport) -> list[Section]:
     d = rep.data
     sm = d["summary"]
     lead = Lead(headline_image(rep), [Text(sm["headline"], "headline"), Text(sm["uncertainty"]["sentence"]),
-                                     Text(sm["referral"], "refer" if sm["refer"] else "ok")])
+                                     Text(sm["referral"], "refer" if sm["refer"] else "ok"),
+                                     *[Text(x, "small") for x in sm.get("referral_details", [])]])
     return [Section(f"FusionLens case report: {d['case']['case_id'] or 'unnamed case'}", [Text(d["notice"], "notice"), lead],
                     level=1),
             Section(f"Why: the strongest reasons per input (for {sm['label']})",

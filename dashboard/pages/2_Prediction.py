@@ -9,8 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import plots
-from core.committee import (CommitteeSpec, CommitteeVote, committee_vote, fitted_spec, read_committee,
-                            referral_signal)
+from core.committee import committee_vote, read_committee
 from core.errors import FusionLensError
 from dashboard import loaders
 from dashboard.auth import require_sign_in
@@ -42,36 +41,12 @@ if page.label:
     match = "matches" if page.label == pred.label else "differs from"
     st.info(f"True label recorded with this demo case: **{md_escape(page.label)}**; the prediction {match} it.")
 
-VOTES = SessionCache("fl_committee", 8)   # (package sha, folder, case fingerprint, committee.json mtime) -> CommitteeVote
-FAILED = SessionCache("fl_committee_failed", 8)   # same key -> why the vote could not be computed (not retried per rerun)
-
-
-def vote_key() -> tuple:
-    spec_file = Path(pkg.path).parent / "committee.json"   # a rewritten committee.json must not be answered from the cache
-    return pkg.sha256, str(pkg.path), case.fingerprint(), spec_file.stat().st_mtime_ns if spec_file.is_file() else None
-
-
-def run_vote(spec: CommitteeSpec | None) -> CommitteeVote:
-    """The suite's other fused variants on this case (kept for this session, package and case)."""
-    suite = Path(pkg.path).parent
-    same = [s for s in cohort_packages(page.summary, page.summaries) if Path(s["path"]).parent == suite]
-    if spec is not None and spec.variant == Path(pkg.path).name:   # only the committee it was fitted with votes:
-        same = [s for s in same if Path(s["path"]).name in spec.committee]   # do not load the suite's other packages
-    return VOTES.put(vote_key(), committee_vote([loaders.load(s) for s in same], case, pkg, spec))
-
-
-# the referral flag: the committee vote where a committee.json was fitted for this package (core/committee.py)
-spec, failure = fitted_spec(pkg)
-vote = VOTES.get(vote_key()) if spec is not None else None
-if spec is not None and vote is None:
-    failure = FAILED.get(vote_key()) or failure
-    if failure is None:
-        try:
-            with st.spinner("Asking the suite's other fusion variants (this model's referral signal)…"):
-                vote = run_vote(spec)
-        except FusionLensError as e:
-            failure = FAILED.put(vote_key(), str(e))
-ref = referral_signal(pred, spec, vote, failure)
+# the referral flag: the committee vote where a committee.json was fitted for this package (core/committee.py),
+# made by the session's background job right after the prediction (dashboard/background.py), so it is normally
+# ready when the page opens; the same decision as the case report and `python -m core predict`
+with st.spinner("Asking the suite's other fusion variants (this model's referral signal)…"):
+    decision = loaders.referral(pkg, case, pred)
+ref = decision.referral
 if ref.refer:
     st.warning(ref.flag, icon=":material/flag:")
 else:
@@ -131,10 +106,16 @@ else:
     st.caption("This package has no accuracy-vs-referred curve (metrics.json).")
 
 
+ASKED = SessionCache("fl_committee_asked", 8)   # (package sha, folder, case fingerprint, committee.json stamp) -> vote
+
+
 def second_opinion() -> None:
-    """The committee vote of the suite's other fused variants on this case: computed above where it is this
-    model's referral signal, else when asked for."""
-    vote = VOTES.get(vote_key())
+    """The committee vote of the suite's other fused variants on this case: the referral vote above where it
+    is this model's referral signal, else computed when asked for (kept for this session and case)."""
+    vote = decision.vote
+    key = (pkg.sha256, str(pkg.path), case.fingerprint(), loaders.committee_stamp(pkg))
+    if vote is None:
+        vote = ASKED.get(key)
     if vote is None:
         st.caption("Runs every other fusion variant of this suite on the case (the encoders' outputs are shared, so "
                    "each costs one fusion + head pass) and counts how many predict a different class.")
@@ -142,7 +123,11 @@ def second_opinion() -> None:
             return
         try:
             with st.spinner("Running the other variants…"):
-                vote = run_vote(read_committee(Path(pkg.path).parent))
+                suite = Path(pkg.path).parent
+                same = [loaders.load(s) for s in cohort_packages(page.summary, page.summaries)
+                        if Path(s["path"]).parent == suite]
+                vote = ASKED.put(key, committee_vote(same, case, pkg, read_committee(suite),
+                                                     prediction=loaders.predict(pkg, case)))
         except FusionLensError as e:
             show_error(e)
             return
