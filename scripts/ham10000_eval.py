@@ -15,9 +15,10 @@ Test-time augmentation and validation-chosen combinations (issue 16 follow-up), 
     python scripts/ham10000_eval.py --data ISIC --ham PATH/ham10000 --tta-select       # choices on validation only
     python scripts/ham10000_eval.py --data ISIC --ham PATH/ham10000 --tta-logits test isic --tta-score  # once
 
-``--tta-logits`` runs every package on the 8 symmetries of each image, two ways: ``pixels`` (each view
-encoded from its pixels by the shipped encoder, as ``core.package.tta`` does for a new case) and ``maps``
-(the view applied to the frozen block-10 map, the augmentation stage 1 was trained with; cheaper). Logits
+``--tta-logits`` runs every package on the symmetries of each image, two ways: ``pixels`` (each view
+encoded from its pixels by the shipped encoder, as ``core.package.tta`` does for a new case; by default the
+4 views that keep width and height, since each costs a whole encoder pass on a shared CPU) and ``maps`` (all
+8 views applied to the frozen block-10 map, the augmentation stage 1 was trained with; cheaper). Logits
 are cached under ``~/.cache/fusionlens/tta`` (never in the repository). ``--tta-select`` reads validation
 logits only and writes ``suite_inference.json``; ``--tta-score`` applies those choices to the HAM10000
 test split and the ISIC images once and writes ``external_isic2018_tta.json``.
@@ -29,6 +30,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +48,8 @@ def main() -> int:
     ap.add_argument("--tta-logits", nargs="*", choices=["val", "test", "isic"], help="cache per-view logits of these sets")
     ap.add_argument("--tta-select", action="store_true", help="choose TTA / combination on validation -> suite_inference.json")
     ap.add_argument("--tta-score", action="store_true", help="score the validation choices on test + ISIC once")
+    ap.add_argument("--tta-pixel-views", nargs="*", default=["identity", "hflip", "vflip", "rot180"],
+                    help="views encoded from pixels (each costs a whole encoder pass; the map views are all 8)")
     ap.add_argument("--tta-limit", type=int, help="first N images only (a smoke run; its own cache file)")
     args = ap.parse_args()
     if not args.data:
@@ -142,6 +146,7 @@ def tta_logits(args, which: str) -> None:
     shas = {n: p.sha256 for n, p in pkgs.items()}
     enc = next(p for p in pkgs.values() if "image" in p.modalities).inference_model.encoders["image"]
     views = list(VIEWS)
+    pixel_views = args.tta_pixel_views
     out: dict[str, list] = {}
     t0 = time.perf_counter()
     t_enc = 0.0
@@ -153,8 +158,9 @@ def tta_logits(args, which: str) -> None:
             x0, l0, l1 = frozen_part(enc, px)
             feats = {}
             for v in views:
-                xv, l0v, l1v = (x0, l0, l1) if v == "identity" else frozen_part(enc, apply_view(px, v))
-                feats[("pixels", v)] = enc.from_stages([trained_part(enc, xv)], (l0v, l1v))
+                if v in pixel_views:
+                    xv, l0v, l1v = (x0, l0, l1) if v == "identity" else frozen_part(enc, apply_view(px, v))
+                    feats[("pixels", v)] = enc.from_stages([trained_part(enc, xv)], (l0v, l1v))
                 feats[("maps", v)] = feats[("pixels", v)] if v == "identity" else \
                     enc.from_stages([trained_part(enc, apply_view(x0, v))], (l0, l1))
         t_enc += time.perf_counter() - t
@@ -186,8 +192,192 @@ def tta_logits(args, which: str) -> None:
     print(f"wrote {f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def _load_logits(which: str, limit: int | None = None):
+    """-> (labels [N], {(package, mode, view): (det [N, K], mc [T, N, K], lv [T, N])} in float32, metadata)."""
+    from safetensors import safe_open
+
+    f = _logits_file(which, limit)
+    if not f.is_file():
+        raise SystemExit(f"{f} is missing: run --tta-logits {which} first.")
+    raw: dict[tuple[str, str, str], dict] = {}
+    with safe_open(str(f), "pt") as fh:
+        meta = fh.metadata()
+        y = fh.get_tensor("labels")
+        for k in fh.keys():
+            if k != "labels":
+                name, mode, view, part = k.split("|")
+                raw.setdefault((name, mode, view), {})[part] = fh.get_tensor(k).float()
+    logits = {k: (v["det"], v["mc"], v["lv"]) for k, v in raw.items()}
+    return y, logits, {k: json.loads(v) if k in ("ids", "sha256") else v for k, v in meta.items()}
+
+
+@dataclass
+class System:
+    """A way to predict: members (packages), each with its TTA views (level: pixels or maps) combined by
+    mean logits or mean probabilities and its own temperature; members' calibrated log-probabilities
+    averaged (log-linear pool) and rescaled by ``t_pool``; ``tau`` the logit (class-prior) adjustment:
+    the scores minus tau * log(training prior)."""
+    members: tuple[str, ...]
+    views: tuple[str, ...] = ("identity",)
+    level: str = "pixels"
+    combine: str = "mean_logits"
+    temps: dict = field(default_factory=dict)
+    t_pool: float = 1.0
+    tau: float = 0.0
+
+    def name(self) -> str:
+        who = self.members[0] if len(self.members) == 1 else f"average of {len(self.members)}"
+        tta = "no TTA" if self.views == ("identity",) else f"TTA {len(self.views)} {self.level} views, {self.combine}"
+        return f"{who}, {tta}" + (f", tau {self.tau:g}" if self.tau else "")
+
+
+def _member_scores(logits, name: str, sysm: System, temperature: float, raw: bool = False, mc: bool = True):
+    """One member's log-probabilities (det [N, K], mc [T, N, K] or None) under the system's TTA; ``raw``: T = 1."""
+    import torch
+
+    views = sysm.views if (name, sysm.level, sysm.views[-1]) in logits else ("identity",)   # image-less package
+    level = sysm.level if views != ("identity",) else "pixels"
+    t = 1.0 if raw else temperature
+    out = []
+    for part in (0, 1) if mc else (0,):
+        x = torch.stack([logits[(name, level, v)][part] for v in views])
+        if sysm.combine == "mean_logits":
+            out.append(torch.log_softmax(x.mean(0) / t, -1))
+        else:
+            out.append(torch.softmax(x / t, -1).mean(0).clamp_min(1e-12).log())
+    return out[0], (out[1] if mc else None)
+
+
+def _system_scores(logits, sysm: System, log_prior, raw: bool = False, mc: bool = True):
+    import torch
+
+    parts = [_member_scores(logits, n, sysm, sysm.temps.get(n, 1.0), raw, mc) for n in sysm.members]
+    det = torch.stack([p[0] for p in parts]).mean(0)
+    m = torch.stack([p[1] for p in parts]).mean(0) if mc else None
+    if raw:
+        return det, m
+    adj = sysm.tau * log_prior
+    return (torch.log_softmax((det - adj) / sysm.t_pool, -1),
+            torch.log_softmax((m - adj) / sysm.t_pool, -1) if mc else None)
+
+
+def _fit_scale(scores, y) -> float:
+    """The T minimising NLL of softmax(scores / T) (``core.uncertainty.fit_temperature``)."""
+    from core.uncertainty import fit_temperature
+
+    return fit_temperature(scores, y)
+
+
+def _fit_system(logits, sysm: System, y, log_prior) -> System:
+    """Temperatures on these (validation) logits: each member's under its TTA (1-D search for mean_probs,
+    the closed-form-free LBFGS fit for mean_logits), then the pool's after averaging and the tau shift."""
+    import numpy as np
+    import torch
+
+    temps = {}
+    for n in sysm.members:
+        if sysm.combine == "mean_logits":
+            temps[n] = _fit_scale(_mean_logits(logits, n, sysm), y)
+        else:
+            grid = np.exp(np.linspace(np.log(0.3), np.log(6.0), 241))
+            nll = [float(torch.nn.functional.nll_loss(_member_scores(logits, n, sysm, float(t), mc=False)[0], y))
+                   for t in grid]
+            temps[n] = float(grid[int(np.argmin(nll))])
+    fitted = System(sysm.members, sysm.views, sysm.level, sysm.combine, temps, 1.0, sysm.tau)
+    if len(sysm.members) > 1 or sysm.tau:
+        det, _ = _system_scores(logits, fitted, log_prior, mc=False)
+        fitted.t_pool = _fit_scale(det, y)
+    return fitted
+
+
+def _mean_logits(logits, name: str, sysm: System):
+    import torch
+
+    views = sysm.views if (name, sysm.level, sysm.views[-1]) in logits else ("identity",)
+    level = sysm.level if views != ("identity",) else "pixels"
+    return torch.stack([logits[(name, level, v)][0] for v in views]).mean(0)
+
+
+def _scores_metrics(logits, sysm: System, y, log_prior, labels, n_boot: int = 0) -> dict:
+    import torch
+
+    from core.training.metrics import classification_metrics
+    from core.uncertainty import decompose
+
+    det, mc = _system_scores(logits, sysm, log_prior)
+    raw, _ = _system_scores(logits, sysm, log_prior, raw=True)
+    ent = decompose(mc, torch.zeros(mc.shape[:2]), 1.0).normalised_entropy
+    yy = y.numpy()
+    if n_boot:
+        m = classification_metrics(yy, det.exp().numpy(), raw.exp().numpy(), ent.numpy(), labels, n_boot=n_boot)
+    else:
+        from sklearn.metrics import balanced_accuracy_score
+
+        from core.uncertainty import expected_calibration_error
+
+        p = det.exp().numpy()
+        m = {"balanced_accuracy": {"value": float(balanced_accuracy_score(yy, p.argmax(1)))},
+             "ece": {"value": expected_calibration_error(p, yy)}}
+    m["nll"] = float(torch.nn.functional.nll_loss(det, y))
+    m["entropy"] = ent.numpy()
+    return m
+
+
+def _crossfit_ece(logits, sysm: System, y, log_prior, seed: int = 1717) -> float:
+    """Validation ECE with the temperatures fitted on the other half (two folds; an in-sample ECE flatters)."""
+    import numpy as np
+
+    from core.uncertainty import expected_calibration_error
+
+    idx = np.random.default_rng(seed).permutation(len(y))
+    halves = (idx[: len(y) // 2], idx[len(y) // 2:])
+    eces = []
+    for a, b in (halves, halves[::-1]):
+        sub = {k: (d[a], m[:, a], v[:, a]) for k, (d, m, v) in logits.items()}
+        test = {k: (d[b], m[:, b], v[:, b]) for k, (d, m, v) in logits.items()}
+        fitted = _fit_system(sub, sysm, y[a], log_prior)
+        det, _ = _system_scores(test, fitted, log_prior, mc=False)
+        eces.append(expected_calibration_error(det.exp().numpy(), y[b].numpy()))
+    return float(np.mean(eces))
+
+
+TTA_CONFIGS = [("identity",), ("identity", "hflip", "vflip", "rot180"),
+               ("identity", "hflip", "vflip", "rot180", "transpose", "rot90", "rot270", "antitranspose")]
+
+
 def tta_select(args) -> None:
-    raise NotImplementedError("step 2 is being written")
+    """Step 2, validation only: which TTA (level, views, combine) helps the image packages; logit adjustment;
+    a suite average; calibration. Writes suite_inference.json (the choices and the validation evidence)."""
+    import numpy as np
+    import torch
+
+    y, logits, meta = _load_logits("val", args.tta_limit)
+    pkgs = _packages(args)
+    labels = next(iter(pkgs.values())).labels
+    prior = np.array([pkgs["concat"].config["training_data"]["class_counts"]["train"][k] for k in labels], float)
+    log_prior = torch.tensor(np.log(prior / prior.sum()), dtype=torch.float32)
+    image_pkgs = [n for n, p in pkgs.items() if "image" in p.modalities]
+    rows, t0 = {}, time.perf_counter()
+    # 1. TTA configurations, every image package, one temperature each refitted on validation
+    for views in TTA_CONFIGS:
+        for level in (MODES if len(views) > 1 else ("pixels",)):
+            for comb in (("mean_logits", "mean_probs") if len(views) > 1 else ("mean_logits",)):
+                key = f"{len(views)}|{level}|{comb}"
+                if ("unimodal_image", level, views[-1]) not in logits:
+                    continue    # views not computed (pixel transposes: --tta-pixel-views)
+                per = {}
+                for n in image_pkgs:
+                    sysm = _fit_system(logits, System((n,), views, level, comb), y, log_prior)
+                    m = _scores_metrics(logits, sysm, y, log_prior, labels)
+                    per[n] = {"bacc": m["balanced_accuracy"]["value"], "nll": m["nll"], "temperature": sysm.temps[n],
+                              "ece_crossfit": _crossfit_ece(logits, System((n,), views, level, comb), y, log_prior)}
+                rows[key] = per
+                b = np.mean([r["bacc"] for r in per.values()])
+                print(f"  {key:28s} mean val bacc {b:.4f}  nll {np.mean([r['nll'] for r in per.values()]):.4f}  "
+                      f"ece(cross-fit) {np.mean([r['ece_crossfit'] for r in per.values()]):.4f}  concat "
+                      f"{per['concat']['bacc']:.4f}  unimodal_image {per['unimodal_image']['bacc']:.4f}  "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    (_tta_cache() / "select_val_rows.json").write_text(json.dumps(rows, indent=1))
 
 
 def tta_score(args) -> None:
