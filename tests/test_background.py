@@ -70,3 +70,42 @@ def test_the_auto_cam_job_answers_a_page_that_sends_the_resolved_names(pkg):
     assert background.covers(job, ("cam", "lesion_context"), {"cam_methods": (method,), "cam_layer": layer})
     assert background.covers(job, ("cam",), {"cam_methods": ["auto"], "cam_layer": "auto"})
     assert not background.covers(job, ("cam",), {"cam_methods": ("gradcam++",), "cam_layer": layer})
+
+
+def test_the_committee_vote_runs_right_after_the_prediction_before_the_explanation_and_a_failure_is_kept(pkg):
+    """The Prediction page's referral flag (the committee vote) is made by the job between the prediction and the
+    explanation's parts, against the job's own prediction; a vote that fails is kept as one sentence."""
+    state: dict = {}
+    go, seen = threading.Event(), []
+
+    def vote(pred):
+        seen.append((threading.current_thread().name, pred.label))
+        go.wait(60)
+        return "the vote", None
+
+    job = background.ensure_job(state, pkg, make_case(4), "fp4", vote=vote, vote_key=("committee.json", 1))
+    first = job.wait(("prediction",))
+    for _ in range(200):          # the vote holds the job: no explanation part is done before it returns
+        if seen:
+            break
+        threading.Event().wait(0.05)
+    assert seen == [("fusionlens-default-explanation", first.prediction.label)] and job.done == {"prediction"}
+    go.set()
+    assert job.wait_vote(("committee.json", 1)) == (True, "the vote", None)
+    assert job.wait_vote(("committee.json", 2)) == (False, None, None)   # committee.json rewritten: not this vote
+    job.thread.join(60)
+    assert {"vote", "all"} <= job.done and len(seen) == 1 and job.error is None
+    # a refitted committee.json replaces the job; a job without a vote answers nothing
+    again = background.ensure_job(state, pkg, make_case(4), "fp4", vote=vote, vote_key=("committee.json", 2))
+    assert again is not job and job.cancel.is_set()
+    again.cancel.set()
+    plain = background.ensure_job(state, pkg, make_case(5), "fp5")
+    assert plain.wait_vote(None) == (False, None, None)
+
+    def broken(pred):
+        raise RuntimeError("x.safetensors:\n  the weights file is missing.")
+
+    failed = background.ensure_job(state, pkg, make_case(6), "fp6", vote=broken, vote_key=1)
+    assert failed.wait_vote(1) == (True, None, "x.safetensors: the weights file is missing.")
+    failed.thread.join(60)
+    assert failed.error is None and "all" in failed.done     # the explanation goes on

@@ -108,3 +108,50 @@ def test_explain_json(pkg, files, capsys):
     assert set(d["modality"]["values"]) == {"image", "note", "metadata"}
     code, out, err = run(["explain", "--model", pkg, "--meta", "age=55", "--parts", "telepathy"], capsys)
     assert code == 2 and err.startswith("error: unknown part 'telepathy'")
+
+
+def test_predict_and_report_follow_the_committee_vote_where_committee_json_was_fitted(tmp_path, capsys):
+    """The referral flag of `predict` and `report` is the Prediction page's: the committee vote where the suite's
+    committee.json was fitted for the package (named), else the package's own entropy flag (unchanged)."""
+    from pathlib import Path
+
+    from core import load_package
+    from test_committee import committee_file, set_referral_threshold
+    from tiny import make_case, save_suite
+
+    paths = save_suite(tmp_path / "models", ("concat", "gated", "mmtm"), ("image", "note", "metadata"))
+    suite = Path(paths[0]).parent
+    committee_file(suite, "mmtm", ["concat", "gated"], 1)
+    from core import Case
+
+    case_dir, c = tmp_path / "case", make_case(3)
+    case_dir.mkdir()
+    c.image.save(case_dir / "image.png")
+    (case_dir / "note.txt").write_text(c.note)
+    (case_dir / "metadata.json").write_text(json.dumps(c.metadata))
+    case = Case.from_folder(case_dir)
+    labels = {Path(p).name: load_package(p).predict(case).label for p in paths}
+    refer = labels["concat"] != labels["mmtm"] or labels["gated"] != labels["mmtm"]
+    k = sum(labels[v] != labels["mmtm"] for v in ("concat", "gated"))
+    set_referral_threshold(suite / "mmtm", 1.0 if refer else 0.0)       # the own flag says the opposite
+    code, out, err = run(["predict", "--model", suite / "mmtm", "--case-dir", case_dir, "--json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["refer"] is refer and d["referral_decision"]["signal"] == "committee_vote"
+    assert d["referral_decision"]["own_refer"] is (not refer) and d["referral_decision"]["vote"]["disagreeing"] == k
+    assert "AUROC of 0.800" in d["referral_decision"]["sentence"]
+    code, out, err = run(["predict", "--model", suite / "mmtm", "--case-dir", case_dir], capsys)
+    assert code == 0 and (f"{'REFER' if refer else 'no referral flag'} (committee vote: {k} of 2 other fusion "
+                          "variants predict another class; raised from 1)") in out
+    code, out, err = run(["report", "--model", suite / "mmtm", "--case-dir", case_dir, "--out", tmp_path / "r.json",
+                          "--no-explain"], capsys)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["summary"]["refer"] is refer and rep["referral"]["signal"] == "committee_vote"
+    # a package the file was not fitted for: its own flag, printed as before
+    set_referral_threshold(suite / "gated", 0.0)
+    code, out, err = run(["predict", "--model", suite / "gated", "--case-dir", case_dir, "--json"], capsys)
+    d = json.loads(out)
+    assert d["refer"] is True and d["referral_decision"]["signal"] == "entropy_head_mc"
+    code, out, err = run(["predict", "--model", suite / "gated", "--case-dir", case_dir], capsys)
+    assert "REFER: advise re-check by a clinician" in out and "committee" not in out

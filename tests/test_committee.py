@@ -221,6 +221,30 @@ def test_the_package_s_own_flag_applies_where_committee_json_was_fitted_for_anot
     assert captions(at, VOTE_SENTENCE) and captions(at, "The model's own uncertainty says **refer**")
 
 
+def test_the_page_reads_the_vote_the_background_job_made_once(site, monkeypatch):
+    """The referral vote is made once, in the session's background job right after the prediction (not by the
+    page's script); the flag, the second-opinion panel and a rerun all read that one vote."""
+    import threading
+
+    import core.committee as C
+    from test_app import ok
+
+    at, suite = site
+    committee_file(suite, "mmtm", ["gated"], 1)
+    calls, real = [], C.compare_variants
+
+    def counting(pkgs, case, **kw):
+        calls.append((threading.current_thread().name, sorted(Path(p.path).name for p in pkgs)))
+        return real(pkgs, case, **kw)
+
+    monkeypatch.setattr(C, "compare_variants", counting)
+    at = prediction_page(at, "mmtm")
+    assert captions(at, VOTE_SENTENCE) and len([m for m in at.markdown if "of 1 other variants disagree" in m.value]) == 1
+    assert calls == [("fusionlens-default-explanation", ["gated"])]     # only the committee: mmtm's own prediction is reused
+    at = ok(at.run())
+    assert len(calls) == 1 and captions(at, VOTE_SENTENCE)
+
+
 @pytest.mark.parametrize("broken", ["damaged weights", "missing member"])
 def test_the_flag_falls_back_to_the_package_s_own_when_the_vote_fails(site, broken):
     at, suite = site

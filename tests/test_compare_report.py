@@ -272,3 +272,71 @@ def test_report_file_name_names_the_package_not_its_variant_type():
     b = name({"name": "ham10000/gated_kan", "variant": "gated"})
     assert a == "fusionlens-report-ham-05-gated.pdf" and b == "fusionlens-report-ham-05-gated_kan.pdf"
     assert name({"name": "../x/y z", "variant": "mmtm"}) == "fusionlens-report-ham-05-y_z.pdf"
+
+
+# ---- the referral flag of the report follows the Prediction page's (issue 14 §4 / 17) ---------------------------------
+
+@pytest.fixture
+def voted_suite(tmp_path):
+    """A tiny suite (concat, gated, mmtm) with a committee.json fitted for mmtm (committee concat + gated, flag
+    from 1 disagreeing), mmtm's own entropy flag set to the opposite of the vote on the case -> (suite, pkgs, case, refer)."""
+    from pathlib import Path
+
+    from test_committee import committee_file, set_referral_threshold
+
+    paths = save_suite(tmp_path, ("concat", "gated", "mmtm"), ("image", "note", "metadata"))
+    suite = Path(paths[0]).parent
+    committee_file(suite, "mmtm", ["concat", "gated"], 1)
+    case = make_case(3)
+    labels = {Path(p).name: load_package(p).predict(case).label for p in paths}   # each variant's own label, by hand
+    refer = labels["concat"] != labels["mmtm"] or labels["gated"] != labels["mmtm"]
+    set_referral_threshold(suite / "mmtm", 1.0 if refer else 0.0)     # own flag: never / always raised
+    return suite, {Path(p).name: load_package(p) for p in paths}, case, refer
+
+
+def test_the_report_follows_the_committee_vote_where_committee_json_was_fitted(voted_suite):
+    suite, pkgs, case, refer = voted_suite
+    mmtm = pkgs["mmtm"]
+    rep = make_report(mmtm, case)
+    d = rep.data
+    validate_report(d)
+    assert d["prediction"]["refer"] is (not refer)               # the package's own flag, kept as it is
+    assert d["referral"]["signal"] == "committee_vote" and d["referral"]["refer"] is refer
+    assert d["summary"]["refer"] is refer and d["summary"]["referral_signal"] == "committee_vote"
+    assert "the committee vote, this model's referral signal" in d["summary"]["referral"]
+    assert d["summary"]["referral"].startswith("Advise re-check" if refer else "No referral flag")
+    assert "(the referral flag comes from the committee vote)" in d["summary"]["uncertainty"]["sentence"]
+    assert any("AUROC of 0.800 (95% bootstrap interval 0.700–0.900" in x for x in d["summary"]["referral_details"])
+    assert d["referral"]["vote"]["of"] == 2 and d["referral"]["own_refer"] is (not refer)
+    html = rep.render("html").decode()
+    pdf = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(io.BytesIO(rep.render("pdf"))).pages[:1])
+    for text in (html, pdf):
+        assert "committee vote" in text and "AUROC of 0.800" in text
+    rows = rep.render("csv").decode("utf-8-sig")
+    assert "referral signal,committee_vote" in rows
+    # a package the file was not fitted for keeps its own flag, and says nothing about a vote
+    gated = make_report(pkgs["gated"], case).data
+    assert gated["referral"]["signal"] == "entropy_head_mc" and gated["summary"]["refer"] is gated["prediction"]["refer"]
+    assert "committee" not in gated["summary"]["referral"] and not gated["summary"]["referral_details"]
+
+
+def test_the_report_falls_back_to_the_own_flag_with_the_reason_and_takes_a_decision_already_made(voted_suite, monkeypatch):
+    import core.committee as C
+    from test_committee import committee_file
+
+    suite, pkgs, case, refer = voted_suite
+    committee_file(suite, "mmtm", ["concat", "gated", "add"], 1)   # 'add' is not in this suite
+    d = make_report(pkgs["mmtm"], case).data
+    assert d["referral"]["signal"] == "entropy_head_mc" and d["summary"]["refer"] is (not refer)
+    assert "could not be used (1 of the 3 variants it was fitted for did not vote here: add (not in this suite))" \
+        in d["summary"]["referral"]
+    # the dashboard hands over the vote it made: the report does not vote again
+    committee_file(suite, "mmtm", ["concat", "gated"], 1)
+    decision = C.decide_referral(pkgs["mmtm"], case, pkgs["mmtm"].predict(case))
+
+    def no_second_vote(*a, **k):
+        raise AssertionError("voted twice")
+
+    monkeypatch.setattr(C, "compare_variants", no_second_vote)
+    d = make_report(pkgs["mmtm"], case, referral=decision).data
+    assert d["referral"]["signal"] == "committee_vote" and d["summary"]["refer"] is refer
