@@ -145,11 +145,13 @@ def _load_region(path: Path | None) -> np.ndarray | None:
 
 
 def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: bool, method: str,
-               parts: Iterable[str], ig_steps: int = 24, layer: str = "last stage") -> dict[str, Any]:
+               parts: Iterable[str], ig_steps: int = 24, layer: str = "last stage", note_method: str = "ig") -> dict[str, Any]:
     from ..data.cohorts.dermatology import decisive_spans
-    from .attributions import note_attributions, table_attributions
+    from .attributions import table_attributions
     from .context import ExplainContext
     from .gradcam import image_cam
+    from .image_maps import PIXEL_MAPS, image_map
+    from .text_attr import note_words_attribution
     from ..imaging import context_ring
     from .modality import modality_shapley
 
@@ -162,7 +164,10 @@ def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: boo
         context = _load_region(it.context_path)
         if context is None or context.shape != lesion.shape:
             context = context_ring(lesion)   # no generator region (e.g. real data): the ring around the lesion
-        cam = image_cam(ctx, method, layer=layer)
+        if method in PIXEL_MAPS:   # a pixel-resolution map (core.explain.image_maps), not a CAM
+            cam = image_map(ctx, method)
+        else:
+            cam = image_cam(ctx, method, layer=layer)
         m = map_measures(cam, lesion, context)
         row.update(m)
         if it.evidence == "lesion":
@@ -179,7 +184,7 @@ def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: boo
     if "note" in parts and it.evidence == "note" and ctx.has("note"):
         spans = decisive_spans(it.note, it.label)
         if spans:
-            w = word_mass_share(note_attributions(ctx, n_steps=ig_steps, internal_batch_size=ig_steps)["words"], spans)
+            w = word_mass_share(note_words_attribution(ctx, note_method, ig_steps), spans)
             row.update(note_mass=w["share"], note_mass_chance=w["chance"])
     planted = it.extras.get("planted_feature")
     if "table" in parts and it.evidence == "metadata" and planted and ctx.has("metadata"):
@@ -244,12 +249,14 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def cohort_faithfulness(pkg: Package, items: Sequence[CohortItem], method: str = "gradcam",
                         parts: Iterable[str] = ("image", "shapley", "note", "table"),
                         targets: Sequence[str] = TARGETS, keep_rows: bool = False, ig_steps: int = 24,
-                        layer: str = "last stage") -> dict[str, Any]:
+                        layer: str = "last stage", note_method: str = "ig") -> dict[str, Any]:
     """Explain each case for the predicted class and for the true class; summarise every measure for all,
     correct and incorrect cases separately (``targets`` -> group -> :func:`summarise`). For correct cases
     both targets are the same class and share one explanation. ``ig_steps``: integrated-gradients steps
     for the note and table attributions (Gauss-Legendre). ``method`` / ``layer``: the CAM and the image
-    encoder layer it reads (:data:`core.explain.gradcam.CAM_METHODS`, ``ImageEncoder.cam_layers``)."""
+    encoder layer it reads (:data:`core.explain.gradcam.CAM_METHODS`, ``ImageEncoder.cam_layers``), or a
+    pixel map of :data:`core.explain.image_maps.PIXEL_MAPS` (``layer`` unused). ``note_method``: the note's
+    word attribution (:data:`core.explain.text_attr.NOTE_METHODS`; default the product's integrated gradients)."""
     from ..case import CaseError
 
     parts = tuple(parts)
@@ -271,8 +278,9 @@ def cohort_faithfulness(pkg: Package, items: Sequence[CohortItem], method: str =
             if correct and tag != targets[0]:
                 rows.append({**rows[-1], "target": tag})
                 continue
-            rows.append(_case_rows(pkg, it, p if tag == "predicted" else true, tag, correct, method, parts, ig_steps, layer))
-    out: dict[str, Any] = {"n": n_cases, "method": method, "layer": layer,
+            rows.append(_case_rows(pkg, it, p if tag == "predicted" else true, tag, correct, method, parts, ig_steps, layer,
+                                   note_method))
+    out: dict[str, Any] = {"n": n_cases, "method": method, "layer": layer, "note_method": note_method,
                            "accuracy": n_correct / n_cases if n_cases else float("nan")}
     for tag in targets:
         tr = [r for r in rows if r["target"] == tag]

@@ -1,0 +1,130 @@
+"""Word-removal note attributions and pixel image maps (#15 §2), on known-answer functions and a tiny package."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core import load_package, save_package
+from core.explain import cohort as C
+from core.explain import image_maps as IM
+from core.explain import text_attr as TA
+from core.explain.context import ExplainContext
+from tiny import LABELS, make_case, make_model
+
+
+@pytest.fixture(scope="module")
+def pkg(tmp_path_factory):
+    return load_package(save_package(make_model("concat", modalities=("image", "note", "metadata")),
+                                     tmp_path_factory.mktemp("ta") / "p", LABELS, name="t"))
+
+
+def _ctx(pkg, i=0):
+    return ExplainContext(pkg, make_case(i), target=1)
+
+
+def _additive_note(ctx, weights):
+    """Replace the model by an additive game over the note's tokens: target logit = sum of w_t over the tokens
+    present in the attention mask. Each word's exact Shapley value (and leave-one-out drop) is the sum of its
+    pieces' weights."""
+    w = torch.tensor(weights, dtype=torch.float)
+
+    def logits(vary, inputs, *a, **k):
+        m = inputs["attention_mask"].float()
+        out = torch.zeros(m.shape[0], len(LABELS))
+        out[:, ctx.target] = (m * w).sum(1)
+        return out
+    ctx.calibrated_logits = logits
+
+
+def test_word_removal_methods_recover_an_additive_game(pkg):
+    ctx = _ctx(pkg, 0)     # "Itchy lesion on the back, growing for three months."
+    enc = ctx.model.encoders["note"]
+    ids, group, words = TA.note_words(enc, ctx.case.note)
+    assert [w["text"] for w in words][:3] == ["Itchy", "lesion", "on"] and words[-1]["text"] == "."
+    assert (group[0], group[-1]) == (-1, -1)     # [CLS] / [SEP] are no word: always present
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=ids.shape[1])
+    _additive_note(ctx, weights)
+    exact = np.array([sum(weights[t] for t in range(len(group)) if group[t] == k) for k in range(len(words))])
+    occ = TA.note_word_occlusion(ctx)
+    assert occ["n_forward"] == len(words) + 1
+    np.testing.assert_allclose([w["score"] for w in occ["words"]], exact, atol=1e-5)
+    for n in (2, 5):
+        sh = TA.note_word_shapley(ctx, n_samples=n, seed=3)
+        assert sh["n_samples"] == n + n % 2                 # antithetic pairs
+        np.testing.assert_allclose([w["score"] for w in sh["words"]], exact, atol=1e-5)
+        assert sh["total"] == pytest.approx(float(exact.sum()), abs=1e-5)
+
+
+def test_word_shapley_on_the_real_model_adds_up_and_starts_from_the_case(pkg):
+    ctx = _ctx(pkg, 2)
+    enc = ctx.model.encoders["note"]
+    ids, group, words = TA.note_words(enc, ctx.case.note)
+    f = TA.presence_fn(ctx, ids, group)
+    full = f(torch.ones(1, len(words), dtype=torch.bool))
+    assert float(full[0]) == pytest.approx(float(ctx.target_logit()), abs=1e-5)   # all words present = the case
+    sh = TA.note_word_shapley(ctx, n_samples=4)
+    empty = float(f(torch.zeros(1, len(words), dtype=torch.bool))[0])
+    assert sum(w["score"] for w in sh["words"]) == pytest.approx(float(full[0]) - empty, abs=1e-4)
+    assert sh["total"] == pytest.approx(float(full[0]) - empty, abs=1e-4)
+    # another seed draws other permutations: the estimates differ, their sum does not
+    other = TA.note_word_shapley(ctx, n_samples=4, seed=1)
+    assert [w["score"] for w in other["words"]] != [w["score"] for w in sh["words"]]
+
+
+def test_ig_token_baseline_is_complete_and_differs_from_pad(pkg):
+    ctx = _ctx(pkg, 0)
+    unk = TA.note_ig_token_baseline(ctx, "unk", n_steps=32)
+    pad = TA.note_ig_token_baseline(ctx, "pad", n_steps=32)
+    assert unk["relative_delta"] < 0.05 and pad["relative_delta"] < 0.05
+    assert [w["text"] for w in unk["words"]] == [w["text"] for w in pad["words"]]
+    assert not np.allclose([w["score"] for w in unk["words"]], [w["score"] for w in pad["words"]])
+    # the pad variant is the product's note IG
+    from core.explain.attributions import note_attributions
+
+    prod = note_attributions(ctx, n_steps=32, internal_batch_size=32)["words"]
+    np.testing.assert_allclose([w["score"] for w in pad["words"]], [w["score"] for w in prod], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown note method"):
+        TA.note_words_attribution(ctx, "nope")
+
+
+def test_pixel_ig_map_finds_the_only_pixels_the_function_reads(pkg):
+    """A target function that reads one 8 x 8 square of pixels: the map's mass and maximum lie there."""
+    ctx = _ctx(pkg, 1)
+    x = ctx.inputs["image"]["pixels"]
+    s = x.shape[-1]
+    sq = torch.zeros(s, s, dtype=torch.bool)
+    sq[4:12, 18:26] = True
+    f = lambda p: (p[:, :, sq] ** 2).sum((1, 2))  # noqa: E731
+    ctx.target_fn = lambda vary, key, **k: f
+    ctx.target_logit = lambda: f(x)[0]
+    for kind in ("black", "skin", "blur"):
+        raw, rel = IM.pixel_ig(ctx, kind, n_steps=16)
+        assert raw.shape == (s, s) and rel < 0.05
+        assert raw[~sq.numpy()].max() == 0 and raw[sq.numpy()].sum() > 0
+    m = IM.pixel_ig_map(ctx, "black", n_steps=16, smooth=1.0)
+    assert m.max() == pytest.approx(1.0) and m.min() >= 0
+    assert C.mass_ratio(m, sq.numpy()) > 3 and C.pointing_hit(m, sq.numpy())
+    with pytest.raises(ValueError, match="unknown pixel map"):
+        IM.image_map(ctx, "nope")
+
+
+def test_cohort_routes_pixel_maps_and_note_methods(pkg, monkeypatch, tmp_path):
+    from test_faithfulness_metrics import _items
+
+    seen = []
+    monkeypatch.setattr(IM, "image_map", lambda ctx, method: seen.append(method) or np.pad(np.ones((10, 10)), 15))
+    items = _items(tmp_path, ["lesion", "context"])
+    out = C.cohort_faithfulness(pkg, items, parts=("image",), targets=("true",), method="pixel_ig")
+    assert seen == ["pixel_ig", "pixel_ig"] and out["method"] == "pixel_ig"
+    assert out["true"]["all"]["lesion_ratio_lesion_decided"] == pytest.approx(16.0)
+    import core.data.cohorts.dermatology as D
+
+    monkeypatch.setattr(D, "decisive_spans", lambda note, label: [(0, 5)])   # "Itchy" is the planted word
+    words = [{"start": 0, "end": 5, "score": 3.0}, {"start": 6, "end": 11, "score": -1.0}]
+    monkeypatch.setitem(TA.NOTE_METHODS, "word_occlusion", lambda ctx, steps: seen.append("occ") or words)
+    out = C.cohort_faithfulness(pkg, _items(tmp_path, ["note"]), parts=("note",), targets=("true",), note_method="word_occlusion")
+    assert seen[-1] == "occ" and out["note_method"] == "word_occlusion"
+    assert out["true"]["all"]["note_decisive_mass"] == pytest.approx(0.75)
+    assert out["true"]["all"]["note_decisive_mass_chance"] == pytest.approx(0.5)
