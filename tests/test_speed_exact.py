@@ -356,3 +356,52 @@ def test_stacked_weights_follow_an_in_place_change():
         heads[1].blocks[0].l2.bias.add_(1.0)
     again = _cached_stack(heads, _head_weights)
     assert again is not first and torch.equal(again["0.l2.b"][1, 0], heads[1].blocks[0].l2.bias)
+
+
+def test_explanation_runs_the_cnn_once_and_keeps_every_image_part(tmp_path, monkeypatch):
+    """Session 7: ``explain_case`` encodes the image as its stage maps and keeps them for middle-stage IG and the
+    last-stage CAMs (stability included), which then skip the CNN's front: the same maps as the old paths
+    (each part running the image encoder again), and the CNN's stages run once instead of once per part."""
+    from core.encoders.image import ImageEncoder
+    from core.explain import engine
+    from core.explain import image_ig as ig
+
+    pkg = _pkg(tmp_path)
+    calls = []
+    stages = ImageEncoder._stages
+    monkeypatch.setattr(ImageEncoder, "_stages", lambda self, x: calls.append(len(x)) or stages(self, x))
+    split = ImageEncoder.stage_split
+
+    def counted_split(self):                                   # middle-stage IG's run of the CNN's front
+        head, tail = split(self)
+        return (lambda x: calls.append(len(x)) or head(x)), tail
+    monkeypatch.setattr(ImageEncoder, "stage_split", counted_split)
+    explain_case(pkg, make_case(0), parts=("image_ig",))       # the black image's front (kept), outside the counts
+    assert ig._BLACK.get(pkg.model.encoders["image"])
+    parts = ("cam", "stability", "image_ig", "modality")
+    drawn = set()
+    for layer, methods in (("last stage", ("gradcam", "gradcam++", "eigencam")), ("last × early stage", ("layercam",))):
+        for case in (make_case(0), make_case(3)):
+            calls.clear()
+            new = explain_case(pkg, case, parts=parts, cam_methods=methods, cam_layer=layer, stability_samples=4)
+            n_new = len(calls)
+            with monkeypatch.context() as m:                     # the old paths: no stage maps kept
+                m.setattr(engine, "encode_image_stages", lambda *a: None)
+                calls.clear()
+                old = explain_case(pkg, case, parts=parts, cam_methods=methods, cam_layer=layer, stability_samples=4)
+            n_old = len(calls)
+            assert set(new.cams) == set(old.cams) == set(methods)
+            for k in methods:
+                assert np.allclose(new.cams[k], old.cams[k], atol=1e-5), k
+                drawn |= {k} if float(old.cams[k].max()) > 0.5 else set()
+            for k in ("mean", "std"):
+                assert np.allclose(new.stability[k], old.stability[k], atol=1e-5)
+            ig_new, ig_old = new.image_attributions["integrated_gradients"], old.image_attributions["integrated_gradients"]
+            assert np.allclose(ig_new, ig_old, atol=1e-6)
+            assert abs(new.image_attribution_info["integrated_gradients"]["convergence_delta"]
+                       - old.image_attribution_info["integrated_gradients"]["convergence_delta"]) < 1e-6
+            assert np.allclose(new.prediction.calibrated, old.prediction.calibrated, atol=1e-7)
+            # old: the context, each CAM and stability ran the CNN; new: the context only (the product's
+            # early-stage LayerCAM, in the map and in stability, still runs the encoder up to its early stage)
+            assert (n_old, n_new) == ((6, 1) if layer == "last stage" else (6, 3))
+    assert len(drawn) >= 3                                         # maps that are not all zero were compared

@@ -17,6 +17,7 @@ from ..package import Package, Prediction, to_jsonable
 from ..package.predictor import predictions
 from .context import ExplainContext
 from .gradcam import resolve_cam
+from .image_ig import encode_image_stages, remember_stage_maps
 from .parts import DEFAULT_PARTS, EXPLAIN_PARTS, PARTS, SKIP_ORDER, PartRun, run_order
 
 
@@ -59,6 +60,18 @@ def _predict(package: Package, case: Case, mc_samples: int | None, ctx: ExplainC
     return predictions(package, [case], det, mc, present, warnings)[0]
 
 
+def _context(package: Package, case: Case, target: int | None, features: dict[str, Any] | None,
+             classify: bool) -> ExplainContext:
+    """The case's context; a plain image encoder runs as its stage maps, which are kept for the image parts
+    (middle-stage IG, last-stage CAMs, stability): the CNN's front runs once per explanation, not per part."""
+    staged = None if features and "image" in features else encode_image_stages(package, case)
+    if staged is None:
+        return ExplainContext(package, case, target, features, classify)
+    ctx = ExplainContext(package, case, target, {**(features or {}), "image": staged[0]}, classify)
+    remember_stage_maps(ctx, staged[1])
+    return ctx
+
+
 class ExplainCancelled(Exception):
     """``explain_case`` was told to stop (its ``cancel`` event was set) between two parts."""
 
@@ -93,7 +106,7 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
 
     # the prediction's pass (float model) also gives the context its logits: one fusion + head pass fewer
     shared = package.inference_model is package.model
-    ctx = timed("context", ExplainContext, package, case, target, features, not shared)
+    ctx = timed("context", _context, package, case, target, features, not shared)
     pred = timed("prediction", _predict, package, case, mc_samples, ctx, shared)
     ex = Explanation(pred, ctx.target, package.labels[ctx.target], timings=timings)
     if progress is not None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .context import ExplainContext, ImageTargetModel
+from .image_ig import stage_maps
 
 #: name -> (pytorch-grad-cam class name, uses gradients, relative cost); the dashboard lists these without a
 #: hand-kept table. pytorch-grad-cam is imported when a CAM is computed (``cam_class``), not with this module:
@@ -128,6 +129,9 @@ def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str,
     layers = enc.cam_layers()
     if layer not in layers:
         raise ValueError(f"unknown layer '{layer}'; choose one of: {', '.join(cam_layer_names(enc))}.")
+    kept = stage_maps(ctx, pixels) if layer == "last stage" and stream == "global" and method != "scorecam" else None
+    if kept is not None:
+        return _run_cam_on_last_map(ctx, kept, cls, ClassifierOutputTarget, mc_seed, rows)
     wrapper = ImageTargetModel(ctx, mc_seed, stream, input_grad=False)
     target_layer = (wrapper.encoder.cam_layers(stream) if is_dual(ctx) else wrapper.encoder.cam_layers())[layer]
     if rows > 1 and pixels.shape[0] == 1:
@@ -149,6 +153,46 @@ def _run_cam(ctx: ExplainContext, pixels: torch.Tensor, method: str, layer: str,
     finally:
         cut.remove()
     return np.asarray(maps, dtype=np.float32)
+
+
+class _LastMapModel(torch.nn.Module):
+    """The case's last-stage map -> calibrated logits: what ``ImageTargetModel`` computes after its target
+    layer ``last stage`` (pooling, tokens, fusion, head), with that layer's output as the input. ``layer`` (an
+    identity) is the CAM's hook point: its activations and gradients are the target layer's."""
+
+    def __init__(self, ctx: ExplainContext, pooled: tuple[torch.Tensor, ...], mc_seed: int | None):
+        super().__init__()
+        self.ctx, self.pooled, self.mc_seed = ctx, pooled, mc_seed
+        self.layer = torch.nn.Identity()
+        self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)  # the library asks for a device
+
+    def forward(self, last: torch.Tensor) -> torch.Tensor:
+        n = last.shape[0]
+        gen = None if self.mc_seed is None else torch.Generator().manual_seed(self.mc_seed)
+        feats = self.ctx.model.encoders["image"].from_stages([self.layer(last)],
+                                                             tuple(p.expand(n, *p.shape[1:]) for p in self.pooled))
+        return self.ctx.calibrated_logits("image", feats, gen)
+
+
+def _run_cam_on_last_map(ctx: ExplainContext, maps: list[torch.Tensor], cls: type, target_cls: type,
+                         mc_seed: int | None, rows: int) -> np.ndarray:
+    """``_run_cam`` on the last stage of the case's own image from its kept stage maps (``image_ig.stage_maps``):
+    the library hooks an identity on the last map, so the CNN does not run again. Same activations, same
+    gradients, same maps (``rows``: that many MC-dropout rows of the one image, as ``_run_cam``)."""
+    with torch.no_grad():
+        pooled = tuple(m.mean(dim=(2, 3)) for m in maps[:-1])
+    last = maps[-1].detach()
+    if rows > 1:
+        last = last.expand(rows, *last.shape[1:])
+    model = _LastMapModel(ctx, pooled, mc_seed)
+    pixels = ctx.inputs["image"]["pixels"]
+    size = (pixels.size(-1), pixels.size(-2))
+    with cls(model=model, target_layers=[model.layer]) as cam:
+        cam.get_target_width_height = lambda _t: size  # the maps at the model's input size, as from the pixels
+        with torch.enable_grad():
+            out = cam(input_tensor=last.contiguous().requires_grad_(True),
+                      targets=[target_cls(ctx.target)] * last.shape[0])
+    return np.asarray(out, dtype=np.float32)
 
 
 def _unit_max(maps: np.ndarray) -> np.ndarray:

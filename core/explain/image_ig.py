@@ -29,6 +29,51 @@ from .context import ExplainContext
 _BLACK: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
 _BLACK_LOCK = threading.Lock()
 
+# A case's three stage maps, kept with the context that explains it (``explain_case`` encodes the image
+# once, through ``encode_image_stages``): middle-stage IG starts from the early / middle maps and the
+# last-stage CAMs from the last map, instead of running the CNN's front again for each part.
+_MAPS: "weakref.WeakKeyDictionary[ExplainContext, tuple[nn.Module, torch.Tensor, list[torch.Tensor]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def plain_image_encoder(enc: nn.Module) -> bool:
+    """True for the plain image encoder (not a dual expert): its output is ``from_stages`` of its stage maps,
+    the last of which is its last-stage CAM layer's output."""
+    from ..encoders.image import ImageEncoder
+
+    return type(enc) is ImageEncoder
+
+
+def encode_image_stages(package: Any, case: Any) -> tuple[ModalityFeatures, list[torch.Tensor]] | None:
+    """(the image encoder's output for ``case``, its three stage maps), computed as the encoder's forward
+    computes them (``from_stages(_stages(pixels))``, no grad), or None where the model has no plain image
+    encoder or the case no image. The case is checked as ``Package.prepare`` checks it (same errors)."""
+    enc = package.model.encoders["image"] if "image" in package.model.encoders else None
+    if enc is None or not plain_image_encoder(enc):
+        return None
+    inputs, _, _ = package.prepare([case], set(package.model.modalities) - {"image"})
+    if inputs.get("image") is None:
+        return None
+    with torch.no_grad():
+        maps = list(enc._stages(inputs["image"]["pixels"]))
+        return enc.from_stages(maps), maps
+
+
+def remember_stage_maps(ctx: ExplainContext, maps: list[torch.Tensor]) -> None:
+    """Keep ``maps`` (from :func:`encode_image_stages` on the same case) for the parts that explain ``ctx``."""
+    _MAPS[ctx] = (ctx.model, ctx.inputs["image"]["pixels"], maps)
+
+
+def stage_maps(ctx: ExplainContext, pixels: torch.Tensor | None = None) -> list[torch.Tensor] | None:
+    """The kept stage maps of ``ctx``'s image, if any and still those of its model and of ``pixels`` (default:
+    the context's own pixels, the very tensor)."""
+    hit = _MAPS.get(ctx)
+    if hit is None:
+        return None
+    model, own, maps = hit
+    ok = ctx.model is model and ctx.inputs["image"]["pixels"] is own and (pixels is None or pixels is own)
+    return maps if ok else None
+
 
 def _features(enc: nn.Module, early: torch.Tensor, middle: torch.Tensor, last: torch.Tensor) -> ModalityFeatures:
     """What ``ImageEncoder.forward`` returns, from its three stage activations (early pooled level given)."""
@@ -66,8 +111,9 @@ def _ig_function(ctx: ExplainContext) -> tuple[Any, torch.Tensor, torch.Tensor, 
     head, tail = enc.stage_split()   # the architecture's adapter cuts it (core.encoders.image_backbones)
     image = ctx.inputs["image"]
     x = image["pixels"]
+    kept = None if dual else stage_maps(ctx)
     with torch.no_grad():
-        early, a = head(x)
+        early, a = (kept[0], kept[1]) if kept is not None else head(x)
         a0 = _black_activation(enc, head, x)
         early = early.mean(dim=(2, 3))
         local = None
