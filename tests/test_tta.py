@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.package.tta import (FLIPS, FORMAT, VIEWS, TTASettings, apply_view, combine_views, evaluate_package_tta,
-                              load_settings, run_views)
+from core.package.tta import (FLIPS, FORMAT, VIEWS, TTASettings, adjust, apply_view, combine_views,
+                              evaluate_package_tta, load_settings, run_views)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "assets" / "models" / "ham10000"
@@ -47,6 +47,13 @@ def test_combining_views_by_logits_or_by_probabilities():
     assert torch.allclose(b.probabilities, torch.softmax(det, -1).mean(0))
     assert b.uncertainty.sample_probs.shape[0] == 10                   # MC samples of both views pooled
     assert float(b.uncertainty.epistemic[0]) > 0.0                     # the views disagree: that is epistemic
+    assert adjust(b, None, 1.0) is b
+    shift = (0.5, -0.5, 0.0)
+    c = adjust(b, shift, 0.8)                                          # the logit (class-prior) adjustment
+    want = torch.softmax((b.calibrated.log() - torch.tensor(shift)) / 0.8, -1)
+    assert torch.allclose(c.calibrated, want) and torch.equal(c.probabilities, b.probabilities)
+    assert int(c.calibrated.argmax()) == 1 and int(b.calibrated.argmax()) in (0, 1)
+    assert torch.allclose(c.uncertainty.mean_probs.sum(-1), torch.ones(1))
     with pytest.raises(ValueError, match="combine"):
         combine_views(det, mc, lv, 1.0, "vote")
     with pytest.raises(ValueError, match="view"):
@@ -93,9 +100,10 @@ def test_a_quarter_turn_is_encoded_at_its_own_size_not_squashed(pkg, cases):
     assert not torch.allclose(s.logits, d.logits, atol=1e-3)
 
 
-def _settings_file(tmp_path: Path, pkg, **entry) -> Path:
+def _settings_file(tmp_path: Path, pkg, tau: float = 0.0, **entry) -> Path:
     f = tmp_path / "suite_inference.json"
     f.write_text(json.dumps({"format": FORMAT, "fitted_on": "test", "tta": {"views": list(FLIPS), "combine": "mean_probs"},
+                             "logit_adjustment": {"tau": tau, "log_prior_train": [-1.0] * len(pkg.labels)},
                              "packages": {"concat": {"package_sha256": pkg.sha256, "tta_temperature": 1.5, **entry}}}))
     return f
 
@@ -103,7 +111,9 @@ def _settings_file(tmp_path: Path, pkg, **entry) -> Path:
 def test_settings_are_read_only_for_the_weights_they_were_fitted_on(pkg, tmp_path):
     s = load_settings(pkg, _settings_file(tmp_path, pkg, tta_referral_threshold=0.4))
     assert s is not None and s.views == FLIPS and s.combine == "mean_probs" and s.temperature == 1.5
-    assert s.referral_threshold == 0.4
+    assert s.referral_threshold == 0.4 and s.shift is None and s.pool_temperature == 1.0
+    s = load_settings(pkg, _settings_file(tmp_path, pkg, tau=0.5, pool_temperature=0.9))
+    assert s.shift == (-0.5,) * len(pkg.labels) and s.pool_temperature == 0.9
     assert load_settings(pkg, _settings_file(tmp_path, pkg, package_sha256="0" * 64)) is None   # retrained since
     assert load_settings(pkg, tmp_path / "nothing.json") is None
     bad = tmp_path / "bad.json"

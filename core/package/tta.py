@@ -72,6 +72,10 @@ class TTASettings:
     combine: str = "mean_logits"
     temperature: float = 1.0
     referral_threshold: float | None = None
+    # the logit (class-prior) adjustment: calibrated log-probabilities minus ``shift`` (tau * log training prior),
+    # rescaled by ``pool_temperature``; None / 1.0: no adjustment
+    shift: tuple[float, ...] | None = None
+    pool_temperature: float = 1.0
     source: str = ""                          # where the settings came from (file, fitted on what)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -84,8 +88,10 @@ class TTASettings:
             raise ValueError("TTA needs at least one view.")
         if self.combine not in COMBINE:
             raise ValueError(f"unknown combine '{self.combine}'; use {' or '.join(COMBINE)}.")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not (self.temperature > 0 and self.pool_temperature > 0):
+            raise ValueError(f"temperatures must be > 0, got {self.temperature} and {self.pool_temperature}.")
+        if self.shift is not None:
+            self.shift = tuple(float(v) for v in self.shift)
 
 
 def load_settings(pkg: "Package", path: str | Path | None = None) -> TTASettings | None:
@@ -101,8 +107,16 @@ def load_settings(pkg: "Package", path: str | Path | None = None) -> TTASettings
     tta = doc.get("tta")
     if not entry or not tta or entry.get("package_sha256") != pkg.sha256 or "tta_temperature" not in entry:
         return None
+    if tta.get("level", "pixels") != "pixels":
+        raise ValueError(f"{f}: TTA level '{tta['level']}' is not implemented for new cases (only 'pixels').")
+    adj = doc.get("logit_adjustment") or {}
+    tau = float(adj.get("tau", 0.0))
+    shift = tuple(tau * float(v) for v in adj["log_prior_train"]) if tau else None
+    if shift is not None and len(shift) != len(pkg.labels):
+        raise ValueError(f"{f}: the logit adjustment has {len(shift)} classes, the package {len(pkg.labels)}.")
     return TTASettings(tuple(tta["views"]), tta["combine"], float(entry["tta_temperature"]),
-                       entry.get("tta_referral_threshold"), source=f"{f.name}: {doc.get('fitted_on', '')}")
+                       entry.get("tta_referral_threshold"), shift, float(entry.get("pool_temperature", 1.0)),
+                       source=f"{f.name}: {doc.get('fitted_on', '')}")
 
 
 def view_features(pkg: "Package", pixels: torch.Tensor, views: Sequence[str]) -> list[ModalityFeatures]:
@@ -144,10 +158,27 @@ def combine_views(det: torch.Tensor, mc: torch.Tensor, lv: torch.Tensor, tempera
     raise ValueError(f"unknown combine '{mode}'; use {' or '.join(COMBINE)}.")
 
 
+def adjust(post: Posterior, shift: Sequence[float] | None, pool_temperature: float = 1.0) -> Posterior:
+    """The logit adjustment on a posterior: calibrated (and MC) log-probabilities minus ``shift``, divided by
+    ``pool_temperature``, renormalised. The uncalibrated probabilities are kept."""
+    if shift is None and pool_temperature == 1.0:
+        return post
+    s = torch.zeros(post.calibrated.shape[-1]) if shift is None else torch.as_tensor(shift, dtype=post.calibrated.dtype)
+
+    def f(p: torch.Tensor) -> torch.Tensor:
+        return (p.clamp_min(1e-12).log() - s) / pool_temperature
+
+    unc = post.uncertainty
+    mc = f(unc.sample_probs)
+    return Posterior(post.probabilities, torch.softmax(f(post.calibrated), -1),
+                     decompose(mc, torch.log(unc.data_variance).expand(mc.shape[:2]), 1.0))
+
+
 def tta_posterior(pkg: "Package", cases: Sequence["Case"], settings: TTASettings, mc_samples: int | None = None,
                   seed: int = 0) -> Posterior:
     det, mc, lv = run_views(pkg, cases, settings.views, mc_samples, seed)
-    return combine_views(det, mc, lv, settings.temperature, settings.combine)
+    post = combine_views(det, mc, lv, settings.temperature, settings.combine)
+    return adjust(post, settings.shift, settings.pool_temperature)
 
 
 def evaluate_package_tta(pkg: "Package", items: Sequence["CohortItem"], settings: TTASettings | None = None,
@@ -174,9 +205,10 @@ def evaluate_package_tta(pkg: "Package", items: Sequence["CohortItem"], settings
     out = classification_metrics(y, torch.cat(cal).numpy(), torch.cat(unc).numpy(), torch.cat(ent).numpy(), pkg.labels,
                                  n_boot=n_boot)
     out["tta"] = {"views": list(settings.views), "combine": settings.combine, "temperature": settings.temperature,
-                  "source": settings.source}
+                  "shift": None if settings.shift is None else list(settings.shift),
+                  "pool_temperature": settings.pool_temperature, "source": settings.source}
     return out
 
 
-__all__ = ["COMBINE", "FLIPS", "FORMAT", "SETTINGS_FILE", "TTASettings", "VIEWS", "apply_view", "combine_views",
+__all__ = ["COMBINE", "FLIPS", "FORMAT", "SETTINGS_FILE", "TTASettings", "VIEWS", "adjust", "apply_view", "combine_views",
            "evaluate_package_tta", "load_settings", "run_views", "tta_posterior", "view_features"]
