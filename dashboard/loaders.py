@@ -194,6 +194,17 @@ def committee_vote(pkg: Package, case: Case, prediction: Prediction,
         return None, str(e)
 
 
+def referral_ready(pkg: Package, case: Case) -> bool:
+    """Whether ``referral`` answers without waiting (no vote fitted for ``pkg``, or its vote already made)."""
+    stamp = committee_stamp(pkg)
+    if stamp is None:
+        return True
+    job = _job(pkg, case)
+    if job is not None and job.vote_key == stamp and ("vote" in job.done or job.finished):
+        return True
+    return (pkg.sha256, str(pkg.path), case.fingerprint(), stamp) in VOTES
+
+
 def referral(pkg: Package, case: Case, prediction: Prediction | None = None) -> ReferralDecision:
     """The referral flag of ``prediction`` (default: the plain prediction): the committee vote's where
     committee.json was fitted for ``pkg`` (the session's background vote when the job made it, else computed

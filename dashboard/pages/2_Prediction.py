@@ -43,18 +43,27 @@ if page.label:
 
 # the referral flag: the committee vote where a committee.json was fitted for this package (core/committee.py),
 # made by the session's background job right after the prediction (dashboard/background.py), so it is normally
-# ready when the page opens; the same decision as the case report and `python -m core predict`
-with st.spinner("Asking the suite's other fusion variants (this model's referral signal)…"):
-    decision = loaders.referral(pkg, case, pred)
-ref = decision.referral
-if ref.refer:
-    st.warning(ref.flag, icon=":material/flag:")
-else:
-    st.success(ref.flag, icon=":material/check_circle:")
-if ref.sentence:
-    st.caption(ref.sentence)
-if ref.secondary:
-    st.caption(ref.secondary)
+# ready when the page opens; the same decision as the case report and `python -m core predict`. Its place is kept
+# here, and the charts below are drawn while it is still on its way.
+flag_slot = st.empty()
+if not loaders.referral_ready(pkg, case):
+    flag_slot.caption(":material/hourglass_top: The referral flag: asking the suite's other fusion variants "
+                      "(this model's referral signal)…")
+
+
+def show_flag() -> None:
+    ref = decision.referral
+    with flag_slot.container():
+        if ref.refer:
+            st.warning(ref.flag, icon=":material/flag:")
+        else:
+            st.success(ref.flag, icon=":material/check_circle:")
+        if ref.sentence:
+            st.caption(ref.sentence)
+        if ref.secondary:
+            st.caption(ref.secondary)
+
+
 for w in pred.warnings:
     st.info(w)
 missing = [m for m, ok in pred.present.items() if not ok]
@@ -82,6 +91,10 @@ b.caption("The part that stays when the model is certain of its own weights: amb
 c.metric("Epistemic (mutual information)", f"{u['epistemic']:.3f}")
 c.caption("The part from disagreement between MC-dropout samples: the model has seen too few cases like this one. "
           "High values mean the case may lie outside the training data.")
+
+decision = loaders.referral(pkg, case, pred)   # waits for the background vote where it is not there yet
+show_flag()
+ref = decision.referral
 
 st.subheader("Referral and accuracy")
 metrics = loaders.package_metrics(str(pkg.path)) or {}
