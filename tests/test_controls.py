@@ -261,6 +261,19 @@ def test_cli_faithfulness_controls_table_and_usage_errors(monkeypatch, capsys):
     assert "training cohort's seed" in capsys.readouterr().err
 
 
+def test_controls_table_lists_the_alternative_explainers_after_the_product_ones():
+    c = lambda m, v, ok: {"measure": m, "key": "k", "value": v, "chance": 0.3, "criterion": ">= 0.6", "passed": ok}  # noqa: E731
+    alt = lambda v, ok: [{"explainer": "ig_unk", "checks": [c("note IG, [UNK] baseline mass on the planted words", v, ok)]}]  # noqa: E731
+    rows = [{"source": "note", "trained": {"accuracy": 0.9, "checks": [c("note IG mass", 0.5, False)], "alternatives": alt(0.7, True)},
+             "randomised": {"accuracy": 0.2, "checks": [c("note IG mass", 0.3, False)], "alternatives": alt(0.35, False)}}]
+    lines = K.controls_table(rows).splitlines()
+    assert lines[2].startswith("| note-only | 0.90 / 0.20 | note IG mass |") and "| 0.50 (0.30) | no | 0.30 | yes |" in lines[2]
+    assert lines[3] == "| note-only |  | note IG, [UNK] baseline mass on the planted words | >= 0.6 | 0.70 (0.30) | yes | 0.35 | yes |"
+    # every image / note control is measured with an alternative explainer too, answering only its own criteria
+    assert set(K.ALTERNATIVES) == {"lesion", "context", "note"}
+    assert all(k in K.ALTERNATIVE_KEYS["image"] for s in ("lesion", "context") for k, *_ in K.CRITERIA[s])
+
+
 def test_controls_are_never_measured_on_their_training_seed():
     assert K.EVAL_SEED != K.TRAIN_SEED and K.CONTROL_N["note"] > 700
     with pytest.raises(ValueError, match="training seed"):
