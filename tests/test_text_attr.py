@@ -128,3 +128,25 @@ def test_cohort_routes_pixel_maps_and_note_methods(pkg, monkeypatch, tmp_path):
     assert seen[-1] == "occ" and out["note_method"] == "word_occlusion"
     assert out["true"]["all"]["note_decisive_mass"] == pytest.approx(0.75)
     assert out["true"]["all"]["note_decisive_mass_chance"] == pytest.approx(0.5)
+
+
+def test_segment_occlusion_map_finds_the_painted_square_the_function_reads(pkg):
+    """Skin-coloured image with a dark square; the target function reads only the square's darkness. Segments
+    follow the square; painting them over with the skin colour drops the logit, painting anything else does not."""
+    ctx = _ctx(pkg, 1)
+    enc = ctx.pixel_encoder
+    s = ctx.inputs["image"]["pixels"].shape[-1]
+    rgb = torch.tensor([0.8, 0.6, 0.5]).view(1, 3, 1, 1).expand(1, 3, s, s).clone()
+    sq = torch.zeros(s, s, dtype=torch.bool)
+    sq[8:16, 10:20] = True
+    rgb[:, :, sq] = torch.tensor([0.2, 0.1, 0.1]).view(1, 3, 1)
+    x = (rgb - enc._mean.cpu()) / enc._std.cpu()
+    ctx.inputs = {**ctx.inputs, "image": {**ctx.inputs["image"], "pixels": x}}
+    f = lambda p: -p[:, :, sq].mean((1, 2))  # noqa: E731  (darker square -> larger logit)
+    ctx.target_fn = lambda vary, key, **k: f
+    seg = IM.segments(rgb[0].permute(1, 2, 0).numpy(), n=16)
+    inside = {int(k) for k in np.unique(seg[sq.numpy()])}
+    assert all(not (seg == k)[~sq.numpy()].any() for k in inside)      # the square's segments stay inside it
+    m = IM.segment_occlusion_map(ctx, n_segments=16)
+    assert m.max() == pytest.approx(1.0) and m[~sq.numpy()].max() == 0
+    assert C.pointing_hit(m, sq.numpy()) and C.mass_ratio(m, sq.numpy()) == pytest.approx(1 / float(sq.float().mean()))

@@ -28,6 +28,7 @@ PIXEL_MAPS: dict[str, dict[str, Any]] = {
     "pixel_ig": {"baseline": "black", "n_steps": 16, "smooth": 8.0},
     "pixel_ig_skin": {"baseline": "skin", "n_steps": 16, "smooth": 8.0},
     "pixel_ig_blur": {"baseline": "blur", "n_steps": 16, "smooth": 8.0},
+    "segment_occlusion": {"n_segments": 64},
 }
 
 
@@ -85,11 +86,61 @@ def pixel_ig_map(ctx: ExplainContext, baseline: str = "black", n_steps: int = 16
     return (m / max(float(m.max()), 1e-12)).astype(np.float32)
 
 
+def segments(rgb: np.ndarray, n: int = 64, colour_scale: float = 0.1, iterations: int = 8) -> np.ndarray:
+    """[H, W] int segment ids 0..k-1 of an RGB image in [0, 1]: k-means on (colour / ``colour_scale``, position /
+    grid step) started from a regular grid of about ``n`` cells (SLIC without the local search window), so
+    segments are compact and follow colour edges. Empty clusters are dropped; ids are renumbered 0..k-1."""
+    h, w = rgb.shape[:2]
+    g = max(1, int(round(np.sqrt(n))))
+    step = max(h, w) / g
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    feats = torch.from_numpy(np.concatenate([rgb.reshape(-1, 3).astype(np.float32) / colour_scale,
+                                             np.stack([yy.ravel(), xx.ravel()], 1) / step], 1))
+    cy, cx = np.meshgrid((np.arange(g) + 0.5) * h / g, (np.arange(g) + 0.5) * w / g, indexing="ij")
+    idx = (np.clip(cy.ravel().astype(int), 0, h - 1) * w + np.clip(cx.ravel().astype(int), 0, w - 1))
+    centres = feats[torch.from_numpy(idx)].clone()
+    for _ in range(iterations):
+        lab = torch.cdist(feats, centres).argmin(1)
+        counts = torch.bincount(lab, minlength=len(centres)).float()
+        sums = torch.zeros_like(centres).index_add_(0, lab, feats)
+        keep = counts > 0
+        centres = sums[keep] / counts[keep, None]
+    lab = torch.cdist(feats, centres).argmin(1)
+    _, lab = torch.unique(lab, return_inverse=True)
+    return lab.reshape(h, w).numpy()
+
+
+def segment_occlusion_map(ctx: ExplainContext, n_segments: int = 64, chunk: int = 16) -> np.ndarray:
+    """[H, W] non-negative map, maximum 1: each pixel gets the drop of the target logit when its segment
+    (:func:`segments` of the case's image) is painted over with the skin colour (the median of the image's 12 px
+    border), clipped at 0. Faithful by construction (it reads the model's output, no gradients); costs one
+    forward pass per segment (64 at 224 px: about 4 s on one CPU thread)."""
+    x = ctx.inputs["image"]["pixels"]
+    enc = ctx.pixel_encoder
+    rgb = enc.denormalize(x)[0].permute(1, 2, 0).numpy()
+    seg = torch.from_numpy(segments(rgb, n_segments))
+    fill = pixel_baseline(ctx, "skin")
+    f = ctx.target_fn("image", "pixels", **ctx.image_fixed())
+    k = int(seg.max()) + 1
+    drops = []
+    with torch.no_grad():
+        fx = f(x)[0]
+        for i in range(0, k, chunk):
+            ids = torch.arange(i, min(k, i + chunk))
+            m = (seg[None] == ids[:, None, None]).unsqueeze(1)           # [c, 1, H, W]
+            drops.append(fx - f(torch.where(m, fill, x)))
+    d = torch.cat(drops).clamp_min(0)
+    out = d[seg].numpy().astype(np.float32)
+    return out / max(float(out.max()), 1e-12)
+
+
 def image_map(ctx: ExplainContext, method: str) -> np.ndarray:
     """The map ``method`` (a key of :data:`PIXEL_MAPS`) of the case's target class."""
     if method not in PIXEL_MAPS:
         raise ValueError(f"unknown pixel map {method!r}; choose one of: {', '.join(PIXEL_MAPS)}.")
+    if method == "segment_occlusion":
+        return segment_occlusion_map(ctx, **PIXEL_MAPS[method])
     return pixel_ig_map(ctx, **PIXEL_MAPS[method])
 
 
-__all__ = ["PIXEL_MAPS", "pixel_baseline", "pixel_ig", "pixel_ig_map", "image_map"]
+__all__ = ["PIXEL_MAPS", "pixel_baseline", "pixel_ig", "pixel_ig_map", "segments", "segment_occlusion_map", "image_map"]
