@@ -190,10 +190,11 @@ def ensure_job(session_state: Any, pkg: Any, case: Any, fingerprint: str,
                vote: Callable[[Any], tuple[Any, str | None]] | None = None, vote_key: Any = None) -> Job:
     """The session's job for (package, case), started if needed; any other job of the session is cancelled.
     ``vote``: the committee vote to run right after the prediction (see ``Job._run_vote``); ``vote_key``:
-    what it depends on besides the package and the case (a job that voted under another one is replaced)."""
+    what it depends on besides the package and the case (a job that voted under another one is kept for its
+    explanation; ``wait_vote`` does not answer for the new key, so the page votes itself)."""
     key = (pkg.sha256, str(pkg.path), fingerprint)
     job = session_state.get(JOB_KEY)
-    if job is not None and job.key == key and not job.cancel.is_set() and job.vote_key == vote_key:
+    if job is not None and job.key == key and not job.cancel.is_set():
         return job
     if job is not None:
         job.cancel.set()

@@ -245,6 +245,32 @@ def test_the_page_reads_the_vote_the_background_job_made_once(site, monkeypatch)
     assert len(calls) == 1 and captions(at, VOTE_SENTENCE)
 
 
+def test_a_committee_json_refitted_during_the_session_is_followed(site):
+    """Another helper may refit committee.json (a retrained suite): the session's vote made under the old file is
+    not used; the page votes again under the new one (its threshold and AUROC), and a file fitted for weights
+    that are not these (package_sha256) falls back to the model's own flag."""
+    import os
+
+    from test_app import ok
+
+    at, suite = site
+    f = committee_file(suite, "mmtm", ["gated"], 1)
+    at = prediction_page(at, "mmtm")
+    assert captions(at, "AUROC of 0.800 (95% bootstrap interval 0.700–0.900")
+    doc = json.loads(f.read_text())
+    doc["evaluation"]["error_detection_auroc"]["committee_vote"] = {"value": 0.9, "ci95": [0.85, 0.95]}
+    f.write_text(json.dumps(doc))
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    at = ok(at.run())
+    assert captions(at, "AUROC of 0.900 (95% bootstrap interval 0.850–0.950") and not captions(at, "AUROC of 0.800")
+    doc["package_sha256"] = {"mmtm": "0" * 64}          # fitted for an mmtm that is not this one
+    f.write_text(json.dumps(doc))
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 2 * 10**9))
+    at = ok(at.run())
+    fallback = captions(at, FALLBACK)
+    assert len(fallback) == 1 and "retrained after the vote's threshold was fitted" in fallback[0]
+
+
 @pytest.mark.parametrize("broken", ["damaged weights", "missing member"])
 def test_the_flag_falls_back_to_the_package_s_own_when_the_vote_fails(site, broken):
     at, suite = site
