@@ -90,7 +90,9 @@ def whatif_panel(pkg: Package, case: Case) -> None:
             st.session_state[RESULT] = (pkg.sha256, fkey, result)
     stored = st.session_state.get(RESULT)
     if stored and stored[0] == pkg.sha256 and stored[1] == fkey:
-        show_result(stored[2])
+        from core.committee import fitted_spec
+
+        show_result(stored[2], fitted_spec(pkg)[0] is not None)
     _nearest(pkg, case)
 
 
@@ -101,7 +103,8 @@ def _same_number(a: Any, b: Any) -> bool:
         return False
 
 
-def show_result(result: Any) -> None:
+def show_result(result: Any, voted: bool = False) -> None:
+    """``voted``: the package's referral flag is the committee vote (core.committee.fitted_spec), not re-run here."""
     d = result.to_dict()
     a, b, changed = d["original"], d["what_if"], d["changed"]
     st.markdown("**Changes:** " + "; ".join(md_escape(c) for c in d["changes"])
@@ -117,8 +120,10 @@ def show_result(result: Any) -> None:
         st.warning(f"The prediction changes from **{md_escape(a['label'])}** to **{md_escape(b['label'])}**.",
                    icon=":material/swap_horiz:")
     if changed["refer"]:
-        st.warning(f"The referral flag changes: {'referred' if a['refer'] else 'kept'} → "
-                   f"{'referred' if b['refer'] else 'kept'}.", icon=":material/flag:")
+        own = "The referral flag" if not voted else "The model's own uncertainty flag"
+        st.warning(f"{own} changes: {'referred' if a['refer'] else 'kept'} → {'referred' if b['refer'] else 'kept'}."
+                   + (" (This model's referral flag is the committee vote, which the what-if does not re-run.)"
+                      if voted else ""), icon=":material/flag:")
     rows = [{"quantity": f"p({k})", "original": a["probabilities"][k], "what-if": b["probabilities"][k]} for k in a["probabilities"]]
     rows += [{"quantity": k.replace("_", " "), "original": a[k], "what-if": b[k]} for k in ("normalised_entropy", "aleatoric", "epistemic")]
     rows += [{"quantity": f"Shapley {m}", "original": v, "what-if": b["modality_shapley"].get(m)}
