@@ -271,6 +271,25 @@ def test_a_committee_json_refitted_during_the_session_is_followed(site):
     assert len(fallback) == 1 and "retrained after the vote's threshold was fitted" in fallback[0]
 
 
+def test_the_compare_page_shows_the_selected_package_s_referral_flag_from_the_vote(site):
+    """Compare shows each variant's flag; for the selected package whose committee.json was fitted, the flag is
+    the Prediction page's (the session's vote), not its own entropy flag."""
+    from test_app import ok
+
+    at, suite = site
+    committee_file(suite, "mmtm", ["gated"], 1)
+    set_referral_threshold(suite / "mmtm", 0.0)      # mmtm's own flag: always raised
+    set_referral_threshold(suite / "gated", 1.0)     # gated's: never
+    at = prediction_page(at, "mmtm")
+    k = int(next(m.value for m in at.markdown if "of 1 other variants disagree" in m.value).split("**")[1].split(" ")[0])
+    at = ok(at.switch_page("pages/6_Compare.py").run())
+    refer = [w.value for w in at.warning if w.value.startswith("Refer:")]
+    if k >= 1:
+        assert refer == ["Refer: the committee vote."]
+    else:
+        assert not refer and captions(at, "its referral flag is the committee vote, which does not refer")
+
+
 @pytest.mark.parametrize("broken", ["damaged weights", "missing member"])
 def test_the_flag_falls_back_to_the_package_s_own_when_the_vote_fails(site, broken):
     at, suite = site

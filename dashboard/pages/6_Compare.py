@@ -90,7 +90,17 @@ if explain:
             st.markdown(f"**{md_escape(head)}**")
             st.metric("Prediction", f"{summ['label']} {summ['probability']:.1%}")
             st.caption(f"uncertainty {summ['normalised_entropy']:.2f} · epistemic {summ['epistemic']:.3f}")
-            if summ["refer"]:
+            if str(vc.package.path) == str(pkg.path) and loaders.committee_stamp(pkg) is not None:
+                # the selected package: its referral flag as on the Prediction page (the committee vote where
+                # committee.json was fitted for it; the session's background vote, not made again)
+                ref = loaders.referral(pkg, case).referral
+                if ref.refer:
+                    st.warning("Refer: " + ("the committee vote." if ref.signal == "committee_vote"
+                                            else "above its threshold."), icon=":material/flag:")
+                elif summ["refer"] and ref.signal == "committee_vote":
+                    st.caption("Its own uncertainty is above its threshold; its referral flag is the committee "
+                               "vote, which does not refer (Prediction page).")
+            elif summ["refer"]:
                 st.warning("Refer: above its threshold.", icon=":material/flag:")
             internals = summ["internals"]
             shown = {k: v for k, v in internals.items() if k in ("temperature", "gate_polarisation", "gates", "level_weights",
