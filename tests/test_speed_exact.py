@@ -405,3 +405,30 @@ def test_explanation_runs_the_cnn_once_and_keeps_every_image_part(tmp_path, monk
             # early-stage LayerCAM, in the map and in stability, still runs the encoder up to its early stage)
             assert (n_old, n_new) == ((6, 1) if layer == "last stage" else (6, 3))
     assert len(drawn) >= 3                                         # maps that are not all zero were compared
+
+
+def test_lesion_context_takes_the_image_as_it_is_from_the_case(tmp_path, monkeypatch):
+    """Session 7: the lesion / context check's "full" confidence (the image unaltered) is the case's own calibrated
+    probability, so only the three altered images run through the CNN: the same four numbers as running all four."""
+    from core.encoders.image import ImageEncoder
+    from core.explain import parts as P
+
+    pkg = _pkg(tmp_path)
+    rows = []
+    stages = ImageEncoder._stages
+    monkeypatch.setattr(ImageEncoder, "_stages", lambda self, x: rows.append(len(x)) or stages(self, x))
+    for i in (0, 2):
+        ctx = ExplainContext(pkg, make_case(i))
+        cams = {"gradcam": np.random.default_rng(i).random((32, 32)).astype(np.float32)}
+        rows.clear()
+        new = P.lesion_context_report(ctx, cams)
+        assert rows == [3]
+        with monkeypatch.context() as m:
+            m.setattr(P, "plain_image_encoder", lambda enc: False)
+            rows.clear()
+            old = P.lesion_context_report(ctx, cams)
+            assert rows == [4]
+        assert list(new["confidence"]) == list(old["confidence"]) == ["full", "lesion_only", "context_only", "neither"]
+        for k in old["confidence"]:
+            assert abs(new["confidence"][k] - old["confidence"][k]) < 1e-6, k
+        assert len(set(round(v, 4) for v in old["confidence"].values())) > 1   # the four images do differ

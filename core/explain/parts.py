@@ -19,7 +19,7 @@ from ..registry import Registry
 from .attributions import image_attributions, note_attributions, spectrum_attributions, table_attributions
 from .context import ExplainContext
 from .gradcam import cam_stability, image_cam
-from .image_ig import middle_stage_ig
+from .image_ig import middle_stage_ig, plain_image_encoder
 from .modality import modality_shapley
 
 USES = ("explain", "report", "compare")   # the default lists: `explain`, `report` (+ faithfulness), `compare`
@@ -211,10 +211,16 @@ def lesion_context_report(ctx: ExplainContext, cams: dict[str, np.ndarray]) -> d
     maps = split_heatmap(first, mask, ring)
     variants = {"full": img, "lesion_only": keep_region(img, mask), "context_only": keep_region(img, ring),
                 "neither": keep_region(img, np.zeros_like(mask))}
-    pixels = ctx.pixel_encoder.prepare(list(variants.values()))["pixels"]
+    # the image as it is is the case itself: with a plain image encoder its value is the case's own calibrated
+    # probability (the context's logits), so only the three altered images run through the CNN
+    own = ctx.logits is not None and plain_image_encoder(ctx.model.encoders["image"])
+    names = [k for k in variants if not (own and k == "full")]
+    pixels = ctx.pixel_encoder.prepare([variants[k] for k in names])["pixels"]
     fixed = {k: v.expand(len(pixels), *v.shape[1:]) for k, v in ctx.image_fixed().items()}
     with torch.no_grad():
-        probs = torch.softmax(ctx.calibrated_logits("image", {"pixels": pixels, **fixed}), -1)[:, ctx.target]
+        probs = dict(zip(names, torch.softmax(ctx.calibrated_logits("image", {"pixels": pixels, **fixed}), -1)[:, ctx.target]))
+        if own:
+            probs["full"] = torch.softmax(ctx.logits / ctx.temperature, -1)[ctx.target]
     return {"mask_source": source, "mask": mask, "ring": ring, "shares": shares,
             "lesion_only_map": maps["lesion_only"], "context_only_map": maps["context_only"],
-            "confidence": {k: float(p) for k, p in zip(variants, probs)}}
+            "confidence": {k: float(probs[k]) for k in variants}}
