@@ -11,6 +11,10 @@
   / ``loaders.compare``, waiting only for the parts it draws; a vote that failed is kept as one sentence.
   One job per session (bounded memory: one explanation, one comparison); a new case or model cancels
   the old job between two parts. At most ``MAX_CONCURRENT`` jobs run at once in the process.
+* Optionally, work done ahead yields to the page the user is looking at: with ``FUSIONLENS_BACKGROUND_NICE=10``
+  every background thread lowers its own CPU priority by 10 (``background_priority``; Linux nice is per
+  thread), so the page's script and the browser drawing it win the cores while the job goes on. Off by
+  default: on a loaded machine it could not be shown to help (it also slows the parts later pages need).
 * The first session of the server process starts ``warm_up``: the heavy imports, the default
   cohort's packages loaded into the shared cache, and one prediction + explanation of a demo case
   (allocator and kernel warm-up), while the user is still choosing a case. Streamlit has no hook
@@ -21,6 +25,7 @@ Pure core calls run in the threads; no Streamlit element is drawn from them.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 import weakref
@@ -43,6 +48,28 @@ _SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT)
 _LIVE_JOBS: "weakref.WeakSet[Job]" = weakref.WeakSet()   # every job not yet collected (cancelled at exit)
 _WARM_THREADS: list[threading.Thread] = []
 EXIT_WAIT_S = 60.0
+
+
+BACKGROUND_NICE_ENV = "FUSIONLENS_BACKGROUND_NICE"
+BACKGROUND_NICE = 0     # off by default (see the module's docstring)
+
+
+def background_priority() -> int | None:
+    """Lower the calling thread's CPU priority by ``FUSIONLENS_BACKGROUND_NICE`` (default 0: leave it) so
+    that work done ahead yields to the page being drawn; the thread's new nice value, or None (not lowered:
+    turned off, or no per-thread priority on this system). Call it first thing in a background thread."""
+    try:
+        step = int(os.environ.get(BACKGROUND_NICE_ENV, BACKGROUND_NICE))
+    except ValueError:
+        step = BACKGROUND_NICE
+    if step <= 0:
+        return None
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _drain_at_exit(timeout: float = EXIT_WAIT_S) -> None:
@@ -92,6 +119,7 @@ class Job:
         self.vote_key = vote_key                  # what the vote depends on besides the job's key (committee.json)
         self._vote = vote
         self.error: BaseException | None = None
+        self.nice: int | None = None              # the thread's nice value once lowered (background_priority)
         self.finished = False
         self.started = time.perf_counter()
         self._compare_pkgs = compare_pkgs
@@ -130,6 +158,7 @@ class Job:
         from core.explain import explain_case
         from core.explain.engine import ExplainCancelled
 
+        self.nice = background_priority()
         try:
             with _SLOTS:
                 if self.cancel.is_set():
@@ -216,6 +245,7 @@ def preload(key: Any, load: Callable[[], Any], attach: Callable[[threading.Threa
         _PRELOADED.add(key)
 
     def run() -> None:
+        background_priority()
         try:
             load()
         except Exception:  # noqa: BLE001  (an optimisation; the page reports real errors)
@@ -284,6 +314,7 @@ def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any]
         _WARM["started"] = True
 
     def run() -> None:
+        background_priority()
         t0 = time.perf_counter()
         try:
             import core.compare  # the heavy imports: captum, pytorch-grad-cam, plotly

@@ -109,3 +109,23 @@ def test_the_committee_vote_runs_right_after_the_prediction_before_the_explanati
     assert failed.wait_vote(1) == (True, None, "x.safetensors: the weights file is missing.")
     failed.thread.join(60)
     assert failed.error is None and "all" in failed.done     # the explanation goes on
+
+
+def test_work_done_ahead_can_yield_to_the_page(pkg, monkeypatch):
+    """FUSIONLENS_BACKGROUND_NICE=10: the job's thread lowers its own CPU priority (per-thread nice on Linux) so
+    the page being drawn wins the cores; the page's thread keeps its own. Off by default."""
+    import os
+
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread priorities here")
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    state: dict = {}
+    monkeypatch.delenv(background.BACKGROUND_NICE_ENV, raising=False)
+    off = background.ensure_job(state, pkg, make_case(8), "fp8")
+    off.thread.join(60)
+    assert off.nice is None
+    monkeypatch.setenv(background.BACKGROUND_NICE_ENV, "10")
+    job = background.ensure_job(state, pkg, make_case(7), "fp7")
+    job.thread.join(60)
+    assert job.nice == min(19, mine + 10)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine      # not this (the page's) thread
