@@ -100,6 +100,25 @@ def test_a_quarter_turn_is_encoded_at_its_own_size_not_squashed(pkg, cases):
     assert not torch.allclose(s.logits, d.logits, atol=1e-3)
 
 
+def test_map_level_views_turn_the_block_10_map(pkg, cases):
+    from core.package.tta import view_features
+    from core.training.finetune import frozen_part, trained_part
+
+    enc = pkg.model.encoders["image"]
+    px = enc.prepare([c.image for c in cases[:2]])["pixels"]
+    ident, turned = view_features(pkg, px, ("identity", "rot90"), "maps")
+    with torch.inference_mode():
+        plain = enc(px)
+        x, _, _ = frozen_part(enc, px)
+        want = trained_part(enc, apply_view(x, "rot90")).mean(dim=(2, 3))
+    torch.testing.assert_close(ident.pooled, plain.pooled, atol=1e-4, rtol=1e-4)   # identity = the encoder's forward
+    torch.testing.assert_close(ident.levels[0], plain.levels[0])
+    torch.testing.assert_close(turned.pooled, want)
+    assert not torch.allclose(turned.pooled, ident.pooled, atol=1e-3)
+    with pytest.raises(ValueError, match="level"):
+        TTASettings(level="voxels")
+
+
 def _settings_file(tmp_path: Path, pkg, tau: float = 0.0, **entry) -> Path:
     f = tmp_path / "suite_inference.json"
     f.write_text(json.dumps({"format": FORMAT, "fitted_on": "test", "tta": {"views": list(FLIPS), "combine": "mean_probs"},
@@ -141,9 +160,9 @@ def test_evaluate_with_tta_on_an_isic_layout_folder(pkg, tmp_path):
         w.writerows(rows)
     items = load_dataset(tmp_path).split("test")
     plain = evaluate_package(pkg, items, n_boot=10)
-    one = evaluate_package_tta(pkg, items, TTASettings(("identity",), "mean_logits", pkg.temperature), n_boot=10)
+    one = evaluate_package_tta(pkg, items, TTASettings(("identity",), "mean_logits", temperature=pkg.temperature), n_boot=10)
     for k in ("balanced_accuracy", "ece", "auroc"):
         assert one[k]["value"] == pytest.approx(plain[k]["value"], abs=1e-6)
-    four = evaluate_package_tta(pkg, items, TTASettings(FLIPS, "mean_probs", pkg.temperature), n_boot=10)
-    assert four["tta"]["views"] == list(FLIPS) and four["n"] == len(items)
+    four = evaluate_package_tta(pkg, items, TTASettings(FLIPS, "mean_probs", "maps", pkg.temperature), n_boot=10)
+    assert four["tta"]["views"] == list(FLIPS) and four["tta"]["level"] == "maps" and four["n"] == len(items)
     assert four["ece"]["value"] != pytest.approx(plain["ece"]["value"], abs=1e-9)   # the views were really averaged

@@ -12,6 +12,11 @@ new case is; fusion and head run on every view, and the views are combined:
   averaged over views), then the usual posterior with the temperature fitted for TTA;
 * ``mean_probs``: the calibrated probabilities averaged over views, the MC samples of all views pooled.
 
+Two levels: ``pixels`` (each view is a whole encoder pass) and ``maps`` (the view is applied to the activation map
+after block 10 of the fine-tuned EfficientNet-Lite0, ``core.training.finetune``'s cut: the stem and blocks 0-10 run
+once, the fine-tuned blocks 11-15 + head convolution once per view). ``maps`` is what stage 1 was trained with (flips
+and transposition of those maps as augmentation) and costs about one encoder pass plus a tenth of one per view.
+
 Averaging shrinks the logits, so the temperature (and the referral threshold) are refitted on the
 validation split for the TTA outputs and stored per package in ``suite_inference.json`` with the
 package's weights sha256: a package retrained since is refused (``load_settings`` returns None), never
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
 SETTINGS_FILE = "suite_inference.json"
 FORMAT = "fusionlens-suite-inference/1"
 COMBINE = ("mean_logits", "mean_probs")
+LEVELS = ("pixels", "maps")
 
 
 def _t(x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +76,7 @@ def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
 class TTASettings:
     views: tuple[str, ...] = FLIPS
     combine: str = "mean_logits"
+    level: str = "pixels"                     # or "maps": the views of the block-10 map (see the module docstring)
     temperature: float = 1.0
     referral_threshold: float | None = None
     # the logit (class-prior) adjustment: calibrated log-probabilities minus ``shift`` (tau * log training prior),
@@ -88,6 +95,8 @@ class TTASettings:
             raise ValueError("TTA needs at least one view.")
         if self.combine not in COMBINE:
             raise ValueError(f"unknown combine '{self.combine}'; use {' or '.join(COMBINE)}.")
+        if self.level not in LEVELS:
+            raise ValueError(f"unknown level '{self.level}'; use {' or '.join(LEVELS)}.")
         if not (self.temperature > 0 and self.pool_temperature > 0):
             raise ValueError(f"temperatures must be > 0, got {self.temperature} and {self.pool_temperature}.")
         if self.shift is not None:
@@ -107,27 +116,37 @@ def load_settings(pkg: "Package", path: str | Path | None = None) -> TTASettings
     tta = doc.get("tta")
     if not entry or not tta or entry.get("package_sha256") != pkg.sha256 or "tta_temperature" not in entry:
         return None
-    if tta.get("level", "pixels") != "pixels":
-        raise ValueError(f"{f}: TTA level '{tta['level']}' is not implemented for new cases (only 'pixels').")
+    if tta.get("level", "pixels") == "maps" and tta.get("map_after_block", 10) != 10:
+        raise ValueError(f"{f}: map views after block {tta['map_after_block']} are not implemented (block 10 only).")
     adj = doc.get("logit_adjustment") or {}
     tau = float(adj.get("tau", 0.0))
     shift = tuple(tau * float(v) for v in adj["log_prior_train"]) if tau else None
     if shift is not None and len(shift) != len(pkg.labels):
         raise ValueError(f"{f}: the logit adjustment has {len(shift)} classes, the package {len(pkg.labels)}.")
-    return TTASettings(tuple(tta["views"]), tta["combine"], float(entry["tta_temperature"]),
+    return TTASettings(tuple(tta["views"]), tta["combine"], tta.get("level", "pixels"), float(entry["tta_temperature"]),
                        entry.get("tta_referral_threshold"), shift, float(entry.get("pool_temperature", 1.0)),
                        source=f"{f.name}: {doc.get('fitted_on', '')}")
 
 
-def view_features(pkg: "Package", pixels: torch.Tensor, views: Sequence[str]) -> list[ModalityFeatures]:
-    """The package's image encoder on each view of prepared ``pixels`` [B, 3, H, W]."""
+def view_features(pkg: "Package", pixels: torch.Tensor, views: Sequence[str], level: str = "pixels") -> list[ModalityFeatures]:
+    """The package's image encoder on each view of prepared ``pixels`` [B, 3, H, W] (``level='pixels'``), or on
+    each view of its block-10 activation map (``'maps'``; EfficientNet-Lite0 only)."""
     enc = pkg.inference_model.encoders["image"]
     with torch.inference_mode():
-        return [enc(apply_view(pixels, v)) for v in views]
+        if level == "pixels":
+            return [enc(apply_view(pixels, v)) for v in views]
+        if level != "maps":
+            raise ValueError(f"unknown level '{level}'; use {' or '.join(LEVELS)}.")
+        if getattr(enc, "arch", None) != "efficientnet_lite0":
+            raise ValueError(f"map-level views need an EfficientNet-Lite0 image encoder, not {getattr(enc, 'arch', '?')}.")
+        from ..training.finetune import frozen_part, trained_part
+
+        x, l0, l1 = frozen_part(enc, pixels)
+        return [enc.from_stages([trained_part(enc, apply_view(x, v))], (l0, l1)) for v in views]
 
 
 def run_views(pkg: "Package", cases: Sequence["Case"], views: Sequence[str], mc_samples: int | None = None,
-              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              seed: int = 0, level: str = "pixels") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Deterministic logits [V, B, K], MC logits [V, T, B, K] and MC log-variances [V, T, B] of every view.
     Cases without an image (or a package without one) give the same numbers in every view."""
     from .predictor import run
@@ -136,7 +155,7 @@ def run_views(pkg: "Package", cases: Sequence["Case"], views: Sequence[str], mc_
     if "image" in pkg.modalities:
         inputs, _, _ = prepare_batch(pkg.model, cases, skip={m for m in pkg.modalities if m != "image"})
         if inputs.get("image") is not None:
-            feats = [{"image": f} for f in view_features(pkg, inputs["image"]["pixels"], views)]
+            feats = [{"image": f} for f in view_features(pkg, inputs["image"]["pixels"], views, level)]
     det, mc, lv = [], [], []
     for f in feats:
         d, m, _, _ = run(pkg, cases, mc_samples, seed, f)
@@ -176,7 +195,7 @@ def adjust(post: Posterior, shift: Sequence[float] | None, pool_temperature: flo
 
 def tta_posterior(pkg: "Package", cases: Sequence["Case"], settings: TTASettings, mc_samples: int | None = None,
                   seed: int = 0) -> Posterior:
-    det, mc, lv = run_views(pkg, cases, settings.views, mc_samples, seed)
+    det, mc, lv = run_views(pkg, cases, settings.views, mc_samples, seed, settings.level)
     post = combine_views(det, mc, lv, settings.temperature, settings.combine)
     return adjust(post, settings.shift, settings.pool_temperature)
 
@@ -204,11 +223,12 @@ def evaluate_package_tta(pkg: "Package", items: Sequence["CohortItem"], settings
     y = np.array([pkg.labels.index(it.label) for it in items])
     out = classification_metrics(y, torch.cat(cal).numpy(), torch.cat(unc).numpy(), torch.cat(ent).numpy(), pkg.labels,
                                  n_boot=n_boot)
-    out["tta"] = {"views": list(settings.views), "combine": settings.combine, "temperature": settings.temperature,
+    out["tta"] = {"views": list(settings.views), "combine": settings.combine, "level": settings.level,
+                  "temperature": settings.temperature,
                   "shift": None if settings.shift is None else list(settings.shift),
                   "pool_temperature": settings.pool_temperature, "source": settings.source}
     return out
 
 
-__all__ = ["COMBINE", "FLIPS", "FORMAT", "SETTINGS_FILE", "TTASettings", "VIEWS", "adjust", "apply_view", "combine_views",
+__all__ = ["COMBINE", "FLIPS", "FORMAT", "LEVELS", "SETTINGS_FILE", "TTASettings", "VIEWS", "adjust", "apply_view", "combine_views",
            "evaluate_package_tta", "load_settings", "run_views", "tta_posterior", "view_features"]
