@@ -361,8 +361,12 @@ def tta_select(args) -> None:
     log_prior = torch.tensor(np.log(prior / prior.sum()), dtype=torch.float32)
     image_pkgs = [n for n, p in pkgs.items() if "image" in p.modalities]
     rows, t0 = {}, time.perf_counter()
+    rows_file = _tta_cache() / "select_val_rows.json"
+    if rows_file.is_file() and not args.tta_limit and json.loads(rows_file.read_text()).get("_sha256") == meta["sha256"]:
+        rows = json.loads(rows_file.read_text())     # step 1 on these validation logits is done: reuse it
+    rows.pop("_sha256", None)
     # 1. TTA configurations, every image package, one temperature each refitted on validation
-    for views in TTA_CONFIGS:
+    for views in TTA_CONFIGS if not rows else ():
         for level in (MODES if len(views) > 1 else ("pixels",)):
             for comb in (("mean_logits", "mean_probs") if len(views) > 1 else ("mean_logits",)):
                 key = f"{len(views)}|{level}|{comb}"
@@ -380,7 +384,7 @@ def tta_select(args) -> None:
                       f"ece(cross-fit) {np.mean([r['ece_crossfit'] for r in per.values()]):.4f}  concat "
                       f"{per['concat']['bacc']:.4f}  unimodal_image {per['unimodal_image']['bacc']:.4f}  "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    (_tta_cache() / "select_val_rows.json").write_text(json.dumps(rows, indent=1))
+    rows_file.write_text(json.dumps({**rows, "_sha256": meta["sha256"]}, indent=1))
     # the rule, fixed before looking: the configuration with the best mean validation balanced accuracy over the 15
     # image packages; among configurations within 0.002 of it, the cheapest (fewest pixel passes, then map views)
     best = max(float(np.mean([r["bacc"] for r in per.values()])) for per in rows.values())
@@ -423,6 +427,13 @@ def tta_select(args) -> None:
               f"{ens[k]['ece_crossfit']:.4f}", flush=True)
     k_best = max(ens, key=lambda k: (round(ens[k]["bacc"], 3), -k))
     best_single = ranked[0]
+    # the same choice under the TTA alone (no logit adjustment: the calibrated probabilities keep their calibration)
+    plain_choice = max(fusion, key=lambda nm: rows["1|pixels|mean_logits"][nm]["bacc"])
+    tta_choice = max(fusion, key=lambda nm: rows[chosen][nm]["bacc"])
+    adj_ece = {nm: _crossfit_ece(logits, System((nm,), views, level, comb, tau=tau_best), y, log_prior)
+               for nm in dict.fromkeys([best_single, tta_choice, "concat", "unimodal_image"])}
+    print(f"  plain choice {plain_choice}, TTA choice {tta_choice}, TTA + tau choice {best_single}; cross-fitted val "
+          f"ECE with tau: {adj_ece}", flush=True)
     use_average = ens[k_best]["bacc"] > single_b[best_single] + 0.005    # an average must beat one package clearly
     doc = {"format": "fusionlens-suite-inference/1",
            "fitted_on": "HAM10000 validation split only (1,509 images, lesion-grouped); chosen before the test split "
@@ -433,6 +444,9 @@ def tta_select(args) -> None:
            "logit_adjustment": {"tau": tau_best, "log_prior_train": [round(float(v), 6) for v in log_prior],
                                 "rule": "scores - tau * log(training class prior), one tau for the suite, best mean "
                                         "validation balanced accuracy (ties to 0.001 -> smaller |tau|)"},
+           "chosen_plain": plain_choice,
+           "chosen_tta": {"members": [tta_choice], "rule": "the best default fusion package on validation under the TTA "
+                                                          "alone (no logit adjustment)"},
            "chosen": {"kind": "average" if use_average else "single",
                       "members": ens[k_best]["members"] if use_average else [best_single],
                       "t_pool": ens[k_best]["t_pool"] if use_average else single[best_single].t_pool,
@@ -447,6 +461,7 @@ def tta_select(args) -> None:
                "tau_mean_val_balanced_accuracy": tau_rows,
                "averages": {k: {kk: (round(v, 4) if isinstance(v, float) else v) for kk, v in e.items() if kk != "temps"}
                             for k, e in ens.items()},
+               "val_ece_crossfit_with_tau": {nm: round(v, 4) for nm, v in adj_ece.items()},
                "crossfit_seed": 1717}}
     for nm in pkgs:
         p = pkgs[nm]
@@ -486,12 +501,15 @@ def _chosen_systems(doc: dict, pkgs) -> dict:
     for nm, e in doc["packages"].items():
         out[(nm, "plain")] = System((nm,), temps={nm: pkgs[nm].temperature})
         if "tta_temperature" in e:
-            out[(nm, "tta")] = System((nm,), tuple(t["views"]), t["level"], t["combine"], {nm: e["tta_temperature"]},
-                                      e["pool_temperature"], a["tau"])
+            out[(nm, "tta")] = System((nm,), tuple(t["views"]), t["level"], t["combine"], {nm: e["tta_temperature"]})
+            out[(nm, "tta_adj")] = System((nm,), tuple(t["views"]), t["level"], t["combine"], {nm: e["tta_temperature"]},
+                                          e["pool_temperature"], a["tau"])
     c = doc["chosen"]
     temps = c.get("temperatures") or {m: doc["packages"][m]["tta_temperature"] for m in c["members"]}
-    out[("chosen", "tta")] = System(tuple(c["members"]), tuple(t["views"]), t["level"], t["combine"], temps, c["t_pool"],
-                                    a["tau"])
+    out[("chosen", "tta_adj")] = System(tuple(c["members"]), tuple(t["views"]), t["level"], t["combine"], temps,
+                                        c["t_pool"], a["tau"])
+    out[("chosen", "plain")] = out[(doc["chosen_plain"], "plain")]
+    out[("chosen", "tta")] = out[(doc["chosen_tta"]["members"][0], "tta")]
     return out
 
 
@@ -525,9 +543,11 @@ def tta_score(args) -> None:
         gains = {}
         rng = np.random.default_rng(0)
         boots = [rng.integers(0, len(yy), len(yy)) for _ in range(args.n_boot)]
-        for nm, how in [("concat", "plain"), ("concat", "tta"), ("chosen", "tta")]:
-            base = ("unimodal_image", how)
-            gains[f"{nm}|{how}"] = _paired_gain(yy, preds[(nm, how)], preds[base], boots)
+        for nm in ("concat", "chosen"):
+            for how in ("plain", "tta", "tta_adj"):
+                gains[f"{nm}|{how}"] = _paired_gain(yy, preds[(nm, how)], preds[("unimodal_image", how)], boots)
+            for how in ("tta", "tta_adj"):                   # the treatment's own effect, same package, same cases
+                gains[f"{nm}|{how}-plain"] = _paired_gain(yy, preds[(nm, how)], preds[(nm, "plain")], boots)
         out["sets"][which] = {"n": int(len(yy)), "seconds_logits": meta.get("seconds"), "results": res, "gains": gains}
         print(f"[{which}] " + "  ".join(f"{nm}: {r['plain']['balanced_accuracy']['value']:.3f}"
                                        f"->{r.get('tta', r['plain'])['balanced_accuracy']['value']:.3f}"
