@@ -431,3 +431,63 @@ def test_three_input_modality_gates_are_a_softmax_per_case(variant):
         assert float(w.std(-1).max()) < 1e-6 and torch.allclose(w.sum(1), torch.ones_like(w.sum(1)), atol=1e-5)
     assert torch.allclose(d["modality_weights"].sum(-1), torch.ones(6), atol=1e-5)
     assert float(d["modality_weights"].std(0).max()) > 1e-4     # not a constant
+
+
+# ---- mmtm's modality weights through the cross-attention; refitting the mechanism scalars ----------------------
+
+def _mmtm_flow_pair():
+    gates_model = _tiny("mmtm")
+    flow_model = _tiny("mmtm", weights_from="flow")
+    flow_model.load_state_dict(gates_model.state_dict())
+    inputs, present, _ = prepare_batch(gates_model, [make_case(i) for i in range(6)])
+    return gates_model, flow_model, inputs, present
+
+
+def test_mmtm_flow_weights_follow_the_gate_through_the_attention():
+    """'flow': input i's gate weighs v_i, part of which the cross-attention took from the other inputs; the
+    weight of input j is sum_i g_i * (share of v_i from j). With a cross-attention that adds nothing the two
+    readings agree; with one that does, 'flow' moves weight to the attended inputs. The prediction and the
+    balance loss (on the gates' own shares) do not depend on the reading."""
+    from core.training.module import balance_penalty
+
+    gates_model, flow_model, inputs, present = _mmtm_flow_pair()
+    with torch.no_grad():
+        a, b = gates_model(inputs, present), flow_model(inputs, present)
+    assert torch.allclose(a.logits, b.logits, atol=1e-6)
+    shares = a.diagnostics["gates"] / a.diagnostics["gates"].sum(-1, keepdim=True)
+    assert torch.allclose(a.diagnostics["modality_weights"], shares, atol=1e-6)      # old packages: the gate shares
+    assert torch.allclose(b.diagnostics["modality_weights"].sum(-1), torch.ones(6), atol=1e-5)
+    assert float((b.diagnostics["modality_weights"] - shares).abs().max()) > 1e-3
+    assert float(balance_penalty(a.diagnostics)) == pytest.approx(float(balance_penalty(b.diagnostics)), abs=1e-6)
+    with torch.no_grad():   # a cross-attention block that adds nothing to its queries
+        for blk in flow_model.fusion.cross_attn:
+            for layer in (blk.attn.out_proj, blk.ff[-1]):
+                layer.weight.zero_()
+                layer.bias.zero_()
+        c = flow_model(inputs, present).diagnostics
+    assert torch.allclose(c["modality_weights"], c["gates"] / c["gates"].sum(-1, keepdim=True), atol=1e-5)
+    with pytest.raises(ValueError, match="weights_from"):
+        _tiny("mmtm", weights_from="attention")
+
+
+@pytest.mark.parametrize("variant", ["mmtm", "hierarchical"])
+def test_mechanism_refit_moves_only_the_scalars_and_lowers_the_training_loss(variant):
+    from core.training.train import mechanism_scalars, refit_mechanism_scalars
+
+    train, _ = synthetic_split(600, 0)
+    model = synthetic_model(variant).eval()
+    names = set(mechanism_scalars(model))
+    assert names == {"mmtm": {"log_tau", "scale_logits"}, "hierarchical": {"level_logits"}}[variant]
+
+    def loss():
+        with torch.no_grad():
+            b = train.batch(model, torch.arange(len(train)))
+            return float(torch.nn.functional.cross_entropy(model(b["inputs"], b["present"]).logits, b["labels"]))
+
+    before, state = loss(), {k: v.clone() for k, v in model.state_dict().items()}
+    rec = refit_mechanism_scalars(model, train, TrainOptions(mechanism_refit_epochs=3, batch_size=64, seed=0))
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed == {f"fusion.{n}" for n in names}
+    assert loss() < before
+    assert set(rec) == names | {"seconds"} and rec[sorted(names)[0]]["before"] != rec[sorted(names)[0]]["after"]
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "dummy" in n)   # flags restored

@@ -49,6 +49,9 @@ class Fusion(nn.Module):
     #: without weight decay and with ``train.mechanism_lr_mult``; their movement from ``MECHANISM_INIT``
     #: is measured by ``core.explain.mechanisms``
     MECHANISM_PARAMETERS: ClassVar[tuple[str, ...]] = ()
+    #: the few global scalars among them (temperature, level / scale logits) that
+    #: ``train.mechanism_refit_epochs`` fits after early stopping, every other weight frozen
+    MECHANISM_SCALARS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, **options: Any):
         super().__init__()

@@ -29,6 +29,7 @@ class HierarchicalFusion(Fusion):
     TRAINING_DEFAULTS = {"identifiable": True, "level_weighting": "softmax", "gate_per": "modality"}
     TRAIN_OPTION_DEFAULTS = {"gate_balance_weight": 0.3}
     MECHANISM_PARAMETERS = ("level_logits", "gate.weight", "gate.bias")
+    MECHANISM_SCALARS = ("level_logits",)
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, level_weighting: str = "sigmoid",
                  dropout: float = 0.1, identifiable: bool = False, gate_per: str = "dim", **options: Any):
@@ -81,11 +82,19 @@ class EnhancedMMTM(Fusion):
                          "gate_residual": False}
     TRAIN_OPTION_DEFAULTS = {"gate_balance_weight": 0.1}
     MECHANISM_PARAMETERS = ("log_tau", "scale_logits", "interaction.4.weight", "interaction.4.bias")
+    MECHANISM_SCALARS = ("log_tau", "scale_logits")
 
     def __init__(self, specs: Sequence[ModalitySpec], out_dim: int, dim: int = 128, heads: int = 8, bottleneck: int = 128,
                  temperature_mode: str = "scale", init_temperature: float = 1.0, dropout: float = 0.1,
-                 identifiable: bool = False, gate_residual: bool = True, gate_per: str = "dim", **options: Any):
+                 identifiable: bool = False, gate_residual: bool = True, gate_per: str = "dim",
+                 weights_from: str = "gates", **options: Any):
         super().__init__(specs, out_dim, **options)
+        if weights_from not in ("gates", "flow"):
+            raise ValueError("weights_from must be 'gates' (the gate shares) or 'flow' (the gates through the cross-attention).")
+        # 'gates' (packages before): modality_weights = the gate shares. 'flow': input i's gate weighs v_i, which holds
+        # i's own features *and* what i's tokens took from the others' through the cross-modal attention, so the
+        # weight of input j is sum_i g_i * (share of v_i that came from j): the gate followed through the attention
+        self.weights_from = weights_from
         if temperature_mode not in ("scale", "sharpness"):
             raise ValueError("temperature_mode must be 'scale' (sigmoid(z)*tau, seed 000) or 'sharpness' (sigmoid(z/tau)).")
         if init_temperature <= 0:
@@ -127,14 +136,20 @@ class EnhancedMMTM(Fusion):
         B, M = present.shape[0], self.k
         # 1. self-attention inside each modality, then cross-modal attention to all the others
         selfed = [blk(x, None, m)[0] for blk, x, m in zip(self.self_attn, toks, masks)]
-        vs, attn, spans_all = [], {}, {}
+        vs, flows, attn, spans_all = [], [], {}, {}
         mass = torch.zeros(B, M, M, device=present.device)
         for i, blk in enumerate(self.cross_attn):
             kv, kv_mask, spans = concat_others(selfed, masks, self.names, i)
             y, w = blk(selfed[i], kv, kv_mask)  # residual inside: out = attn(x) + x
             mass[:, i] = attention_mass(w, masks[i], spans, self.names)
             attn[self.names[i]], spans_all[self.names[i]] = w, spans
-            vs.append(masked_mean(y, masks[i]) + self.pooled_proj[i](feats[i].pooled))
+            own = masked_mean(selfed[i], masks[i]) + self.pooled_proj[i](feats[i].pooled)
+            update = masked_mean(y - selfed[i], masks[i])   # what the cross-attention block added
+            vs.append(own + update)
+            share_self = own.norm(dim=-1) / (own.norm(dim=-1) + update.norm(dim=-1)).clamp_min(1e-12)
+            flow_i = mass[:, i] * (1 - share_self).unsqueeze(-1)
+            flow_i[:, i] += share_self
+            flows.append(flow_i)
         # 2. adaptive gate with the learnable temperature, residual final = gated + original
         z = self.interaction(torch.cat([b(v) for b, v in zip(self.bottleneck, vs)], -1))
         if self.identifiable:  # one unit scale over all modalities' z: their relative levels survive, tau sets the sharpness
@@ -155,8 +170,12 @@ class EnhancedMMTM(Fusion):
             terms = hs + [hs[i] * hs[j] for i in range(M) for j in range(i + 1, M)]
             fused = fused + sw[s] * self.scale_out[s](torch.cat(terms, -1))
         gates = g.mean(-1)
-        weights = norm_shares(gates)
-        polar = (weights.amax(-1) - 1.0 / M) / (1 - 1.0 / M)
+        shares = norm_shares(gates)
+        polar = (shares.amax(-1) - 1.0 / M) / (1 - 1.0 / M)
+        if self.weights_from == "flow":   # [B, M]: sum_i g_i * flow_i (rows of flow_i sum to 1)
+            weights = norm_shares((gates.unsqueeze(-1) * torch.stack(flows, 1)).sum(1))
+        else:
+            weights = shares
         diag = {"modality_weights": weights, "gates": gates, "gates_per_dim": g, "temperature": tau,
                 "gate_polarisation": polar, "scale_weights": sw, "attention": attn, "attention_key_spans": spans_all,
                 "attention_mass": mass}

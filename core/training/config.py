@@ -39,6 +39,10 @@ class TrainOptions:
     gate_balance_weight: float = 0.0   # optional: + w * (M * sum_m mean_batch(w_m)^2 - 1), the mixture-of-experts
                                        # importance loss: keeps every input in use across a batch, so gates that
                                        # choose per case cannot collapse onto one input; off by default
+    mechanism_refit_epochs: int = 0    # after early stopping: fit the fusion's mechanism scalars (temperature, scale /
+                                       # level logits) on the training split for this many epochs, every other weight
+                                       # frozen (they learn slowly and the network stops early; off by default)
+    mechanism_refit_lr: float = 0.05
     patience: int = 6                  # early stopping on validation balanced accuracy
     loss: str = "ce"                   # "ce" | "focal"
     focal_gamma: float = 2.0

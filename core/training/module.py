@@ -42,6 +42,9 @@ def balance_penalty(diagnostics: dict[str, Any]) -> torch.Tensor:
     if "level_gates" in diagnostics:
         g = diagnostics["level_gates"]
         return torch.stack([gate_balance_loss(g[:, i]) for i in range(g.shape[1])]).mean()
+    if "gates" in diagnostics:   # the gates' own shares (mmtm's modality_weights may follow them through attention)
+        g = diagnostics["gates"]
+        return gate_balance_loss(g / g.sum(-1, keepdim=True).clamp_min(1e-12))
     return gate_balance_loss(diagnostics["modality_weights"])
 
 
