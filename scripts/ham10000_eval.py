@@ -467,13 +467,15 @@ def tta_select(args) -> None:
         p = pkgs[nm]
         entry = {"package_sha256": p.sha256}
         if nm in single:
-            sysm = single[nm]
-            det, mc = _system_scores(logits, sysm, log_prior)
             from core.uncertainty import decompose
 
-            ent = decompose(mc, torch.zeros(mc.shape[:2]), 1.0).normalised_entropy.numpy()
-            entry.update({"tta_temperature": sysm.temps[nm], "pool_temperature": sysm.t_pool,
-                          "tta_referral_threshold": float(np.quantile(ent, 0.8)),
+            sysm = single[nm]
+            thr = {}
+            for key, sy in (("tta_referral_threshold", System((nm,), views, level, comb, {nm: sysm.temps[nm]})),
+                            ("tta_adjusted_referral_threshold", sysm)):
+                _, mc = _system_scores(logits, sy, log_prior)
+                thr[key] = float(np.quantile(decompose(mc, torch.zeros(mc.shape[:2]), 1.0).normalised_entropy.numpy(), 0.8))
+            entry.update({"tta_temperature": sysm.temps[nm], "pool_temperature": sysm.t_pool, **thr,
                           "val_balanced_accuracy": {"plain": round(rows["1|pixels|mean_logits"][nm]["bacc"], 4),
                                                     "tta": round(rows[chosen][nm]["bacc"], 4),
                                                     "tta_tau": round(single_b[nm], 4)},

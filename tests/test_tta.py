@@ -131,7 +131,10 @@ def test_settings_are_read_only_for_the_weights_they_were_fitted_on(pkg, tmp_pat
     s = load_settings(pkg, _settings_file(tmp_path, pkg, tta_referral_threshold=0.4))
     assert s is not None and s.views == FLIPS and s.combine == "mean_probs" and s.temperature == 1.5
     assert s.referral_threshold == 0.4 and s.shift is None and s.pool_temperature == 1.0
-    s = load_settings(pkg, _settings_file(tmp_path, pkg, tau=0.5, pool_temperature=0.9))
+    f = _settings_file(tmp_path, pkg, tau=0.5, pool_temperature=0.9)
+    s = load_settings(pkg, f)
+    assert s.shift is None and s.pool_temperature == 1.0                   # the adjustment only when asked for
+    s = load_settings(pkg, f, logit_adjustment=True)
     assert s.shift == (-0.5,) * len(pkg.labels) and s.pool_temperature == 0.9
     assert load_settings(pkg, _settings_file(tmp_path, pkg, package_sha256="0" * 64)) is None   # retrained since
     assert load_settings(pkg, tmp_path / "nothing.json") is None

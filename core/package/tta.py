@@ -103,9 +103,11 @@ class TTASettings:
             self.shift = tuple(float(v) for v in self.shift)
 
 
-def load_settings(pkg: "Package", path: str | Path | None = None) -> TTASettings | None:
+def load_settings(pkg: "Package", path: str | Path | None = None, logit_adjustment: bool = False) -> TTASettings | None:
     """The TTA settings fitted for ``pkg`` (``suite_inference.json`` beside its folder, or ``path``); None
-    when the file, the package's entry or its TTA part is missing, or the entry was fitted on other weights."""
+    when the file, the package's entry or its TTA part is missing, or the entry was fitted on other weights.
+    ``logit_adjustment``: also the class-prior shift fitted for balanced accuracy (it raises the rare classes'
+    recall and costs calibration: off by default)."""
     f = Path(path) if path else Path(pkg.path).parent / SETTINGS_FILE
     if not f.is_file():
         return None
@@ -118,13 +120,14 @@ def load_settings(pkg: "Package", path: str | Path | None = None) -> TTASettings
         return None
     if tta.get("level", "pixels") == "maps" and tta.get("map_after_block", 10) != 10:
         raise ValueError(f"{f}: map views after block {tta['map_after_block']} are not implemented (block 10 only).")
-    adj = doc.get("logit_adjustment") or {}
+    adj = (doc.get("logit_adjustment") or {}) if logit_adjustment else {}
     tau = float(adj.get("tau", 0.0))
     shift = tuple(tau * float(v) for v in adj["log_prior_train"]) if tau else None
     if shift is not None and len(shift) != len(pkg.labels):
         raise ValueError(f"{f}: the logit adjustment has {len(shift)} classes, the package {len(pkg.labels)}.")
     return TTASettings(tuple(tta["views"]), tta["combine"], tta.get("level", "pixels"), float(entry["tta_temperature"]),
-                       entry.get("tta_referral_threshold"), shift, float(entry.get("pool_temperature", 1.0)),
+                       entry.get("tta_adjusted_referral_threshold" if shift is not None else "tta_referral_threshold"), shift,
+                       float(entry.get("pool_temperature", 1.0)) if shift is not None else 1.0,
                        source=f"{f.name}: {doc.get('fitted_on', '')}")
 
 
