@@ -23,6 +23,7 @@ from .case import Case, CaseError
 from .encoders import ModalityFeatures
 from .package import Package, PackageConfig, Prediction
 from .package.stacked import predictions_many, run_many
+from .explain.image_ig import plain_image_encoder
 from .utils import to_jsonable
 
 COMPARE_PARTS = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
@@ -213,6 +214,13 @@ class SharedEncoderCache:
         self._prepared: dict[str, Any] = {}
         self.memo: dict[str, Any] = {}     # prepare_batch's memo: the case checked once per encoder configuration
         self.passes: dict[str, int] = {}
+        self._maps: dict[str, list[torch.Tensor]] = {}   # plain image encoders: the stage maps of their output
+
+    def stage_maps_for(self, pkg: Package) -> list[torch.Tensor] | None:
+        """The stage maps the cached image features of ``pkg`` were made from (a plain image encoder), for its
+        explanation's image parts (``explain_case(stage_maps=...)``); None otherwise."""
+        key = pkg.encoder_fingerprint("image") if "image" in pkg.modalities else None
+        return None if key is None else self._maps.get(key)
 
     def _dual_streams(self, pkg: Package) -> dict[str, torch.Tensor] | None:
         """A dual-expert image encoder's frozen backbone outputs for this case, cached like any frozen
@@ -268,8 +276,13 @@ class SharedEncoderCache:
                 inputs, _, _ = pkg.prepare([self.case], skip=frozenset(pkg.modalities) - {m})
                 if inputs.get(m) is None:
                     continue
+                enc = pkg.model.encoders[m]
                 with torch.no_grad():
-                    self._store[key] = pkg.model.encoders[m](**inputs[m])
+                    if m == "image" and plain_image_encoder(enc):   # as its forward, keeping the stage maps
+                        self._maps[key] = list(enc._stages(inputs[m]["pixels"]))
+                        self._store[key] = enc.from_stages(self._maps[key])
+                    else:
+                        self._store[key] = enc(**inputs[m])
                 self.passes[m] = self.passes.get(m, 0) + 1
             out[m] = self._store[key]
         return out
@@ -333,7 +346,8 @@ def compare_variants(packages: Sequence[Package], case: Case, explain: bool = Tr
             col.explanation = _reusable(reuse, col.package, tgt, parts, mc_samples, explain_options)
             if col.explanation is None:
                 col.explanation = explain_case(col.package, case, target=tgt, parts=parts, mc_samples=mc_samples,
-                                               features=f or None, **explain_options)
+                                               features=f or None, stage_maps=cache.stage_maps_for(col.package),
+                                               **explain_options)
         timings["explanations"] = round(time.perf_counter() - t2, 4)
     passes = dict(cache.passes)
     present = case.present()

@@ -432,3 +432,36 @@ def test_lesion_context_takes_the_image_as_it_is_from_the_case(tmp_path, monkeyp
         for k in old["confidence"]:
             assert abs(new["confidence"][k] - old["confidence"][k]) < 1e-6, k
         assert len(set(round(v, 4) for v in old["confidence"].values())) > 1   # the four images do differ
+
+
+def test_comparison_explanations_keep_the_shared_image_stage_maps(tmp_path, monkeypatch):
+    """Session 7: a comparison encodes a shared plain image encoder as its stage maps and hands them to each
+    column's explanation: the columns' heatmaps and lesion / context numbers equal each package explained alone,
+    and the CNN runs once for all columns (plus the lesion check's three altered images per column)."""
+    from core.encoders.image import ImageEncoder
+
+    models = {v: make_model(v, modalities=("image", "note", "metadata"), seed=i) for i, v in enumerate(("gated", "mmtm"))}
+    models["mmtm"].encoders["image"].load_state_dict(models["gated"].encoders["image"].state_dict())
+    pkgs = []
+    for name, model in models.items():
+        model.encoders["image"].freeze()
+        pkgs.append(load_package(save_package(model, tmp_path / "suite" / name, LABELS, name=name,
+                                              shared={"encoders.image.": "../_shared/image_encoder.safetensors"})))
+    assert pkgs[0].encoder_fingerprint("image") == pkgs[1].encoder_fingerprint("image") is not None
+    case = make_case(2)
+    rows = []
+    stages = ImageEncoder._stages
+    monkeypatch.setattr(ImageEncoder, "_stages", lambda self, x: rows.append(len(x)) or stages(self, x))
+    opts = {"parts": ("cam", "lesion_context", "modality"), "cam_methods": ("gradcam", "gradcam++"), "cam_layer": "last stage"}
+    cmp = compare_variants(pkgs, case, **opts)
+    assert rows == [1, 3, 3]
+    for col in cmp.columns:
+        rows.clear()
+        alone = explain_case(col.package, case, target=cmp.target, **opts)
+        assert rows == [1, 3]
+        for k in ("gradcam", "gradcam++"):
+            assert np.allclose(col.explanation.cams[k], alone.cams[k], atol=1e-5)
+        for k, v in alone.lesion_context["confidence"].items():
+            assert abs(col.explanation.lesion_context["confidence"][k] - v) < 1e-6
+    assert not np.allclose(cmp.columns[0].explanation.cams["gradcam++"], cmp.columns[1].explanation.cams["gradcam++"],
+                           atol=1e-3)                                     # each column's own fusion and head

@@ -17,7 +17,7 @@ from ..package import Package, Prediction, to_jsonable
 from ..package.predictor import predictions
 from .context import ExplainContext
 from .gradcam import resolve_cam
-from .image_ig import encode_image_stages, remember_stage_maps
+from .image_ig import encode_image_stages, plain_image_encoder, remember_stage_maps
 from .parts import DEFAULT_PARTS, EXPLAIN_PARTS, PARTS, SKIP_ORDER, PartRun, run_order
 
 
@@ -61,10 +61,17 @@ def _predict(package: Package, case: Case, mc_samples: int | None, ctx: ExplainC
 
 
 def _context(package: Package, case: Case, target: int | None, features: dict[str, Any] | None,
-             classify: bool) -> ExplainContext:
+             classify: bool, stage_maps: Sequence[Any] | None = None) -> ExplainContext:
     """The case's context; a plain image encoder runs as its stage maps, which are kept for the image parts
-    (middle-stage IG, last-stage CAMs, stability): the CNN's front runs once per explanation, not per part."""
-    staged = None if features and "image" in features else encode_image_stages(package, case)
+    (middle-stage IG, last-stage CAMs, stability): the CNN's front runs once per explanation, not per part.
+    Image features given with their ``stage_maps`` keep those."""
+    if features and "image" in features:
+        ctx = ExplainContext(package, case, target, features, classify)
+        if stage_maps is not None and ctx.inputs.get("image") is not None \
+                and plain_image_encoder(package.model.encoders["image"]):
+            remember_stage_maps(ctx, list(stage_maps))
+        return ctx
+    staged = encode_image_stages(package, case)
     if staged is None:
         return ExplainContext(package, case, target, features, classify)
     ctx = ExplainContext(package, case, target, {**(features or {}), "image": staged[0]}, classify)
@@ -81,11 +88,13 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
                  ig_steps: int = 24, stability_samples: int = 8, shapley_samples: int = 40,
                  mc_samples: int | None = None, features: dict[str, Any] | None = None,
                  progress: Callable[[str, "Explanation"], None] | None = None,
-                 cancel: threading.Event | None = None) -> Explanation:
+                 cancel: threading.Event | None = None, stage_maps: Sequence[Any] | None = None) -> Explanation:
     """Explain ``case`` for ``target`` (class index or label; default: the predicted class).
 
     Every encoder runs once: the context's features feed the prediction too. ``features`` (modality ->
-    encoder output, e.g. from a variant comparison sharing frozen encoders) skips those encoders.
+    encoder output, e.g. from a variant comparison sharing frozen encoders) skips those encoders;
+    ``stage_maps``: the three stage maps ``features["image"]`` was made from (``from_stages`` of a plain image
+    encoder with this package's weights), kept for the image parts like the maps of an image encoded here.
     Parts run in the order given (the lesion/context check after the heatmaps, faithfulness last);
     ``progress(part, explanation)`` is called as each is done ("prediction" first), and a set
     ``cancel`` event stops the work between parts (``ExplainCancelled``)."""
@@ -106,7 +115,7 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
 
     # the prediction's pass (float model) also gives the context its logits: one fusion + head pass fewer
     shared = package.inference_model is package.model
-    ctx = timed("context", _context, package, case, target, features, not shared)
+    ctx = timed("context", _context, package, case, target, features, not shared, stage_maps)
     pred = timed("prediction", _predict, package, case, mc_samples, ctx, shared)
     ex = Explanation(pred, ctx.target, package.labels[ctx.target], timings=timings)
     if progress is not None:
