@@ -169,3 +169,17 @@ def test_evaluate_with_tta_on_an_isic_layout_folder(pkg, tmp_path):
     four = evaluate_package_tta(pkg, items, TTASettings(FLIPS, "mean_probs", "maps", pkg.temperature), n_boot=10)
     assert four["tta"]["views"] == list(FLIPS) and four["tta"]["level"] == "maps" and four["n"] == len(items)
     assert four["ece"]["value"] != pytest.approx(plain["ece"]["value"], abs=1e-9)   # the views were really averaged
+
+
+def test_the_shipped_settings_belong_to_the_shipped_packages(pkg):
+    f = MODELS / "suite_inference.json"
+    if not f.is_file():
+        pytest.skip("no suite_inference.json shipped")
+    doc = json.loads(f.read_text())
+    assert doc["format"] == FORMAT and doc["fitted_on"].startswith("HAM10000 validation split only")
+    for name, entry in doc["packages"].items():        # a package retrained without refitting would be refused
+        cfg = json.loads((MODELS / name / "config.json").read_text())
+        assert entry["package_sha256"] == cfg["weights"]["sha256"], name
+    s = load_settings(pkg)
+    assert s is not None and s.level == doc["tta"]["level"] and s.views == tuple(doc["tta"]["views"]) and s.shift is None
+    assert load_settings(pkg, logit_adjustment=True).shift is not None
