@@ -267,7 +267,10 @@ CONTROL_CAM: tuple[str, str] = ("gradcam", "last stage")
 #: lesion-only pointing 0.95 / 0.65 (raw map 0.80), lesion ratio 3.66 / 1.50; context-only context ratio 1.63 /
 #: 1.27, lesion ratio 2.11 / 1.56 (skin baseline 3.35, blurred 3.23: worse; the blurred baseline's randomised copy
 #: passes the lesion ratio, 3.86). No gradient map meets the context-only lesion ratio <= 1: the gradient is large
-#: on the lesion although painting it over leaves the control's output unchanged.
+#: on the lesion although painting it over leaves the control's output unchanged. Segment occlusion
+#: (core.explain.image_maps.segment_occlusion_map) does not either: 3.03, randomised copy 2.52 (20 validation cases).
+#: Fresh seed 9304 (70 cases): lesion-only pointing 0.84 (validation's 0.95 was 19 of 20), lesion ratio 3.29;
+#: context-only context ratio 1.51, lesion ratio 2.00; randomised copies fail all four.
 #: Note: IG on the word embeddings from an [UNK] baseline instead of the product's pad (the pad embedding is never
 #: attended in pre-training; [UNK] is a word the model does not know), the best IG on 9301 validation but short of
 #: the criterion: planted-word mass on 30 cases [UNK] 0.58, pad 0.50, [MASK] 0.38 (chance 0.33; 24 steps, median
