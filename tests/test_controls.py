@@ -254,6 +254,9 @@ def test_cli_faithfulness_controls_table_and_usage_errors(monkeypatch, capsys):
     assert seen["sources"] == ["lesion"] and seen["n"] == 350
     assert main(["faithfulness", "--controls", "--sources", "note"]) == 0
     assert seen["n"] is None   # no --n: each control's own size (K.CONTROL_N: the note-only control's 2100)
+    assert seen["alternatives"] is False   # the alternative explainers (~4x the time) only when asked
+    assert main(["faithfulness", "--controls", "--sources", "note", "--alternatives"]) == 0
+    assert seen["alternatives"] is True
     capsys.readouterr()
     assert main(["faithfulness"]) != 0
     assert "give model package folders" in capsys.readouterr().err

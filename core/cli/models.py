@@ -77,7 +77,7 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
         from ..explain import controls as K
 
         rows = K.run_controls(args.sources, n=args.n, n_eval=args.eval_n, epochs=args.epochs, retrain=args.retrain,
-                              log=lambda m: print(m, file=sys.stderr, flush=True))
+                              alternatives=args.alternatives, log=lambda m: print(m, file=sys.stderr, flush=True))
         print(json.dumps(rows, indent=2, default=float) if args.json else K.controls_table(rows))
         return 0
     if not args.packages:

@@ -326,10 +326,13 @@ def evaluate_control(pkg: Package, source: str, items: Sequence[Any], ig_steps: 
 def run_controls(sources: Sequence[str] = SINGLE_SOURCES, n: int | None = None, n_eval: int = 70, image_size: int = 224,
                  epochs: int = 40, tiny: bool = False, retrain: bool = False, root: Path | None = None,
                  log: Callable[[str], Any] | None = None, finetune: bool | None = None,
-                 finetune_opts: dict[str, Any] | None = None, eval_seed: int = EVAL_SEED) -> list[dict[str, Any]]:
+                 finetune_opts: dict[str, Any] | None = None, eval_seed: int = EVAL_SEED,
+                 alternatives: bool = False) -> list[dict[str, Any]]:
     """Train / load each control, measure it and its randomised copy on the fresh ``eval_seed`` cohort
     (``log``: one line per step; default: this module's logger). ``n``: training cohort size (None:
-    :data:`CONTROL_N`, else 700). ``finetune`` / ``finetune_opts``: see :func:`train_control`."""
+    :data:`CONTROL_N`, else 700). ``finetune`` / ``finetune_opts``: see :func:`train_control`.
+    ``alternatives``: also measure the offered alternative explainers (:data:`ALTERNATIVES`; about 4x the
+    time: pixel IG and word occlusion are many passes per case)."""
     log = log or logger.info
     if eval_seed == TRAIN_SEED:
         raise ValueError(f"seed {TRAIN_SEED} is the controls' training seed; measure on a fresh one.")
@@ -341,8 +344,8 @@ def run_controls(sources: Sequence[str] = SINGLE_SOURCES, n: int | None = None, 
         items = generate_dermatology(n=n_eval, seed=eval_seed, image_size=image_size, single_source=source,
                                      workers=1 if tiny else min(2, os.cpu_count() or 1)).items
         log(f"{source}-only: trained, measuring on {len(items)} cases of seed {eval_seed}")
-        real = evaluate_control(pkg, source, items)
-        rand = evaluate_control(randomised_copy(pkg), source, items)
+        real = evaluate_control(pkg, source, items, alternatives=alternatives)
+        rand = evaluate_control(randomised_copy(pkg), source, items, alternatives=alternatives)
         rows.append({"source": source, "package": str(path), "n_train": n_src, "eval_seed": eval_seed, "n_eval": len(items),
                      "trained": real, "randomised": rand})
         log(f"{source}-only: accuracy {real['accuracy']:.2f} (chance {1 / len(pkg.labels):.2f}); "
