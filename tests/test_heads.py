@@ -121,14 +121,25 @@ def test_test_time_augmentation_averages_four_views_in_probability_space():
     model = make_model("gated", modalities=("image", "note", "metadata")).eval()
     pkg = Package(__import__("pathlib").Path("."), {"labels": LABELS, "name": "t", "variant": "gated",
                                                    "weights": {"sha256": "0" * 64}}, model)
-    case = make_case(1)
-    tta = pkg.predict_tta(case, mc_samples=5)
-    views = [case.image, case.image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT),
-             case.image.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM), case.image.transpose(PILImage.Transpose.ROTATE_90)]
-    single = [pkg.predict(replace(case, image=v), mc_samples=5) for v in views]
-    assert np.allclose(tta.calibrated, np.mean([p.calibrated for p in single], 0), atol=1e-5)
-    assert tta.mc_samples.shape == (20, 3) and tta.label == LABELS[int(tta.calibrated.argmax())]
-    assert tta.uncertainty["tta_spread"] >= 0 and any("Test-time augmentation" in w for w in tta.warnings)
+    wide = make_case(1)                      # 48 x 40, like HAM10000's 200 x 150 not square
+    square = replace(wide, image=wide.image.resize((40, 40)))
+
+    def views(img, turn):
+        return [img, img.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT), img.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM),
+                img.transpose(turn)]
+
+    # a quarter turn on a square image; a half turn on a non-square one (a quarter turn swaps width and height,
+    # and prepare() would squash it back to the input shape: a view the model never saw)
+    for case, turn, words in ((square, PILImage.Transpose.ROTATE_90, "90 degrees"),
+                              (wide, PILImage.Transpose.ROTATE_180, "180 degrees")):
+        tta = pkg.predict_tta(case, mc_samples=5)
+        single = [pkg.predict(replace(case, image=v), mc_samples=5) for v in views(case.image, turn)]
+        assert np.allclose(tta.calibrated, np.mean([p.calibrated for p in single], 0), atol=1e-5)
+        assert tta.mc_samples.shape == (20, 3) and tta.label == LABELS[int(tta.calibrated.argmax())]
+        assert tta.uncertainty["tta_spread"] >= 0 and any(words in w for w in tta.warnings)
+    squashed = [pkg.predict(replace(wide, image=v), mc_samples=5)
+                for v in views(wide.image, PILImage.Transpose.ROTATE_90)]
+    assert not np.allclose(tta.calibrated, np.mean([p.calibrated for p in squashed], 0), atol=1e-5)
     no_image = make_case(1, missing=("image",))
     assert np.allclose(pkg.predict_tta(no_image).calibrated, pkg.predict(no_image).calibrated)
 

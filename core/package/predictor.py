@@ -400,8 +400,12 @@ def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed:
         return predict(pkg, case, mc_samples, seed)
     from PIL import Image as PILImage
 
+    # a quarter turn swaps width and height: on a non-square image (HAM10000's 200 x 150) prepare() would
+    # squash it back to the model's input shape, a view the model never saw; turn it half way instead
+    square = case.image.width == case.image.height
+    turn = PILImage.Transpose.ROTATE_90 if square else PILImage.Transpose.ROTATE_180
     views = [case.image, case.image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT),
-             case.image.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM), case.image.transpose(PILImage.Transpose.ROTATE_90)]
+             case.image.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM), case.image.transpose(turn)]
     preds = predict(pkg, [replace(case, image=v, mask=None) for v in views], mc_samples, seed)
     cal = np.mean([p.calibrated for p in preds], 0)
     k = int(cal.argmax())
@@ -417,5 +421,6 @@ def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed:
                    mc_samples=np.concatenate([p.mc_samples for p in preds]), uncertainty=unc, refer=refer,
                    referral=ref,
                    warnings=first.warnings + ["Test-time augmentation: averaged over the image as is, flipped "
-                                              "left-right, flipped up-down and turned 90 degrees."],
+                                              "left-right, flipped up-down and turned "
+                                              + ("90 degrees." if square else "180 degrees (the image is not square).")],
                    case_id=case.case_id)
