@@ -392,7 +392,7 @@ def predictions(pkg: "Package", cases: Sequence[Case], det: ModelOutput, mc: Mod
 
 def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed: int = 0) -> Prediction:
     """Test-time augmentation (seed 003): the case with its image as is, flipped left-right,
-    flipped up-down and turned 90 degrees, predicted as one batch; calibrated probabilities
+    flipped up-down and turned 90 degrees (180 if not square), predicted as one batch; calibrated probabilities
     and MC samples averaged in probability space. Diagnostics are those of the original image;
     ``uncertainty['tta_spread']`` is the standard deviation of the label's probability across
     the four views. Without an image (or an image-less model) this is ``predict``."""
