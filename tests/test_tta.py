@@ -144,11 +144,9 @@ def test_settings_are_read_only_for_the_weights_they_were_fitted_on(pkg, tmp_pat
         load_settings(pkg, bad)
 
 
-def test_evaluate_with_tta_on_an_isic_layout_folder(pkg, tmp_path):
-    from core.data.loaders import load_dataset
-    from core.training.evaluate import evaluate_package
-
-    (tmp_path / "images").mkdir()
+def _isic_folder(tmp_path: Path) -> Path:
+    """The shipped HAM10000 demo cases written in the ISIC 2018 Task 3 test layout."""
+    (tmp_path / "images").mkdir(parents=True)
     rows = []
     for k, folder in enumerate(sorted(p for p in CASES.iterdir() if p.is_dir())):
         meta = json.loads((folder / "metadata.json").read_text())
@@ -161,7 +159,14 @@ def test_evaluate_with_tta_on_an_isic_layout_folder(pkg, tmp_path):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    items = load_dataset(tmp_path).split("test")
+    return tmp_path
+
+
+def test_evaluate_with_tta_on_an_isic_layout_folder(pkg, tmp_path):
+    from core.data.loaders import load_dataset
+    from core.training.evaluate import evaluate_package
+
+    items = load_dataset(_isic_folder(tmp_path)).split("test")
     plain = evaluate_package(pkg, items, n_boot=10)
     one = evaluate_package_tta(pkg, items, TTASettings(("identity",), "mean_logits", temperature=pkg.temperature), n_boot=10)
     for k in ("balanced_accuracy", "ece", "auroc"):
@@ -183,3 +188,19 @@ def test_the_shipped_settings_belong_to_the_shipped_packages(pkg):
     s = load_settings(pkg)
     assert s is not None and s.level == doc["tta"]["level"] and s.views == tuple(doc["tta"]["views"]) and s.shift is None
     assert load_settings(pkg, logit_adjustment=True).shift is not None
+
+
+def test_cli_evaluate_tta_uses_the_shipped_settings_and_refuses_what_it_cannot_do(pkg, tmp_path, capsys):
+    from core.cli import main
+
+    data = _isic_folder(tmp_path / "isic")
+    assert main(["evaluate", "--model", str(MODELS / "concat"), "--data", str(data), "--tta", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    shipped = load_settings(pkg)
+    assert out["data"]["tta"] is True and out["tta"]["views"] == list(shipped.views)
+    assert out["n"] == len([p for p in CASES.iterdir() if p.is_dir()])
+    assert main(["evaluate", "--model", str(MODELS / "concat"), "--data", str(data), "--tta", "--drop", "metadata"]) != 0
+    assert "cannot be combined with --drop" in capsys.readouterr().err
+    other = Path(__file__).resolve().parents[1] / "assets" / "models" / "dermatology" / "concat"   # no suite_inference.json
+    assert main(["evaluate", "--model", str(other), "--data", str(data), "--tta"]) != 0
+    assert "no test-time augmentation settings" in capsys.readouterr().err

@@ -94,6 +94,8 @@ def build_parser() -> Parser:
     p.add_argument("--drop", nargs="*", default=[], metavar="MODALITY", help="remove these inputs from every case")
     p.add_argument("--mechanisms", action="store_true",
                    help="also measure each fusion mechanism (movement, spread, agreement with Shapley / the evidence)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation with the suite's validation-fitted "
+                                                      "settings (suite_inference.json beside the package)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("faithfulness", help="explanations measured against the generator's ground truth: "

@@ -145,13 +145,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             cohort = load_cohort(DataConfig(path=args.data))
         items = select_items(cohort, args.split)
-        metrics = evaluate_package(pkg, items, mc_samples=args.mc_samples, drop=args.drop)
+        if getattr(args, "tta", False):   # the suite's validation-fitted test-time augmentation (suite_inference.json)
+            from ..package.tta import evaluate_package_tta
+
+            if args.drop:
+                raise UsageError("--tta cannot be combined with --drop; run them separately.")
+            metrics = evaluate_package_tta(pkg, items, mc_samples=args.mc_samples)
+        else:
+            metrics = evaluate_package(pkg, items, mc_samples=args.mc_samples, drop=args.drop)
         if getattr(args, "mechanisms", False):   # issue 14: can each fusion mechanism be read on these cases?
             from ..explain.mechanisms import measure_cases
 
             metrics["mechanisms"] = measure_cases(pkg, items)
     metrics = {"model": pkg.info(), "data": {"cohort": cohort.name, "seed": args.seed, "split": args.split,
-                                             "dropped": list(args.drop)}, **metrics}
+                                             "dropped": list(args.drop), "tta": bool(getattr(args, "tta", False))}, **metrics}
     if args.json:
         print(json.dumps(metrics))
     else:
