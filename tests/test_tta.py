@@ -7,12 +7,13 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from core.package.tta import (FLIPS, FORMAT, VIEWS, TTASettings, adjust, apply_view, combine_views,
-                              evaluate_package_tta, load_settings, run_views)
+                              evaluate_package_tta, load_settings, run_views, tta_posterior)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "assets" / "models" / "ham10000"
@@ -204,3 +205,21 @@ def test_cli_evaluate_tta_uses_the_shipped_settings_and_refuses_what_it_cannot_d
     other = Path(__file__).resolve().parents[1] / "assets" / "models" / "dermatology" / "concat"   # no suite_inference.json
     assert main(["evaluate", "--model", str(other), "--data", str(data), "--tta"]) != 0
     assert "no test-time augmentation settings" in capsys.readouterr().err
+
+
+def test_predict_tta_uses_the_suite_settings_for_these_weights(pkg, cases, tmp_path):
+    from core.package.predictor import predict_tta
+
+    settings = load_settings(pkg)
+    case = cases[0]
+    pred = predict_tta(pkg, case, mc_samples=4, seed=2)
+    post = tta_posterior(pkg, [case], settings, mc_samples=4, seed=2)
+    assert np.allclose(pred.calibrated, post.calibrated[0].numpy(), atol=1e-6)
+    assert pred.label == pkg.labels[int(post.calibrated[0].argmax())]
+    assert any("fitted on the suite's validation split" in w for w in pred.warnings)
+    threshold = settings.referral_threshold if settings.referral_threshold is not None else pkg.referral_threshold
+    assert pred.refer == (pred.uncertainty["normalised_entropy"] > threshold) and pred.referral["threshold"] == threshold
+    assert pred.uncertainty["tta_spread"] >= 0
+    plain = pkg.predict(case, mc_samples=4, seed=2)
+    assert not np.allclose(pred.calibrated, plain.calibrated, atol=1e-6)       # the views were really averaged
+    assert pred.diagnostics.keys() == plain.diagnostics.keys()

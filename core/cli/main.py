@@ -23,7 +23,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("predict", help="predict one case with a model package")
     add_case_arguments(p)
     p.add_argument("--mc-samples", type=int, default=30, help="MC-dropout samples of the head (default 30)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over 4 views of the image")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: the suite's validation-fitted views "
+                   "(suite_inference.json) where it has them, else 4 views of the image")
     p.add_argument("--int8", action="store_true", help="int8 linear layers (faster CPU inference; see the README)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="what-if: change one metadata value (repeatable; NAME= clears it) and compare with the original")

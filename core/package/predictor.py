@@ -391,13 +391,20 @@ def predictions(pkg: "Package", cases: Sequence[Case], det: ModelOutput, mc: Mod
 
 
 def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed: int = 0) -> Prediction:
-    """Test-time augmentation (seed 003): the case with its image as is, flipped left-right,
+    """Test-time augmentation. Where the suite ships settings fitted on its validation split for these weights
+    (``suite_inference.json``, :mod:`core.package.tta`), those views, combination, temperature and referral
+    threshold. Otherwise (seed 003): the case with its image as is, flipped left-right,
     flipped up-down and turned 90 degrees (180 if not square), predicted as one batch; calibrated probabilities
     and MC samples averaged in probability space. Diagnostics are those of the original image;
     ``uncertainty['tta_spread']`` is the standard deviation of the label's probability across
     the four views. Without an image (or an image-less model) this is ``predict``."""
     if case.image is None or "image" not in pkg.modalities:
         return predict(pkg, case, mc_samples, seed)
+    from .tta import load_settings
+
+    settings = load_settings(pkg)
+    if settings is not None:   # the suite's validation-fitted views, temperature and referral threshold
+        return _predict_tta_fitted(pkg, case, settings, mc_samples, seed)
     from PIL import Image as PILImage
 
     # a quarter turn swaps width and height: on a non-square image (HAM10000's 200 x 150) prepare() would
@@ -424,3 +431,24 @@ def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed:
                                               "left-right, flipped up-down and turned "
                                               + ("90 degrees." if square else "180 degrees (the image is not square).")],
                    case_id=case.case_id)
+
+
+def _predict_tta_fitted(pkg: "Package", case: Case, settings: Any, mc_samples: int | None, seed: int) -> Prediction:
+    """``predict_tta`` with the suite's fitted settings (see :func:`core.package.tta.tta_posterior`)."""
+    from .tta import adjust, combine_views, run_views
+
+    base = predict(pkg, case, mc_samples, seed)
+    det, mc, lv = run_views(pkg, [case], settings.views, mc_samples, seed, settings.level)
+    post = adjust(combine_views(det, mc, lv, settings.temperature, settings.combine), settings.shift,
+                  settings.pool_temperature)
+    note = (f"Test-time augmentation: {len(settings.views)} views ({', '.join(settings.views)}; "
+            f"{'activation-map' if settings.level == 'maps' else 'pixel'} level), combined by "
+            f"{settings.combine.replace('_', ' ')}, with the temperature and referral threshold fitted on the "
+            f"suite's validation split ({settings.source}).")
+    pred = make_prediction(pkg, post, 0, base.present, base.diagnostics, base.warnings + [note], case.case_id)
+    k = pred.label_index
+    per_view = torch.softmax(det[:, 0] / settings.temperature, -1)[:, k]
+    threshold = settings.referral_threshold if settings.referral_threshold is not None else pkg.referral_threshold
+    refer, ref = referral(pred.uncertainty["normalised_entropy"], threshold)
+    return replace(pred, uncertainty=pred.uncertainty | {"tta_spread": float(per_view.std(unbiased=False))},
+                   refer=refer, referral=ref)

@@ -23,8 +23,10 @@ page = results_page("Prediction", ":material/bar_chart:")
 pkg, case = page.pkg, page.case
 
 tta = st.toggle("Test-time augmentation", key="pred_tta", disabled=case.image is None or "image" not in pkg.modalities,
-                help="Average the calibrated probabilities over the image as is, flipped both ways and turned "
-                     "(90 degrees if square, else 180).")
+                help="Where the suite ships test-time augmentation settings fitted on its validation split "
+                     "(HAM10000), those views, temperature and referral threshold; otherwise the average of the "
+                     "calibrated probabilities over the image as is, flipped both ways and turned (90 degrees if "
+                     "square, else 180).")
 pred = page.require_prediction(tta=tta, spinner="Predicting (MC-dropout samples of the head)…")
 
 st.caption(f"Model: **{md_escape(pkg.name)}** (variant {pkg.variant}, {len(pred.mc_samples)} MC-dropout samples, "
