@@ -111,37 +111,48 @@ def test_modality_disagreement_is_reported_per_case():
     assert np.isnan(float(alone.diagnostics["modality_disagreement"]))
 
 
-def test_test_time_augmentation_averages_four_views_in_probability_space():
+def test_test_time_augmentation_averages_four_views_in_probability_space(tmp_path):
+    import json
     from dataclasses import replace
 
     from PIL import Image as PILImage
 
     from core.package import Package
 
-    model = make_model("gated", modalities=("image", "note", "metadata")).eval()
-    pkg = Package(__import__("pathlib").Path("."), {"labels": LABELS, "name": "t", "variant": "gated",
-                                                   "weights": {"sha256": "0" * 64}}, model)
-    wide = make_case(1)                      # 48 x 40, like HAM10000's 200 x 150 not square
+    def package(input_size, folder):
+        model = make_model("gated", modalities=("image", "note", "metadata")).eval()
+        model.encoders["image"].image_size = input_size
+        return Package(folder, {"labels": LABELS, "name": "t", "variant": "gated", "weights": {"sha256": "0" * 64}}, model)
+
+    (tmp_path / "suite").mkdir()
+    square_in = package(32, tmp_path / "suite" / "a")          # the tiny encoders' square input
+    wide_in = package((48, 40), tmp_path / "suite" / "b")      # like HAM10000's 200 x 150 input
+    wide = make_case(1)                                        # a 48 x 40 image
     square = replace(wide, image=wide.image.resize((40, 40)))
 
     def views(img, turn):
         return [img, img.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT), img.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM),
                 img.transpose(turn)]
 
-    # a quarter turn on a square image; a half turn on a non-square one (a quarter turn swaps width and height,
-    # and prepare() would squash it back to the input shape: a view the model never saw)
-    for case, turn, words in ((square, PILImage.Transpose.ROTATE_90, "90 degrees"),
-                              (wide, PILImage.Transpose.ROTATE_180, "180 degrees")):
+    # a quarter turn unless neither the image nor the model's input is square (then prepare() would squash the
+    # turned image back to the input shape: a view the model never saw), where the image turns half way
+    for pkg, case, turn, words in ((square_in, wide, PILImage.Transpose.ROTATE_90, "90 degrees"),
+                                   (wide_in, square, PILImage.Transpose.ROTATE_90, "90 degrees"),
+                                   (wide_in, wide, PILImage.Transpose.ROTATE_180, "180 degrees")):
         tta = pkg.predict_tta(case, mc_samples=5)
         single = [pkg.predict(replace(case, image=v), mc_samples=5) for v in views(case.image, turn)]
         assert np.allclose(tta.calibrated, np.mean([p.calibrated for p in single], 0), atol=1e-5)
         assert tta.mc_samples.shape == (20, 3) and tta.label == LABELS[int(tta.calibrated.argmax())]
         assert tta.uncertainty["tta_spread"] >= 0 and any(words in w for w in tta.warnings)
-    squashed = [pkg.predict(replace(wide, image=v), mc_samples=5)
-                for v in views(wide.image, PILImage.Transpose.ROTATE_90)]
+    squashed = [wide_in.predict(replace(wide, image=v), mc_samples=5) for v in views(wide.image, PILImage.Transpose.ROTATE_90)]
     assert not np.allclose(tta.calibrated, np.mean([p.calibrated for p in squashed], 0), atol=1e-5)
     no_image = make_case(1, missing=("image",))
-    assert np.allclose(pkg.predict_tta(no_image).calibrated, pkg.predict(no_image).calibrated)
+    assert np.allclose(wide_in.predict_tta(no_image).calibrated, wide_in.predict(no_image).calibrated)
+    # a damaged suite_inference.json beside the package: one sentence in the notes, the plain views, no crash
+    (tmp_path / "suite" / "suite_inference.json").write_text(json.dumps({"format": "something else"}))
+    damaged = wide_in.predict_tta(wide, mc_samples=5)
+    assert np.allclose(damaged.calibrated, tta.calibrated, atol=1e-6)
+    assert any("could not be used" in w for w in damaged.warnings)
 
 
 def test_int8_packages_predict_like_float_and_still_explain(tmp_path):

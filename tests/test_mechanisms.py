@@ -470,6 +470,17 @@ def test_mmtm_flow_weights_follow_the_gate_through_the_attention():
         _tiny("mmtm", weights_from="attention")
 
 
+def test_mmtm_flow_weights_can_be_trained_through():
+    """A loss on the flow reading (e.g. train.gate_entropy_weight) backpropagates: the attention-mass rows are
+    stacked, not written in place into a tensor that autograd keeps for the next row's flow."""
+    _, flow_model, inputs, present = _mmtm_flow_pair()
+    flow_model.train()
+    out = flow_model(inputs, present)
+    (out.diagnostics["modality_weights"][:, 0].sum() + out.logits.sum()).backward()
+    grads = [p.grad for p in flow_model.fusion.cross_attn.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
 @pytest.mark.parametrize("variant", ["mmtm", "hierarchical"])
 def test_mechanism_refit_moves_only_the_scalars_and_lowers_the_training_loss(variant):
     from core.training.train import mechanism_scalars, refit_mechanism_scalars

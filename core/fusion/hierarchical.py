@@ -137,19 +137,20 @@ class EnhancedMMTM(Fusion):
         # 1. self-attention inside each modality, then cross-modal attention to all the others
         selfed = [blk(x, None, m)[0] for blk, x, m in zip(self.self_attn, toks, masks)]
         vs, flows, attn, spans_all = [], [], {}, {}
-        mass = torch.zeros(B, M, M, device=present.device)
-        for i, blk in enumerate(self.cross_attn):
+        mass_rows = []   # one [B, M] row per query modality, stacked after the loop (no in-place writes: the flow
+        for i, blk in enumerate(self.cross_attn):   # reading below keeps each row for its backward pass)
             kv, kv_mask, spans = concat_others(selfed, masks, self.names, i)
             y, w = blk(selfed[i], kv, kv_mask)  # residual inside: out = attn(x) + x
-            mass[:, i] = attention_mass(w, masks[i], spans, self.names)
+            mass_rows.append(attention_mass(w, masks[i], spans, self.names))
             attn[self.names[i]], spans_all[self.names[i]] = w, spans
             own = masked_mean(selfed[i], masks[i]) + self.pooled_proj[i](feats[i].pooled)
             update = masked_mean(y - selfed[i], masks[i])   # what the cross-attention block added
             vs.append(own + update)
             share_self = own.norm(dim=-1) / (own.norm(dim=-1) + update.norm(dim=-1)).clamp_min(1e-12)
-            flow_i = mass[:, i] * (1 - share_self).unsqueeze(-1)
+            flow_i = mass_rows[i] * (1 - share_self).unsqueeze(-1)
             flow_i[:, i] += share_self
             flows.append(flow_i)
+        mass = torch.stack(mass_rows, 1)   # [B, M (query), M (attended)]
         # 2. adaptive gate with the learnable temperature, residual final = gated + original
         z = self.interaction(torch.cat([b(v) for b, v in zip(self.bottleneck, vs)], -1))
         if self.identifiable:  # one unit scale over all modalities' z: their relative levels survive, tau sets the sharpness

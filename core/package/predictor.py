@@ -394,7 +394,8 @@ def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed:
     """Test-time augmentation. Where the suite ships settings fitted on its validation split for these weights
     (``suite_inference.json``, :mod:`core.package.tta`), those views, combination, temperature and referral
     threshold. Otherwise (seed 003): the case with its image as is, flipped left-right,
-    flipped up-down and turned 90 degrees (180 if not square), predicted as one batch; calibrated probabilities
+    flipped up-down and turned 90 degrees (180 where neither the image nor the model's input is square),
+    predicted as one batch; calibrated probabilities
     and MC samples averaged in probability space. Diagnostics are those of the original image;
     ``uncertainty['tta_spread']`` is the standard deviation of the label's probability across
     the four views. Without an image (or an image-less model) this is ``predict``."""
@@ -402,14 +403,22 @@ def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed:
         return predict(pkg, case, mc_samples, seed)
     from .tta import load_settings
 
-    settings = load_settings(pkg)
-    if settings is not None:   # the suite's validation-fitted views, temperature and referral threshold
-        return _predict_tta_fitted(pkg, case, settings, mc_samples, seed)
+    unusable = None
+    try:
+        settings = load_settings(pkg)
+        if settings is not None:   # the suite's validation-fitted views, temperature and referral threshold
+            return _predict_tta_fitted(pkg, case, settings, mc_samples, seed)
+    except ValueError as e:        # a damaged or unsupported suite_inference.json: say so, use the plain views
+        unusable = (f"The suite's test-time augmentation settings could not be used ({e}); the four plain views "
+                    "were averaged instead.")
     from PIL import Image as PILImage
 
-    # a quarter turn swaps width and height: on a non-square image (HAM10000's 200 x 150) prepare() would
-    # squash it back to the model's input shape, a view the model never saw; turn it half way instead
-    square = case.image.width == case.image.height
+    # a quarter turn swaps width and height: where the model's input is not square (HAM10000's 200 x 150) and the
+    # image is not square either, prepare() would squash the turned image back, a view the model never saw: turn
+    # it half way instead
+    size = getattr(pkg.model.encoders["image"], "image_size", None)
+    square_input = isinstance(size, int) or (isinstance(size, (tuple, list)) and size[0] == size[1])
+    square = square_input or case.image.width == case.image.height
     turn = PILImage.Transpose.ROTATE_90 if square else PILImage.Transpose.ROTATE_180
     views = [case.image, case.image.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT),
              case.image.transpose(PILImage.Transpose.FLIP_TOP_BOTTOM), case.image.transpose(turn)]
@@ -427,9 +436,10 @@ def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed:
                    mc_mean=np.mean([p.mc_mean for p in preds], 0),
                    mc_samples=np.concatenate([p.mc_samples for p in preds]), uncertainty=unc, refer=refer,
                    referral=ref,
-                   warnings=first.warnings + ["Test-time augmentation: averaged over the image as is, flipped "
-                                              "left-right, flipped up-down and turned "
-                                              + ("90 degrees." if square else "180 degrees (the image is not square).")],
+                   warnings=first.warnings + ([unusable] if unusable else []) + [
+                       "Test-time augmentation: averaged over the image as is, flipped left-right, flipped up-down "
+                       "and turned " + ("90 degrees." if square else "180 degrees (neither the image nor the model's "
+                                                                     "input is square).")],
                    case_id=case.case_id)
 
 
