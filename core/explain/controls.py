@@ -295,7 +295,7 @@ NOTE_METHOD_LABEL = {"ig": "note IG", "ig_unk": "note IG, [UNK] baseline", "word
 
 def evaluate_control(pkg: Package, source: str, items: Sequence[Any], ig_steps: int = 12,
                      temperature: float | None = EXPLAIN_TEMPERATURE, cam: tuple[str, str] | None = None,
-                     alternatives: bool = True) -> dict[str, Any]:
+                     alternatives: bool = False) -> dict[str, Any]:
     """The control's explanations for the TRUE class on every case (the known answer is about the label's
     evidence), with the criteria checked. ``temperature``: the softmax temperature the explanations use
     (None: the package's calibrated one). ``alternatives``: also measure :data:`ALTERNATIVES` (under
