@@ -203,6 +203,29 @@ def test_the_vote_decides_the_referral_flag_where_committee_json_was_fitted_for_
     assert not [b for b in at.button if b.key == "committee_run"]   # nothing left to ask for
 
 
+def test_with_tta_the_second_opinion_names_the_plain_label_it_was_counted_against(site, monkeypatch):
+    """The vote's threshold was fitted on plain predictions, so it is counted against the plain label; where
+    test-time augmentation changes the label the panel says which label the variants were compared with."""
+    from dataclasses import replace
+
+    from core.package import Package
+    from test_app import ok
+
+    def other_label(self, case, mc_samples=None, seed=0):
+        p = self.predict(case, mc_samples, seed)
+        k = (p.label_index + 1) % len(p.labels)
+        return replace(p, label=p.labels[k], label_index=k)
+
+    at, suite = site
+    committee_file(suite, "mmtm", ["gated"], 1)
+    monkeypatch.setattr(Package, "predict_tta", other_label)
+    at = prediction_page(at, "mmtm")
+    assert not captions(at, "without test-time augmentation")
+    at = ok(at.toggle(key="pred_tta").set_value(True).run())
+    said = captions(at, "without test-time augmentation")
+    assert len(said) == 1 and "with it the model predicts" in said[0]
+
+
 def test_the_package_s_own_flag_applies_where_committee_json_was_fitted_for_another_variant(site):
     at, suite = site
     committee_file(suite, "mmtm", ["gated"], 1)

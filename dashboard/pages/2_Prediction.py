@@ -151,6 +151,9 @@ def second_opinion() -> None:
     if vote.disagreeing:
         text += ": " + ", ".join(f"{md_escape(v)} says {md_escape(lab)}" for v, lab in vote.disagreeing.items())
     st.markdown(text + ".")
+    if tta and vote.label != pred.label:   # the vote is counted against the plain prediction (its threshold was fitted so)
+        st.caption(f"The variants are compared with this model's prediction without test-time augmentation "
+                   f"({md_escape(vote.label)}); with it the model predicts {md_escape(pred.label)}.")
     if vote.note:
         st.caption(vote.note)
 
