@@ -251,7 +251,13 @@ def preload(key: Any, load: Callable[[], Any], attach: Callable[[threading.Threa
         except Exception:  # noqa: BLE001  (an optimisation; the page reports real errors)
             pass
 
-    thread = threading.Thread(target=run, name="fusionlens-preload", daemon=True)
+    return _start_warm_thread(run, "fusionlens-preload", attach)
+
+
+def _start_warm_thread(run: Callable[[], None], name: str, attach: Callable[[threading.Thread], Any] | None) -> bool:
+    """Start a daemon warm-up thread (kept in ``_WARM_THREADS``; ``attach``: e.g. Streamlit's script-run
+    context) -> True."""
+    thread = threading.Thread(target=run, name=name, daemon=True)
     _WARM_THREADS.append(thread)
     if attach is not None:
         attach(thread)
@@ -339,12 +345,7 @@ def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any]
             _WARM["seconds"] = round(time.perf_counter() - t0, 2)
             _WARM["done"].set()
 
-    thread = threading.Thread(target=run, name="fusionlens-warm-up", daemon=True)
-    _WARM_THREADS.append(thread)
-    if attach is not None:
-        attach(thread)
-    thread.start()
-    return True
+    return _start_warm_thread(run, "fusionlens-warm-up", attach)
 
 
 def _warm_figures(ex: Any, case: Any) -> None:
