@@ -180,7 +180,8 @@ def mechanism_scalars(model: MultimodalClassifier) -> dict[str, torch.nn.Paramet
 
 def refit_mechanism_scalars(model: MultimodalClassifier, train: SplitTensors, opts: TrainOptions) -> dict[str, Any]:
     """Fit only the fusion's mechanism scalars on the training split, every other weight frozen and dropout
-    off: the training loss (class-balanced batches, cross-entropy + the gate balance loss) for
+    off: class-balanced batches, plain cross-entropy + the gate balance loss (not the package's focal loss or
+    gate-entropy term, if it uses them) for
     ``opts.mechanism_refit_epochs`` epochs of Adam at ``opts.mechanism_refit_lr``. Measured (README #14):
     mmtm stops early (best validation epoch 4 of 20), when its scale logits still have a gradient of one
     sign on 98% of the training batches; a handful of scalars cannot overfit 7,000 cases.
