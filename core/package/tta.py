@@ -207,15 +207,14 @@ def evaluate_package_tta(pkg: "Package", items: Sequence["CohortItem"], settings
                          batch: int = 64, n_boot: int = 200, mc_samples: int | None = None) -> dict[str, Any]:
     """``core.training.evaluate.evaluate_package`` with TTA: the same metrics, plus what was run. ``settings``
     default: the package's entry in ``suite_inference.json`` (ValueError when there is none)."""
+    from ..training.evaluate import check_labels
     from ..training.metrics import classification_metrics
 
     settings = settings or load_settings(pkg)
     if settings is None:
         raise ValueError(f"no test-time augmentation settings for {pkg.path}: {SETTINGS_FILE} beside the package is "
                          "missing, has no entry for it, or was fitted on other weights.")
-    missing = sorted({it.label for it in items} - set(pkg.labels))
-    if missing:
-        raise ValueError(f"the data has labels this model does not know: {', '.join(missing)}.")
+    check_labels(pkg, items)
     cal, unc, ent = [], [], []
     for start in range(0, len(items), batch):
         cases = [it.to_case(with_mask=False) for it in items[start:start + batch]]

@@ -11,6 +11,13 @@ from ..package import Package, posterior
 from .metrics import classification_metrics
 
 
+def check_labels(pkg: Package, items: Sequence[CohortItem]) -> None:
+    """ValueError (one sentence) when the data has labels the model does not know."""
+    missing = sorted({it.label for it in items} - set(pkg.labels))
+    if missing:
+        raise ValueError(f"the data has labels this model does not know: {', '.join(missing)}.")
+
+
 def evaluate_package(pkg: Package, items: Sequence[CohortItem], batch: int = 64, n_boot: int = 200,
                      mc_samples: int | None = None, drop: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics of ``pkg`` on ``items``; ``drop``: modalities removed from every case (to measure how
@@ -22,9 +29,7 @@ def evaluate_package(pkg: Package, items: Sequence[CohortItem], batch: int = 64,
         raise ValueError(f"cannot drop '{bad[0]}'; drop image, note, metadata or spectrum.")
     if set(pkg.modalities) <= set(drop):
         raise ValueError(f"dropping {', '.join(drop)} leaves this model with no input.")
-    missing = sorted({it.label for it in items} - set(pkg.labels))
-    if missing:
-        raise ValueError(f"the data has labels this model does not know: {', '.join(missing)}.")
+    check_labels(pkg, items)
     det, mc, lv = [], [], []
     for start in range(0, len(items), batch):
         cases = [it.to_case(with_mask=False) for it in items[start:start + batch]]
