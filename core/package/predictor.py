@@ -444,11 +444,15 @@ def predict_tta(pkg: "Package", case: Case, mc_samples: int | None = None, seed:
 
 
 def _predict_tta_fitted(pkg: "Package", case: Case, settings: Any, mc_samples: int | None, seed: int) -> Prediction:
-    """``predict_tta`` with the suite's fitted settings (see :func:`core.package.tta.tta_posterior`)."""
-    from .tta import adjust, combine_views, run_views
+    """``predict_tta`` with the suite's fitted settings (see :func:`core.package.tta.tta_posterior`); the
+    original image's diagnostics, presence and warnings come from the identity view's run where the settings
+    have one (no separate plain prediction)."""
+    from .tta import adjust, combine_views, stack_runs, view_runs
 
-    base = predict(pkg, case, mc_samples, seed)
-    det, mc, lv = run_views(pkg, [case], settings.views, mc_samples, seed, settings.level)
+    runs = view_runs(pkg, [case], settings.views, mc_samples, seed, settings.level)
+    det, mc, lv = stack_runs(runs)
+    base = (predictions(pkg, [case], *runs[settings.views.index("identity")])[0] if "identity" in settings.views
+            else predict(pkg, case, mc_samples, seed))
     post = adjust(combine_views(det, mc, lv, settings.temperature, settings.combine), settings.shift,
                   settings.pool_temperature)
     note = (f"Test-time augmentation: {len(settings.views)} views ({', '.join(settings.views)}; "

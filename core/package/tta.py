@@ -152,6 +152,19 @@ def run_views(pkg: "Package", cases: Sequence["Case"], views: Sequence[str], mc_
               seed: int = 0, level: str = "pixels") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Deterministic logits [V, B, K], MC logits [V, T, B, K] and MC log-variances [V, T, B] of every view.
     Cases without an image (or a package without one) give the same numbers in every view."""
+    return stack_runs(view_runs(pkg, cases, views, mc_samples, seed, level))
+
+
+def stack_runs(runs: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`view_runs`' outputs -> deterministic logits [V, B, K], MC logits [V, T, B, K], MC log-variances [V, T, B]."""
+    return (torch.stack([d.logits for d, *_ in runs]), torch.stack([m.logits for _, m, *_ in runs]),
+            torch.stack([m.log_var for _, m, *_ in runs]))
+
+
+def view_runs(pkg: "Package", cases: Sequence["Case"], views: Sequence[str], mc_samples: int | None = None,
+              seed: int = 0, level: str = "pixels") -> list[tuple]:
+    """``core.package.predictor.run``'s outputs (deterministic, MC, presence, warnings) for every view, the
+    image encoded per view (:func:`view_features`), so a caller can also read one view's diagnostics."""
     from .predictor import run
 
     feats: list[dict[str, ModalityFeatures]] = [{} for _ in views]
@@ -159,13 +172,7 @@ def run_views(pkg: "Package", cases: Sequence["Case"], views: Sequence[str], mc_
         inputs, _, _ = prepare_batch(pkg.model, cases, skip={m for m in pkg.modalities if m != "image"})
         if inputs.get("image") is not None:
             feats = [{"image": f} for f in view_features(pkg, inputs["image"]["pixels"], views, level)]
-    det, mc, lv = [], [], []
-    for f in feats:
-        d, m, _, _ = run(pkg, cases, mc_samples, seed, f)
-        det.append(d.logits)
-        mc.append(m.logits)
-        lv.append(m.log_var)
-    return torch.stack(det), torch.stack(mc), torch.stack(lv)
+    return [run(pkg, cases, mc_samples, seed, f) for f in feats]
 
 
 def combine_views(det: torch.Tensor, mc: torch.Tensor, lv: torch.Tensor, temperature: float,
@@ -233,4 +240,5 @@ def evaluate_package_tta(pkg: "Package", items: Sequence["CohortItem"], settings
 
 
 __all__ = ["COMBINE", "FLIPS", "FORMAT", "LEVELS", "SETTINGS_FILE", "TTASettings", "VIEWS", "adjust", "apply_view", "combine_views",
-           "evaluate_package_tta", "load_settings", "run_views", "tta_posterior", "view_features"]
+           "evaluate_package_tta", "load_settings", "run_views", "stack_runs", "tta_posterior", "view_features",
+           "view_runs"]
