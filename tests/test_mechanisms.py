@@ -502,3 +502,28 @@ def test_mechanism_refit_moves_only_the_scalars_and_lowers_the_training_loss(var
     assert loss() < before
     assert set(rec) == names | {"seconds"} and rec[sorted(names)[0]]["before"] != rec[sorted(names)[0]]["after"]
     assert not any(p.requires_grad for n, p in model.named_parameters() if "dummy" in n)   # flags restored
+
+
+@pytest.mark.parametrize("variant", ["mmtm", "hierarchical"])
+def test_mechanism_refit_of_the_gate_layers(variant):
+    """train.mechanism_refit_params='mechanism' also fits the layers that make the gates (Fusion.MECHANISM_PARAMETERS,
+    at mechanism_refit_layer_lr), nothing else; the record keeps the scalars' values and the layers' relative change."""
+    from core.training.config import ConfigError, config_from_dict
+    from core.training.train import mechanism_scalars, refit_mechanism_scalars
+
+    train, _ = synthetic_split(600, 0)
+    model = synthetic_model(variant).eval()
+    names = set(mechanism_scalars(model, "mechanism"))
+    assert names > set(mechanism_scalars(model)) and any(n.endswith("weight") for n in names)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rec = refit_mechanism_scalars(model, train, TrainOptions(mechanism_refit_epochs=2, batch_size=64, seed=0,
+                                                             mechanism_refit_params="mechanism"))
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed == {f"fusion.{n}" for n in names}
+    layer = next(n for n in names if n.endswith("weight"))
+    assert rec[layer]["relative_change"] > 0 and "after" not in rec[layer]
+    assert all("after" in rec[n] for n in mechanism_scalars(model))
+    base = {"name": "x", "variant": variant, "modalities": ["image"], "out": "x", "data": {"cohort": "dermatology"}}
+    assert config_from_dict({**base, "train": {"mechanism_refit_params": "mechanism"}}).train.mechanism_refit_params == "mechanism"
+    with pytest.raises(ConfigError, match="mechanism_refit_params"):
+        config_from_dict({**base, "train": {"mechanism_refit_params": "everything"}})

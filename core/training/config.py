@@ -43,6 +43,10 @@ class TrainOptions:
                                        # level logits) on the training split for this many epochs, every other weight
                                        # frozen (they learn slowly and the network stops early; off by default)
     mechanism_refit_lr: float = 0.05
+    mechanism_refit_params: str = "scalars"  # what the refit fits: "scalars" (Fusion.MECHANISM_SCALARS) or "mechanism"
+                                       # (Fusion.MECHANISM_PARAMETERS: the scalars and the layers that make the gates)
+    mechanism_refit_layer_lr: float = 1e-3   # Adam rate of those gate layers in a "mechanism" refit (the scalars
+                                       # keep mechanism_refit_lr)
     patience: int = 6                  # early stopping on validation balanced accuracy
     loss: str = "ce"                   # "ce" | "focal"
     focal_gamma: float = 2.0
@@ -123,6 +127,9 @@ def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
     for key in ("gate_entropy_weight", "gate_balance_weight"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"'train.{key}' must be zero (off) or positive.")
+    if cfg.train.mechanism_refit_params not in ("scalars", "mechanism"):
+        raise ConfigError("'train.mechanism_refit_params' must be 'scalars' (temperature, scale / level logits) or "
+                          "'mechanism' (those and the layers that make the gates).")
     if cfg.train.loss not in ("ce", "focal"):
         raise ConfigError("'train.loss' must be 'ce' or 'focal'.")
     return cfg

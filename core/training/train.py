@@ -172,9 +172,10 @@ def fit(model: MultimodalClassifier, train: SplitTensors, val: SplitTensors, opt
     return model, info
 
 
-def mechanism_scalars(model: MultimodalClassifier) -> dict[str, torch.nn.Parameter]:
-    """The fusion's mechanism scalars (``Fusion.MECHANISM_SCALARS``): name -> parameter."""
-    names = getattr(model.fusion, "MECHANISM_SCALARS", ())
+def mechanism_scalars(model: MultimodalClassifier, scope: str = "scalars") -> dict[str, torch.nn.Parameter]:
+    """The fusion's mechanism scalars (``Fusion.MECHANISM_SCALARS``): name -> parameter; with ``scope="mechanism"``
+    all of ``Fusion.MECHANISM_PARAMETERS`` (the scalars and the layers that make the gates)."""
+    names = getattr(model.fusion, "MECHANISM_SCALARS" if scope == "scalars" else "MECHANISM_PARAMETERS", ())
     return {n: p for n, p in model.fusion.named_parameters() if any(n.endswith(s) for s in names)}
 
 
@@ -182,15 +183,18 @@ def refit_mechanism_scalars(model: MultimodalClassifier, train: SplitTensors, op
     """Fit only the fusion's mechanism scalars on the training split, every other weight frozen and dropout
     off: class-balanced batches, plain cross-entropy + the gate balance loss (not the package's focal loss or
     gate-entropy term, if it uses them) for
-    ``opts.mechanism_refit_epochs`` epochs of Adam at ``opts.mechanism_refit_lr``. Measured (README #14):
+    ``opts.mechanism_refit_epochs`` epochs of Adam at ``opts.mechanism_refit_lr`` (with
+    ``opts.mechanism_refit_params="mechanism"`` also the layers that make the gates, at
+    ``opts.mechanism_refit_layer_lr``). Measured (README #14):
     mmtm stops early (best validation epoch 4 of 20), when its scale logits still have a gradient of one
     sign on 98% of the training batches; a handful of scalars cannot overfit 7,000 cases.
     -> {name: {"before": [...], "after": [...]}, "seconds": s}."""
     from .module import balance_penalty
 
-    params = mechanism_scalars(model)
+    params = mechanism_scalars(model, opts.mechanism_refit_params)
     if not params:
         return {}
+    scalars = set(mechanism_scalars(model))
     before = {n: p.detach().clone() for n, p in params.items()}
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
@@ -198,7 +202,9 @@ def refit_mechanism_scalars(model: MultimodalClassifier, train: SplitTensors, op
     for p in params.values():
         p.requires_grad_(True)
     model.eval()
-    opt = torch.optim.Adam(list(params.values()), lr=opts.mechanism_refit_lr)
+    groups = [{"params": [p for n, p in params.items() if n in scalars], "lr": opts.mechanism_refit_lr},
+              {"params": [p for n, p in params.items() if n not in scalars], "lr": opts.mechanism_refit_layer_lr}]
+    opt = torch.optim.Adam([g for g in groups if g["params"]])
     g = torch.Generator().manual_seed(opts.seed)
     weights = torch.as_tensor(class_sample_weights(train.labels, model.n_classes)) if opts.weighted_sampler \
         else torch.ones(len(train))
@@ -218,7 +224,10 @@ def refit_mechanism_scalars(model: MultimodalClassifier, train: SplitTensors, op
     finally:
         for p, f in flags.items():
             p.requires_grad_(f)
-    return {**{n: {"before": before[n].flatten().tolist(), "after": p.detach().flatten().tolist()} for n, p in params.items()},
+    # the scalars' values; a gate layer's relative change (its values would bloat metrics.json)
+    return {**{n: {"before": before[n].flatten().tolist(), "after": p.detach().flatten().tolist()} if n in scalars
+               else {"relative_change": float((p.detach() - before[n]).norm() / before[n].norm().clamp_min(1e-12))}
+               for n, p in params.items()},
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
