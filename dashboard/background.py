@@ -15,10 +15,19 @@
   every background thread lowers its own CPU priority by 10 (``background_priority``; Linux nice is per
   thread), so the page's script and the browser drawing it win the cores while the job goes on. Off by
   default: on a loaded machine it could not be shown to help (it also slows the parts later pages need).
-* The first session of the server process starts ``warm_up``: the heavy imports, the default
-  cohort's packages loaded into the shared cache, and one prediction + explanation of a demo case
-  (allocator and kernel warm-up), while the user is still choosing a case. Streamlit has no hook
-  before the first session, so this is the earliest moment.
+* One torch thread per computing thread (``torch_threads``; ``FUSIONLENS_TORCH_THREADS``, default 1): the
+  server computes in several threads at once (the page's script, the session's job, the warm-up and preload
+  threads), and each thread that enters torch's OpenMP code brings its own team of ``torch.get_num_threads()``
+  workers; on two cores that oversubscribes them, and OpenMP's barriers then wait for descheduled workers.
+  Measured on the 2-core machine under load 6-8 (other jobs): derm-00001's cold prediction 0.11-0.15 s with one
+  thread against 1.4-5.4 s with two, the committee vote 0.12-0.14 s against 0.7-9.6 s.
+* ``warm_up`` runs once per selected package and process, as soon as a session selects it (the first session
+  gets the default cohort's; switching to another cohort warms that one, and the newer warm-up supersedes an
+  older one still running): the heavy imports, the package and the Compare page's default variants loaded into
+  the shared cache, one prediction + committee vote + small explanation of the cohort's first demo case
+  (allocator and kernel warm-up) and the figures, while the user is still choosing a case. A session's job
+  stops it between two steps (the job does the real work then). Streamlit has no hook before the first session,
+  so that is the earliest moment.
 
 Pure core calls run in the threads; no Streamlit element is drawn from them.
 """
@@ -33,6 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from core.explain import EXPLAIN_PARTS
 from core.explain.gradcam import resolve_cam
+from dashboard import trace
 
 JOB_KEY = "fl_background"          # session_state: the session's Job
 ORDER = ("modality", "cam", "lesion_context", "stability", "note", "table", "spectrum")  # the pages' order
@@ -52,6 +62,30 @@ EXIT_WAIT_S = 60.0
 
 BACKGROUND_NICE_ENV = "FUSIONLENS_BACKGROUND_NICE"
 BACKGROUND_NICE = 0     # off by default (see the module's docstring)
+TORCH_THREADS_ENV = "FUSIONLENS_TORCH_THREADS"
+TORCH_THREADS = 1       # per computing thread of the server (see the module's docstring); 0 = torch's own default
+
+
+def torch_threads() -> int:
+    """Set torch's intra-op threads for the calling thread (and torch's process-wide count) to
+    ``FUSIONLENS_TORCH_THREADS`` (default 1; 0 or unparsable leaves torch's default) -> torch's thread count.
+    Called by every page run (``state.setup_page``) and first thing in every background thread."""
+    import torch
+
+    try:
+        n = int(os.environ.get(TORCH_THREADS_ENV, TORCH_THREADS))
+    except ValueError:
+        n = 0
+    if n > 0:
+        torch.set_num_threads(n)    # OpenMP keeps the count per thread: set for this one too, even if unchanged
+    return torch.get_num_threads()
+
+
+def _thread_setup() -> int | None:
+    """First thing in a background thread: one torch thread (``torch_threads``), then the optional lower CPU
+    priority (``background_priority``, whose result is returned)."""
+    torch_threads()
+    return background_priority()
 
 
 def background_priority() -> int | None:
@@ -134,6 +168,7 @@ class Job:
 
     # -- the thread -----------------------------------------------------------------------------
     def _progress(self, part: str, ex: Any) -> None:
+        trace.event(f"job part {part}")
         with self.cond:
             self.explanation = ex
             self.done.add(part)
@@ -144,12 +179,14 @@ class Job:
     def _run_vote(self, prediction: Any) -> None:
         """The committee vote against the prediction just made (the Prediction page's referral flag), before
         the explanation's parts: ``vote(prediction) -> (CommitteeVote | None, why it failed | None)``."""
+        trace.event("job vote start")
         try:
             vote, failure = self._vote(prediction)
         except Exception as e:  # noqa: BLE001  (kept as one sentence; the page falls back to the package's own flag)
             vote, failure = None, " ".join(str(e).split()) or type(e).__name__
         with self.cond:
             self.vote, self.vote_failure = vote, failure
+            trace.event("job vote done")
             self.done.add("vote")
             self.cond.notify_all()
 
@@ -158,9 +195,11 @@ class Job:
         from core.explain import explain_case
         from core.explain.engine import ExplainCancelled
 
-        self.nice = background_priority()
+        self.nice = _thread_setup()
+        trace.event("job thread start")
         try:
             with _SLOTS:
+                trace.event("job slot acquired")
                 if self.cancel.is_set():
                     return
                 explain_case(self.pkg, self.case, parts=ORDER, progress=self._progress, cancel=self.cancel, **DEFAULTS)
@@ -168,6 +207,7 @@ class Job:
                 pkgs = self._compare_pkgs() if self._compare_pkgs is not None else []
                 if len(pkgs) >= 2 and not self.cancel.is_set():
                     cmp = compare_variants(pkgs, self.case, explain=True, reuse=[self.explanation])
+                    trace.event("job comparison done")
                     with self.cond:
                         self.comparison = cmp if tuple((p.sha256, str(p.path)) for p in pkgs) == self.compare_key else None
         except ExplainCancelled:
@@ -227,6 +267,7 @@ def ensure_job(session_state: Any, pkg: Any, case: Any, fingerprint: str,
         return job
     if job is not None:
         job.cancel.set()
+    stop_warm_up()                                 # the job does the real work now
     job = session_state[JOB_KEY] = Job(key, pkg, case, compare_pkgs, compare_key, vote, vote_key).start(attach)
     return job
 
@@ -245,11 +286,13 @@ def preload(key: Any, load: Callable[[], Any], attach: Callable[[threading.Threa
         _PRELOADED.add(key)
 
     def run() -> None:
-        background_priority()
+        _thread_setup()
+        trace.event(f"preload start {key}")
         try:
             load()
         except Exception:  # noqa: BLE001  (an optimisation; the page reports real errors)
             pass
+        trace.event("preload done")
 
     return _start_warm_thread(run, "fusionlens-preload", attach)
 
@@ -307,43 +350,109 @@ def explanation_for(job: Job, parts: Sequence[str], options: Mapping[str, Any]) 
 # ---- server warm-up -------------------------------------------------------------------------------------------------
 
 _WARM_LOCK = threading.Lock()
-_WARM: dict[str, Any] = {"started": False, "done": threading.Event(), "seconds": None, "error": None}
+_WARMED: set[tuple[str, str]] = set()    # (package folder, sha256) warmed or being warmed in this process
+# the latest warm-up: started, done (an Event set when it ended), seconds, error (repr), key, stopped (superseded
+# or a job started before it was through)
+_WARM: dict[str, Any] = {"started": False, "done": threading.Event(), "seconds": None, "error": None, "key": None,
+                         "stopped": False}
+_WARM_STOP: list[threading.Event] = [threading.Event()]   # the running warm-up's stop signal
+IMPORT_TRIES = 5
+
+
+class _WarmStopped(Exception):
+    pass
+
+
+def stop_warm_up() -> None:
+    """Stop the running warm-up at its next step (a session's job does the real work now)."""
+    _WARM_STOP[0].set()
+
+
+def _import_heavy(stop: threading.Event) -> None:
+    """The heavy imports (captum, pytorch-grad-cam, plotly, pandas through core.compare / report), tried again
+    when another thread is importing the same module right now: Python then hands this thread a partially
+    initialised module (seen on the first page run: "partially initialized module 'pandas' has no attribute
+    'Series'"), and before this retry the whole warm-up ended there."""
+    for attempt in range(IMPORT_TRIES):
+        try:
+            import core.compare
+            import core.explain
+            import core.plots
+            import core.report  # noqa: F401  (every page's report panel)
+            return
+        except (ImportError, AttributeError):
+            if attempt == IMPORT_TRIES - 1 or stop.wait(0.3):
+                raise
 
 
 def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any], same: Sequence[Mapping[str, Any]],
-            demo_case: Callable[[], Any] | None = None, attach: Callable[[threading.Thread], None] | None = None) -> bool:
-    """Start the process-wide warm-up once (the selected package and the Compare page's default
-    variants, ``same`` being the cohort's packages); True when this call started it."""
+            demo_case: Callable[[], Any] | None = None, attach: Callable[[threading.Thread], None] | None = None,
+            vote: Callable[[Any, Any, Any], Any] | None = None) -> bool:
+    """Warm the selected package once per process (see the module's docstring): the package and the Compare
+    page's default variants (``same``: the cohort's packages), one prediction of ``demo_case()`` with each, the
+    committee vote ``vote(pkg, case, prediction)`` where one was fitted, a small explanation and the figures.
+    True when this call started it; a warm-up still running for another package is stopped."""
+    key = (str(summary["path"]), str(summary.get("sha256")))
     with _WARM_LOCK:
-        if _WARM["started"]:
+        if key in _WARMED:
             return False
-        _WARM["started"] = True
+        _WARMED.add(key)
+        _WARM_STOP[0].set()                      # an older warm-up (another package) stops at its next step
+        stop = _WARM_STOP[0] = threading.Event()
+        done = threading.Event()
+        _WARM.update(started=True, done=done, seconds=None, error=None, key=key, stopped=False)
+
+    def step() -> None:
+        if stop.is_set():
+            raise _WarmStopped
 
     def run() -> None:
-        background_priority()
+        from core.explain.engine import ExplainCancelled
+
+        _thread_setup()
         t0 = time.perf_counter()
+        trace.event(f"warm-up start {summary['path']}")
+        error, stopped = None, False
         try:
-            import core.compare  # the heavy imports: captum, pytorch-grad-cam, plotly
-            import core.explain
-            import core.plots
+            _import_heavy(stop)
+            step()
             from core.explain import explain_case
 
             by_path = {s["path"]: s for s in same}
-            loaded = [load(summary)] + [load(by_path[p]) for p in default_compare_paths(summary, same)[1:] if p in by_path]
+            loaded = []
+            for s in [summary] + [by_path[p] for p in default_compare_paths(summary, same)[1:] if p in by_path]:
+                loaded.append(load(s))
+                step()
+            trace.event("warm-up loaded")
             case = demo_case() if demo_case is not None else None
             if case is not None:
                 with _SLOTS:
+                    trace.event("warm-up slot acquired")
+                    preds = []
                     for pkg in loaded:
-                        pkg.predict(case)
-                    ex = explain_case(loaded[0], case, parts=ORDER, **{**DEFAULTS, "stability_samples": 2, "ig_steps": 4,
-                                                                        "shapley_samples": 4})
+                        step()
+                        preds.append(pkg.predict(case))
+                    step()
+                    if vote is not None:
+                        vote(loaded[0], case, preds[0])
+                        trace.event("warm-up voted")
+                    ex = explain_case(loaded[0], case, parts=ORDER, cancel=stop,
+                                      **{**DEFAULTS, "stability_samples": 2, "ig_steps": 4, "shapley_samples": 4})
+                trace.event("warm-up explained")
+                step()
                 _warm_figures(ex, case)
-            import core.report  # noqa: F401  (every page's report panel)
+        except (_WarmStopped, ExplainCancelled):
+            stopped = True
         except Exception as e:  # noqa: BLE001  (warming is an optimisation; the pages report real errors)
-            _WARM["error"] = repr(e)
+            error = repr(e)
+            trace.event(f"warm-up error {e!r}")
         finally:
-            _WARM["seconds"] = round(time.perf_counter() - t0, 2)
-            _WARM["done"].set()
+            # a stopped or failed warm-up is not tried again for this package: a job came first (it warms what it
+            # uses) or the user moved on; the pages report real errors
+            if _WARM["done"] is done:             # the latest warm-up's figures (an older one only ends)
+                _WARM.update(seconds=round(time.perf_counter() - t0, 2), error=error, stopped=stopped)
+            trace.event(f"warm-up done stopped={stopped}")
+            done.set()
 
     return _start_warm_thread(run, "fusionlens-warm-up", attach)
 
@@ -378,4 +487,6 @@ def _warm_figures(ex: Any, case: Any) -> None:
 
 
 def warm_status() -> dict[str, Any]:
-    return {"started": _WARM["started"], "done": _WARM["done"].is_set(), "seconds": _WARM["seconds"], "error": _WARM["error"]}
+    """The latest warm-up: started, done, seconds, error, stopped (superseded or a job came first)."""
+    return {"started": _WARM["started"], "done": _WARM["done"].is_set(), "seconds": _WARM["seconds"],
+            "error": _WARM["error"], "stopped": _WARM["stopped"]}

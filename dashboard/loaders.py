@@ -24,7 +24,7 @@ from core.case_io import DemoCase, list_demo_cases
 from core.committee import COMMITTEE_FILE, CommitteeVote, ReferralDecision, fitted_spec, referral_signal, vote_for
 from core.errors import FusionLensError
 from core.explain import Explanation, explain_case
-from dashboard import background
+from dashboard import background, trace
 from dashboard.session_cache import SessionCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,11 @@ def package_summaries() -> tuple[list[dict[str, Any]], list[str]]:
 @st.cache_resource(show_spinner=False, max_entries=40)
 def _load(path: str, root: str, sha256: str) -> Package:
     # sha256 is part of the key: a package replaced on disk is loaded again
-    return load_package(path, root=root)
+    trace.event(f"load start {Path(path).name}")
+    try:
+        return load_package(path, root=root)
+    finally:
+        trace.event(f"load done {Path(path).name}")
 
 
 def load(summary: dict[str, Any]) -> Package:
@@ -118,7 +122,9 @@ def _job(pkg: Package, case: Case):
 
 def predict(pkg: Package, case: Case, tta: bool = False) -> Prediction:
     job = None if tta else _job(pkg, case)
+    trace.event(f"page predict wait (job {job is not None})")
     ex = job.wait(("prediction",)) if job is not None else None
+    trace.event("page predict got")
     if ex is not None:
         return ex.prediction
     if tta:
@@ -194,14 +200,18 @@ def committee_vote(pkg: Package, case: Case, prediction: Prediction,
         return None, str(e)
 
 
-def referral_ready(pkg: Package, case: Case) -> bool:
-    """Whether ``referral`` answers without waiting (no vote fitted for ``pkg``, or its vote already made)."""
+def referral_ready(pkg: Package, case: Case, wait: float = 0.0) -> bool:
+    """Whether ``referral`` answers without waiting (no vote fitted for ``pkg``, or its vote already made);
+    ``wait``: seconds to give the session's background job to finish a vote it is making."""
     stamp = committee_stamp(pkg)
     if stamp is None:
         return True
     job = _job(pkg, case)
-    if job is not None and job.vote_key == stamp and ("vote" in job.done or job.finished):
-        return True
+    if job is not None and job.vote_key == stamp:
+        if wait > 0 and job._vote is not None:
+            job.wait_vote(stamp, timeout=wait)
+        if "vote" in job.done or job.finished:
+            return True
     return (pkg.sha256, str(pkg.path), case.fingerprint(), stamp) in VOTES
 
 
@@ -216,7 +226,9 @@ def referral(pkg: Package, case: Case, prediction: Prediction | None = None) -> 
         return ReferralDecision(referral_signal(prediction, None, None, failure), None, bool(prediction.refer))
     stamp = committee_stamp(pkg)
     job = _job(pkg, case)
+    trace.event(f"page referral wait (job {job is not None})")
     answered, vote, failure = job.wait_vote(stamp) if job is not None else (False, None, None)
+    trace.event(f"page referral got answered={answered}")
     if not answered:
         key = (pkg.sha256, str(pkg.path), case.fingerprint(), stamp)
         vote, failure = VOTES.get(key) or VOTES.put(key, committee_vote(pkg, case, plain))

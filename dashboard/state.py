@@ -19,7 +19,7 @@ import streamlit as st
 
 from core import FUSIONS, RESEARCH_NOTICE, Case, CaseError, Package, Prediction
 from core.errors import FusionLensError
-from dashboard import background, loaders
+from dashboard import background, loaders, trace
 
 # ---- session-state keys -------------------------------------------------------------------------
 MODEL = "fl_model"                # folder (str) of the selected model package
@@ -79,6 +79,7 @@ def results_page(title: str, icon: str, heading: str | None = None) -> Page:
     page = setup_page(title, icon)
     st.title(heading or title)
     page.pkg = page.package()
+    trace.event(f"page package {title}")
     if page.pkg is None or page.require_case() is None:
         st.stop()
     return page
@@ -215,6 +216,8 @@ def _case_summary(case: Case | None, summary: dict[str, Any] | None) -> None:
 
 def setup_page(title: str, icon: str = ":material/search:") -> Page:
     """Page config, session defaults, the sidebar; call first on every page."""
+    trace.event(f"page run {title}")
+    background.torch_threads()   # one torch thread per computing thread of the server (dashboard/background.py)
     st.set_page_config(page_title=f"{title} · FusionLens", page_icon=icon, layout="wide")
     _init()
     summaries, problems = loaders.package_summaries()
@@ -249,7 +252,8 @@ def _first_demo_case(cohort: str | None) -> Case | None:
 
 
 def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]], case: Case | None) -> None:
-    """Warm the server once (first session), and start this session's default explanation of its case."""
+    """Warm the selected package (no case yet: ``background.warm_up``), preload its committee members, and start
+    this session's default explanation of its case."""
     if summary is None:
         return
     try:
@@ -260,9 +264,16 @@ def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]],
     except ImportError:  # pragma: no cover  (older Streamlit)
         attach = None
     same = cohort_packages(summary, summaries)
-    background.warm_up(loaders.load, summary, same, lambda: _first_demo_case(summary.get("cohort")), attach)
     _preload_committee(summary, summaries, attach)
+
     if case is None:
+        # warm the selected package while the user chooses a case (once per package and process); with a case,
+        # the session's job below does the real work at once (and would stop a warm-up)
+        def warm_vote(pkg: Package, demo: Case, pred: Prediction) -> Any:
+            return loaders.committee_vote(pkg, demo, pred, summaries) if loaders.committee_stamp(pkg) else None
+
+        background.warm_up(loaders.load, summary, same, lambda: _first_demo_case(summary.get("cohort")), attach,
+                           warm_vote)
         background.cancel_job(st.session_state)
         return
     try:

@@ -66,6 +66,14 @@ HEADLINES = {
 }
 
 
+def mark(what: str) -> None:
+    """With FUSIONLENS_TRACE set (the server's opt-in timeline, dashboard/trace.py), the browser's side too."""
+    path = os.environ.get("FUSIONLENS_TRACE", "").strip()
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{time.time():.3f} browser {what}\n")
+
+
 def settled_at(page, t_click: float, timeout_ms: float = WAIT_MS) -> tuple[float, int]:
     """(seconds from ``t_click`` to the moment the page was first done and then stayed so for QUIET_MS,
     its element count then)."""
@@ -106,15 +114,19 @@ def visit(page, name: str, reference: dict | None) -> dict:
     find, what = HEADLINES[name]
     # the previous page is done, so any element seen from now on belongs to the new run
     t = time.perf_counter()
+    mark(f"click {name}")
     h.goto_page(page, name, timeout=WAIT_MS)
+    mark(f"title {name}")
     find(page).wait_for(state="visible", timeout=WAIT_MS)
     headline = time.perf_counter() - t
+    mark(f"headline {name}")
     if reference is None:
         whole, count = settled_at(page, t)
         matched = None
     else:
         whole, count, matched = done_at(page, t, reference.get(name))
     done = time.perf_counter()
+    mark(f"done {name}")
     h.no_exception(page)
     out = {"page": name, "headline": what, "headline_s": round(headline, 2), "page_s": round(max(whole, headline), 2),
            "elements": count, "done_at": done}
@@ -130,6 +142,7 @@ def run_once(srv, browser, cohort: str, variant: str | None, demo_key: str, refe
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
     t_open = time.perf_counter()
+    mark(f"open app ({'checked' if reference is None else 'user'} pace)")
     h.open_app(page, srv.url)
     h.choose(page, "w_cohort", cohort)
     h.wait_settled(page, WAIT_MS)
@@ -143,6 +156,7 @@ def run_once(srv, browser, cohort: str, variant: str | None, demo_key: str, refe
     h.choose(page, "demo_pick", demo_key)
     h.wait_settled(page, WAIT_MS)
     t0 = time.perf_counter()
+    mark("click Load demo case")
     h.keyed(page, "demo_load").locator("button").click()
     h.main(page).get_by_text(f"from demo case {demo_key}").wait_for(timeout=WAIT_MS)
     case_loaded = time.perf_counter() - t0
@@ -151,6 +165,7 @@ def run_once(srv, browser, cohort: str, variant: str | None, demo_key: str, refe
         case_matched = None
     else:
         case_done, case_elements, case_matched = done_at(page, t0, reference.get("Case"))
+    mark("done Case")
     pages = [visit(page, name, reference) for name in ("Prediction", "Fusion internals", "Image explanations", "Attributions")]
     journey = pages[-1]["done_at"] - t0
     # the same journey less this script's own checks: the case loaded + each page until it was done

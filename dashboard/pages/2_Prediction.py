@@ -11,7 +11,7 @@ import streamlit as st
 from core import plots
 from core.committee import committee_vote, read_committee
 from core.errors import FusionLensError
-from dashboard import loaders
+from dashboard import loaders, trace
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import report_panel
 from dashboard.session_cache import SessionCache
@@ -45,17 +45,18 @@ if page.label:
     st.info(f"True label recorded with this demo case: **{md_escape(page.label)}**; the prediction {match} it.")
 
 # the referral flag: the committee vote where a committee.json was fitted for this package (core/committee.py),
-# made by the session's background job right after the prediction (dashboard/background.py), so it is normally
-# ready when the page opens; the same decision as the case report and `python -m core predict`. Its place is kept
-# here, and the charts below are drawn while it is still on its way.
+# made by the session's background job right after the prediction (dashboard/background.py); the same decision
+# as the case report and `python -m core predict`. It is part of the headline: drawn here, before the charts,
+# when the vote is made or arrives within FLAG_WAIT_S (the vote takes about a tenth of a second after the
+# prediction); otherwise its place is kept and the charts below are drawn while it is still on its way.
+FLAG_WAIT_S = 0.5
 flag_slot = st.empty()
-if not loaders.referral_ready(pkg, case):
-    flag_slot.caption(":material/hourglass_top: The referral flag: asking the suite's other fusion variants "
-                      "(this model's referral signal)…")
+decision = None
 
 
 def show_flag() -> None:
     ref = decision.referral
+    trace.event("page flag shown")
     with flag_slot.container():
         if ref.refer:
             st.warning(ref.flag, icon=":material/flag:")
@@ -66,6 +67,13 @@ def show_flag() -> None:
         if ref.secondary:
             st.caption(ref.secondary)
 
+
+if loaders.referral_ready(pkg, case, wait=FLAG_WAIT_S):
+    decision = loaders.referral(pkg, case, pred)
+    show_flag()
+else:
+    flag_slot.caption(":material/hourglass_top: The referral flag: asking the suite's other fusion variants "
+                      "(this model's referral signal)…")
 
 for w in pred.warnings:
     st.info(w)
@@ -95,8 +103,9 @@ c.metric("Epistemic (mutual information)", f"{u['epistemic']:.3f}")
 c.caption("The part from disagreement between MC-dropout samples: the model has seen too few cases like this one. "
           "High values mean the case may lie outside the training data.")
 
-decision = loaders.referral(pkg, case, pred)   # waits for the background vote where it is not there yet
-show_flag()
+if decision is None:
+    decision = loaders.referral(pkg, case, pred)   # waits for the background vote where it is not there yet
+    show_flag()
 ref = decision.referral
 
 st.subheader("Referral and accuracy")
