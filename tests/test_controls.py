@@ -281,3 +281,38 @@ def test_controls_are_never_measured_on_their_training_seed():
     assert K.EVAL_SEED != K.TRAIN_SEED and K.CONTROL_N["note"] > 700
     with pytest.raises(ValueError, match="training seed"):
         K.run_controls(["metadata"], eval_seed=K.TRAIN_SEED, tiny=True, log=lambda *_: None)
+
+
+def test_second_definition_is_reported_beside_the_criterion_never_instead():
+    """The note criterion's positive-mass reading (relevance mass accuracy) is an extra, marked row after the
+    criteria; the criteria themselves are unchanged."""
+    s = {"shapley_decisive_note": 1.0, "shapley_decisive_note_chance": 1 / 3, "note_decisive_mass": 0.5,
+         "note_decisive_mass_chance": 0.33, "note_decisive_mass_positive": 0.64}
+    assert [c["key"] for c in K.check(s, "note")] == ["shapley_decisive_note", "note_decisive_mass"]
+    rows = K.check(s, "note", second_definitions=True)
+    assert [c["passed"] for c in rows] == [True, False, True]
+    assert rows[2]["second_definition"] and rows[2]["chance"] == 0.33 and "second_definition" not in rows[1]
+    assert len(K.check(s, "lesion", second_definitions=True)) == 2   # no second definition there
+
+
+def test_evaluate_control_measures_only_the_alternatives_asked_for(monkeypatch):
+    from types import SimpleNamespace
+
+    seen = []
+    summary = {"lesion_ratio_lesion_decided": 4.0, "pointing_game_lesion_decided": 0.95, "pointing_game_lesion_decided_chance": 0.1}
+
+    def fake(pkg, items, **kw):
+        seen.append(kw.get("method"))
+        return {"accuracy": 1.0, "n": 1, "true": {"all": summary}}
+    monkeypatch.setattr(K, "cohort_faithfulness", fake)
+    pkg = SimpleNamespace(temperature=0.5, sha256="x")
+    out = K.evaluate_control(pkg, "lesion", [], alternatives=["feature occlusion"])
+    assert seen == ["gradcam", "feature_occlusion"] and [a["explainer"] for a in out["alternatives"]] == ["feature occlusion"]
+    assert [c["measure"] for c in out["alternatives"][0]["checks"]] == [
+        "lesion mass ratio [feature occlusion]", "pointing game in the lesion [feature occlusion]"]
+    seen.clear()
+    K.evaluate_control(pkg, "lesion", [], alternatives=True)
+    assert seen == ["gradcam", "pixel_ig", "feature_occlusion"]
+    seen.clear()
+    K.evaluate_control(pkg, "lesion", [])
+    assert seen == ["gradcam"]

@@ -105,7 +105,14 @@ def test_word_mass_share_and_top_feature():
              {"start": 26, "end": 36, "score": 0.0}]
     spans = [(note.index("Mole"), len(note))]
     w = C.word_mass_share(words, spans)
-    assert w == {"share": pytest.approx(2.5 / 3.0), "chance": pytest.approx(4 / 5)}  # |-1| counts as mass
+    assert w == {"share": pytest.approx(2.5 / 3.0), "chance": pytest.approx(4 / 5),  # |-1| counts as mass
+                 "positive_share": pytest.approx(1.5 / 2.0)}                            # -1 does not
+    # known answer: decisive words push the class up, decoys push both ways and cancel; the absolute share
+    # counts the cancelling pushes as mass off the decisive words, the positive share does not
+    w = C.word_mass_share([{"start": 0, "end": 5, "score": 2.0}, {"start": 7, "end": 11, "score": 1.0},
+                           {"start": 12, "end": 19, "score": -1.0}], [(0, 5)])
+    assert w["share"] == pytest.approx(0.5) and w["positive_share"] == pytest.approx(2 / 3)
+    assert np.isnan(C.word_mass_share([{"start": 0, "end": 5, "score": -1.0}], [(0, 5)])["positive_share"])
     assert C.word_mass_share(words, [])["share"] == 0.0
     rows = [{"name": "age", "integrated_gradients": 0.2}, {"name": "sex", "integrated_gradients": -0.9},
             {"name": "site", "integrated_gradients": 0.5}]

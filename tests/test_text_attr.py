@@ -150,3 +150,41 @@ def test_segment_occlusion_map_finds_the_painted_square_the_function_reads(pkg):
     m = IM.segment_occlusion_map(ctx, n_segments=16)
     assert m.max() == pytest.approx(1.0) and m[~sq.numpy()].max() == 0
     assert C.pointing_hit(m, sq.numpy()) and C.mass_ratio(m, sq.numpy()) == pytest.approx(1 / float(sq.float().mean()))
+
+
+def test_occlusion_drops_on_a_known_layer_function():
+    """f reads two cells of a [1, 2, 6, 6] feature map: occluding a cell costs exactly its share of f; every
+    other cell costs nothing; raising f (a cell below the fill) counts as 0; a 2 x 2 window averages."""
+    a = torch.zeros(1, 2, 6, 6)
+    a[0, 0, 2, 3], a[0, 1, 4, 4], a[0, 0, 0, 0] = 3.0, 2.0, -1.0
+    f = lambda act: 5 * act[:, 0, 2, 3] + act[:, 1, 4, 4] + act[:, 0, 0, 0]  # noqa: E731
+    m = IM.occlusion_drops(f, a, torch.zeros(1, 2, 1, 1), window=1, chunk=7)
+    want = torch.zeros(6, 6)
+    want[2, 3], want[4, 4] = 15.0, 2.0          # cell (0, 0) raises f when occluded: clipped to 0
+    assert torch.allclose(m, want)
+    m2 = IM.occlusion_drops(f, a, torch.zeros(1, 2, 1, 1), window=2)
+    assert m2[2, 3] == pytest.approx(15.0) and m2[0, 5] == 0 and m2.argmax() == 2 * 6 + 3
+    assert m2[1, 2] == pytest.approx(15.0 / 4)   # 4 windows cover (1, 2); only the one starting there holds (2, 3)
+
+
+def test_feature_occlusion_map_reproduces_the_model_and_finds_the_cell_it_reads(pkg, monkeypatch):
+    """The middle-stage function run on the case's own map gives the prediction's target logit; with the rest of
+    the network replaced by a function of one middle-stage cell, the map's maximum and mass lie in that cell's
+    pixels, and the median fill is the image's own."""
+    ctx = _ctx(pkg, 1)
+    f, a = IM.middle_stage_function(ctx)
+    assert float(f(a)[0]) == pytest.approx(float(ctx.target_logit()), abs=1e-4)
+    h, w = a.shape[-2:]
+    i, j = h // 2, w // 3
+    x = ctx.inputs["image"]["pixels"]
+    s = x.shape[-1]
+    cell = np.zeros((s, s), bool)
+    cell[i * s // h:(i + 1) * s // h, j * s // w:(j + 1) * s // w] = True
+    fill = a.flatten(2).median(2).values[..., None, None]
+    k = int((a[0, :, i, j] - fill[0, :, 0, 0]).abs().argmax())
+    sign = float(torch.sign(a[0, k, i, j] - fill[0, k, 0, 0]))
+    monkeypatch.setattr(IM, "middle_stage_function", lambda c: ((lambda act: sign * act[:, k, i, j]), a))
+    m = IM.feature_occlusion_map(ctx)
+    assert m.shape == (s, s) and m.max() == pytest.approx(1.0) and m.min() >= 0
+    assert C.pointing_hit(m, cell) and C.mass_ratio(m, cell) > 0.5 / float(cell.mean())
+    assert IM.image_map.__name__ and IM.PIXEL_MAPS["feature_occlusion"] == {"window": 1}

@@ -14,7 +14,8 @@ Per-map measures (pure numpy; a heatmap is any non-negative 2-D array, resized t
 * :func:`shapley_decisive` -- is the modality with the largest exact Shapley value the one the
   generator made decisive? Chance = 1 / number of present modalities (0 if the model lacks it).
 * :func:`word_mass_share` -- share of a note attribution's absolute mass on the planted (decisive)
-  words, beside the planted words' share of all words (chance).
+  words, beside the planted words' share of all words (chance); also the share of its positive mass
+  (CLEVR-XAI's relevance mass accuracy).
 * :func:`top_feature` -- the table feature with the largest absolute attribution.
 
 :func:`cohort_faithfulness` explains every case of a cohort split for the predicted class *and* for
@@ -101,14 +102,22 @@ def shapley_decisive(values: dict[str, float], evidence_modality: str) -> dict[s
 
 def word_mass_share(words: Sequence[dict[str, Any]], spans: Sequence[tuple[int, int]]) -> dict[str, float]:
     """Share of the words' absolute attribution mass on words inside ``spans`` (character ranges of the
-    planted words), and the chance level: the planted words' share of all words (a uniform attribution)."""
+    planted words), and the chance level: the planted words' share of all words (a uniform attribution).
+
+    ``positive_share``: the same share of the *positive* attribution only (the evidence for the explained
+    class), the relevance mass accuracy of CLEVR-XAI (Arras et al. 2022; Quantus' ``RelevanceMassAccuracy``:
+    "the ratio of positive attributions inside [the ground truth] to the sum of overall positive attributions").
+    Its chance level is the same word share. The absolute share also counts evidence *against* the class as
+    mass: words that move the logit down, and words whose pushes cancel, weigh as much as decisive ones."""
     if not words:
-        return {"share": float("nan"), "chance": float("nan")}
+        return {"share": float("nan"), "chance": float("nan"), "positive_share": float("nan")}
     inside = np.array([any(s <= w["start"] and w["end"] <= e for s, e in spans) for w in words])
-    mass = np.abs(np.array([float(w["score"]) for w in words]))
-    total = float(mass.sum())
+    score = np.array([float(w["score"]) for w in words])
+    mass, pos = np.abs(score), np.clip(score, 0, None)
+    total, total_pos = float(mass.sum()), float(pos.sum())
     return {"share": float(mass[inside].sum() / total) if total > 0 else float("nan"),
-            "chance": float(inside.mean())}
+            "chance": float(inside.mean()),
+            "positive_share": float(pos[inside].sum() / total_pos) if total_pos > 0 else float("nan")}
 
 
 def top_feature(rows: Sequence[dict[str, Any]], key: str = "integrated_gradients") -> str | None:
@@ -185,7 +194,7 @@ def _case_rows(pkg: Package, it: CohortItem, target: int, tag: str, correct: boo
         spans = decisive_spans(it.note, it.label)
         if spans:
             w = word_mass_share(note_words_attribution(ctx, note_method, ig_steps), spans)
-            row.update(note_mass=w["share"], note_mass_chance=w["chance"])
+            row.update(note_mass=w["share"], note_mass_chance=w["chance"], note_mass_positive=w["positive_share"])
     planted = it.extras.get("planted_feature")
     if "table" in parts and it.evidence == "metadata" and planted and ctx.has("metadata"):
         ta = table_attributions(ctx, n_steps=max(ig_steps, 8), shapley_samples=0)
@@ -237,6 +246,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     # planted words / feature (note- and metadata-decided cases)
     s["note_decisive_mass"] = _mean(by["note"], "note_mass")
     s["note_decisive_mass_chance"] = _mean(by["note"], "note_mass_chance")
+    s["note_decisive_mass_positive"] = _mean(by["note"], "note_mass_positive")   # relevance mass accuracy
     s["table_top_is_planted"] = _mean(by["metadata"], "table_top_hit")
     s["table_top_is_planted_chance"] = _mean(by["metadata"], "table_top_chance")
     s["n_table_at_baseline"] = sum(bool(r.get("table_at_baseline")) for r in by["metadata"])

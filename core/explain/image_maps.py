@@ -29,6 +29,7 @@ PIXEL_MAPS: dict[str, dict[str, Any]] = {
     "pixel_ig_skin": {"baseline": "skin", "n_steps": 16, "smooth": 8.0},
     "pixel_ig_blur": {"baseline": "blur", "n_steps": 16, "smooth": 8.0},
     "segment_occlusion": {"n_segments": 64},
+    "feature_occlusion": {"window": 1},
 }
 
 
@@ -134,13 +135,77 @@ def segment_occlusion_map(ctx: ExplainContext, n_segments: int = 64, chunk: int 
     return out / max(float(out.max()), 1e-12)
 
 
+def middle_stage_function(ctx: ExplainContext) -> tuple[Any, torch.Tensor]:
+    """(f: middle-stage maps [n, C, h, w] -> the calibrated target logit [n], the case's middle-stage map [1, C, h, w])
+    of a plain image encoder (``ImageEncoder.stage_split``: EfficientNet-Lite0's block-10 output, 14 x 14 at 224 px),
+    the rest of the model run as in the prediction (other modalities held at the case's)."""
+    from .image_ig import plain_image_encoder
+
+    enc = ctx.model.encoders["image"]
+    if not plain_image_encoder(enc):
+        raise ValueError("middle-stage maps need a plain image encoder (not a dual expert).")
+    head, tail = enc.stage_split()
+    with torch.no_grad():
+        early, a = head(ctx.inputs["image"]["pixels"])
+        early = early.mean(dim=(2, 3))
+
+    def f(act: torch.Tensor) -> torch.Tensor:
+        g = enc.from_stages([act, tail(act)], (early.expand(act.shape[0], -1),))
+        return ctx.calibrated_logits("image", g)[:, ctx.target]
+    return f, a
+
+
+def occlusion_drops(f: Any, a: torch.Tensor, fill: torch.Tensor, window: int = 1, chunk: int = 49) -> torch.Tensor:
+    """[h, w] map of ``f``'s drop when a ``window`` x ``window`` block of cells of the feature map ``a`` [1, C, h, w]
+    is replaced by ``fill`` ([1, C, 1, 1] or shaped like ``a``), stride 1, clipped at 0, each cell the mean over
+    the windows that cover it (Zeiler & Fergus occlusion on a layer; Captum's ``LayerFeatureAblation``)."""
+    h, w = a.shape[-2:]
+    fill = fill.expand_as(a)
+    cells = [(i, j) for i in range(h - window + 1) for j in range(w - window + 1)]
+    with torch.no_grad():
+        fx = f(a)[0]
+        vals = []
+        for s in range(0, len(cells), chunk):
+            batch = a.repeat(len(cells[s:s + chunk]), 1, 1, 1)
+            for k, (i, j) in enumerate(cells[s:s + chunk]):
+                batch[k, :, i:i + window, j:j + window] = fill[0, :, i:i + window, j:j + window]
+            vals.append(f(batch))
+        drop = (fx - torch.cat(vals)).clamp_min(0)
+    out, cover = torch.zeros(h, w), torch.zeros(h, w)
+    for (i, j), d in zip(cells, drop.tolist()):
+        out[i:i + window, j:j + window] += d
+        cover[i:i + window, j:j + window] += 1
+    return out / cover
+
+
+def feature_occlusion_map(ctx: ExplainContext, window: int = 1) -> np.ndarray:
+    """[H, W] non-negative map, maximum 1 (all 0 when no cell lowers the output): each 16 px cell of the middle
+    stage (14 x 14 at 224 px) gets the drop of the target logit when its features are replaced by the image's own
+    per-channel median over all cells (the features of what most of the image is: plain skin), the rest of the
+    network run on top (:func:`occlusion_drops`), upsampled bilinearly as the CAMs are. Removal-based, like the
+    pixel occlusion and segment occlusion maps, but on the stage the image controls' fine-tuned blocks read: twice
+    the last stage's resolution, and a replaced cell is a plausible feature vector, not a painted patch with new
+    edges. One forward pass of the blocks after the middle stage per cell (196), batched."""
+    import torch.nn.functional as F
+
+    f, a = middle_stage_function(ctx)
+    fill = a.flatten(2).median(2).values[..., None, None]
+    m = occlusion_drops(f, a, fill, window)[None, None]
+    size = tuple(ctx.inputs["image"]["pixels"].shape[-2:])
+    m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)[0, 0].clamp_min(0).numpy()
+    return (m / max(float(m.max()), 1e-12)).astype(np.float32)
+
+
 def image_map(ctx: ExplainContext, method: str) -> np.ndarray:
     """The map ``method`` (a key of :data:`PIXEL_MAPS`) of the case's target class."""
     if method not in PIXEL_MAPS:
         raise ValueError(f"unknown pixel map {method!r}; choose one of: {', '.join(PIXEL_MAPS)}.")
     if method == "segment_occlusion":
         return segment_occlusion_map(ctx, **PIXEL_MAPS[method])
+    if method == "feature_occlusion":
+        return feature_occlusion_map(ctx, **PIXEL_MAPS[method])
     return pixel_ig_map(ctx, **PIXEL_MAPS[method])
 
 
-__all__ = ["PIXEL_MAPS", "pixel_baseline", "pixel_ig", "pixel_ig_map", "segments", "segment_occlusion_map", "image_map"]
+__all__ = ["PIXEL_MAPS", "pixel_baseline", "pixel_ig", "pixel_ig_map", "segments", "segment_occlusion_map",
+           "middle_stage_function", "occlusion_drops", "feature_occlusion_map", "image_map"]
