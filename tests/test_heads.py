@@ -32,6 +32,26 @@ def test_head_contract(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_joint_mc_pass_of_every_head_equals_the_two_calls(name):
+    """``forward_with_samples`` (one pass, what predict and a comparison run) gives the deterministic call's
+    numbers and the MC call's samples, dropout masks included (issue 17)."""
+    torch.manual_seed(0)
+    head = build_head(16, 3, {"type": name, "hidden": 12})
+    head.eval()
+    for p in head.parameters():                     # weights away from init, so every path matters
+        p.data.add_(torch.randn_like(p) * 0.3)
+    fused = torch.randn(4, 16)
+    with torch.inference_mode():
+        det = head(fused)
+        mc = head(fused[:2], 9, torch.Generator().manual_seed(5))
+        got = head.forward_with_samples(fused, fused[:2], 9, torch.Generator().manual_seed(5))
+        other = head.forward_with_samples(fused, fused[:2], 9, torch.Generator().manual_seed(6))
+    for a, b in zip((*det, *mc), got):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(got[2], other[2])      # the samples follow the generator (dropout is drawn)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_head_learns_a_toy_task(name):
     torch.manual_seed(0)
     x = torch.randn(256, 8)

@@ -69,6 +69,23 @@ class MoEHead(nn.Module):
         h = self.norm(h)
         return _mc_view(self.logits(h), self.log_var(h).squeeze(-1), mc_samples)
 
+    def forward_with_samples(self, fused: torch.Tensor, sampled: torch.Tensor, mc_samples: int,
+                             generator: torch.Generator | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward(fused)`` (dropout off) and ``forward(sampled, mc_samples, generator)`` in one pass: the
+        rows are routed and run together, dropout touches only the sampled rows and draws their masks in
+        the order the separate call draws them (input, then each expert), so the numbers are the two
+        calls'. -> (logits [B, C], log_var [B], MC logits [T, b, C], MC log_var [T, b])."""
+        n, T = fused.shape[0], mc_samples
+        x = torch.cat([fused, _mc_expand(sampled, T)])
+        weights, _ = self.routing(x)
+        h = dropout(self.norm_in(x), self.dropout, True, generator, n)
+        h = sum(weights[:, e:e + 1] * dropout(expert(h), self.dropout, True, generator, n)
+                for e, expert in enumerate(self.experts))
+        h = self.norm(h)
+        logits, log_var = self.logits(h), self.log_var(h).squeeze(-1)
+        return logits[:n], log_var[:n], logits[n:].view(T, -1, logits.shape[-1]), log_var[n:].view(T, -1)
+
     def diagnostics(self, fused: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"expert_weights": self.routing(fused)[0]}
 
@@ -124,3 +141,16 @@ class KANHead(nn.Module):
         h = dropout(self.norm2(self.kan1(h)), self.dropout, sample, generator)
         out = self.kan2(h)
         return _mc_view(out[:, :-1], out[:, -1], mc_samples)
+
+    def forward_with_samples(self, fused: torch.Tensor, sampled: torch.Tensor, mc_samples: int,
+                             generator: torch.Generator | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward(fused)`` (dropout off) and ``forward(sampled, mc_samples, generator)`` in one pass (dropout
+        on the sampled rows only, their masks drawn in the separate call's order): the two calls' numbers.
+        -> (logits [B, C], log_var [B], MC logits [T, b, C], MC log_var [T, b])."""
+        n, T = fused.shape[0], mc_samples
+        x = torch.cat([fused, _mc_expand(sampled, T)])
+        h = dropout(torch.tanh(self.squeeze(self.norm(x))) * 2.5, self.dropout, True, generator, n)
+        h = dropout(self.norm2(self.kan1(h)), self.dropout, True, generator, n)
+        out = self.kan2(h)
+        return out[:n, :-1], out[:n, -1], out[n:, :-1].reshape(T, -1, out.shape[-1] - 1), out[n:, -1].reshape(T, -1)

@@ -73,8 +73,10 @@ class ResidualHead(nn.Module):
         pass: the same numbers and the same dropout masks as the two calls, one pass of fixed costs.
         -> (logits [B, C], log_var [B], MC logits [T, b, C], MC log_var [T, b])."""
         n, T = fused.shape[0], mc_samples
-        x = torch.cat([fused, sampled.unsqueeze(0).expand(T, *sampled.shape).reshape(-1, sampled.shape[-1])])
-        h = dropout(self.inp(x), self.dropout, True, generator, n)
+        # the input layer on each distinct row once: the T copies of a sampled row differ only after its dropout
+        y = self.inp(torch.cat([fused, sampled]))
+        h = torch.cat([y[:n], y[n:].unsqueeze(0).expand(T, *sampled.shape[:-1], y.shape[-1]).reshape(-1, y.shape[-1])])
+        h = dropout(h, self.dropout, True, generator, n)
         for blk in self.blocks:
             h = blk(h, self.dropout, True, generator, n)
         h = self.norm(h)

@@ -175,8 +175,6 @@ def stacked_residual_heads(heads: Sequence[ResidualHead], fused: torch.Tensor, n
     w = _cached_stack(heads, _head_weights)
     V, N, D = fused.shape
     p = float(h0.dropout)
-    x = torch.cat([fused, fused[:, :n].unsqueeze(1).expand(V, T, n, D).reshape(V, T * n, D)], 1)
-
     def linear(x: torch.Tensor, name: str) -> torch.Tensor:
         return torch.baddbmm(w[f"{name}.b"], x, w[f"{name}.w"])
 
@@ -189,7 +187,8 @@ def stacked_residual_heads(heads: Sequence[ResidualHead], fused: torch.Tensor, n
         keep = torch.rand((x.shape[1] - N, x.shape[2]), generator=generator) >= p
         return torch.cat([x[:, :N], x[:, N:] * keep / (1 - p)], 1)
 
-    h = dropout(linear(x, "inp"))
+    y = linear(fused, "inp")                 # the input layer once per distinct row, then the T copies
+    h = dropout(torch.cat([y, y[:, :n].unsqueeze(1).expand(V, T, n, y.shape[-1]).reshape(V, T * n, y.shape[-1])], 1))
     for i, blk in enumerate(h0.blocks):
         g = dropout(F.gelu(linear(norm(h, f"{i}.norm", blk.norm.eps), f"{i}.l1")))
         h = h + linear(g, f"{i}.l2")
