@@ -226,6 +226,51 @@ def test_text_gradients_reach_embeddings_and_freeze():
     assert enc.frozen
 
 
+def test_lean_frozen_bert_gives_transformers_numbers_and_gradients():
+    """#17: a frozen BERT in eval mode runs the lean forward (oneDNN linears, no transformers machinery): the same
+    hidden states and input gradients as transformers' forward, padded batch included; an encoder that trains
+    (parameters requiring gradients) or is in training mode keeps transformers' forward."""
+    import core.encoders.text as text
+
+    torch.manual_seed(0)
+    enc = TextEncoder("minilm", max_length=32, random_init=TINY_BERT)
+    assert not text.lean_bert_supported(enc.model)           # trainable: transformers' forward
+    enc.freeze()
+    if text._LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    assert text.lean_bert_supported(enc.model)
+    batch = enc.prepare(NOTES + ["A third, medium note about the lesion."])
+    am = batch["attention_mask"]
+    assert not am.all()                                       # padded rows take part
+    with torch.no_grad():
+        ref = enc.hidden_states(am, batch["input_ids"], lean=False)
+        got = enc.hidden_states(am, batch["input_ids"])      # the default for a frozen encoder: lean
+        feats = enc(**batch)
+    assert len(got) == len(ref) == 4
+    valid = am.bool()
+    for r, g in zip(ref, got):
+        assert torch.allclose(g[valid], r[valid], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(feats.pooled, (ref[-1] * am[..., None]).sum(1) / am.sum(1, keepdim=True), atol=1e-5)
+    # integrated gradients' use: gradients of the word embeddings, the rest frozen
+    emb = enc.embedding_layer(batch["input_ids"]).detach()
+    w = torch.randn(*emb.shape) * valid[..., None]
+    grads = []
+    for lean in (False, True):
+        x = emb.clone().requires_grad_()
+        with torch.enable_grad():
+            out = enc.hidden_states(am, inputs_embeds=x, lean=lean)[-1]
+            grads.append(torch.autograd.grad((out * w).sum(), x)[0])
+    assert float(grads[0].abs().max()) > 0
+    assert torch.allclose(grads[1], grads[0], atol=1e-5 * float(grads[0].abs().max()), rtol=0)
+    enc.model.train()
+    assert not text.lean_bert_supported(enc.model)            # training mode (dropout): transformers' forward
+    enc.model.eval()
+    import copy
+
+    q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(enc.model), {torch.nn.Linear}, dtype=torch.qint8)
+    assert not text.lean_bert_supported(q)                    # an int8 model's quantized linears: transformers'
+
+
 def test_text_missing_directory_raises(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         TextEncoder(str(tmp_path / "nope"))

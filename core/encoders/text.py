@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .base import Encoder, ModalityFeatures, masked_mean
 
@@ -108,6 +109,89 @@ def verify_directory(path: Path, pinned: dict[str, str] | None, what: str, weigh
         if found[name] != pinned[name]:
             raise ValueError(f"{what} {str(path)!r}: {name} has sha256 {found[name][:12]}… but {pinned[name][:12]}… is "
                              "pinned; the weights changed, so they are refused.")
+
+
+def _onednn_linear() -> Any:
+    """oneDNN's dense linear (``torch.ops.mkldnn._linear_pointwise``) where this torch build has it, else None."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_LINEAR = _onednn_linear()
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` with a frozen weight and bias, through oneDNN (on this CPU its sgemm is
+    ~10% faster than the MKL path ``F.linear`` takes for these shapes); the backward gives the input's gradient
+    only (``grad @ weight``, oneDNN again, on the transposed view: no copy)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return _LINEAR(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (weight,) = ctx.saved_tensors
+        return _LINEAR(grad, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None, None, None
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    return _FrozenLinear.apply(x, layer.weight, layer.bias)
+
+
+def lean_bert_supported(model: nn.Module) -> bool:
+    """True where :func:`lean_bert_hidden_states` computes what ``model(..., output_hidden_states=True)``
+    does: a plain BERT encoder (absolute positions, exact GELU, no decoder / cross-attention) in eval mode
+    with every parameter frozen, on a torch build with oneDNN's linear."""
+    cfg = getattr(model, "config", None)
+    if not (_LINEAR is not None and cfg is not None and getattr(cfg, "model_type", None) == "bert"
+            and getattr(cfg, "hidden_act", None) == "gelu" and not getattr(cfg, "is_decoder", False)
+            and not getattr(cfg, "add_cross_attention", False)
+            and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
+            and not model.training and not any(p.requires_grad for p in model.parameters())):
+        return False
+    # float32 nn.Linear layers only (an int8 model's dynamically quantized linears keep transformers' forward)
+    linears = [lin for layer in model.encoder.layer
+               for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value,
+                           layer.attention.output.dense, layer.intermediate.dense, layer.output.dense)]
+    return all(type(lin) is nn.Linear and lin.weight.dtype == torch.float32 for lin in linears)
+
+
+def lean_bert_hidden_states(model: nn.Module, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+                            inputs_embeds: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """``model(input_ids | inputs_embeds, attention_mask, output_hidden_states=True).hidden_states`` of a frozen
+    BERT in eval mode (see :func:`lean_bert_supported`), computed without transformers' per-call machinery
+    (mask building, attention interface dispatch, dropout calls, per-layer output objects) and with the
+    linear layers on oneDNN: the same operations in the same order otherwise (embeddings + token type 0 +
+    positions, layer norm; per layer: scaled dot-product attention over the unmasked keys, output dense +
+    residual + layer norm, GELU feed-forward + residual + layer norm). The word-embedding layer runs as a
+    module (its hooks fire). Integrated gradients on the note runs 25 copies of the note through here."""
+    emb = model.embeddings
+    if inputs_embeds is None:
+        inputs_embeds = emb.word_embeddings(input_ids)
+    B, L, E = inputs_embeds.shape
+    h = inputs_embeds + emb.token_type_embeddings.weight[0] + emb.position_embeddings.weight[:L]
+    h = F.layer_norm(h, (E,), emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
+    hidden = [h]
+    # every token of every row attends: no mask (the one-note case); else the padded keys are left out
+    keep = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+    for layer in model.encoder.layer:
+        att = layer.attention
+        heads = att.self.num_attention_heads
+        q, k, v = (_linear(h, lin).view(B, L, heads, E // heads).transpose(1, 2)
+                   for lin in (att.self.query, att.self.key, att.self.value))
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=att.self.scaling)
+        ctx = ctx.transpose(1, 2).reshape(B, L, E)
+        ln = att.output.LayerNorm
+        h = F.layer_norm(_linear(ctx, att.output.dense) + h, (E,), ln.weight, ln.bias, ln.eps)
+        mid = F.gelu(_linear(h, layer.intermediate.dense))
+        ln = layer.output.LayerNorm
+        h = F.layer_norm(_linear(mid, layer.output.dense) + h, (E,), ln.weight, ln.bias, ln.eps)
+        hidden.append(h)
+    return tuple(hidden)
 
 
 @contextlib.contextmanager
@@ -208,15 +292,26 @@ class TextEncoder(Encoder):
         without hooking the embedding layer)."""
         if attention_mask is None:
             raise ValueError("the text encoder needs an attention_mask.")
+        hs = self.hidden_states(attention_mask, input_ids, inputs_embeds)
+        mask = attention_mask.bool()
+        levels = tuple(masked_mean(hs[i], mask) for i in self.level_layers)
+        last = hs[-1]
+        return ModalityFeatures(masked_mean(last, mask), levels, last, mask)  # type: ignore[arg-type]
+
+    def hidden_states(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+                      inputs_embeds: torch.Tensor | None = None, lean: bool | None = None) -> tuple[torch.Tensor, ...]:
+        """The embedding output and every layer's output. A frozen BERT in eval mode (every use but training
+        it) runs :func:`lean_bert_hidden_states` (same numbers to float rounding, ~5-10% less CPU time);
+        ``lean=False`` forces transformers' own forward (the reference)."""
+        if lean is None:
+            lean = lean_bert_supported(self.model)
+        if lean:
+            return lean_bert_hidden_states(self.model, attention_mask, input_ids, inputs_embeds)
         if inputs_embeds is not None:
             out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True)
         else:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        mask = attention_mask.bool()
-        hs = out.hidden_states
-        levels = tuple(masked_mean(hs[i], mask) for i in self.level_layers)
-        last = out.last_hidden_state
-        return ModalityFeatures(masked_mean(last, mask), levels, last, mask)  # type: ignore[arg-type]
+        return tuple(out.hidden_states)
 
     def config(self) -> dict[str, Any]:
         cfg = {"source": self.source, "max_length": self.max_length, "random_init": self.random_init}

@@ -62,18 +62,26 @@ def gauss_legendre(n_steps: int) -> tuple[torch.Tensor, list[float]]:
     return torch.tensor((0.5 * w).tolist()).float(), (0.5 * (1 + x)).tolist()
 
 
-def integrated_gradients(f, x: torch.Tensor, baseline: torch.Tensor, n_steps: int, f_x: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def integrated_gradients(f, x: torch.Tensor, baseline: torch.Tensor, n_steps: int, f_x: torch.Tensor,
+                         steps_and_baseline=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrated gradients of ``f`` ([n, ...] -> [n]) at one input ``x`` [1, ...] from ``baseline`` [1, ...]
     with Gauss-Legendre steps: what Captum's ``IntegratedGradients(f).attribute(x, baseline, n_steps,
     method="gausslegendre", internal_batch_size=n_steps, return_convergence_delta=True)`` computes, in one
     forward + backward pass instead of three passes: the baseline's value rides in the steps' batch (its row
     gets no gradient) and ``f_x`` = f(x) is the value the case's context already holds. -> (attributions
-    [1, ...], convergence delta [1])."""
+    [1, ...], convergence delta [1]).
+
+    ``steps_and_baseline(steps)`` -> [n_steps + 1], where given, replaces ``f(cat(steps, baseline))``: the
+    steps' values and then the baseline's, for a caller that gets the baseline's row more cheaply than by
+    running it through ``f`` with the steps (e.g. part of it is a constant of the model)."""
     step_sizes, alphas = gauss_legendre(n_steps)
     with torch.enable_grad():
-        scaled = torch.cat([baseline + a * (x - baseline) for a in alphas] + [baseline], 0).requires_grad_()
-        out = f(scaled)
+        if steps_and_baseline is None:
+            scaled = torch.cat([baseline + a * (x - baseline) for a in alphas] + [baseline], 0).requires_grad_()
+            out = f(scaled)
+        else:
+            scaled = torch.cat([baseline + a * (x - baseline) for a in alphas], 0).requires_grad_()
+            out = steps_and_baseline(scaled)
         grads = torch.autograd.grad(torch.unbind(out[:n_steps]), scaled)[0][:n_steps]
     scaled_grads = grads.contiguous().view(n_steps, -1) * step_sizes.view(n_steps, 1)
     attr = torch.sum(scaled_grads.reshape((n_steps, 1) + tuple(x.shape[1:])), dim=0) * (x - baseline)
