@@ -14,7 +14,7 @@ from core import Case, Package
 from core.errors import FusionLensError
 from core.explain import default_parts
 from core.report import ReportError, clean_reference, make_report
-from dashboard import loaders
+from dashboard import loaders, trace
 from dashboard.session_cache import SessionCache
 
 REPORT_PARTS = default_parts("report")
@@ -40,6 +40,7 @@ def remember_comparison(case: Case, comparison: Any) -> None:
 
 def report_panel(pkg: Package, case: Case, key: str) -> None:
     """The "Case report" section: reference field, a Prepare button, then three download buttons."""
+    trace.event("page end (report panel)")
     st.divider()
     st.subheader("Case report")
     st.caption("A PDF or a self-contained HTML page (page 1: the heatmap, the calibrated prediction with its uncertainty "

@@ -56,6 +56,42 @@ GOALS = {"journey_s": 10.0, "headline_s": 1.0, "page_s": 3.0, "compare_s": 3.0}
 FLAG = re.compile("No referral flag|Advise re-check")
 # page -> (how its headline is found, what it is); the Prediction page's headline is its metrics (predicted
 # class, probability, uncertainty) and the referral flag below them, which comes last
+# The same headlines found inside the page (``_HEADLINE_JS``): the moment a page's headline is on screen is the first
+# frame drawn after it entered the DOM with a size (not stale): requestAnimationFrame runs just before that frame is
+# drawn, and a task queued from it runs after the frame. Playwright's own wait (headline_driver_s) sees it later
+# whenever the browser is busy drawing the rest of the page: it first waits for the page's title, then asks again,
+# and each check needs a free moment of the page's main thread.
+_HEADLINE_JS = r"""(() => {
+  const main = () => document.querySelector('[data-testid="stMain"]');
+  const fresh = e => { if (!e || e.closest('[data-stale="true"]')) return null;
+                       const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0 ? e : null; };
+  const find = {
+    'Prediction': () => [...(main()?.querySelectorAll('[data-testid="stAlert"]') || [])]
+                        .find(e => /No referral flag|Advise re-check/.test(e.textContent) && fresh(e)),
+    'Fusion internals': () => fresh(document.querySelector('.st-key-modality_weights_chart .main-svg')),
+    'Image explanations': () => fresh(document.querySelector('.st-key-cam_chart .main-svg')),
+    'Attributions': () => [...(main()?.querySelectorAll('[data-testid="stCaptionContainer"]') || [])]
+                          .find(e => e.textContent.includes('Red words pushed') && fresh(e)),
+    'Compare': () => [...(main()?.querySelectorAll('[data-testid="stMetric"]') || [])]
+                     .find(e => e.textContent.includes('Label agreement') && fresh(e)),
+  };
+  let armed = null, observer = null;
+  window.__flArm = name => {
+    window.__flHeadline = null;
+    armed = name;
+    if (!observer) {
+      observer = new MutationObserver(() => {
+        if (!armed || !find[armed]()) return;
+        armed = null;
+        const dom = Date.now();
+        requestAnimationFrame(() => setTimeout(() => { window.__flHeadline = {dom: dom, drawn: Date.now()}; }, 0));
+      });
+      observer.observe(document, {subtree: true, childList: true, characterData: true, attributes: true,
+                                  attributeFilter: ['data-stale', 'class', 'style']});
+    }
+  };
+})()"""
+
 HEADLINES = {
     "Prediction": (lambda p: h.main(p).locator('[data-testid="stAlert"]', has_text=FLAG).first,
                    "predicted class, uncertainty and referral flag"),
@@ -72,6 +108,45 @@ def mark(what: str) -> None:
     if path:
         with open(path, "a") as f:
             f.write(f"{time.time():.3f} browser {what}\n")
+
+
+# with FUSIONLENS_TRACE: the browser's own log (wall-clock ms): each websocket message from the server (size) and
+# each DOM change that adds or shows an element, so the trace tells the server's send, the arrival and the drawing apart
+_BROWSER_LOG_JS = """(() => {
+  const log = window.__flTrace = [];
+  const now = () => performance.timeOrigin + performance.now();
+  const WS = window.WebSocket;
+  window.WebSocket = function(...a) {
+    const ws = new WS(...a);
+    ws.addEventListener('message', e => log.push([now(), 'ws message ' + (e.data.byteLength || e.data.size || e.data.length)]));
+    return ws;
+  };
+  window.WebSocket.prototype = WS.prototype;
+  Object.assign(window.WebSocket, WS);
+  let last = 0;
+  new MutationObserver(() => {
+    const n = document.querySelectorAll('[data-testid="stElementContainer"]').length;
+    const svg = document.querySelectorAll('[data-testid="stPlotlyChart"] .main-svg').length;
+    const key = n * 1000 + svg;
+    if (key !== last) { last = key; log.push([now(), 'dom elements ' + n + ' charts drawn ' + svg]); }
+    for (const k of ['cam_chart', 'modality_weights_chart', 'prob_chart']) {
+      const e = document.querySelector('.st-key-' + k + ' .main-svg');
+      const r = e && e.getBoundingClientRect();
+      const tag = k + (r ? ' svg ' + Math.round(r.width) + 'x' + Math.round(r.height) : ' none');
+      if (window['__fl' + k] !== tag) { window['__fl' + k] = tag; log.push([now(), 'headline ' + tag]); }
+    }
+  }).observe(document, {subtree: true, childList: true});
+})()"""
+
+
+def flush_browser_log(page) -> None:
+    path = os.environ.get("FUSIONLENS_TRACE", "").strip()
+    if not path:
+        return
+    entries = page.evaluate("() => (window.__flTrace || []).splice(0)")
+    with open(path, "a") as f:
+        for t, what in entries:
+            f.write(f"{t / 1000:.3f} chromium {what}\n")
 
 
 def settled_at(page, t_click: float, timeout_ms: float = WAIT_MS) -> tuple[float, int]:
@@ -113,13 +188,17 @@ def visit(page, name: str, reference: dict | None) -> dict:
     else user pace against the checked run's counts (page name -> count)."""
     find, what = HEADLINES[name]
     # the previous page is done, so any element seen from now on belongs to the new run
-    t = time.perf_counter()
+    page.evaluate("name => window.__flArm(name)", name)
+    t, t_wall = time.perf_counter(), time.time()
     mark(f"click {name}")
     h.goto_page(page, name, timeout=WAIT_MS)
     mark(f"title {name}")
     find(page).wait_for(state="visible", timeout=WAIT_MS)
-    headline = time.perf_counter() - t
-    mark(f"headline {name}")
+    driver = time.perf_counter() - t
+    mark(f"headline (driver) {name}")
+    seen = page.wait_for_function("() => window.__flHeadline", timeout=WAIT_MS, polling=20).json_value()
+    headline = seen["drawn"] / 1000 - t_wall
+    mark(f"headline in DOM {seen['dom'] / 1000 - t_wall:.3f} drawn {headline:.3f} {name}")
     if reference is None:
         whole, count = settled_at(page, t)
         matched = None
@@ -127,8 +206,10 @@ def visit(page, name: str, reference: dict | None) -> dict:
         whole, count, matched = done_at(page, t, reference.get(name))
     done = time.perf_counter()
     mark(f"done {name}")
+    flush_browser_log(page)
     h.no_exception(page)
-    out = {"page": name, "headline": what, "headline_s": round(headline, 2), "page_s": round(max(whole, headline), 2),
+    out = {"page": name, "headline": what, "headline_s": round(headline, 2), "headline_driver_s": round(driver, 2),
+           "headline_in_dom_s": round(seen["dom"] / 1000 - t_wall, 2), "page_s": round(max(whole, headline, driver), 2),
            "elements": count, "done_at": done}
     if matched is not None:
         out["done_by_checked_element_count"] = matched
@@ -140,6 +221,9 @@ def run_once(srv, browser, cohort: str, variant: str | None, demo_key: str, refe
     element counts (page -> count, "Case" = the Case page once the demo case is loaded) for the user pace."""
     context = browser.new_context(viewport=h.VIEWPORT)
     context.set_default_timeout(WAIT_MS)
+    context.add_init_script(_HEADLINE_JS)
+    if os.environ.get("FUSIONLENS_TRACE", "").strip():
+        context.add_init_script(_BROWSER_LOG_JS)
     page = context.new_page()
     t_open = time.perf_counter()
     mark(f"open app ({'checked' if reference is None else 'user'} pace)")
@@ -202,7 +286,8 @@ def journey(env: dict, tmp: Path, tag: str, args, reference: dict | None) -> dic
                            f"{log.read_text(errors='replace')[-4000:] if log.exists() else ''}") from e
     r["load_1min_after"] = round(os.getloadavg()[0], 2)
     for p in r["pages"] + [r["compare"]]:
-        print(f"  [{r['pace']:<7}] {p['page']:<20} headline {p['headline_s']:5.2f} s   page {p['page_s']:5.2f} s"
+        print(f"  [{r['pace']:<7}] {p['page']:<20} headline {p['headline_s']:5.2f} s (driver {p['headline_driver_s']:5.2f} s)"
+              f"   page {p['page_s']:5.2f} s"
               + ("" if p.get("done_by_checked_element_count", True) else "   (fell back to the 0.8 s check)"))
     extra = (f", without the script's steadiness checks {r['journey_without_steadiness_checks_s']:.2f} s"
              if "journey_without_steadiness_checks_s" in r else "")
@@ -237,21 +322,31 @@ def main() -> int:
     ap.add_argument("--pace", choices=("both", "checked"), default="both",
                     help="both: the checked journey, then the user-pace one against its element counts")
     ap.add_argument("--note", default="", help="free text stored with the figures (e.g. what else ran)")
+    ap.add_argument("--reference", default=None,
+                    help="a journey JSON whose first checked run gives the element counts: only the user pace is run "
+                         "(quicker profiling; the goals then come from the user-pace runs alone)")
     args = ap.parse_args()
     if not Path(h.CHROMIUM).exists():
         print(f"error: no browser at {h.CHROMIUM}; install Debian's chromium (apt-get install chromium).")
         return 2
     env = {k: v for k, v in (("FUSIONLENS_MODELS", os.environ.get("FUSIONLENS_MODELS")),
                              ("FUSIONLENS_CASES", os.environ.get("FUSIONLENS_CASES"))) if v}
+    reference = None
+    if args.reference:
+        reference = element_counts(next(r for r in json.loads(Path(args.reference).read_text())["runs"]
+                                        if r["pace"] == "checked"))
     repeats = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fusionlens-journey-") as tmp:
         for i in range(args.repeats):
             try:
-                checked = journey(env, Path(tmp), f"{i}-checked", args, None)
-                runs = [checked]
-                if args.pace == "both":
-                    runs.append(journey(env, Path(tmp), f"{i}-user", args, element_counts(checked)))
+                if reference is not None:
+                    runs = [journey(env, Path(tmp), f"{i}-user", args, reference)]
+                else:
+                    checked = journey(env, Path(tmp), f"{i}-checked", args, None)
+                    runs = [checked]
+                    if args.pace == "both":
+                        runs.append(journey(env, Path(tmp), f"{i}-user", args, element_counts(checked)))
             except RuntimeError as e:
                 print(f"error: {e}")
                 return 1

@@ -10,7 +10,7 @@ from core.errors import FusionLensError
 from core.explain import CAM_METHODS
 from core.explain.gradcam import default_cam, describe_cam
 from core.explain.cohort import map_measures
-from dashboard import loaders
+from dashboard import loaders, trace
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import report_panel
 from dashboard.state import results_page, show_error, stop_on_error
@@ -26,6 +26,24 @@ if case.image is None:
             "Case page to see image explanations.")
     st.stop()
 pred = page.require_prediction()
+
+
+DISPLAY_MAP_SIDE = 112   # the maps drawn small below the heatmap (two panels of ~300 px each)
+
+
+def display_map(m) -> np.ndarray:
+    """A map for one of the small side-by-side panels: area-averaged to at most DISPLAY_MAP_SIDE pixels a side, as
+    float32. The full-size float64 maps made each of those two figures over 1 MB for the browser to decode and draw
+    (a 224 x 224 case), and the browser drew nothing else meanwhile, the heatmap above included; the computed maps
+    (report, cohort measures) keep their size."""
+    import cv2
+
+    a = np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m, dtype=np.float32)
+    h, w = a.shape[:2]
+    scale = DISPLAY_MAP_SIDE / max(h, w)
+    if a.ndim != 2 or scale >= 1:
+        return a
+    return cv2.resize(a, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def method_name(m: str) -> str:
@@ -67,6 +85,7 @@ left, right = st.columns(2)
 with left:
     st.plotly_chart(plots.cam_overlay(case.image, cam, opacity, lc.get("mask"), lc.get("ring"),
                                       f"{describe_cam(method, layer)} · P({target})"), key="cam_chart")
+    trace.event("page headline sent")
     st.caption(f"Green outline: lesion mask ({lc.get('mask_source', 'none')}); dotted white: the context ring around it. "
                "Red = regions that raised the explained class's calibrated logit.")
     if st.checkbox("Prepare a PNG of this overlay", key="cam_png"):
@@ -116,7 +135,8 @@ if lc:
                    f"the full image); only the context: {conf['context_only']:.1%} ({conf['context_only'] - full:+.1%}); "
                    f"neither: {conf['neither']:.1%}. The rest of the image is blurred, not blacked out.")
     with b:
-        st.plotly_chart(plots.heatmap_pair(lc["lesion_only_map"], lc["context_only_map"]), key="split_chart")
+        st.plotly_chart(plots.heatmap_pair(display_map(lc["lesion_only_map"]), display_map(lc["context_only_map"])),
+                        key="split_chart")
         st.caption("The heatmap kept only inside the lesion (left) and only in the context ring (right), same colour scale.")
 
 st.subheader("Stability across MC-dropout samples")
@@ -134,7 +154,8 @@ if s:
     corr = s["mean_pairwise_correlation"]
     st.metric("Mean pairwise correlation", "n/a" if not np.isfinite(corr) else f"{corr:.2f}",
               help="1 = the heatmap is the same under every MC-dropout sample of the head.")
-    st.plotly_chart(plots.stability_figure(s), key="stability_chart")
+    st.plotly_chart(plots.stability_figure({**s, "mean": display_map(s["mean"]), "std": display_map(s["std"])}),
+                    key="stability_chart")
     st.caption(f"{s['samples']} samples. Bright areas on the right change between samples: read them with care.")
 
 report_panel(pkg, case, "image_explanations_report")
