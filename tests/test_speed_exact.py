@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import torch
 from captum.attr import IntegratedGradients, ShapleyValueSampling
 
@@ -83,6 +84,31 @@ def test_explained_parts_keep_captums_numbers(tmp_path):
     _, _, mask, emb, base_emb = note_ig_inputs(enc, case.note)
     ref, _ = _captum_ig(ctx.target_fn("note", "inputs_embeds", attention_mask=mask), emb, base_emb)
     assert np.allclose(ex.note["token_scores"], ref.sum(-1)[0].numpy(), atol=1e-6)
+
+
+def test_note_ig_lean_encoder_and_baseline_apart_keep_captums_numbers(tmp_path, monkeypatch):
+    """Session 8: with a frozen text encoder (every shipped package) the note's IG runs the lean BERT forward
+    (oneDNN linears) and the pad-token baseline through the encoder apart, without a graph: token scores and
+    convergence delta equal Captum's IG through transformers' own forward (three passes, baseline in the batch)."""
+    import core.encoders.text as text
+
+    pkg = _pkg(tmp_path)
+    enc = pkg.model.encoders["note"].freeze()
+    if text._LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    assert text.lean_bert_supported(enc.model)
+    for i in (1, 2):
+        case = make_case(i)
+        ex = explain_case(pkg, case, parts=("note",))
+        ctx = ExplainContext(pkg, case)
+        _, _, mask, emb, base_emb = note_ig_inputs(enc, case.note)
+        with monkeypatch.context() as m:                       # the reference: transformers' forward, Captum
+            m.setattr(text, "lean_bert_supported", lambda model: False)
+            ref, ref_delta = _captum_ig(ctx.target_fn("note", "inputs_embeds", attention_mask=mask), emb, base_emb)
+        scores = ref.sum(-1)[0].numpy()
+        assert np.abs(scores).max() > 0 and ex.note["n_tokens"] == len(scores)
+        assert np.allclose(ex.note["token_scores"], scores, atol=1e-5 * np.abs(scores).max() + 1e-7)
+        assert abs(ex.note["convergence_delta"] - float(ref_delta.abs().max())) < 1e-5
 
 
 def test_batched_shapley_sampling_equals_captums_permutation_by_permutation(tmp_path):

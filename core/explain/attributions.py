@@ -20,6 +20,7 @@ import torch
 # captum (which pulls in matplotlib) is imported where it is used: a cohort engine's Ray actor that never
 # asks for these parts does not pay for it
 
+from ..encoders import ModalityFeatures
 from .context import ExplainContext
 
 
@@ -103,6 +104,14 @@ def ig_with_delta(f, x: torch.Tensor, baseline: torch.Tensor, n_steps: int, f_x,
                                                 internal_batch_size=internal_batch_size, return_convergence_delta=True)
 
 
+def cat_features(*feats: ModalityFeatures) -> ModalityFeatures:
+    """Encoder outputs of several batches as one batch (rows in order)."""
+    cat = lambda ts: torch.cat(list(ts), 0)  # noqa: E731
+    extras = None if not feats[0].extras else {k: cat(f.extras[k] for f in feats) for k in feats[0].extras}
+    return ModalityFeatures(cat(f.pooled for f in feats), tuple(cat(f.levels[i] for f in feats) for i in range(3)),
+                            cat(f.tokens for f in feats), cat(f.token_mask for f in feats), extras)
+
+
 def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_size: int = 24) -> dict[str, Any]:
     enc = ctx.model.encoders["note"]
     note = ctx.case.note or ""
@@ -110,7 +119,18 @@ def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_siz
     # embedding layer computes, but with no hook: the shared encoder is used as it is (no private copy).
     tok, ids, mask, emb, base_emb = note_ig_inputs(enc, note)
     f = ctx.target_fn("note", "inputs_embeds", attention_mask=mask)
-    attr, delta = ig_with_delta(f, emb, base_emb, n_steps, ctx.target_logit, internal_batch_size)
+    if internal_batch_size >= n_steps:
+        # the pad-token baseline needs its value, not its gradient: it runs through the text encoder on its own
+        # without a graph, and joins the steps' rows at the fusion (one row fewer through the encoder's backward)
+        def steps_and_baseline(steps: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                b = enc(inputs_embeds=base_emb, attention_mask=mask)
+            s = enc(inputs_embeds=steps, attention_mask=mask.expand(len(steps), -1))
+            return ctx.calibrated_logits("note", cat_features(s, b))[:, ctx.target]
+
+        attr, delta = integrated_gradients(f, emb, base_emb, n_steps, ctx.target_logit(), steps_and_baseline)
+    else:
+        attr, delta = ig_with_delta(f, emb, base_emb, n_steps, ctx.target_logit, internal_batch_size)
     token_scores = attr.sum(-1)[0].detach().numpy()
     tokens = enc.tokenizer.convert_ids_to_tokens(ids[0])
     offsets = tok["offset_mapping"][0].tolist()
