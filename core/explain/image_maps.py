@@ -185,7 +185,14 @@ def feature_occlusion_map(ctx: ExplainContext, window: int = 1) -> np.ndarray:
     network run on top (:func:`occlusion_drops`), upsampled bilinearly as the CAMs are. Removal-based, like the
     pixel occlusion and segment occlusion maps, but on the stage the image controls' fine-tuned blocks read: twice
     the last stage's resolution, and a replaced cell is a plausible feature vector, not a painted patch with new
-    edges. One forward pass of the blocks after the middle stage per cell (196), batched."""
+    edges. One forward pass of the blocks after the middle stage per cell (196), batched.
+
+    Seed 9301 validation (core/explain/controls.py, :data:`CONTROL_FEATURE_MAP`): lesion-only control lesion
+    ratio 6.31, pointing 0.98 (50 cases; last-stage Grad-CAM 2.83 / 0.32); context-only context ratio 2.24 but
+    lesion ratio 1.82. What the map cannot show is non-additivity: replacing *all* of the context-only control's
+    lesion cells at once moves its logit by -0.03 on average, all ring cells by 5.09 (lesion-only control: 3.95
+    and 0.03; 40 cases each), yet one lesion cell alone often lowers it. Occluding k-means clusters of the cells
+    (k 3-8) instead did not help (context-only lesion ratio 1.31-2.38, lesion-only pointing <= 0.80; 20 cases)."""
     import torch.nn.functional as F
 
     f, a = middle_stage_function(ctx)
