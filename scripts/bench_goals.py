@@ -29,6 +29,9 @@ def main() -> int:
     ap.add_argument("--repo", default=str(Path(__file__).resolve().parents[1]))
     ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compare-repeats", type=int, default=1,
+                    help="comparisons timed per case (default 1, as before); more give a steadier median on a busy "
+                         "machine without changing what the ratio divides")
     ap.add_argument("--memory-cases", type=int, default=30)
     ap.add_argument("--cohort", action="append", choices=["dermatology", "diabetes"])
     ap.add_argument("--json")
@@ -76,7 +79,7 @@ def main() -> int:
             for _ in range(args.repeats):  # interleaved, so drifting load hits both sides of each ratio alike
                 run("forward", partial(plain_forward, pkg, case), 1)
                 run("predict_T30", partial(pkg.predict, case, mc_samples=30), 1)
-            run("compare_all", partial(compare_variants, variants, case, explain=False), 1)
+            run("compare_all", partial(compare_variants, variants, case, explain=False), args.compare_repeats)
             t = clock()
             ex = explain_case(pkg, case, parts=FULL_PARTS, shapley_samples=0)
             S["explain_full"].append(clock() - t)
