@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import RESEARCH_NOTICE
+from core import RESEARCH_NOTICE, plots
 from dashboard import loaders
 from dashboard.auth import require_sign_in
 from dashboard.state import setup_page
@@ -42,6 +42,19 @@ for s in summaries:
     })
 if rows:
     st.dataframe(rows, hide_index=True, width="stretch", key="packages")
+    # the selected cohort's packages at a glance (drawing it also loads the browser's chart code, about 4.7 MB of
+    # JavaScript, while the user picks a model and a case, instead of on the first results page)
+    cohort = (page.summary or {}).get("cohort")
+    bars = []
+    for s in summaries:
+        v = (s.get("metrics") or {}).get("balanced_accuracy")
+        if s["cohort"] == cohort and isinstance(v, dict) and isinstance(v.get("value"), (int, float)):
+            bars.append({"model": s["name"].split("/")[-1], "variant": s["variant"], "balanced_accuracy": v["value"],
+                         "balanced_accuracy_ci95": v.get("ci95")})
+    if bars:
+        st.plotly_chart(plots.cohort_metric_bars(bars, title=f"The {cohort} cohort: balanced accuracy on each "
+                                                              "package's test split (95% interval)"),
+                        key="home_metrics_chart")
     if any(s["cohort"] == "ham10000" for s in summaries):
         st.caption("Packages of the **ham10000** cohort were trained on HAM10000 (real dermoscopy, CC BY-NC: "
                    "non-commercial research use; Tschandl et al., Sci. Data 2018) at 200 × 150 pixels. "

@@ -7,10 +7,16 @@ selects the cohort and variant, loads a demo case on the Case page, then opens P
 internals, Image explanations, Attributions and Compare (its default 3 variants, side by side) in
 that order, each for the first time, as a user clicking through would. For every page it records
 
-* headline_s: from the click on the sidebar link until the page's headline result is visible
+* headline_s: from the click on the sidebar link until the page's headline result is on screen
   (Prediction: the predicted class, its uncertainty and the referral flag; Fusion internals: the
   modality-weight chart; Image explanations: the heatmap; Attributions: the highlighted note;
-  Compare: the label agreement), and
+  Compare: the label agreement): an observer inside the page notes when the headline element is in the
+  page with a size (not a stale element of the previous run) and then the end of the first frame drawn
+  after that (a task queued from requestAnimationFrame); headline_in_dom_s is the first of the two;
+* headline_driver_s: the same headline as Playwright's wait sees it (the figure before session 8): it
+  waits for the page's title first, then asks for the headline, and each check needs a free moment of
+  the page's main thread, so while the browser draws the rest of the page it reports later than the
+  frame that showed the headline;
 * page_s: until the whole page is done (no script run, spinner, progress bar, skeleton or stale
   element; every plotly chart drawn; as many elements as the page has when it is finished).
 
@@ -31,6 +37,11 @@ machine slow every figure.
 
     python scripts/journey_timing.py [--cohort dermatology] [--variant mmtm] [--case dermatology/derm-00001]
                                      [--out docs/journey.json] [--repeats 1] [--pace both|checked]
+                                     [--reference JOURNEY.json] [--note TEXT]
+
+With FUSIONLENS_TRACE=<file> the server writes its timeline there (dashboard/trace.py: page runs, the
+background job's parts, the vote, the warm-up) and this script adds its clicks and sightings and the
+browser's own log (websocket messages, DOM changes), all in wall-clock seconds.
 """
 from __future__ import annotations
 
@@ -305,6 +316,11 @@ def goals_of(runs: list[dict]) -> dict:
                       "met": user["journey_s"] <= GOALS["journey_s"]},
         "every_headline_s": {"limit": GOALS["headline_s"], "value": max(p["headline_s"] for p in visits + compares),
                              "met": all(p["headline_s"] <= GOALS["headline_s"] for p in visits + compares)},
+        # the same headlines as Playwright's wait saw them (the measure before session 8; see the module docstring)
+        "every_headline_driver_s": {"limit": GOALS["headline_s"],
+                                    "value": max(p.get("headline_driver_s", p["headline_s"]) for p in visits + compares),
+                                    "met": all(p.get("headline_driver_s", p["headline_s"]) <= GOALS["headline_s"]
+                                               for p in visits + compares)},
         "every_page_s": {"limit": GOALS["page_s"], "value": max(p["page_s"] for p in visits),
                          "met": all(p["page_s"] <= GOALS["page_s"] for p in visits)},
         "compare_s": {"limit": GOALS["compare_s"], "value": max(c["page_s"] for c in compares),
@@ -357,7 +373,9 @@ def main() -> int:
            "how": ("each repeat: a checked journey (a page is done once it stayed so for 0.8 s; that wait is inside "
                    "its journey_s) and a user-pace journey on a fresh server (clicks on as soon as a page is done with "
                    "the checked run's element count); goals: journey_s at user pace, page and headline goals the "
-                   "worse of the two runs; the repeat with the shortest journey is 'goals'"),
+                   "worse of the two runs; the repeat with the shortest journey is 'goals'. headline_s: the first "
+                   "frame drawn after the headline entered the page (in-page observer); headline_driver_s: when "
+                   "Playwright's wait saw it (after the title, needs a free main thread; the figure before session 8)"),
            "runs": [r for rep in repeats for r in rep["runs"]], "goals_by_repeat": [r["goals"] for r in repeats],
            "goals": goals, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": args.note,
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

@@ -80,6 +80,9 @@ def test_home_lists_packages_and_every_page_renders_on_a_fresh_session(app):
     assert sorted(table["variant"]) == ["gated", "mmtm"]
     assert all(t.startswith("synthetic demo data") for t in table["training data"])
     assert at.selectbox(key="w_cohort").value == "dermatology"
+    # the selected cohort's balanced accuracy per package (also loads the browser's chart code before the results pages)
+    (bars,) = charts(at)
+    assert sorted(bars["data"][0]["x"]) == ["tiny-gated", "tiny-mmtm"] and "balanced accuracy" in bars["layout"]["title"]["text"]
     for page in PAGES:
         goto(at, page)
     assert any("No case is loaded yet" in i.value for i in at.info)

@@ -129,3 +129,113 @@ def test_work_done_ahead_can_yield_to_the_page(pkg, monkeypatch):
     job.thread.join(60)
     assert job.nice == min(19, mine + 10)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine      # not this (the page's) thread
+
+
+# ---- one torch thread per computing thread; the warm-up per selected package -------------------------------------
+
+def test_the_job_computes_with_one_torch_thread_unless_told_otherwise(pkg, monkeypatch):
+    """Every thread of the server that enters torch brings its own OpenMP team; with torch's default (one worker per
+    core) the page, the job and the warm-up oversubscribed a 2-core machine. The job's thread uses
+    FUSIONLENS_TORCH_THREADS (default 1); the caller's own thread count is left alone."""
+    import torch
+
+    mine = torch.get_num_threads()
+    seen: list[int] = []
+
+    def vote(pred):
+        seen.append(torch.get_num_threads())
+        return None, None
+
+    state: dict = {}
+    monkeypatch.delenv(background.TORCH_THREADS_ENV, raising=False)
+    job = background.ensure_job(state, pkg, make_case(9), "fp9", vote=vote, vote_key=1)
+    job.thread.join(60)
+    monkeypatch.setenv(background.TORCH_THREADS_ENV, "2")
+    job = background.ensure_job(state, pkg, make_case(10), "fp10", vote=vote, vote_key=1)
+    job.thread.join(60)
+    assert seen == [1, 2]
+    assert torch.get_num_threads() == mine
+
+
+def _summary(name: str) -> dict:
+    return {"path": f"/nowhere/{name}", "sha256": name, "variant": "gated"}
+
+
+def test_the_warm_up_runs_for_each_selected_package_and_the_newest_or_a_job_stops_an_older_one(pkg):
+    """Before, the warm-up ran once per process for the first session's package (the default cohort), so picking
+    another cohort left its packages cold for the first case. Now each selected package is warmed once (loaded,
+    a prediction, the committee vote and a small explanation of a demo case); a newer selection or a session's job
+    stops a warm-up that is still going."""
+    gate, calls = threading.Event(), []
+
+    def slow_load(summary):
+        calls.append(("load", summary["path"]))
+        gate.wait(60)
+        return pkg
+
+    def vote(p, case, pred):
+        calls.append(("vote", pred.label))
+        return None
+
+    a, b = _summary("warm-a"), _summary("warm-b")
+    assert background.warm_up(slow_load, a, [a], lambda: make_case(11), vote=vote)
+    first = background._WARM["done"]
+    assert not background.warm_up(slow_load, a, [a], lambda: make_case(11), vote=vote)   # once per package
+    assert background.warm_up(lambda s: pkg, b, [b], lambda: make_case(11), vote=vote)  # another package: warmed too
+    second = background._WARM["done"]
+    assert second.wait(120) and background.warm_status()["error"] is None
+    assert not background.warm_status()["stopped"] and ("vote", pkg.predict(make_case(11)).label) in calls
+    gate.set()
+    assert first.wait(60)
+    assert [c for c in calls if c[0] == "vote"] == [("vote", pkg.predict(make_case(11)).label)]  # a stopped: no vote
+    # a session's job stops a warm-up still going (it does the real work then)
+    gate.clear()
+    c = _summary("warm-c")
+    assert background.warm_up(slow_load, c, [c], lambda: make_case(11), vote=vote)
+    state: dict = {}
+    job = background.ensure_job(state, pkg, make_case(12), "fp12")
+    gate.set()
+    assert background._WARM["done"].wait(60) and background.warm_status()["stopped"]
+    job.thread.join(60)
+
+
+def test_the_warm_up_imports_again_when_another_thread_is_importing_the_same_module(monkeypatch):
+    """The first page run imports pandas while the warm-up does: Python then hands the warm-up a partially initialised
+    module (AttributeError), which used to end the whole warm-up; it now tries again."""
+    import builtins
+    import sys
+
+    real, failures = builtins.__import__, []
+
+    def racing(name, *a, **k):
+        if name == "core.compare" and not failures:
+            failures.append(name)
+            raise AttributeError("partially initialized module 'pandas' has no attribute 'Series' "
+                                 "(most likely due to a circular import)")
+        return real(name, *a, **k)
+
+    monkeypatch.delitem(sys.modules, "core.compare", raising=False)
+    monkeypatch.setattr(builtins, "__import__", racing)
+    background._import_heavy(threading.Event())
+    assert failures == ["core.compare"] and "core.compare" in sys.modules
+
+
+def test_the_prediction_page_gives_the_job_a_moment_to_finish_its_vote(pkg, monkeypatch):
+    """The referral flag is part of the Prediction page's headline: the page waits up to ``wait`` seconds for the
+    job's vote before drawing its charts (loaders.referral_ready), so the flag comes first when the vote is quick."""
+    from dashboard import loaders
+
+    go = threading.Event()
+
+    def vote(pred):
+        go.wait(0.3)
+        return "the vote", None
+
+    state: dict = {}
+    job = background.ensure_job(state, pkg, make_case(13), "fp13", vote=vote, vote_key=("committee.json", 1))
+    monkeypatch.setattr(loaders, "_job", lambda p, c: job)
+    monkeypatch.setattr(loaders, "committee_stamp", lambda p: ("committee.json", 1))
+    job.wait(("prediction",))
+    assert not loaders.referral_ready(pkg, make_case(13))                 # the vote is still on its way
+    assert loaders.referral_ready(pkg, make_case(13), wait=30)            # ... and made within the wait
+    job.thread.join(60)
