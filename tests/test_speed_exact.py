@@ -111,6 +111,50 @@ def test_note_ig_lean_encoder_and_baseline_apart_keep_captums_numbers(tmp_path, 
         assert abs(ex.note["convergence_delta"] - float(ref_delta.abs().max())) < 1e-5
 
 
+def test_image_ig_fast_tail_keeps_the_shipped_cnns_numbers(monkeypatch):
+    """Session 8: on the shipped dermatology package (EfficientNet-Lite0, frozen) middle-stage IG runs the CNN's tail
+    with the batch norms folded and the 1x1 convolutions as oneDNN products (channels-last): the tail's maps equal
+    ``stage_split``'s, and the IG map / convergence delta / output difference equal those through the original tail
+    (a handful of ReLU6 units sit within float rounding of a kink, so gradients there may flip: map within 2e-4 of
+    its [0, 1] scale). A hook on the tail, training mode or a trainable tail keeps the original."""
+    from pathlib import Path
+
+    from core.bench import demo_cases
+    from core.explain import image_ig as ig
+    from core.explain.engine import _context
+
+    root = Path(__file__).resolve().parents[1]
+    pkg = load_package(root / "assets" / "models" / "dermatology" / "mmtm")
+    enc = pkg.model.encoders["image"]
+    fast = ig.fast_tail(enc)
+    if fast is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    assert ig.fast_tail(enc) is fast                            # kept per encoder
+    _, tail = enc.stage_split()
+    for case in demo_cases("dermatology", 3)[::2]:
+        ctx = _context(pkg, case, None, None, True)
+        _, a, a0, _ = ig._ig_function(ctx)
+        acts = torch.cat([a0 + t * (a - a0) for t in (0.1, 0.5, 0.9)])
+        with torch.no_grad():
+            ref = tail(acts)
+            assert torch.allclose(fast(acts), ref, atol=1e-4, rtol=1e-5) and float(ref.abs().max()) > 1
+        new = ig.middle_stage_ig(ctx)
+        with monkeypatch.context() as m:
+            m.setattr(ig, "fast_tail", lambda e: None)
+            old = ig.middle_stage_ig(ctx)
+        assert float(old["map"].std()) > 0.01
+        assert float(np.abs(new["map"] - old["map"]).max()) < 2e-4
+        assert abs(new["convergence_delta"] - old["convergence_delta"]) < 1e-3 * max(1.0, old["convergence_delta"])
+        assert abs(new["output_difference"] - old["output_difference"]) < 1e-4
+    handle = enc.backbone._blocks[-1].register_forward_hook(lambda *a: None)
+    assert ig.fast_tail(enc) is None                            # a hooked tail runs as it is
+    handle.remove()
+    enc.backbone._conv_head.train()
+    assert ig.fast_tail(enc) is None
+    enc.backbone._conv_head.eval()
+    assert ig.fast_tail(enc) is fast
+
+
 def test_batched_shapley_sampling_equals_captums_permutation_by_permutation(tmp_path):
     pkg = _pkg(tmp_path)
     for i in (0, 2):

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..encoders import ModalityFeatures
+from ..encoders.text import _FrozenLinear, _LINEAR
 from .context import ExplainContext
 
 # The black image's middle-stage activation and the last-stage map the rest of the CNN makes of it depend on
@@ -123,6 +124,7 @@ def _ig_functions(ctx: ExplainContext) -> tuple[Any, Any, torch.Tensor, torch.Te
     dual = enc_full.dual_expert
     enc = enc_full.backbone if dual else enc_full
     head, tail = enc.stage_split()   # the architecture's adapter cuts it (core.encoders.image_backbones)
+    tail = fast_tail(enc) or tail
     image = ctx.inputs["image"]
     x = image["pixels"]
     kept = None if dual else stage_maps(ctx)
@@ -174,3 +176,85 @@ def _black_maps(enc: nn.Module, head: Any, tail: Any, x: torch.Tensor) -> tuple[
     with _BLACK_LOCK:
         _BLACK[enc] = {key: [a0, last0]}   # one size per encoder is kept
     return a0, last0
+
+
+# The CNN's tail (last stage + head conv) of a frozen EfficientNet-Lite0 in eval mode, as middle-stage IG runs it
+# for its 8 steps, forward and backward: every batch norm folded into the convolution before it (eval mode: an
+# affine map per channel), the 1x1 convolutions (85% of the tail's multiply-adds) as oneDNN matrix products on
+# the channels-last layout (torch runs them through its generic im2col + MKL path, whose backward is slow), the
+# depthwise convolutions on channels-last (oneDNN), ReLU6 as hardtanh(0, 6) like the block's. Same numbers to
+# float rounding (test against ``stage_split``'s tail). Folded weights are kept per encoder (~10 MB), keyed like
+# ``_BLACK`` by the parameters' versions.
+_FAST_TAIL: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _fold(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``bn(conv(x))`` as one convolution (eval-mode batch norm)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    w = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
+    b = bn.bias - bn.running_mean * scale + (0 if conv.bias is None else conv.bias * scale)
+    return w.detach().contiguous(), b.detach().contiguous()
+
+
+def _pointwise(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """A folded 1x1 convolution on channels-last ``x`` [B, C, H, W] as one matrix product -> channels-last."""
+    y = _FrozenLinear.apply(x.permute(0, 2, 3, 1), wb[0].flatten(1), wb[1])
+    return y.permute(0, 3, 1, 2)
+
+
+def _depthwise(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor], stride: tuple[int, int]) -> torch.Tensor:
+    """A folded depthwise convolution with TensorFlow's "same" padding (as ``Conv2dDynamicSamePadding``)."""
+    k = wb[0].shape[-1]
+    ih, iw = x.shape[-2:]
+    ph = max((-(-ih // stride[0]) - 1) * stride[0] + k - ih, 0)
+    pw = max((-(-iw // stride[1]) - 1) * stride[1] + k - iw, 0)
+    if ph % 2 == 0 and pw % 2 == 0:
+        return F.conv2d(x, wb[0], wb[1], stride, (ph // 2, pw // 2), 1, x.shape[1])
+    x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]).contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, wb[0], wb[1], stride, 0, 1, x.shape[1])
+
+
+def fast_tail(enc: nn.Module) -> Any:
+    """The folded channels-last tail of ``enc`` (middle stage map -> last stage map), or None where ``enc`` is not
+    a frozen EfficientNet-Lite0 in eval mode without hooks (then ``stage_split``'s tail runs)."""
+    from ..encoders.image_backbones import LITE0_CUTS
+
+    if _LINEAR is None or getattr(enc, "arch", None) != "efficientnet_lite0" or enc.training:
+        return None
+    b = enc.backbone
+    blocks = list(b._blocks)[LITE0_CUTS[1] + 1:]
+    mods = [m for blk in blocks for m in blk.modules()] + [b._conv_head, b._bn1, enc.head_act]
+    if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
+           or m.training for m in mods) or any(p.requires_grad for m in mods for p in m.parameters()):
+        return None
+    if any(blk.has_se or not isinstance(blk._swish, nn.ReLU6) for blk in blocks) or not isinstance(enc.head_act, nn.ReLU6) \
+            or any(p.dtype != torch.float32 for m in mods for p in m.parameters()):
+        return None
+    key = tuple(p._version for m in mods for p in m.parameters()) + tuple(
+        t._version for m in mods if isinstance(m, nn.BatchNorm2d) for t in (m.running_mean, m.running_var))
+    with _BLACK_LOCK:
+        hit = _FAST_TAIL.get(enc)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.no_grad():
+        plan = []
+        for blk in blocks:
+            a = blk._block_args
+            plan.append((_fold(blk._expand_conv, blk._bn0) if a.expand_ratio != 1 else None,
+                         _fold(blk._depthwise_conv, blk._bn1), tuple(blk._depthwise_conv.stride),
+                         _fold(blk._project_conv, blk._bn2),
+                         bool(blk.id_skip and a.stride == 1 and a.input_filters == a.output_filters)))
+        head = _fold(b._conv_head, b._bn1)
+
+    def tail(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for expand, dw, stride, project, skip in plan:
+            y = F.hardtanh(_pointwise(x, expand), 0.0, 6.0) if expand is not None else x
+            y = F.hardtanh(_depthwise(y, dw, stride), 0.0, 6.0)
+            y = _pointwise(y, project)
+            x = y + x if skip else y
+        return F.hardtanh(_pointwise(x, head), 0.0, 6.0)
+
+    with _BLACK_LOCK:
+        _FAST_TAIL[enc] = (key, tail)
+    return tail
