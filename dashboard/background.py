@@ -24,8 +24,9 @@
 * ``warm_up`` runs once per selected package and process, as soon as a session selects it (the first session
   gets the default cohort's; switching to another cohort warms that one, and the newer warm-up supersedes an
   older one still running): the heavy imports, the package and the Compare page's default variants loaded into
-  the shared cache, one prediction + committee vote + small explanation of the cohort's first demo case
-  (allocator and kernel warm-up) and the figures, while the user is still choosing a case. A session's job
+  the shared cache, one prediction + committee vote of the cohort's first demo case (allocator and kernel
+  warm-up) and, the first time in the process, a small explanation and the figures, while the user is still
+  choosing a case. A session's job
   stops it between two steps (the job does the real work then). Streamlit has no hook before the first session,
   so that is the earliest moment.
 
@@ -356,6 +357,7 @@ _WARMED: set[tuple[str, str]] = set()    # (package folder, sha256) warmed or be
 _WARM: dict[str, Any] = {"started": False, "done": threading.Event(), "seconds": None, "error": None, "key": None,
                          "stopped": False}
 _WARM_STOP: list[threading.Event] = [threading.Event()]   # the running warm-up's stop signal
+_EXPLAIN_WARMED = threading.Event()   # a warm-up got through its explanation and figures (once per process is enough)
 IMPORT_TRIES = 5
 
 
@@ -390,7 +392,8 @@ def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any]
             vote: Callable[[Any, Any, Any], Any] | None = None) -> bool:
     """Warm the selected package once per process (see the module's docstring): the package and the Compare
     page's default variants (``same``: the cohort's packages), one prediction of ``demo_case()`` with each, the
-    committee vote ``vote(pkg, case, prediction)`` where one was fitted, a small explanation and the figures.
+    committee vote ``vote(pkg, case, prediction)`` where one was fitted, and (first time in the process) a small
+    explanation and the figures.
     True when this call started it; a warm-up still running for another package is stopped."""
     key = (str(summary["path"]), str(summary.get("sha256")))
     with _WARM_LOCK:
@@ -436,11 +439,16 @@ def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any]
                     if vote is not None:
                         vote(loaded[0], case, preds[0])
                         trace.event("warm-up voted")
-                    ex = explain_case(loaded[0], case, parts=ORDER, cancel=stop,
-                                      **{**DEFAULTS, "stability_samples": 2, "ig_steps": 4, "shapley_samples": 4})
-                trace.event("warm-up explained")
-                step()
-                _warm_figures(ex, case)
+                    # the explainers' and the figures' first-call costs are the process's, paid once; a later
+                    # package (another cohort) needs its encoders run, which the prediction did
+                    ex = None if _EXPLAIN_WARMED.is_set() else explain_case(
+                        loaded[0], case, parts=ORDER, cancel=stop,
+                        **{**DEFAULTS, "stability_samples": 2, "ig_steps": 4, "shapley_samples": 4})
+                if ex is not None:
+                    trace.event("warm-up explained")
+                    step()
+                    _warm_figures(ex, case)
+                    _EXPLAIN_WARMED.set()
         except (_WarmStopped, ExplainCancelled):
             stopped = True
         except Exception as e:  # noqa: BLE001  (warming is an optimisation; the pages report real errors)

@@ -185,6 +185,7 @@ def test_the_warm_up_runs_for_each_selected_package_and_the_newest_or_a_job_stop
     second = background._WARM["done"]
     assert second.wait(120) and background.warm_status()["error"] is None
     assert not background.warm_status()["stopped"] and ("vote", pkg.predict(make_case(11)).label) in calls
+    assert background._EXPLAIN_WARMED.is_set()          # the explainers' first-call costs: paid once per process
     gate.set()
     assert first.wait(60)
     assert [c for c in calls if c[0] == "vote"] == [("vote", pkg.predict(make_case(11)).label)]  # a stopped: no vote

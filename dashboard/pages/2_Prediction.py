@@ -15,7 +15,7 @@ from dashboard import loaders, trace
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import report_panel
 from dashboard.session_cache import SessionCache
-from dashboard.state import cohort_packages, md_escape, results_page, show_error
+from dashboard.state import cohort_packages, headline_sent, md_escape, results_page, show_error
 from dashboard.whatif_ui import whatif_panel
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
@@ -56,7 +56,6 @@ decision = None
 
 def show_flag() -> None:
     ref = decision.referral
-    trace.event("page flag shown")
     with flag_slot.container():
         if ref.refer:
             st.warning(ref.flag, icon=":material/flag:")
@@ -71,6 +70,7 @@ def show_flag() -> None:
 if loaders.referral_ready(pkg, case, wait=FLAG_WAIT_S):
     decision = loaders.referral(pkg, case, pred)
     show_flag()
+    headline_sent()
 else:
     flag_slot.caption(":material/hourglass_top: The referral flag: asking the suite's other fusion variants "
                       "(this model's referral signal)…")
@@ -106,6 +106,7 @@ c.caption("The part from disagreement between MC-dropout samples: the model has 
 if decision is None:
     decision = loaders.referral(pkg, case, pred)   # waits for the background vote where it is not there yet
     show_flag()
+    trace.event("page headline sent")
 ref = decision.referral
 
 st.subheader("Referral and accuracy")

@@ -9,10 +9,10 @@ import streamlit as st
 
 from core import FUSIONS, plots
 from core.explain.mechanisms import readings as mechanism_readings, record_of as mechanism_record
-from dashboard import loaders, trace
+from dashboard import loaders
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import report_panel
-from dashboard.state import md_escape, results_page, stop_on_error
+from dashboard.state import headline_sent, md_escape, results_page, stop_on_error
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = results_page("Fusion internals", ":material/hub:")
@@ -38,7 +38,7 @@ with left:
     w = arr(diag["modality_weights"])
     st.plotly_chart(plots.modality_bars(dict(zip(mods, w)), "Modality weights (this variant's own mechanism)",
                                         reference=1 / len(mods)), key="modality_weights_chart")
-    trace.event("page headline sent")
+    headline_sent()
     st.caption("Each input's share of the fused vector by the variant's mechanism; the dotted line is an equal share.")
 with right:
     if "gates" in diag:

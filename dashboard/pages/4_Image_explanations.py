@@ -10,10 +10,10 @@ from core.errors import FusionLensError
 from core.explain import CAM_METHODS
 from core.explain.gradcam import default_cam, describe_cam
 from core.explain.cohort import map_measures
-from dashboard import loaders, trace
+from dashboard import loaders
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import report_panel
-from dashboard.state import results_page, show_error, stop_on_error
+from dashboard.state import headline_sent, results_page, show_error, stop_on_error
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = results_page("Image explanations", ":material/image:")
@@ -85,7 +85,7 @@ left, right = st.columns(2)
 with left:
     st.plotly_chart(plots.cam_overlay(case.image, cam, opacity, lc.get("mask"), lc.get("ring"),
                                       f"{describe_cam(method, layer)} · P({target})"), key="cam_chart")
-    trace.event("page headline sent")
+    headline_sent()
     st.caption(f"Green outline: lesion mask ({lc.get('mask_source', 'none')}); dotted white: the context ring around it. "
                "Red = regions that raised the explained class's calibrated logit.")
     if st.checkbox("Prepare a PNG of this overlay", key="cam_png"):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 from core import plots
-from dashboard import loaders, trace
+from dashboard import loaders
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import report_panel
-from dashboard.state import results_page, stop_on_error
+from dashboard.state import headline_sent, results_page, stop_on_error
 
 require_sign_in()  # the sign-in gate (dashboard/auth.py): nothing below renders for a signed-out user
 page = results_page("Attributions", ":material/highlight:")
@@ -37,7 +37,7 @@ st.subheader("Clinical note")
 if ex.note:
     # the note is user text: note_highlight_html escapes every piece of it before adding the highlights
     st.markdown(plots.note_highlight_html(case.note or "", ex.note["words"]), unsafe_allow_html=True)
-    trace.event("page headline sent")
+    headline_sent()
     st.caption(f"Red words pushed P({target}) up, blue words pushed it down (layer integrated gradients on the word "
                "embeddings, word pieces merged into words; hover a word for its score).")
     if ex.note.get("truncated"):
