@@ -266,8 +266,11 @@ def test_lean_frozen_bert_gives_transformers_numbers_and_gradients():
     assert not text.lean_bert_supported(enc.model)            # training mode (dropout): transformers' forward
     enc.model.eval()
     import copy
+    import warnings
 
-    q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(enc.model), {torch.nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():                            # torch.ao.quantization's deprecation notices
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(enc.model), {torch.nn.Linear}, dtype=torch.qint8)
     assert not text.lean_bert_supported(q)                    # an int8 model's quantized linears: transformers'
 
 
