@@ -272,6 +272,7 @@ def test_lean_frozen_bert_gives_transformers_numbers_and_gradients():
         warnings.simplefilter("ignore")
         q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(enc.model), {torch.nn.Linear}, dtype=torch.qint8)
     assert not text.lean_bert_supported(q)                    # an int8 model's quantized linears: transformers'
+    assert not text.lean_bert_supported(copy.deepcopy(enc.model).to("meta"))  # off the CPU (oneDNN is CPU-only)
 
 
 def test_text_missing_directory_raises(tmp_path):

@@ -153,6 +153,9 @@ def test_image_ig_fast_tail_keeps_the_shipped_cnns_numbers(monkeypatch):
     assert ig.fast_tail(enc) is None
     enc.backbone._conv_head.eval()
     assert ig.fast_tail(enc) is fast
+    import copy
+
+    assert ig.fast_tail(copy.deepcopy(enc).to("meta")) is None   # off the CPU: the original tail
 
 
 def test_batched_shapley_sampling_equals_captums_permutation_by_permutation(tmp_path):

@@ -145,14 +145,14 @@ def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
 def lean_bert_supported(model: nn.Module) -> bool:
     """True where :func:`lean_bert_hidden_states` computes what ``model(..., output_hidden_states=True)``
     does: a plain BERT encoder (absolute positions, exact GELU, no decoder / cross-attention) in eval mode
-    with every parameter frozen, on a torch build with oneDNN's linear."""
+    with every parameter frozen and on the CPU, on a torch build with oneDNN's linear."""
     cfg = getattr(model, "config", None)
     if not (_LINEAR is not None and cfg is not None and getattr(cfg, "model_type", None) == "bert"
             and getattr(cfg, "hidden_act", None) == "gelu" and not getattr(cfg, "is_decoder", False)
             and not getattr(cfg, "add_cross_attention", False)
             and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
-            and not model.training and not any(p.requires_grad for p in model.parameters())):
-        return False
+            and not model.training and not any(p.requires_grad or p.device.type != "cpu" for p in model.parameters())):
+        return False   # oneDNN's linear is a CPU kernel: a model on a GPU keeps transformers' forward
     # float32 nn.Linear layers only (an int8 model's dynamically quantized linears keep transformers' forward)
     linears = [lin for layer in model.encoder.layer
                for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value,

@@ -216,7 +216,7 @@ def _depthwise(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor], stride: t
 
 def fast_tail(enc: nn.Module) -> Any:
     """The folded channels-last tail of ``enc`` (middle stage map -> last stage map), or None where ``enc`` is not
-    a frozen EfficientNet-Lite0 in eval mode without hooks (then ``stage_split``'s tail runs)."""
+    a frozen float32 EfficientNet-Lite0 on the CPU in eval mode without hooks (then ``stage_split``'s tail runs)."""
     from ..encoders.image_backbones import LITE0_CUTS
 
     if _LINEAR is None or getattr(enc, "arch", None) != "efficientnet_lite0" or enc.training:
@@ -228,8 +228,8 @@ def fast_tail(enc: nn.Module) -> Any:
            or m.training for m in mods) or any(p.requires_grad for m in mods for p in m.parameters()):
         return None
     if any(blk.has_se or not isinstance(blk._swish, nn.ReLU6) for blk in blocks) or not isinstance(enc.head_act, nn.ReLU6) \
-            or any(p.dtype != torch.float32 for m in mods for p in m.parameters()):
-        return None
+            or any(p.dtype != torch.float32 or p.device.type != "cpu" for m in mods for p in m.parameters()):
+        return None   # float32 on the CPU only (oneDNN's linear is a CPU kernel)
     key = tuple(p._version for m in mods for p in m.parameters()) + tuple(
         t._version for m in mods if isinstance(m, nn.BatchNorm2d) for t in (m.running_mean, m.running_var))
     with _BLACK_LOCK:
