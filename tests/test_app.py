@@ -335,3 +335,29 @@ def test_metadata_fields_are_validated_one_by_one():
     valid, errors = validate_metadata_fields(TabularSchema(SCHEMA), {"age": 200, "sex": "Male", "site": None})
     assert valid == {"sex": "male"}
     assert errors == {"metadata.age": "age (years) = 200 is outside the allowed range (0 to 120 years)."}
+
+
+def test_image_explanation_maps_are_drawn_at_most_112_cells_a_side_over_the_same_pixels():
+    """The maps drawn on the Image explanations page (the heatmap over the image, the lesion-only / context-only pair,
+    the stability maps) go to the browser area-averaged to at most 112 cells a side as float32: at full size each
+    figure was 0.5-1.2 MB for the browser to decode and draw before it showed anything (the encoder's finest grid
+    is 28 x 28 cells for a 224-pixel image, so nothing is lost)."""
+    import numpy as np
+
+    from core import plots
+    from dashboard.figures import DISPLAY_MAP_SIDE, display_map, light_overlay
+
+    rng = np.random.default_rng(0)
+    cam = np.kron(rng.random((28, 28)), np.ones((8, 8)))              # a 28 x 28 map stretched to 224 x 224
+    small = display_map(cam)
+    assert small.shape == (112, 112) and small.dtype == np.float32
+    assert np.allclose(small, np.kron(cam[::8, ::8], np.ones((4, 4))), atol=1e-6)   # area means: the same map
+    assert display_map(cam[:40, :48]).shape == (40, 48)                  # small maps are left as they are
+    image = rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    full = plots.cam_overlay(image, cam, 0.5, None, None, "t")
+    fig = light_overlay(plots.cam_overlay(image, cam, 0.5, None, None, "t"))
+    heat = next(t for t in fig.data if t.type == "heatmap")
+    assert np.asarray(heat.z).shape == (DISPLAY_MAP_SIDE, DISPLAY_MAP_SIDE)
+    # cell j covers image pixels 2j and 2j+1: its centre is 2j + 0.5 in the image trace's pixel coordinates
+    assert (heat.x0, heat.dx, heat.y0, heat.dy) == (0.5, 2.0, 0.5, 2.0)
+    assert len(fig.to_json()) < 0.6 * len(full.to_json())

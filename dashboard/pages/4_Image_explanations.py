@@ -11,6 +11,7 @@ from core.explain import CAM_METHODS
 from core.explain.gradcam import default_cam, describe_cam
 from core.explain.cohort import map_measures
 from dashboard import loaders
+from dashboard.figures import display_map, light_overlay
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import report_panel
 from dashboard.state import headline_sent, results_page, show_error, stop_on_error
@@ -26,24 +27,6 @@ if case.image is None:
             "Case page to see image explanations.")
     st.stop()
 pred = page.require_prediction()
-
-
-DISPLAY_MAP_SIDE = 112   # the maps drawn small below the heatmap (two panels of ~300 px each)
-
-
-def display_map(m) -> np.ndarray:
-    """A map for one of the small side-by-side panels: area-averaged to at most DISPLAY_MAP_SIDE pixels a side, as
-    float32. The full-size float64 maps made each of those two figures over 1 MB for the browser to decode and draw
-    (a 224 x 224 case), and the browser drew nothing else meanwhile, the heatmap above included; the computed maps
-    (report, cohort measures) keep their size."""
-    import cv2
-
-    a = np.asarray(m.detach().cpu().numpy() if hasattr(m, "detach") else m, dtype=np.float32)
-    h, w = a.shape[:2]
-    scale = DISPLAY_MAP_SIDE / max(h, w)
-    if a.ndim != 2 or scale >= 1:
-        return a
-    return cv2.resize(a, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def method_name(m: str) -> str:
@@ -83,8 +66,8 @@ cam = ex.cams[method]
 lc = ex.lesion_context or {}
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(plots.cam_overlay(case.image, cam, opacity, lc.get("mask"), lc.get("ring"),
-                                      f"{describe_cam(method, layer)} · P({target})"), key="cam_chart")
+    st.plotly_chart(light_overlay(plots.cam_overlay(case.image, cam, opacity, lc.get("mask"), lc.get("ring"),
+                                                    f"{describe_cam(method, layer)} · P({target})")), key="cam_chart")
     headline_sent()
     st.caption(f"Green outline: lesion mask ({lc.get('mask_source', 'none')}); dotted white: the context ring around it. "
                "Red = regions that raised the explained class's calibrated logit.")
