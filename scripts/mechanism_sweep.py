@@ -74,7 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="sweep-"))
     if args.from_package:
         pkg = load_package(args.from_package)
-        raw = json.loads((Path(args.from_package) / "config.json").read_text())["train_config"]
+        pkg_cfg = json.loads((Path(args.from_package) / "config.json").read_text())
+        raw = pkg_cfg["train_config"]
+        # load_package freezes every weight for inference; the encoders the package trained stay trainable, so that
+        # a saved refit records them as it found them ("frozen": false), not as frozen
+        for m, enc_cfg in pkg_cfg["architecture"]["modalities"].items():
+            if not enc_cfg.get("frozen", False):
+                pkg.model.encoders[m].requires_grad_(True)
         if raw["variant"] != args.variant:
             ap.error(f"{args.from_package} is a '{raw['variant']}' package.")
         raw["out"] = str(tmp / "out")
