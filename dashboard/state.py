@@ -310,8 +310,10 @@ def _work_ahead(summary: dict[str, Any] | None, summaries: list[dict[str, Any]],
     chosen = [by_path[p] for p in paths if p in by_path]
     key = tuple((str(s.get("sha256")), s["path"]) for s in chosen) if len(chosen) >= 2 else None
 
+    load = loaders.load   # the loader of the run that started the job (the job loads them after the explanation)
+
     def compare_pkgs() -> list[Package]:
-        return [loaders.load(s) for s in chosen] if key else []
+        return [load(s) for s in chosen] if key else []
 
     background.ensure_job(st.session_state, pkg, case, case.fingerprint(), compare_pkgs, key, attach, vote, stamp)
 
