@@ -64,7 +64,8 @@ CRITERIA: dict[str, list[tuple[str, str | float, str, float, str]]] = {
 #: (seed 9301 validation, 30 cases, pad-baseline IG): the decoy words' scores sum to +0.67 against the planted
 #: words' +5.86, yet their absolute scores sum to 7.10 against 7.21 -- large pushes both ways that cancel; the
 #: absolute share (0.50) counts those pushes, and evidence against the class, as mass off the planted words;
-#: the positive share is 0.64 (randomised copy, 15 cases: 0.35 / 0.34; chance 0.33 / 0.35).
+#: the positive share is 0.64 (randomised copy, 15 cases: 0.35 / 0.34; chance 0.33 / 0.35). Fresh seed 9305 (70
+#: cases): absolute 0.51, positive 0.62 (chance 0.34); randomised copy 0.34 / 0.32.
 SECOND_DEFINITIONS: dict[str, list[tuple[str, str | float, str, float, str]]] = {
     "note": [("note_decisive_mass_positive", "note_decisive_mass_chance", ">=", 0.6,
               "note IG positive mass on the planted words (relevance mass accuracy)")],
@@ -311,6 +312,8 @@ CONTROL_PIXEL_MAP = "pixel_ig"
 #:   (last-stage Grad-CAM, the product's, on the same cases: 2.83 / 0.32; 1.74 / 1.71)
 #: Rule: most criteria met with the randomised copy failing each, then the lowest context-only lesion ratio.
 #: No map of this stage meets the context-only lesion ratio <= 1 and the lesion-only pointing game together.
+#: Fresh seed 9305 (70 cases; assets/models/dermatology/controls_9305.json): lesion-only 6.42 / 0.94 (chance 0.10),
+#: context-only context ratio 2.14, lesion ratio 2.19; randomised copies 2.50 / 0.61, 1.28 / 1.86 (fail all four).
 CONTROL_FEATURE_MAP = "feature_occlusion"
 CONTROL_NOTE_METHODS: tuple[str, ...] = ("ig_unk", "word_occlusion")
 ALTERNATIVES: dict[str, list[tuple[str, dict[str, Any]]]] = {
