@@ -361,3 +361,12 @@ def test_image_explanation_maps_are_drawn_at_most_112_cells_a_side_over_the_same
     # cell j covers image pixels 2j and 2j+1: its centre is 2j + 0.5 in the image trace's pixel coordinates
     assert (heat.x0, heat.dx, heat.y0, heat.dy) == (0.5, 2.0, 0.5, 2.0)
     assert len(fig.to_json()) < 0.6 * len(full.to_json())
+    # the image itself goes as a lossless PNG (plotly.js would otherwise make that PNG from z in the page's main thread)
+    import base64
+    import io
+
+    from PIL import Image
+
+    (img,) = [t for t in fig.data if t.type == "image"]
+    assert img.z is None and img.source.startswith("data:image/png;base64,")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(img.source.split(",", 1)[1])))), image)

@@ -99,10 +99,11 @@ if ex.lesion_stream_cam is not None:
              help="The model's own weight on the lesion stream for this case; 1 - w_l goes to the whole image.")
     a.caption("Near 1: the model decides from the lesion crop. Near 0: it leans on the whole image, the context.")
     with b:
-        fig = plots.cam_overlay(case.image, ex.lesion_stream_cam, opacity, lc.get("mask"), None, "lesion stream")
+        fig = light_overlay(plots.cam_overlay(case.image, ex.lesion_stream_cam, opacity, lc.get("mask"), None,
+                                              "lesion stream"))
         st.plotly_chart(fig, key="lesion_stream_chart")
     with c:
-        st.plotly_chart(plots.cam_overlay(case.image, cam, opacity, lc.get("mask"), None, "global stream"),
+        st.plotly_chart(light_overlay(plots.cam_overlay(case.image, cam, opacity, lc.get("mask"), None, "global stream")),
                         key="global_stream_chart")
     st.caption("Each stream's Grad-CAM for the same class: the lesion stream sees only the crop around the lesion "
                "(zero outside it), the global stream the whole image; the other stream is held fixed.")

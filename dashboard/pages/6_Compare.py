@@ -9,6 +9,7 @@ from core.compare import cohort_metrics
 from core.explain.mechanisms import readings as mechanism_readings
 from core.plots.prediction import package_labels
 from dashboard import background, loaders
+from dashboard.figures import light_overlay
 from dashboard.auth import require_sign_in
 from dashboard.report_ui import remember_comparison, report_panel
 from dashboard.state import cohort_packages, md_escape, results_page, stop_on_error
@@ -118,7 +119,7 @@ if explain:
             if ex is not None and ex.cams and case.image is not None:
                 cam = next(iter(ex.cams.values()))
                 mask = ex.lesion_context["mask"] if ex.lesion_context else None
-                fig = plots.cam_overlay(case.image, cam, 0.5, mask)
+                fig = light_overlay(plots.cam_overlay(case.image, cam, 0.5, mask))
                 fig.update_layout(height=260, margin=dict(l=0, r=0, t=0, b=0), showlegend=False)
                 fig.update_traces(showscale=False, selector=dict(type="heatmap"))
                 st.plotly_chart(fig, key=f"cmp_cam_{i}")
