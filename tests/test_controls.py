@@ -257,7 +257,13 @@ def test_cli_faithfulness_controls_table_and_usage_errors(monkeypatch, capsys):
     assert seen["alternatives"] is False   # the alternative explainers (~4x the time) only when asked
     assert main(["faithfulness", "--controls", "--sources", "note", "--alternatives"]) == 0
     assert seen["alternatives"] is True
+    assert main(["faithfulness", "--controls", "--sources", "lesion", "--alternatives", "feature occlusion, pixel IG"]) == 0
+    assert seen["alternatives"] == ["feature occlusion", "pixel IG"]
     capsys.readouterr()
+    assert main(["faithfulness", "--controls", "--alternatives", "feature occlusions"]) != 0   # a typo: one sentence
+    err = capsys.readouterr().err
+    assert "unknown alternative explainer 'feature occlusions'" in err and "feature occlusion" in err
+    assert "Traceback" not in err
     assert main(["faithfulness"]) != 0
     assert "give model package folders" in capsys.readouterr().err
     assert main(["faithfulness", "some/package", "--seed", "0"]) != 0

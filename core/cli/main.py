@@ -110,8 +110,10 @@ def build_parser() -> Parser:
     p.add_argument("--eval-n", type=int, default=70, help="control evaluation cohort size (fresh seed)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--retrain", action="store_true", help="retrain the controls even if cached")
-    p.add_argument("--alternatives", action="store_true", help="controls: also measure the offered alternative "
-                                                               "explainers (pixel IG, note IG from [UNK], word occlusion; ~4x slower)")
+    p.add_argument("--alternatives", nargs="?", const="all", default=None, metavar="LABELS",
+                   help="controls: also measure the offered alternative explainers; alone: all of them (pixel IG, feature "
+                        "occlusion, note IG from [UNK], word occlusion; several times slower), or a comma-separated list "
+                        "of their labels, e.g. --alternatives 'feature occlusion'")
     p.add_argument("--seed", type=int, default=9201, help="packages: fresh generator seed (never the training seed 0)")
     p.add_argument("--cohort-n", type=int, default=600)
     p.add_argument("--per-kind", type=int, default=10, help="packages: cases per evidence kind")

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from .common import UsageError, usage_errors
 
@@ -77,7 +78,8 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
         from ..explain import controls as K
 
         rows = K.run_controls(args.sources, n=args.n, n_eval=args.eval_n, epochs=args.epochs, retrain=args.retrain,
-                              alternatives=args.alternatives, log=lambda m: print(m, file=sys.stderr, flush=True))
+                              alternatives=_alternative_labels(args.alternatives, K.ALTERNATIVES),
+                              log=lambda m: print(m, file=sys.stderr, flush=True))
         print(json.dumps(rows, indent=2, default=float) if args.json else K.controls_table(rows))
         return 0
     if not args.packages:
@@ -170,3 +172,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             print(text_report(metrics["mechanisms"]))
     return 0
+
+
+def _alternative_labels(spec: str | None, offered: Mapping[str, Sequence[tuple[str, Any]]]) -> bool | list[str]:
+    """The command line's ``--alternatives`` value -> ``run_controls``' ``alternatives``: None -> False, "all" ->
+    True, else the comma-separated labels, each checked against the offered ones (``controls.ALTERNATIVES``)."""
+    if spec is None:
+        return False
+    if spec.strip().lower() == "all":
+        return True
+    known = sorted({lb for opts in offered.values() for lb, _ in opts})
+    labels = [x.strip() for x in spec.split(",") if x.strip()]
+    unknown = [x for x in labels if x not in known]
+    if unknown or not labels:
+        raise UsageError(f"unknown alternative explainer {', '.join(map(repr, unknown)) or repr(spec)}; "
+                         f"use 'all' or some of: {', '.join(known)}.")
+    return labels
