@@ -15,7 +15,8 @@
   every background thread lowers its own CPU priority by 10 (``background_priority``; Linux nice is per
   thread), so the page's script and the browser drawing it win the cores while the job goes on. Off by
   default: on a loaded machine it could not be shown to help (it also slows the parts later pages need).
-* One torch thread per computing thread (``torch_threads``; ``FUSIONLENS_TORCH_THREADS``, default 1): the
+* Few torch threads per computing thread (``torch_threads``; ``FUSIONLENS_TORCH_THREADS``, default half the
+  cores, so 1 on a 2-core machine): the
   server computes in several threads at once (the page's script, the session's job, the warm-up and preload
   threads), and each thread that enters torch's OpenMP code brings its own team of ``torch.get_num_threads()``
   workers; on two cores that oversubscribes them, and OpenMP's barriers then wait for descheduled workers.
@@ -64,17 +65,30 @@ EXIT_WAIT_S = 60.0
 BACKGROUND_NICE_ENV = "FUSIONLENS_BACKGROUND_NICE"
 BACKGROUND_NICE = 0     # off by default (see the module's docstring)
 TORCH_THREADS_ENV = "FUSIONLENS_TORCH_THREADS"
-TORCH_THREADS = 1       # per computing thread of the server (see the module's docstring); 0 = torch's own default
+
+
+def default_torch_threads() -> int:
+    """Torch threads per computing thread of the server when ``FUSIONLENS_TORCH_THREADS`` is not set: half the
+    cores this process may use (at least 1), so that two threads computing at once (the page's script and the
+    session's job, or the job and a warm-up) fill the cores without oversubscribing them: 1 on the 2-core machine
+    the figures below come from, 4 on 8 cores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
 
 
 def torch_threads() -> int:
     """Set torch's intra-op threads for the calling thread (and torch's process-wide count) to
-    ``FUSIONLENS_TORCH_THREADS`` (default 1; 0 or unparsable leaves torch's default) -> torch's thread count.
-    Called by every page run (``state.setup_page``) and first thing in every background thread."""
+    ``FUSIONLENS_TORCH_THREADS`` (default :func:`default_torch_threads`; 0 or unparsable leaves torch's default)
+    -> torch's thread count. Called by every page run (``state.setup_page``) and first thing in every background
+    thread."""
     import torch
 
+    raw = os.environ.get(TORCH_THREADS_ENV)
     try:
-        n = int(os.environ.get(TORCH_THREADS_ENV, TORCH_THREADS))
+        n = default_torch_threads() if raw is None else int(raw)
     except ValueError:
         n = 0
     if n > 0:

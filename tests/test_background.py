@@ -136,7 +136,7 @@ def test_work_done_ahead_can_yield_to_the_page(pkg, monkeypatch):
 def test_the_job_computes_with_one_torch_thread_unless_told_otherwise(pkg, monkeypatch):
     """Every thread of the server that enters torch brings its own OpenMP team; with torch's default (one worker per
     core) the page, the job and the warm-up oversubscribed a 2-core machine. The job's thread uses
-    FUSIONLENS_TORCH_THREADS (default 1); the caller's own thread count is left alone."""
+    FUSIONLENS_TORCH_THREADS (default half the cores: 1 here); the caller's own thread count is left alone."""
     import torch
 
     mine = torch.get_num_threads()
@@ -153,8 +153,16 @@ def test_the_job_computes_with_one_torch_thread_unless_told_otherwise(pkg, monke
     monkeypatch.setenv(background.TORCH_THREADS_ENV, "2")
     job = background.ensure_job(state, pkg, make_case(10), "fp10", vote=vote, vote_key=1)
     job.thread.join(60)
-    assert seen == [1, 2]
+    assert seen == [background.default_torch_threads(), 2]
     assert torch.get_num_threads() == mine
+
+
+def test_the_default_torch_threads_are_half_the_usable_cores(monkeypatch):
+    """1 on the 2-core machine the journey figures come from; more cores give each computing thread more (a
+    hospital server should not compute on one core of sixteen)."""
+    for cores, want in ((1, 1), (2, 1), (3, 1), (8, 4), (16, 8)):
+        monkeypatch.setattr(background.os, "sched_getaffinity", lambda pid, c=cores: set(range(c)), raising=False)
+        assert background.default_torch_threads() == want
 
 
 def _summary(name: str) -> dict:
