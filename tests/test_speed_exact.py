@@ -138,12 +138,15 @@ def test_image_ig_fast_tail_keeps_the_shipped_cnns_numbers(monkeypatch):
         with torch.no_grad():
             ref = tail(acts)
             assert torch.allclose(fast(acts), ref, atol=1e-4, rtol=1e-5) and float(ref.abs().max()) > 1
+        ig._BLACK.clear()                       # each path computes its own black-image row (else both share one)
         new = ig.middle_stage_ig(ctx)
+        ig._BLACK.clear()
         with monkeypatch.context() as m:
             m.setattr(ig, "fast_tail", lambda e: None)
             old = ig.middle_stage_ig(ctx)
         assert float(old["map"].std()) > 0.01
-        assert float(np.abs(new["map"] - old["map"]).max()) < 2e-4
+        # a few ReLU6 units sit within rounding of a kink: 2e-4 with one thread, 3.5e-4 seen with two (map scale [0, 1])
+        assert float(np.abs(new["map"] - old["map"]).max()) < 1e-3
         assert abs(new["convergence_delta"] - old["convergence_delta"]) < 1e-3 * max(1.0, old["convergence_delta"])
         assert abs(new["output_difference"] - old["output_difference"]) < 1e-4
     handle = enc.backbone._blocks[-1].register_forward_hook(lambda *a: None)
@@ -153,6 +156,10 @@ def test_image_ig_fast_tail_keeps_the_shipped_cnns_numbers(monkeypatch):
     assert ig.fast_tail(enc) is None
     enc.backbone._conv_head.eval()
     assert ig.fast_tail(enc) is fast
+    with torch.no_grad():                                       # weights edited through .data keep their _version:
+        w = enc.backbone._conv_head.weight
+        w.data = w.data * 2                                     # the storage changed, so the cached tail is rebuilt
+    assert ig.fast_tail(enc) is not fast
     import copy
 
     assert ig.fast_tail(copy.deepcopy(enc).to("meta")) is None   # off the CPU: the original tail

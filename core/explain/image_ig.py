@@ -164,7 +164,8 @@ def _ig_functions(ctx: ExplainContext) -> tuple[Any, Any, torch.Tensor, torch.Te
 def _black_maps(enc: nn.Module, head: Any, tail: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the middle-stage activation of a black image shaped like ``x``, the last-stage map ``tail`` makes of it),
     cached (see ``_BLACK``)."""
-    key = (tuple(x.shape[1:]), x.dtype, tuple(p._version for p in enc.parameters()))
+    key = (tuple(x.shape[1:]), x.dtype, tuple((p.data_ptr(), p._version) for p in enc.parameters()),
+           tuple((b.data_ptr(), b._version) for b in enc.buffers()))   # storage too: a `.data` swap keeps _version
     with _BLACK_LOCK:
         hit = _BLACK.get(enc, {}).get(key)
     if hit is not None:
@@ -230,8 +231,8 @@ def fast_tail(enc: nn.Module) -> Any:
     if any(blk.has_se or not isinstance(blk._swish, nn.ReLU6) for blk in blocks) or not isinstance(enc.head_act, nn.ReLU6) \
             or any(p.dtype != torch.float32 or p.device.type != "cpu" for m in mods for p in m.parameters()):
         return None   # float32 on the CPU only (oneDNN's linear is a CPU kernel)
-    key = tuple(p._version for m in mods for p in m.parameters()) + tuple(
-        t._version for m in mods if isinstance(m, nn.BatchNorm2d) for t in (m.running_mean, m.running_var))
+    key = tuple((p.data_ptr(), p._version) for m in mods for p in m.parameters()) + tuple(
+        (t.data_ptr(), t._version) for m in mods if isinstance(m, nn.BatchNorm2d) for t in (m.running_mean, m.running_var))
     with _BLACK_LOCK:
         hit = _FAST_TAIL.get(enc)
     if hit is not None and hit[0] == key:
