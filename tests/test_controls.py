@@ -299,6 +299,11 @@ def test_second_definition_is_reported_beside_the_criterion_never_instead():
     assert [c["passed"] for c in rows] == [True, False, True]
     assert rows[2]["second_definition"] and rows[2]["chance"] == 0.33 and "second_definition" not in rows[1]
     assert len(K.check(s, "lesion", second_definitions=True)) == 2   # no second definition there
+    table = K.controls_table([{"source": "note", "trained": {"accuracy": 0.9, "checks": rows},
+                               "randomised": {"accuracy": 0.2, "checks": K.check(dict(s, note_decisive_mass_positive=0.3),
+                                                                                 "note", second_definitions=True)}}])
+    marked = [ln for ln in table.splitlines() if "second definition" in ln]
+    assert len(marked) == 1 and "positive" in marked[0]   # a reader counting met rows can tell it apart
 
 
 def test_evaluate_control_measures_only_the_alternatives_asked_for(monkeypatch):

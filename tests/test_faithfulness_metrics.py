@@ -112,7 +112,9 @@ def test_word_mass_share_and_top_feature():
     w = C.word_mass_share([{"start": 0, "end": 5, "score": 2.0}, {"start": 7, "end": 11, "score": 1.0},
                            {"start": 12, "end": 19, "score": -1.0}], [(0, 5)])
     assert w["share"] == pytest.approx(0.5) and w["positive_share"] == pytest.approx(2 / 3)
-    assert np.isnan(C.word_mass_share([{"start": 0, "end": 5, "score": -1.0}], [(0, 5)])["positive_share"])
+    # every word against the class: nothing for it on the planted words -> 0, not a NaN the mean would drop
+    assert C.word_mass_share([{"start": 0, "end": 5, "score": -1.0}], [(0, 5)])["positive_share"] == 0.0
+    assert np.isnan(C.word_mass_share([{"start": 0, "end": 5, "score": 0.0}], [(0, 5)])["positive_share"])
     assert C.word_mass_share(words, [])["share"] == 0.0
     rows = [{"name": "age", "integrated_gradients": 0.2}, {"name": "sex", "integrated_gradients": -0.9},
             {"name": "site", "integrated_gradients": 0.5}]

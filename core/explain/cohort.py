@@ -117,7 +117,10 @@ def word_mass_share(words: Sequence[dict[str, Any]], spans: Sequence[tuple[int, 
     total, total_pos = float(mass.sum()), float(pos.sum())
     return {"share": float(mass[inside].sum() / total) if total > 0 else float("nan"),
             "chance": float(inside.mean()),
-            "positive_share": float(pos[inside].sum() / total_pos) if total_pos > 0 else float("nan")}
+            # no positive attribution at all (every word pushes against the class): nothing for the class lies on
+            # the planted words, so 0 -- dropping such notes from the mean would flatter the share
+            "positive_share": (float(pos[inside].sum() / total_pos) if total_pos > 0 else 0.0) if total > 0
+            else float("nan")}
 
 
 def top_feature(rows: Sequence[dict[str, Any]], key: str = "integrated_gradients") -> str | None:

@@ -405,7 +405,8 @@ def controls_table(rows: Sequence[dict[str, Any]]) -> str:
         alt_z = [c for a in z.get("alternatives", []) for c in a["checks"]]
         for ct, cz in zip(t["checks"] + alt_t, z["checks"] + alt_z):
             fmt = lambda v: "—" if v != v else f"{v:.2f}"  # noqa: E731
-            lines.append(f"| {r['source']}-only | {acc} | {ct['measure']} | {ct['criterion']} | {fmt(ct['value'])} ({fmt(ct['chance'])}) "
+            measure = ct["measure"] + (" (second definition, not one of the criteria)" if ct.get("second_definition") else "")
+            lines.append(f"| {r['source']}-only | {acc} | {measure} | {ct['criterion']} | {fmt(ct['value'])} ({fmt(ct['chance'])}) "
                          f"| {'yes' if ct['passed'] else 'no'} | {fmt(cz['value'])} | {'yes' if not cz['passed'] else 'no'} |")
             acc = ""
     return "\n".join(lines)
