@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import RESEARCH_NOTICE, plots
+from core.plots.prediction import package_labels
 from dashboard import loaders
 from dashboard.auth import require_sign_in
 from dashboard.state import setup_page
@@ -45,12 +46,13 @@ if rows:
     # the selected cohort's packages at a glance (drawing it also loads the browser's chart code, about 4.7 MB of
     # JavaScript, while the user picks a model and a case, instead of on the first results page)
     cohort = (page.summary or {}).get("cohort")
-    bars = []
-    for s in summaries:
-        v = (s.get("metrics") or {}).get("balanced_accuracy")
-        if s["cohort"] == cohort and isinstance(v, dict) and isinstance(v.get("value"), (int, float)):
-            bars.append({"model": s["name"].split("/")[-1], "variant": s["variant"], "balanced_accuracy": v["value"],
-                         "balanced_accuracy_ci95": v.get("ci95")})
+    shown = [s for s in summaries if s["cohort"] == cohort
+             and isinstance(v := (s.get("metrics") or {}).get("balanced_accuracy"), dict)
+             and isinstance(v.get("value"), (int, float))]
+    # one distinct label per package, as on Compare (two suites of one cohort may both hold a `concat`)
+    bars = [{"model": label, "variant": s["variant"], "balanced_accuracy": s["metrics"]["balanced_accuracy"]["value"],
+             "balanced_accuracy_ci95": s["metrics"]["balanced_accuracy"].get("ci95")}
+            for s, label in zip(shown, package_labels(shown))]
     if bars:
         st.plotly_chart(plots.cohort_metric_bars(bars, title=f"The {cohort} cohort: balanced accuracy on each "
                                                               "package's test split (95% interval)"),

@@ -76,7 +76,21 @@ def default_torch_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:       # a container's CPU quota (cgroup v2 cpu.max) below the visible cores
+        cores = min(cores, max(1, int(quota)))
     return max(1, cores // 2)
+
+
+def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """CPUs this process's cgroup may use ("quota period" in cgroup v2's ``cpu.max``), None when unlimited or
+    unreadable."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else float(quota) / float(period)
+    except (OSError, ValueError):
+        return None
 
 
 def torch_threads() -> int:

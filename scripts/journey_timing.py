@@ -80,7 +80,14 @@ _HEADLINE_JS = r"""(() => {
     'Prediction': () => [...(main()?.querySelectorAll('[data-testid="stAlert"]') || [])]
                         .find(e => /No referral flag|Advise re-check/.test(e.textContent) && fresh(e)),
     'Fusion internals': () => fresh(document.querySelector('.st-key-modality_weights_chart .main-svg')),
-    'Image explanations': () => fresh(document.querySelector('.st-key-cam_chart .main-svg')),
+    // the heatmap over the photo: plotly.js sets an image trace's href only after the PNG has loaded (a later
+    // task), so the headline waits until every <image> of the chart has its pixels, not just the first svg
+    'Image explanations': () => {
+      const svg = fresh(document.querySelector('.st-key-cam_chart .main-svg'));
+      const chart = svg && svg.closest('.st-key-cam_chart');
+      const imgs = chart ? [...chart.querySelectorAll('image')] : [];
+      return imgs.length > 0 && imgs.every(i => (i.getAttribute('href') || i.getAttribute('xlink:href') || '').length > 0)
+             ? svg : null; },
     'Attributions': () => [...(main()?.querySelectorAll('[data-testid="stCaptionContainer"]') || [])]
                           .find(e => e.textContent.includes('Red words pushed') && fresh(e)),
     'Compare': () => [...(main()?.querySelectorAll('[data-testid="stMetric"]') || [])]
@@ -98,7 +105,7 @@ _HEADLINE_JS = r"""(() => {
         requestAnimationFrame(() => setTimeout(() => { window.__flHeadline = {dom: dom, drawn: Date.now()}; }, 0));
       });
       observer.observe(document, {subtree: true, childList: true, characterData: true, attributes: true,
-                                  attributeFilter: ['data-stale', 'class', 'style']});
+                                  attributeFilter: ['data-stale', 'class', 'style', 'href', 'xlink:href']});
     }
   };
 })()"""

@@ -82,7 +82,9 @@ def test_home_lists_packages_and_every_page_renders_on_a_fresh_session(app):
     assert at.selectbox(key="w_cohort").value == "dermatology"
     # the selected cohort's balanced accuracy per package (also loads the browser's chart code before the results pages)
     (bars,) = charts(at)
-    assert sorted(bars["data"][0]["x"]) == ["tiny-gated", "tiny-mmtm"] and "balanced accuracy" in bars["layout"]["title"]["text"]
+    # labelled like Compare's columns (core.plots.prediction.package_labels: distinct even when two suites share a name)
+    assert sorted(bars["data"][0]["x"]) == ["tiny-gated (gated)", "tiny-mmtm (mmtm)"]
+    assert "balanced accuracy" in bars["layout"]["title"]["text"]
     for page in PAGES:
         goto(at, page)
     assert any("No case is loaded yet" in i.value for i in at.info)

@@ -160,9 +160,21 @@ def test_the_job_computes_with_one_torch_thread_unless_told_otherwise(pkg, monke
 def test_the_default_torch_threads_are_half_the_usable_cores(monkeypatch):
     """1 on the 2-core machine the journey figures come from; more cores give each computing thread more (a
     hospital server should not compute on one core of sixteen)."""
+    monkeypatch.setattr(background, "_cgroup_cpu_quota", lambda: None)
     for cores, want in ((1, 1), (2, 1), (3, 1), (8, 4), (16, 8)):
         monkeypatch.setattr(background.os, "sched_getaffinity", lambda pid, c=cores: set(range(c)), raising=False)
         assert background.default_torch_threads() == want
+    monkeypatch.setattr(background, "_cgroup_cpu_quota", lambda: 4.0)     # a container limited to 4 CPUs of 16
+    assert background.default_torch_threads() == 2
+
+
+def test_the_cgroup_cpu_quota_is_read(tmp_path):
+    f = tmp_path / "cpu.max"
+    f.write_text("400000 100000\n")
+    assert background._cgroup_cpu_quota(str(f)) == 4.0
+    f.write_text("max 100000\n")
+    assert background._cgroup_cpu_quota(str(f)) is None
+    assert background._cgroup_cpu_quota(str(tmp_path / "absent")) is None
 
 
 def _summary(name: str) -> dict:
