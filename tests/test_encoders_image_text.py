@@ -239,6 +239,12 @@ def test_lean_frozen_bert_gives_transformers_numbers_and_gradients():
     if text._LINEAR is None:
         pytest.skip("this torch build has no oneDNN linear")
     assert text.lean_bert_supported(enc.model)
+    h = enc.model.encoder.layer[0].output.register_forward_hook(lambda *a: None)
+    assert not text.lean_bert_supported(enc.model)           # a hooked layer would not fire in the lean forward
+    h.remove()
+    h = enc.model.embeddings.word_embeddings.register_forward_hook(lambda *a: None)
+    assert text.lean_bert_supported(enc.model)               # the word embeddings run as a module: their hooks fire
+    h.remove()
     batch = enc.prepare(NOTES + ["A third, medium note about the lesion."])
     am = batch["attention_mask"]
     assert not am.all()                                       # padded rows take part

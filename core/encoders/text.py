@@ -153,10 +153,20 @@ def lean_bert_supported(model: nn.Module) -> bool:
             and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
             and not model.training and not any(p.requires_grad or p.device.type != "cpu" for p in model.parameters())):
         return False   # oneDNN's linear is a CPU kernel: a model on a GPU keeps transformers' forward
+    if not torch.backends.mkldnn.enabled:
+        return False   # oneDNN turned off by the user
+    # hooks on any submodule would not fire in the lean forward (the word embeddings' own are handled by the
+    # callers, which pass inputs_embeds); a transformers version whose BERT lacks the attributes used falls back
+    if any(m._forward_hooks or m._forward_pre_hooks for n, m in model.named_modules() if n != "embeddings.word_embeddings"):
+        return False
+    try:
+        linears = [lin for layer in model.encoder.layer
+                   for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value,
+                               layer.attention.output.dense, layer.intermediate.dense, layer.output.dense)]
+        float(model.encoder.layer[0].attention.self.scaling)
+    except (AttributeError, TypeError, IndexError):
+        return False
     # float32 nn.Linear layers only (an int8 model's dynamically quantized linears keep transformers' forward)
-    linears = [lin for layer in model.encoder.layer
-               for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value,
-                           layer.attention.output.dense, layer.intermediate.dense, layer.output.dense)]
     return all(type(lin) is nn.Linear and lin.weight.dtype == torch.float32 for lin in linears)
 
 
