@@ -485,8 +485,9 @@ def warm_up(load: Callable[[Mapping[str, Any]], Any], summary: Mapping[str, Any]
         finally:
             # a stopped or failed warm-up is not tried again for this package: a job came first (it warms what it
             # uses) or the user moved on; the pages report real errors
-            if _WARM["done"] is done:             # the latest warm-up's figures (an older one only ends)
-                _WARM.update(seconds=round(time.perf_counter() - t0, 2), error=error, stopped=stopped)
+            with _WARM_LOCK:                      # a newer warm-up may be replacing _WARM's fields right now
+                if _WARM["done"] is done:         # the latest warm-up's figures (an older one only ends)
+                    _WARM.update(seconds=round(time.perf_counter() - t0, 2), error=error, stopped=stopped)
             trace.event(f"warm-up done stopped={stopped}")
             done.set()
 
@@ -524,5 +525,6 @@ def _warm_figures(ex: Any, case: Any) -> None:
 
 def warm_status() -> dict[str, Any]:
     """The latest warm-up: started, done, seconds, error, stopped (superseded or a job came first)."""
-    return {"started": _WARM["started"], "done": _WARM["done"].is_set(), "seconds": _WARM["seconds"],
-            "error": _WARM["error"], "stopped": _WARM["stopped"]}
+    with _WARM_LOCK:
+        return {"started": _WARM["started"], "done": _WARM["done"].is_set(), "seconds": _WARM["seconds"],
+                "error": _WARM["error"], "stopped": _WARM["stopped"]}

@@ -264,6 +264,8 @@ def test_cli_faithfulness_controls_table_and_usage_errors(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "unknown alternative explainer 'feature occlusions'" in err and "feature occlusion" in err
     assert "Traceback" not in err
+    assert main(["faithfulness", "--alternatives"]) != 0            # without --controls it would do nothing: say so
+    assert "add --controls" in capsys.readouterr().err
     assert main(["faithfulness"]) != 0
     assert "give model package folders" in capsys.readouterr().err
     assert main(["faithfulness", "some/package", "--seed", "0"]) != 0

@@ -82,6 +82,8 @@ def cmd_faithfulness(args: argparse.Namespace) -> int:
                               log=lambda m: print(m, file=sys.stderr, flush=True))
         print(json.dumps(rows, indent=2, default=float) if args.json else K.controls_table(rows))
         return 0
+    if args.alternatives is not None:
+        raise UsageError("--alternatives measures the known-answer controls' alternative explainers: add --controls.")
     if not args.packages:
         raise UsageError("give model package folders to measure, or --controls.")
     from ..data.cohorts import COHORTS
