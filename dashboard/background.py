@@ -111,7 +111,7 @@ def torch_threads() -> int:
 
 
 def _thread_setup() -> int | None:
-    """First thing in a background thread: one torch thread (``torch_threads``), then the optional lower CPU
+    """First thing in a background thread: its torch threads (``torch_threads``), then the optional lower CPU
     priority (``background_priority``, whose result is returned)."""
     torch_threads()
     return background_priority()

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import Encoder, ModalityFeatures, masked_mean
+from .onednn import LINEAR, FrozenLinear
 
 # Never reach the Hub: set before transformers/huggingface_hub read their constants.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -111,35 +112,11 @@ def verify_directory(path: Path, pinned: dict[str, str] | None, what: str, weigh
                              "pinned; the weights changed, so they are refused.")
 
 
-def _onednn_linear() -> Any:
-    """oneDNN's dense linear (``torch.ops.mkldnn._linear_pointwise``) where this torch build has it, else None."""
-    try:
-        return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_LINEAR = _onednn_linear()
-
-
-class _FrozenLinear(torch.autograd.Function):
-    """``F.linear(x, weight, bias)`` with a frozen weight and bias, through oneDNN (on this CPU its sgemm is
-    ~10% faster than the MKL path ``F.linear`` takes for these shapes); the backward gives the input's gradient
-    only (``grad @ weight``, oneDNN again, on the transposed view: no copy)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        return _LINEAR(x, weight, bias, "none", [], "")
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        (weight,) = ctx.saved_tensors
-        return _LINEAR(grad, weight.t(), None, "none", [], "") if ctx.needs_input_grad[0] else None, None, None
+_LINEAR = LINEAR   # None where this torch build has no oneDNN linear (then transformers' forward runs)
 
 
 def _linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    return _FrozenLinear.apply(x, layer.weight, layer.bias)
+    return FrozenLinear.apply(x, layer.weight, layer.bias)
 
 
 def lean_bert_supported(model: nn.Module) -> bool:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..encoders import ModalityFeatures
-from ..encoders.text import _FrozenLinear, _LINEAR
+from ..encoders.onednn import LINEAR, FrozenLinear, weights_key
 from .context import ExplainContext
 
 # The black image's middle-stage activation and the last-stage map the rest of the CNN makes of it depend on
@@ -164,8 +164,7 @@ def _ig_functions(ctx: ExplainContext) -> tuple[Any, Any, torch.Tensor, torch.Te
 def _black_maps(enc: nn.Module, head: Any, tail: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(the middle-stage activation of a black image shaped like ``x``, the last-stage map ``tail`` makes of it),
     cached (see ``_BLACK``)."""
-    key = (tuple(x.shape[1:]), x.dtype, tuple((p.data_ptr(), p._version) for p in enc.parameters()),
-           tuple((b.data_ptr(), b._version) for b in enc.buffers()))   # storage too: a `.data` swap keeps _version
+    key = (tuple(x.shape[1:]), x.dtype, weights_key(enc.parameters(), enc.buffers()))
     with _BLACK_LOCK:
         hit = _BLACK.get(enc, {}).get(key)
     if hit is not None:
@@ -199,7 +198,7 @@ def _fold(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _pointwise(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """A folded 1x1 convolution on channels-last ``x`` [B, C, H, W] as one matrix product -> channels-last."""
-    y = _FrozenLinear.apply(x.permute(0, 2, 3, 1), wb[0].flatten(1), wb[1])
+    y = FrozenLinear.apply(x.permute(0, 2, 3, 1), wb[0].flatten(1), wb[1])
     return y.permute(0, 3, 1, 2)
 
 
@@ -220,7 +219,7 @@ def fast_tail(enc: nn.Module) -> Any:
     a frozen float32 EfficientNet-Lite0 on the CPU in eval mode without hooks (then ``stage_split``'s tail runs)."""
     from ..encoders.image_backbones import LITE0_CUTS
 
-    if _LINEAR is None or getattr(enc, "arch", None) != "efficientnet_lite0" or enc.training:
+    if LINEAR is None or getattr(enc, "arch", None) != "efficientnet_lite0" or enc.training:
         return None
     b = enc.backbone
     blocks = list(b._blocks)[LITE0_CUTS[1] + 1:]
@@ -231,8 +230,8 @@ def fast_tail(enc: nn.Module) -> Any:
     if any(blk.has_se or not isinstance(blk._swish, nn.ReLU6) for blk in blocks) or not isinstance(enc.head_act, nn.ReLU6) \
             or any(p.dtype != torch.float32 or p.device.type != "cpu" for m in mods for p in m.parameters()):
         return None   # float32 on the CPU only (oneDNN's linear is a CPU kernel)
-    key = tuple((p.data_ptr(), p._version) for m in mods for p in m.parameters()) + tuple(
-        (t.data_ptr(), t._version) for m in mods if isinstance(m, nn.BatchNorm2d) for t in (m.running_mean, m.running_var))
+    key = weights_key([p for m in mods for p in m.parameters()],
+                      [t for m in mods if isinstance(m, nn.BatchNorm2d) for t in (m.running_mean, m.running_var)])
     with _BLACK_LOCK:
         hit = _FAST_TAIL.get(enc)
     if hit is not None and hit[0] == key:
