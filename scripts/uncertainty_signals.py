@@ -51,6 +51,7 @@ from core.training.dataset import build_split  # noqa: E402
 from core.training.metrics import _bootstrap, _error_auroc  # noqa: E402
 from core.training.train import predict_split  # noqa: E402
 from core.uncertainty import expected_calibration_error, fit_temperature  # noqa: E402
+from core.uncertainty.calibration import ece_noise_floor  # noqa: E402
 from core.uncertainty.mc_dropout import entropy  # noqa: E402
 
 T_MC = 30
@@ -140,6 +141,7 @@ def main() -> int:
     ap.add_argument("--calib-seed", type=int, default=9611)
     ap.add_argument("--eval-seed", type=int, default=9612)
     ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--calib-n", type=int, help="generated calibration cases (default: --n); the evaluation set keeps --n")
     ap.add_argument("--json")
     ap.add_argument("--write-committee", action="store_true",
                     help="also write <suite>/committee.json (the vote threshold fitted on the calibration set)")
@@ -168,9 +170,10 @@ def main() -> int:
         data = {"cohort": spec.name, "calibration": "validation split", "evaluation": "test split"}
     else:
         spec = COHORTS.get(cohort_name)
-        calib_items = list(spec.load(n=args.n, seed=args.calib_seed).items)
+        calib_n = args.calib_n or args.n
+        calib_items = list(spec.load(n=calib_n, seed=args.calib_seed).items)
         eval_items = list(spec.load(n=args.n, seed=args.eval_seed).items)
-        data = {"cohort": spec.name, "calibration": f"fresh seed {args.calib_seed}, {args.n} cases",
+        data = {"cohort": spec.name, "calibration": f"fresh seed {args.calib_seed}, {calib_n} cases",
                 "evaluation": f"fresh seed {args.eval_seed}, {args.n} cases"}
     labels = chosen.labels
     print(f"calibration set {len(calib_items)}, evaluation set {len(eval_items)}; committee of {len(committee)}",
@@ -202,6 +205,9 @@ def main() -> int:
     for k, p in probs.items():
         pn = p.numpy()
         calibration[k] = {"ece": with_ci(lambda i, pn=pn: expected_calibration_error(pn[i], y[i]), n),
+                          # what a perfectly calibrated model with these probabilities would read on n cases
+                          "ece_noise_floor": {k2: (round(v, 4) if isinstance(v, float) else v)
+                                              for k2, v in ece_noise_floor(pn, goal=0.03).items()},
                           "balanced_accuracy_of_its_labels": round(float(np.mean(
                               [(pn.argmax(1)[y == c] == c).mean() for c in np.unique(y)])), 4)}
 
