@@ -201,9 +201,12 @@ class TextEncoder(Encoder):
     modality = "note"
 
     def __init__(self, source: str = "minilm", max_length: int = 128, random_init: dict[str, Any] | None = None,
-                 weights_sha256: dict[str, str] | None = None) -> None:
+                 weights_sha256: dict[str, str] | None = None, tuned_layers: int = 0) -> None:
         """``source``: ``"minilm"`` (the pinned pip package) or a local directory, which must then be
-        pinned by ``weights_sha256`` (relative file name -> sha256 of each safetensors weights file)."""
+        pinned by ``weights_sha256`` (relative file name -> sha256 of each safetensors weights file).
+        ``tuned_layers``: the last so many transformer layers are fine-tuned (trainable until the encoder is
+        frozen; everything below them is frozen) and a package stores their weights, referencing the rest
+        (:meth:`external_state_prefixes`). 0 (the default): the plain encoder, untouched."""
         super().__init__()
         os.environ["HF_HUB_OFFLINE"] = "1"
         self.source = source
@@ -247,7 +250,28 @@ class TextEncoder(Encoder):
         hidden = int(model.config.hidden_size)
         self.out_dim = self.token_dim = hidden
         self.level_dims = (hidden, hidden, hidden)
+        self.tuned_layers = int(tuned_layers)
+        if self.tuned_layers:
+            self._tune_top(n_layers)
         self.eval()  # no dropout by default; training code calls .train() explicitly
+
+    def _tune_top(self, n_layers: int) -> None:
+        """Only the last ``tuned_layers`` transformer layers trainable. Their weights are this encoder's own
+        (stored in a package, part of its feature-cache key), so it no longer counts as referenced weights."""
+        if not 0 < self.tuned_layers <= n_layers:
+            raise ValueError(f"tuned_layers={self.tuned_layers}: the note model has {n_layers} layers.")
+        tuned = {f"encoder.layer.{i}." for i in range(n_layers - self.tuned_layers, n_layers)}
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(any(name.startswith(t) for t in tuned))
+        self.external_weights = False
+
+    def external_state_prefixes(self) -> list[str]:
+        """A tuned encoder over referenced weights (the pinned MiniLM) references everything below its tuned
+        layers and stores those; otherwise the base rule (everything, for a frozen pip-shipped encoder)."""
+        if self.tuned_layers and self.random_init is None:
+            n = int(self.model.config.num_hidden_layers)
+            return ["model.embeddings."] + [f"model.encoder.layer.{i}." for i in range(n - self.tuned_layers)]
+        return super().external_state_prefixes()
 
     @property
     def embedding_layer(self) -> nn.Module:
@@ -302,6 +326,8 @@ class TextEncoder(Encoder):
 
     def config(self) -> dict[str, Any]:
         cfg = {"source": self.source, "max_length": self.max_length, "random_init": self.random_init}
+        if self.tuned_layers:
+            cfg["tuned_layers"] = self.tuned_layers
         if self.weights_sha256 is not None and self.random_init is None:
             cfg["weights_sha256"] = dict(self.weights_sha256)
         return cfg

@@ -98,10 +98,11 @@ def controls_root() -> Path:
 
 
 def control_config(source: str, out: Path, epochs: int = 40, tiny: bool = False, image_size: int = 224, n: int = 700,
-                   finetuned: bool = False):
+                   finetuned: bool = False, tuned_layers: int = 0):
     """A small late-fusion package over image + note + metadata. ``tiny``: test-sized encoders (random
     init, 32 px) that train in seconds. ``finetuned``: the image encoder's weights are stored in the package
-    (its top blocks are fine-tuned first, :func:`finetune_image`), not referenced."""
+    (its top blocks are fine-tuned first, :func:`finetune_image`), not referenced. ``tuned_layers``: the note
+    encoder's last so many layers are fine-tuned first (:func:`finetune_note`) and stored in the package."""
     from ..training.config import config_from_dict
 
     enc = tiny_encoders() if tiny else {
@@ -109,8 +110,11 @@ def control_config(source: str, out: Path, epochs: int = 40, tiny: bool = False,
         # note-only notes carry decoy sentences (about 60 words, up to ~130): room for all of them
         "note": {"max_length": 256 if source == "note" else 64},
         "metadata": {"hidden": 32, "out_dim": 32, "token_dim": 16}}
+    if tuned_layers:
+        enc = {**enc, "note": {**enc["note"], "tuned_layers": int(tuned_layers)}}
     return config_from_dict({
-        "name": f"control-{source}-only" + ("-finetuned" if finetuned else ""), "variant": "concat",
+        "name": f"control-{source}-only" + ("-finetuned" if finetuned else "") + (f"-tuned{tuned_layers}" if tuned_layers else ""),
+        "variant": "concat",
         "modalities": ["image", "note", "metadata"],
         "out": str(out),
         # the cohort is passed to train() directly; ``data`` only names it. It must differ between the four
@@ -179,26 +183,212 @@ def finetune_image(cohort, image_size: int = 224, token_grid: int | None = None,
     return {k: v.detach().clone() for k, v in enc.state_dict().items()}, info, feats
 
 
+#: stage 1 of the note-only control (session 9): MiniLM's last ``layers`` transformer layer(s) fine-tuned, with a
+#: linear head on the masked mean (the pooled feature the control reads), on the cached outputs of the frozen
+#: layers below, on the control cohort's training split (best validation accuracy kept); the control is then
+#: trained on the tuned encoder's features like any other and its package stores the tuned layer(s)
+#: (``TextEncoder(tuned_layers=...)``; the rest stays referenced). Why: with MiniLM frozen, decoy words move the
+#: mean-pooled features and the small head's logit with large cancelling pushes (seed 9301 validation, session 8).
+#: ``layers`` 0: the frozen encoder (sessions 5-8).
+NOTE_FINETUNE: dict[str, Any] = {"layers": 0, "epochs": 8, "batch_size": 32, "lr": 1e-2, "layer_lr": 1e-4,
+                                 "weight_decay": 0.01, "dropout": 0.1, "threads": 1}
+NOTE_FINETUNE_FILE = "note_finetune.json"   # in the package folder: the tuned layers (randomised_copy reads it)
+
+
+def _bert_layer(layer: torch.nn.Module, h: torch.Tensor, keep: torch.Tensor | None, dropout: float = 0.0) -> torch.Tensor:
+    """One BERT layer, the operations of :func:`core.encoders.text.lean_bert_hidden_states` with plain (trainable)
+    linears and BERT's dropout (``dropout`` > 0 in training)."""
+    from torch.nn import functional as F
+
+    B, L, E = h.shape
+    att = layer.attention
+    heads = att.self.num_attention_heads
+    q, k, v = (F.linear(h, lin.weight, lin.bias).view(B, L, heads, E // heads).transpose(1, 2)
+               for lin in (att.self.query, att.self.key, att.self.value))
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout, scale=att.self.scaling)
+    ctx = ctx.transpose(1, 2).reshape(B, L, E)
+    ln = att.output.LayerNorm
+    h = F.layer_norm(F.dropout(F.linear(ctx, att.output.dense.weight, att.output.dense.bias), dropout) + h, (E,),
+                     ln.weight, ln.bias, ln.eps)
+    mid = F.gelu(F.linear(h, layer.intermediate.dense.weight, layer.intermediate.dense.bias))
+    ln = layer.output.LayerNorm
+    return F.layer_norm(F.dropout(F.linear(mid, layer.output.dense.weight, layer.output.dense.bias), dropout) + h, (E,),
+                        ln.weight, ln.bias, ln.eps)
+
+
+def _note_states(enc, notes: Sequence[str], first_tuned: int, batch: int = 32) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+    """Per note: the frozen layers' output feeding the first tuned layer ([tokens, E]), and the masked means of the
+    frozen hidden states at ``enc.level_layers`` below it (depth -> [N, E])."""
+    order = sorted(range(len(notes)), key=lambda i: len(notes[i]))
+    states: list[torch.Tensor | None] = [None] * len(notes)
+    depths = [d for d in enc.level_layers if d <= first_tuned]
+    levels = {d: torch.zeros(len(notes), enc.out_dim) for d in depths}
+    from ..encoders.base import masked_mean
+
+    with torch.inference_mode():
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            x = enc.prepare([notes[i] for i in idx])
+            hs = enc.hidden_states(x["attention_mask"], x["input_ids"])
+            m = x["attention_mask"].bool()
+            for d in depths:
+                levels[d][idx] = masked_mean(hs[d], m)
+            for r, i in enumerate(idx):
+                states[i] = hs[first_tuned][r, :int(m[r].sum())].clone()
+    return states, levels   # type: ignore[return-value]
+
+
+def _pad_states(states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(int(h.shape[0]) for h in states)
+    x = torch.zeros(len(states), n, states[0].shape[1])
+    m = torch.zeros(len(states), n, dtype=torch.bool)
+    for i, h in enumerate(states):
+        x[i, :h.shape[0]] = h
+        m[i, :h.shape[0]] = True
+    return x, m
+
+
+def _run_top(layers: Sequence[torch.nn.Module], x: torch.Tensor, m: torch.Tensor, dropout: float = 0.0) -> list[torch.Tensor]:
+    keep = None if bool(m.all()) else m[:, None, None, :]
+    out = []
+    for layer in layers:
+        x = _bert_layer(layer, x, keep, dropout)
+        out.append(x)
+    return out
+
+
+def finetune_note(enc, cohort, opts: dict[str, Any] | None = None, log: Callable[[str], Any] = logger.info):
+    """Stage 1 of the note-only control (:data:`NOTE_FINETUNE`, overridden by ``opts``): fine-tune the last
+    ``layers`` transformer layers of ``enc`` (a frozen ``TextEncoder`` built with ``tuned_layers`` = ``layers``)
+    with a linear head on the masked mean, on the cached outputs of the frozen layers below, on ``cohort``'s train
+    split; the best validation accuracy's weights are loaded into ``enc`` (in place; it stays frozen). Returns
+    (record, the tuned encoder's features per split in the stage-2 feature-cache layout)."""
+    import time
+
+    from torch.nn import functional as F
+
+    from ..encoders.base import masked_mean
+
+    opts = {**NOTE_FINETUNE, **(opts or {})}
+    n_top = int(opts["layers"])
+    t0 = time.time()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(opts["threads"]))
+    try:
+        enc.freeze().eval()
+        bert_layers = enc.model.encoder.layer
+        first = len(bert_layers) - n_top
+        splits = {s: cohort.split(s) for s in ("train", "val", "test")}
+        cached = {s: _note_states(enc, [it.note or "" for it in items], first) for s, items in splits.items()}
+        y = {s: torch.tensor([cohort.labels.index(it.label) for it in items]) for s, items in splits.items()}
+        log(f"note stage 1: frozen layers cached ({time.time() - t0:.0f} s)")
+        top = copy.deepcopy(torch.nn.ModuleList(bert_layers[first:]))
+        for p in top.parameters():
+            p.requires_grad_(True)
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        head = torch.nn.Linear(enc.out_dim, len(cohort.labels))
+        opt = torch.optim.AdamW([{"params": list(head.parameters()), "lr": float(opts["lr"])},
+                                 {"params": list(top.parameters()), "lr": float(opts["layer_lr"])}],
+                                weight_decay=float(opts["weight_decay"]))
+        bs = int(opts["batch_size"])
+
+        def logits(states, dropout=0.0):
+            x, m = _pad_states(states)
+            h = _run_top(top, x, m, dropout)[-1]
+            return head(masked_mean(h, m))
+
+        def accuracy(s: str) -> tuple[float, float]:
+            top.eval()
+            with torch.no_grad():
+                st, order = cached[s][0], sorted(range(len(cached[s][0])), key=lambda i: cached[s][0][i].shape[0])
+                out = torch.zeros(len(st), len(cohort.labels))
+                for b in range(0, len(order), 64):
+                    idx = order[b:b + 64]
+                    out[idx] = logits([st[i] for i in idx])
+            return float((out.argmax(1) == y[s]).float().mean()), float(F.cross_entropy(out, y[s]))
+
+        best: tuple[float, float, int, Any] = (-1.0, float("inf"), -1, None)
+        history = []
+        tr = cached["train"][0]
+        for ep in range(int(opts["epochs"])):
+            top.train()
+            # batches of similar length (less padding), in random order
+            perm = torch.randperm(len(tr), generator=g).tolist()
+            chunks = [sorted(perm[c:c + bs * 8], key=lambda i: tr[i].shape[0]) for c in range(0, len(perm), bs * 8)]
+            batches = [ch[b:b + bs] for ch in chunks for b in range(0, len(ch), bs)]
+            for k in torch.randperm(len(batches), generator=g).tolist():
+                b = batches[k]
+                loss = F.cross_entropy(logits([tr[i] for i in b], float(opts["dropout"])), y["train"][b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            acc, nll = accuracy("val")
+            history.append({"epoch": ep, "val_accuracy": round(acc, 4), "val_nll": round(nll, 4),
+                            "seconds": round(time.time() - t0, 1)})
+            log(f"note stage 1: epoch {ep} val accuracy {acc:.3f} nll {nll:.3f} ({time.time() - t0:.0f} s)")
+            if (acc, -nll) > (best[0], -best[1]):
+                best = (acc, nll, ep, copy.deepcopy(top.state_dict()))
+        top.load_state_dict(best[3])
+        top.eval()
+        test_acc = accuracy("test")[0]
+        with torch.no_grad():
+            for i, layer in enumerate(top):
+                bert_layers[first + i].load_state_dict(layer.state_dict())
+        enc.freeze().eval()
+        feats = {}
+        with torch.no_grad():
+            for s, (st, levels) in cached.items():
+                x, m = _pad_states(st)
+                outs = _run_top(bert_layers[first:], x, m)
+                depth = {first + 1 + i: o for i, o in enumerate(outs)}
+                lv = [levels[d] if d in levels else masked_mean(depth[d], m) for d in enc.level_layers]
+                feats[s] = {"pooled": masked_mean(outs[-1], m), "l0": lv[0].clone(), "l1": lv[1].clone(), "l2": lv[2].clone(),
+                            "tokens": outs[-1].masked_fill(~m[..., None], 0.0), "mask": m}
+    finally:
+        torch.set_num_threads(threads)
+    prefix = "encoders.note.model.encoder.layer."
+    info = {"layers": n_top, "opts": opts, "best_epoch": best[2], "val_accuracy_linear_head": round(best[0], 4),
+            "test_accuracy_linear_head": round(test_acc, 4), "history": history, "seconds": round(time.time() - t0, 1),
+            "trained_prefixes": [f"{prefix}{i}." for i in range(first, len(bert_layers))]}
+    return info, feats
+
+
 def train_control(source: str, n: int = 700, root: Path | None = None, image_size: int = 224, epochs: int = 40,
                   tiny: bool = False, retrain: bool = False, finetune: bool | None = None,
                   finetune_opts: dict[str, Any] | None = None, log: Callable[[str], Any] | None = None) -> Path:
     """Train (or reuse) the ``source``-only control package on a ``n``-case control cohort of TRAIN_SEED.
-    ``finetune`` (default: for the image controls, not with ``tiny`` encoders): fine-tune the image encoder's
-    top first (:data:`IMAGE_FINETUNE`, overridden by ``finetune_opts``); the package stores that encoder."""
+    ``finetune`` (default: for the image controls and, with :data:`NOTE_FINETUNE`'s ``layers`` > 0, the note
+    control; never with ``tiny`` encoders): fine-tune the top of the source's encoder first (image:
+    :data:`IMAGE_FINETUNE`; note: :data:`NOTE_FINETUNE`; overridden by ``finetune_opts``); the package stores
+    what was tuned."""
     from ..training.train import train
 
     log = log or logger.info
+    note = source == "note"
+    ft = {**(NOTE_FINETUNE if note else IMAGE_FINETUNE), **(finetune_opts or {})}
     if finetune is None:
-        finetune = source in FINETUNED_SOURCES and not tiny
+        finetune = (int(ft["layers"]) > 0 if note else source in FINETUNED_SOURCES) and not tiny
+    if finetune and source not in (*FINETUNED_SOURCES, "note"):
+        raise ValueError(f"the {source}-only control has no encoder to fine-tune.")
+    if finetune and note and int(ft["layers"]) <= 0:
+        finetune = False
     root = Path(root) if root is not None else controls_root()
-    ft = {**IMAGE_FINETUNE, **(finetune_opts or {})}
-    tail = f"-ft{ft['cut']}{'' if ft['augment'] else '-noaug'}" if finetune else ""
+    if not finetune:
+        tail = ""
+    elif note:
+        tail = f"-tl{ft['layers']}" + ("" if (ft["lr"], ft["layer_lr"], ft["epochs"]) == (
+            NOTE_FINETUNE["lr"], NOTE_FINETUNE["layer_lr"], NOTE_FINETUNE["epochs"]) else
+            f"-lr{ft['lr']:g}-{ft['layer_lr']:g}-e{ft['epochs']}")
+    else:
+        tail = f"-ft{ft['cut']}{'' if ft['augment'] else '-noaug'}"
     out = root / f"{source}-only-n{n}-{image_size}{'-tiny' if tiny else ''}{tail}"
     if (out / "config.json").is_file() and not retrain:
         return out
     cohort = generate_dermatology(n=n, seed=TRAIN_SEED, image_size=image_size, single_source=source,
                                   workers=1 if tiny else min(2, os.cpu_count() or 1))
-    cfg = control_config(source, out, epochs, tiny, image_size, n, finetuned=finetune)
+    cfg = control_config(source, out, epochs, tiny, image_size, n, finetuned=finetune and not note,
+                         tuned_layers=int(ft["layers"]) if finetune and note else 0)
     if not finetune:
         path = train(cfg, cohort, progress=False)
         assert path is not None
@@ -206,23 +396,47 @@ def train_control(source: str, n: int = 700, root: Path | None = None, image_siz
     from dataclasses import asdict
 
     from ..training.dataset import build_split, cache_root
-    from ..training.finetune import prime_feature_cache
     from ..training.train import build_from_config, finish_package, fit
 
     model = build_from_config(cfg, cohort)
-    img = model.encoders["image"]
-    state, info, feats = finetune_image(cohort, image_size, img.token_grid, finetune_opts, log)
-    img.load_state_dict(state)
-    img.freeze().eval()
     tag = json.dumps(asdict(cfg.data), sort_keys=True)
-    for s in ("train", "val", "test"):
-        prime_feature_cache(img, cohort.split(s), tag + s, feats[s])
+    if note:
+        enc = model.encoders["note"]
+        info, feats = finetune_note(enc, cohort, finetune_opts, log)
+        for s in ("train", "val", "test"):
+            _prime_note_cache(enc, cohort.split(s), tag + s, feats[s])
+        record = NOTE_FINETUNE_FILE
+    else:
+        from ..training.finetune import prime_feature_cache
+
+        img = model.encoders["image"]
+        state, info, feats = finetune_image(cohort, image_size, img.token_grid, finetune_opts, log)
+        img.load_state_dict(state)
+        img.freeze().eval()
+        for s in ("train", "val", "test"):
+            prime_feature_cache(img, cohort.split(s), tag + s, feats[s])
+        record = FINETUNE_FILE
     splits = {s: build_split(model, cohort.split(s), cohort.labels, tag + s) for s in ("train", "val", "test")}
     model, fit_info = fit(model, splits["train"], splits["val"], cfg.train, cfg.trainer,
                           cache_root() / "runs" / cfg.name.replace("/", "_"))
     path = finish_package(model, cohort, splits["val"], splits["test"], cfg, fit_info)
-    (path / FINETUNE_FILE).write_text(json.dumps(info, indent=2))
+    (path / record).write_text(json.dumps(info, indent=2))
     return path
+
+
+def _prime_note_cache(enc, items: Sequence[Any], tag: str, feats: dict[str, torch.Tensor]) -> Path:
+    """Write the tuned note encoder's outputs where build_split looks for them (same key), like
+    core.training.finetune.prime_feature_cache does for the image encoder."""
+    from safetensors.torch import save_file
+
+    from ..training.dataset import _encoder_cache_key, cache_root
+
+    f = cache_root() / "features" / f"note-{_encoder_cache_key(enc, items, tag, 'note')}.safetensors"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in feats.items()}, str(tmp))
+    tmp.replace(f)
+    return f
 
 
 def randomised_copy(pkg: Package, seed: int = 0) -> Package:
@@ -250,9 +464,12 @@ def randomised_copy(pkg: Package, seed: int = 0) -> Package:
 
 
 def fine_tuned_prefixes(pkg: Package) -> list[str]:
-    """State-dict prefixes of a control's fine-tuned image layers (none for a frozen encoder)."""
-    f = Path(getattr(pkg, "path", "") or "") / FINETUNE_FILE
-    return list(json.loads(f.read_text()).get("trained_prefixes", [])) if f.is_file() else []
+    """State-dict prefixes of a control's fine-tuned image / note layers (none for frozen encoders)."""
+    out: list[str] = []
+    for name in (FINETUNE_FILE, NOTE_FINETUNE_FILE):
+        f = Path(getattr(pkg, "path", "") or "") / name
+        out += list(json.loads(f.read_text()).get("trained_prefixes", [])) if f.is_file() else []
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ measuring
