@@ -39,6 +39,58 @@ CAM_METHODS: dict[str, tuple[str, bool, str]] = {
 }
 
 
+#: heatmaps that are not pytorch-grad-cam CAMs (core.explain.image_maps.image_map; each reads its own fixed layer, so
+#: the layer picker does not apply): name -> (the layer it reads, relative cost, one-line description). Offered beside
+#: ``CAM_METHODS`` (:func:`heatmap_methods`) for packages whose image encoder can draw them (a plain encoder, not a dual
+#: expert). Feature occlusion is the map the known-answer controls validated (core/explain/controls.py,
+#: ``CONTROL_FEATURE_MAP``: lesion-only control lesion mass ratio 6.42, pointing game in the lesion 0.94, chance 0.10,
+#: fresh seed 9305; the last-stage Grad-CAM 2.90 / 0.39 there). Cost on the shipped dermatology ``mmtm``, one torch
+#: thread, same run as Grad-CAM (cases of seed 9932): median 2.3 s per map vs Grad-CAM 0.09 s -- above the ~0.3 s a
+#: default heatmap may cost, so it is a selectable method marked slow and Grad-CAM stays the default.
+MAP_METHODS: dict[str, tuple[str, str, str]] = {
+    "feature_occlusion": (
+        "middle stage", "slow: one pass of the later blocks per 14 × 14 cell (196; about 2 s per case on one CPU thread)",
+        "Feature occlusion: each 16 px cell of the middle stage replaced by the image's median features; red = where "
+        "that lowers the class's logit. The map the known-answer controls validated (the lesion-only control's "
+        "lesion: mass ratio 6.42, peak in it 94%; last-stage Grad-CAM 2.90 / 39%)."),
+}
+#: where each suite's heatmaps were validated against known-answer controls (core/explain/controls.py) and measured on
+#: the shipped packages (scripts/faithfulness_table.py --method): (cohort, image architecture) -> map method. Not the
+#: default heatmap (that is ``SUITE_DEFAULTS`` / :func:`default_cam`); the dashboard names it beside the default.
+VALIDATED_MAPS: dict[tuple[str, str], str] = {("dermatology", "efficientnet_lite0"): "feature_occlusion"}
+
+
+def heatmap_methods(package: object = None) -> list[str]:
+    """Every heatmap method the dashboard offers for ``package``: the CAMs, then the maps of ``MAP_METHODS`` its image
+    encoder can draw (a plain image encoder; a dual expert's two streams have no one middle stage). No package: all."""
+    if package is None:
+        return [*CAM_METHODS, *MAP_METHODS]
+    from .image_ig import plain_image_encoder
+
+    encoders = getattr(getattr(package, "model", None), "encoders", {})
+    plain = "image" in encoders and plain_image_encoder(encoders["image"])
+    return [*CAM_METHODS, *(MAP_METHODS if plain else ())]
+
+
+def method_cost(method: str) -> str:
+    """'fast', or why a heatmap method is slow (``CAM_METHODS`` / ``MAP_METHODS``)."""
+    if method in MAP_METHODS:
+        return MAP_METHODS[method][1]
+    if method in CAM_METHODS:
+        return CAM_METHODS[method][2]
+    raise ValueError(f"unknown heatmap method '{method}'; choose one of: {', '.join(heatmap_methods())}.")
+
+
+def validated_map(package: object) -> str | None:
+    """The map the known-answer controls validated for ``package``'s suite (``VALIDATED_MAPS``), when its image
+    encoder can draw it; else None."""
+    encoders = getattr(getattr(package, "model", None), "encoders", {})
+    enc = encoders["image"] if "image" in encoders else None
+    cfg = getattr(package, "cfg", None)
+    m = VALIDATED_MAPS.get((getattr(cfg, "cohort", None), getattr(enc, "arch", None)))
+    return m if m is not None and m in heatmap_methods(package) else None
+
+
 def cam_class(method: str) -> type:
     """The pytorch-grad-cam class of ``method`` (a key of ``CAM_METHODS``), imported on first use."""
     if method not in CAM_METHODS:
@@ -64,7 +116,7 @@ AUTO = "auto"
 SUITE_DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {("ham10000", "efficientnet_lite0"): ("gradcam++", "last × early stage")}
 DEFAULT_CAM = ("gradcam", "last stage")
 NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
-         "hirescam": "HiResCAM", "eigencam": "EigenCAM", "scorecam": "Score-CAM"}
+         "hirescam": "HiResCAM", "eigencam": "EigenCAM", "scorecam": "Score-CAM", "feature_occlusion": "Feature occlusion"}
 
 
 def cam_layer_names(encoder: torch.nn.Module) -> list[str]:
@@ -93,7 +145,10 @@ def resolve_cam(package: object, methods: "tuple[str, ...] | list[str]", layer: 
 
 
 def describe_cam(method: str, layer: str) -> str:
-    """Which method on which layer drew a map, in words, e.g. 'Grad-CAM++ (last stage) × LayerCAM (early stage)'."""
+    """Which method on which layer drew a map, in words, e.g. 'Grad-CAM++ (last stage) × LayerCAM (early stage)'.
+    A map of ``MAP_METHODS`` reads its own layer, whatever ``layer`` says."""
+    if method in MAP_METHODS:
+        return f"{NAMES.get(method, method)} ({MAP_METHODS[method][0]})"
     if layer in LAYER_PRODUCTS:
         coarse, fine = LAYER_PRODUCTS[layer]
         return f"{NAMES.get(method, method)} ({coarse}) × {NAMES[FINE_METHOD]} ({fine})"
@@ -222,8 +277,18 @@ def image_cam(ctx: ExplainContext, method: str = AUTO, layer: str = AUTO, tta: b
     ``method`` / ``layer``: a key of ``CAM_METHODS`` / a name of :func:`cam_layer_names`, or ``"auto"``
     for the package's default (:func:`default_cam`; :func:`describe_cam` names it).
     ``stream="lesion"`` (dual-expert models): the heatmap of the lesion stream, computed on its crop
-    and pasted back where the crop lies in the whole image (zero elsewhere)."""
+    and pasted back where the crop lies in the whole image (zero elsewhere).
+
+    A ``method`` of ``MAP_METHODS`` is drawn by :func:`core.explain.image_maps.image_map` on its own layer
+    (``layer`` unused; no test-time augmentation, no lesion stream: ValueError)."""
     (method,), layer = resolve_cam(ctx.package, (method,), layer)
+    if method in MAP_METHODS:
+        if tta or stream != "global":
+            raise ValueError(f"{NAMES.get(method, method)} is drawn without test-time augmentation, on the whole image "
+                             "(no lesion stream).")
+        from .image_maps import image_map
+
+        return image_map(ctx, method)
     if stream == "lesion":
         if not is_dual(ctx):
             raise ValueError("only a dual-expert image model has a lesion stream.")
@@ -256,8 +321,11 @@ def paste_crop(crop_map: np.ndarray, box: torch.Tensor) -> np.ndarray:
 def cam_stability(ctx: ExplainContext, method: str = AUTO, layer: str = AUTO, samples: int = 8,
                   seed: int = 0) -> dict[str, np.ndarray | float]:
     """The heatmap under ``samples`` MC-dropout masks of the head (one batched CAM call): its mean,
-    standard deviation, and the mean pairwise correlation of the samples (1 = perfectly stable)."""
+    standard deviation, and the mean pairwise correlation of the samples (1 = perfectly stable). CAMs only: a map
+    of ``MAP_METHODS`` reads the model without MC dropout (ValueError)."""
     (method,), layer = resolve_cam(ctx.package, (method,), layer)
+    if method in MAP_METHODS:
+        raise ValueError(f"{NAMES.get(method, method)} has no MC-dropout stability (it reads the model without dropout).")
     pixels = ctx.inputs["image"]["pixels"]
     if is_dual(ctx) or not CAM_METHODS.get(method, (None, False))[1]:
         maps = _run_cam(ctx, pixels.expand(samples, -1, -1, -1), method, layer, mc_seed=seed)
