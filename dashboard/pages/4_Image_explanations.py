@@ -1,5 +1,6 @@
-"""Image explanations: a Grad-CAM-family heatmap through the whole fused model, lesion vs context
-(mass vs area, the confidence check, lesion-only / context-only maps) and stability across MC samples."""
+"""Image explanations: a Grad-CAM-family heatmap (or the middle-stage feature occlusion map the known-answer controls
+validated) through the whole fused model, lesion vs context (mass vs area, the confidence check, lesion-only /
+context-only maps) and stability across MC samples."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,7 @@ import streamlit as st
 
 from core import plots
 from core.errors import FusionLensError
-from core.explain import CAM_METHODS
-from core.explain.gradcam import default_cam, describe_cam
+from core.explain.gradcam import MAP_METHODS, NAMES, default_cam, describe_cam, heatmap_methods, method_cost, validated_map
 from core.explain.cohort import map_measures
 from dashboard import loaders
 from dashboard.figures import display_map, light_overlay
@@ -30,29 +30,47 @@ pred = page.require_prediction()
 
 
 def method_name(m: str) -> str:
-    cost = CAM_METHODS[m][2]
-    return m if cost == "fast" else f"{m} (slow)"
+    return m if method_cost(m) == "fast" else f"{m} (slow)"
 
 
 c1, c2, c3 = st.columns(3)
 default_method, default_layer = default_cam(pkg)   # measured per suite (HAM10000: Grad-CAM++ x early LayerCAM)
+checked = validated_map(pkg)   # the map the known-answer controls validated for this suite (dermatology: feature occlusion)
+methods = heatmap_methods(pkg)  # the CAMs, then the maps this image encoder can draw (core.explain.gradcam.MAP_METHODS)
 layers = loaders.cam_layers(pkg)
-method = c1.selectbox("CAM method", list(CAM_METHODS), index=list(CAM_METHODS).index(default_method), key="cam_method",
-                      format_func=method_name, help="Methods marked slow run one forward pass per channel of the layer.")
+if st.session_state.get("cam_method", methods[0]) not in methods:   # e.g. feature occlusion, then a dual-expert package
+    del st.session_state["cam_method"]
+method = c1.selectbox("Heatmap method", methods, index=methods.index(default_method), key="cam_method",
+                      format_func=method_name,
+                      help="CAMs marked slow run one forward pass per channel of the layer; feature occlusion (slow) "
+                           "one pass of the later blocks per middle-stage cell.")
+is_map = method in MAP_METHODS   # reads its own layer: no layer choice, no TTA, no MC-dropout stability
 layer = c2.selectbox("Layer", layers, index=layers.index(default_layer) if default_layer in layers else 0, key="cam_layer",
+                     disabled=is_map,
                      help="The last stage is coarse and semantic; earlier stages are finer but noisier; "
-                          "'last × early stage' gates the last stage's map by the early stage's LayerCAM.")
+                          "'last × early stage' gates the last stage's map by the early stage's LayerCAM. "
+                          "Feature occlusion always reads the middle stage.")
 target = c3.selectbox("Explain the class", pkg.labels, index=pred.label_index, key="image_target")
 c4, c5, c6 = st.columns(3)
-tta = c4.toggle("Test-time augmentation", key="cam_tta", help="Average the heatmap over flips and a rotation.")
+tta = c4.toggle("Test-time augmentation", key="cam_tta", disabled=is_map,
+                help="Average the heatmap over flips and a rotation (CAMs only).") and not is_map
 samples = c5.slider("MC samples for stability", 4, 16, 8, key="stability_samples")
 opacity = c6.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
+if is_map:
+    st.caption(MAP_METHODS[method][2])
+if checked:
+    st.caption(f"Which map to trust here: the known-answer controls (models that can only use the lesion, or only its "
+               f"surroundings) validated **{NAMES.get(checked, checked)}** for this suite, not the default "
+               f"{describe_cam(default_method, default_layer)}, which missed the lesion the lesion-only control used "
+               f"(peak in the lesion 39% vs 94%, a random point 10%). {NAMES.get(checked, checked)} costs about 2 s per "
+               "case, so it waits for a click; no map passes the context-only control's lesion check (README, "
+               "\"Known-answer controls\").")
 
 options = dict(target=pkg.labels.index(target), cam_methods=(method,), cam_layer=layer, tta=tta)
-slow = CAM_METHODS[method][2] != "fast"
+slow = method_cost(method) != "fast"
 ex = loaders.explain(pkg, case, ("cam", "lesion_context"), only_cached=True, **options)
 if ex is None and slow:
-    st.caption(f"{method}: {CAM_METHODS[method][2]}.")
+    st.caption(f"{method}: {method_cost(method)}.")
     if not st.button(f"Compute {method}", key="cam_compute", type="primary"):
         st.stop()
 progress = st.progress(0.0, text="Heatmap and lesion / context check…")
@@ -70,7 +88,8 @@ with left:
                                                     f"{describe_cam(method, layer)} · P({target})")), key="cam_chart")
     headline_sent()
     st.caption(f"Green outline: lesion mask ({lc.get('mask_source', 'none')}); dotted white: the context ring around it. "
-               "Red = regions that raised the explained class's calibrated logit.")
+               + ("Red = cells whose removal (their features replaced by the image's median) lowered the explained "
+                  "class's calibrated logit." if is_map else "Red = regions that raised the explained class's calibrated logit."))
     if st.checkbox("Prepare a PNG of this overlay", key="cam_png"):
         st.download_button("Download PNG", plots.cam_overlay_png(case.image, cam, lc.get("mask"), opacity,
                                                                  f"{describe_cam(method, layer)} · P({target})"),
@@ -124,6 +143,11 @@ if lc:
         st.caption("The heatmap kept only inside the lesion (left) and only in the context ring (right), same colour scale.")
 
 st.subheader("Stability across MC-dropout samples")
+if is_map:
+    st.caption(f"{NAMES.get(method, method)} reads the model without MC dropout: pick a CAM to see how a heatmap changes "
+               "across dropout samples.")
+    report_panel(pkg, case, "image_explanations_report")
+    st.stop()
 if slow:
     st.checkbox(f"Compute the stability of {method} too (one {method} run per sample: slow)", key="slow_stability")
 stab = None
