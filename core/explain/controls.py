@@ -150,6 +150,8 @@ def tiny_encoders() -> dict[str, dict[str, Any]]:
 #: cut 14 0.94 / 3.19 / 0.39 — tuning more blocks buys accuracy and loses the CAM's place.
 IMAGE_FINETUNE: dict[str, Any] = {"cut": 14, "augment": True, "epochs": 8, "samples_per_epoch": 640, "batch_size": 32,
                                   "lr": 1e-3, "backbone_lr": 4e-4, "threads": 1}
+#: per-source changes to :data:`IMAGE_FINETUNE` (session 9; empty: the shared options)
+IMAGE_FINETUNE_BY_SOURCE: dict[str, dict[str, Any]] = {}
 #: the image controls fine-tune their encoder by default; note / metadata controls keep it frozen
 FINETUNED_SOURCES = ("lesion", "context")
 FINETUNE_FILE = "image_finetune.json"   # in the package folder: what was fine-tuned (randomised_copy reads it)
@@ -174,7 +176,13 @@ def finetune_image(cohort, image_size: int = 224, token_grid: int | None = None,
     cache = controls_root() / "finetune"
     frozen = {s: encode_frozen(enc, cohort.split(s), cache, log=log, what=s, cut=cut) for s in ("train", "val", "test")}
     y = {s: torch.tensor([cohort.labels.index(it.label) for it in cohort.split(s)]) for s in frozen}
-    info = finetune_top(enc, frozen["train"], y["train"], frozen["val"], y["val"], len(cohort.labels), log=log, **opts)
+    swap = int(opts.pop("lesion_swap", 0) or 0)
+    train, y_train = frozen["train"], y["train"]
+    if swap:
+        train = {"map": lesion_swapped_maps(frozen["train"]["map"], cohort.split("train"), swap)}
+        y_train = y_train.repeat(swap)
+    info = finetune_top(enc, train, y_train, frozen["val"], y["val"], len(cohort.labels), log=log, **opts)
+    info["lesion_swap"] = swap
     clf = info.pop("classifier")
     pred = tail_logits(enc, clf, frozen["test"]["map"], cut=cut).argmax(1)
     info["test_accuracy_linear_head"] = round(float((pred == y["test"]).float().mean()), 4)
@@ -354,6 +362,45 @@ def finetune_note(enc, cohort, opts: dict[str, Any] | None = None, log: Callable
     return info, feats
 
 
+def lesion_swapped_maps(maps: torch.Tensor, items: Sequence[Any], copies: int, seed: int = 0) -> torch.Tensor:
+    """``copies`` versions of each cached activation map [N, C, h, w] (case-major: all cases' first copy, then the
+    second, ...): the first as it is, the second with every cell that touches the case's lesion replaced by the
+    features of a random plain-skin cell of the same map (one touching neither the lesion nor the generator's
+    context region), later ones with a random half of those cells replaced. Training the context-only control's
+    fine-tuned blocks on them removes any use of the lesion's cells, whole or in part (the known answer)."""
+    import numpy as np
+    from torch.nn import functional as F
+
+    from .cohort import _load_region
+
+    g = torch.Generator().manual_seed(seed)
+    h, w = maps.shape[-2:]
+    out = [maps.clone() for _ in range(copies)]
+
+    def cells(region: np.ndarray | None) -> torch.Tensor:
+        if region is None:
+            return torch.zeros(h * w, dtype=torch.bool)
+        r = torch.from_numpy(region.astype(np.float32))[None, None]
+        return (F.adaptive_avg_pool2d(r, (h, w))[0, 0] > 0).flatten()
+
+    for i, it in enumerate(items):
+        lesion = cells(_load_region(it.mask_path))
+        ring = cells(_load_region(it.context_path))
+        skin = (~lesion & ~ring).nonzero().flatten()
+        les = lesion.nonzero().flatten()
+        if not len(skin) or not len(les):
+            continue
+        for c in range(1, copies):
+            pick = les if c == 1 else les[torch.rand(len(les), generator=g) < 0.5]
+            if not len(pick):
+                continue
+            src = skin[torch.randint(len(skin), (len(pick),), generator=g)]
+            flat = out[c][i].flatten(1)
+            flat[:, pick] = maps[i].flatten(1)[:, src].to(flat.dtype)
+            out[c][i] = flat.view_as(out[c][i])
+    return torch.cat(out)
+
+
 def train_control(source: str, n: int = 700, root: Path | None = None, image_size: int = 224, epochs: int = 40,
                   tiny: bool = False, retrain: bool = False, finetune: bool | None = None,
                   finetune_opts: dict[str, Any] | None = None, log: Callable[[str], Any] | None = None) -> Path:
@@ -366,7 +413,8 @@ def train_control(source: str, n: int = 700, root: Path | None = None, image_siz
 
     log = log or logger.info
     note = source == "note"
-    ft = {**(NOTE_FINETUNE if note else IMAGE_FINETUNE), **(finetune_opts or {})}
+    base = NOTE_FINETUNE if note else {**IMAGE_FINETUNE, **IMAGE_FINETUNE_BY_SOURCE.get(source, {})}
+    ft = {**base, **(finetune_opts or {})}
     if finetune is None:
         finetune = (int(ft["layers"]) > 0 if note else source in FINETUNED_SOURCES) and not tiny
     if finetune and source not in (*FINETUNED_SOURCES, "note"):
@@ -381,7 +429,7 @@ def train_control(source: str, n: int = 700, root: Path | None = None, image_siz
             NOTE_FINETUNE["lr"], NOTE_FINETUNE["layer_lr"], NOTE_FINETUNE["epochs"]) else
             f"-lr{ft['lr']:g}-{ft['layer_lr']:g}-e{ft['epochs']}")
     else:
-        tail = f"-ft{ft['cut']}{'' if ft['augment'] else '-noaug'}"
+        tail = f"-ft{ft['cut']}{'' if ft['augment'] else '-noaug'}" + (f"-swap{ft['lesion_swap']}" if ft.get("lesion_swap") else "")
     out = root / f"{source}-only-n{n}-{image_size}{'-tiny' if tiny else ''}{tail}"
     if (out / "config.json").is_file() and not retrain:
         return out
@@ -410,7 +458,7 @@ def train_control(source: str, n: int = 700, root: Path | None = None, image_siz
         from ..training.finetune import prime_feature_cache
 
         img = model.encoders["image"]
-        state, info, feats = finetune_image(cohort, image_size, img.token_grid, finetune_opts, log)
+        state, info, feats = finetune_image(cohort, image_size, img.token_grid, ft, log)
         img.load_state_dict(state)
         img.freeze().eval()
         for s in ("train", "val", "test"):
