@@ -54,6 +54,13 @@ class TrainOptions:
     logit_adjustment: float = 0.0      # tau of Menon et al.: train on logits + tau * log(prior)
     weighted_sampler: bool = True      # class-balanced sampling for the long tail
     modality_dropout: float = 0.1      # chance of hiding each present modality of a training case
+    stream_dropout: float = 0.0        # dual-expert image encoders (issue 15): chance that a training case's lesion
+                                       # or global stream (half each) is blanked, so each stream is sometimes the only
+                                       # source; off by default
+    stream_dropout_fill: str = "other"  # what a blanked stream shows: "other" = the kept stream's features (the mix
+                                       # is then that stream alone whatever the gate says, and the gate gets no
+                                       # gradient from the case), "mean" = the stream's training-split mean
+                                       # (dataset.stream_dropout explains the choice)
     disagreement_weighting: bool = False  # seed 003: weight the fusion loss by exp(symmetric KL of unimodal heads)
     kl_clip: float = 2.0
     uncertainty_weight: float = 0.1    # auxiliary loss teaching log_var to predict the case's loss
@@ -130,6 +137,11 @@ def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
     if cfg.train.mechanism_refit_params not in ("scalars", "mechanism"):
         raise ConfigError("'train.mechanism_refit_params' must be 'scalars' (temperature, scale / level logits) or "
                           "'mechanism' (those and the layers that make the gates).")
+    if not 0.0 <= cfg.train.stream_dropout < 1.0:
+        raise ConfigError("'train.stream_dropout' must be in [0, 1) (0 = off).")
+    if cfg.train.stream_dropout_fill not in ("other", "mean"):
+        raise ConfigError("'train.stream_dropout_fill' must be 'other' (the kept stream's features) or 'mean' "
+                          "(the stream's training-split mean).")
     if cfg.train.loss not in ("ce", "focal"):
         raise ConfigError("'train.loss' must be 'ce' or 'focal'.")
     return cfg

@@ -288,3 +288,65 @@ def modality_dropout(present: torch.Tensor, p: float, generator: torch.Generator
 def class_sample_weights(labels: torch.Tensor, n_classes: int) -> np.ndarray:
     counts = torch.bincount(labels, minlength=n_classes).float().clamp_min(1)
     return (1.0 / counts)[labels].numpy()
+
+
+
+#: the cached keys of one dual-expert stream (``DualExpertEncoder.frozen_inputs``): "l_" lesion, "g_" global
+DUAL_STREAMS = ("l_", "g_")
+DUAL_KEYS = ("pooled", "l0", "l1", "l2", "tokens")
+
+
+def stream_fills(model: MultimodalClassifier, data: SplitTensors, fill: str = "other") -> dict[str, dict[str, torch.Tensor]]:
+    """Per dual-expert modality with cached streams: what ``stream_dropout`` needs. For ``fill="mean"`` the
+    training split's mean of every cached key of each stream; for ``fill="other"`` nothing (an empty dict: the
+    kept stream is copied). Raises when the model has no dual-expert encoder with cached streams."""
+    fills: dict[str, dict[str, torch.Tensor]] = {}
+    for m in model.modalities:
+        d = data.prepared.get(m)
+        if getattr(model.encoders[m], "dual_expert", False) and d is not None and "l_pooled" in d:
+            fills[m] = {k: v.float().mean(0) for k, v in d.items() if k.startswith(DUAL_STREAMS)} if fill == "mean" else {}
+    if not fills:
+        raise ValueError("train.stream_dropout blanks a dual-expert image encoder's cached lesion / global streams; "
+                         "this model has none (set it to 0).")
+    return fills
+
+
+def stream_dropout(inputs: dict[str, Any], fills: dict[str, dict[str, torch.Tensor]], p: float,
+                   generator: torch.Generator | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Blank one stream of each dual-expert input per case with probability ``p``: the lesion stream for half
+    of those cases, the global stream for the other half, never both. Returns the new inputs (the split's
+    tensors are not modified) and, per modality, the [n] mask of cases whose lesion stream was blanked.
+
+    What a blank shows (``fills`` from ``stream_fills``):
+
+    * empty fill (``"other"``, the default): the kept stream's own features, so both streams show the same
+      thing. The mix ``w_l f_l + w_g f_g`` is then that stream alone whatever the gate says: the head learns
+      to classify from each stream alone, and the gate gets no gradient from these cases (``f_l - f_g = 0``),
+      so it is trained only on real pairs of streams, by which stream the head reads better for the case.
+    * ``"mean"``: the stream's training-split mean. The gate ``softmax(W [f_l; f_g])`` is (up to its
+      LayerNorm) linear in the features, and its expected logit is the same with the lesion or the global
+      stream replaced by its mean (``W_l m_l + W_g E[f_g]`` = ``W_l E[f_l] + W_g m_g``), so a linear gate
+      cannot tell the two blanks apart on average; kept for comparison."""
+    masks: dict[str, torch.Tensor] = {}
+    if p <= 0:
+        return inputs, masks
+    out = dict(inputs)
+    for m, fill in fills.items():
+        x = inputs.get(m)
+        if not isinstance(x, dict) or "l_pooled" not in x:
+            continue
+        n = x["l_pooled"].shape[0]
+        u = torch.rand(n, generator=generator)
+        drop = {"l_": u < p / 2, "g_": (u >= p / 2) & (u < p)}
+        x = dict(x)
+        for s, rows in drop.items():
+            if not rows.any():
+                continue
+            keep = "g_" if s == "l_" else "l_"
+            for k in DUAL_KEYS:
+                v = x[s + k].clone()
+                v[rows] = fill[s + k].to(v.dtype) if fill else inputs[m][keep + k][rows]
+                x[s + k] = v
+        out[m] = x
+        masks[m] = drop["l_"]
+    return out, masks

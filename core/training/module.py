@@ -12,7 +12,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from ..model import MultimodalClassifier
 from .config import TrainOptions
-from .dataset import SplitTensors, modality_dropout
+from .dataset import SplitTensors, modality_dropout, stream_dropout, stream_fills
 
 
 def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, smoothing: float = 0.0) -> torch.Tensor:
@@ -60,6 +60,8 @@ class LitClassifier(L.LightningModule):
         self.aux = nn.ModuleDict({m: nn.Linear(enc.out_dim, model.n_classes) for m, enc in model.encoders.items()}) \
             if opts.disagreement_weighting and len(model.modalities) > 1 else None
         self.gen = torch.Generator().manual_seed(opts.seed)
+        # dual-expert stream dropout (off by default): what a blanked stream shows
+        self.stream_fills = stream_fills(model, train_data, opts.stream_dropout_fill) if opts.stream_dropout > 0 else {}
         self.best_score, self.best_state = -math.inf, None
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
@@ -75,6 +77,10 @@ class LitClassifier(L.LightningModule):
         idx = idx.cpu()
         present = modality_dropout(self.train_data.presence(self.model, idx), self.opts.modality_dropout, self.gen)
         b = self.train_data.batch(self.model, idx, present)
+        lesion_blanked: dict[str, torch.Tensor] = {}
+        if self.stream_fills:
+            inputs, lesion_blanked = stream_dropout(b["inputs"], self.stream_fills, self.opts.stream_dropout, self.gen)
+            b = {**b, "inputs": inputs}
         b = _to_device(b, self.device)
         out = self.model(b["inputs"], b["present"])
         y = b["labels"]
@@ -95,7 +101,11 @@ class LitClassifier(L.LightningModule):
         for j, m in enumerate(self.model.modalities):  # encoders with an auxiliary classifier (dual expert, entropy gate)
             aux_logits = getattr(self.model.encoders[m], "last_aux_logits", None)
             if aux_logits is not None and aux_logits.shape[0] == int(b["present"][:, j].sum()):
-                loss = loss + 0.3 * F.cross_entropy(aux_logits, y[b["present"][:, j]])
+                keep = ~lesion_blanked[m].to(aux_logits.device) if m in lesion_blanked else None
+                if keep is None:
+                    loss = loss + 0.3 * F.cross_entropy(aux_logits, y[b["present"][:, j]])
+                elif keep.any():   # a blanked lesion stream is not the lesion: no lesion-classifier loss on it
+                    loss = loss + 0.3 * F.cross_entropy(aux_logits[keep], y[b["present"][:, j]][keep])
         if self.model.last_reconstruction_loss is not None:  # missing: reconstruct
             loss = loss + self.opts.reconstruction_weight * self.model.last_reconstruction_loss
         balance = getattr(self.model.head, "last_balance_loss", None)
