@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..encoders import ModalityFeatures
-from ..encoders.onednn import LINEAR, FrozenLinear, weights_key
+from ..encoders.onednn import LINEAR, FrozenLinear, FrozenLinearReLU6, relu6_fusable, weights_key
 from .context import ExplainContext
 
 # The black image's middle-stage activation and the last-stage map the rest of the CNN makes of it depend on
@@ -202,6 +202,13 @@ def _pointwise(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor]) -> torch.
     return y.permute(0, 3, 1, 2)
 
 
+def _pointwise_relu6(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``hardtanh(_pointwise(x, wb), 0, 6)``, the clamp inside oneDNN's product where it can be (same numbers)."""
+    if not relu6_fusable():
+        return F.hardtanh(_pointwise(x, wb), 0.0, 6.0)
+    return FrozenLinearReLU6.apply(x.permute(0, 2, 3, 1), wb[0].flatten(1), wb[1]).permute(0, 3, 1, 2)
+
+
 def _depthwise(x: torch.Tensor, wb: tuple[torch.Tensor, torch.Tensor], stride: tuple[int, int]) -> torch.Tensor:
     """A folded depthwise convolution with TensorFlow's "same" padding (as ``Conv2dDynamicSamePadding``)."""
     k = wb[0].shape[-1]
@@ -249,11 +256,11 @@ def fast_tail(enc: nn.Module) -> Any:
     def tail(x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         for expand, dw, stride, project, skip in plan:
-            y = F.hardtanh(_pointwise(x, expand), 0.0, 6.0) if expand is not None else x
+            y = _pointwise_relu6(x, expand) if expand is not None else x
             y = F.hardtanh(_depthwise(y, dw, stride), 0.0, 6.0)
             y = _pointwise(y, project)
             x = y + x if skip else y
-        return F.hardtanh(_pointwise(x, head), 0.0, 6.0)
+        return _pointwise_relu6(x, head)
 
     with _BLACK_LOCK:
         _FAST_TAIL[enc] = (key, tail)

@@ -11,6 +11,7 @@ variant's own mechanism) and documents its other keys in ``DIAGNOSTICS``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -110,9 +111,55 @@ class AttentionBlock(nn.Module):
         qn = self.nq(q)
         kvn = qn if kv is None else self.nkv(kv)
         pad = None if kv_mask is None else ~kv_mask
-        out, w = self.attn(qn, kvn, kvn, key_padding_mask=pad, need_weights=True, average_attn_weights=True)
+        if self._lean():
+            out, w = lean_attention(self.attn, qn, None if kv is None else kvn, pad)
+        else:
+            out, w = self.attn(qn, kvn, kvn, key_padding_mask=pad, need_weights=True, average_attn_weights=True)
         x = q + out
         return x + self.ff(x), w
+
+    def _lean(self) -> bool:
+        """True where :func:`lean_attention` computes what ``self.attn`` would: dropout off (eval mode, or p = 0;
+        training keeps torch's own call, its dropout draws included), a plain float batch-first module without
+        hooks (a hook on the attention module still sees its call)."""
+        a = self.attn
+        return ((not a.training or a.dropout == 0.0) and type(a) is nn.MultiheadAttention and a.batch_first
+                and a._qkv_same_embed_dim and a.in_proj_bias is not None and a.bias_k is None and not a.add_zero_attn
+                and not (a._forward_hooks or a._forward_pre_hooks or a._backward_hooks
+                         or getattr(a, "_backward_pre_hooks", None)))
+
+
+def lean_attention(attn: nn.MultiheadAttention, qn: torch.Tensor, kvn: torch.Tensor | None,
+                   pad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attn(qn, kv, kv, key_padding_mask=pad, need_weights=True, average_attn_weights=True)`` of a batch-first
+    module in eval mode (``kvn`` None: self-attention, ``kv = qn``), the arithmetic of torch's own path (packed
+    in-projection, q scaled by 1/sqrt(head dim), -inf at the padded keys added to q k^T, softmax, weights @ v,
+    out-projection, weights averaged over heads) without its per-call checks and with the projections run on the
+    batch-first rows as they are (torch's path transposes them to sequence-first and projects with a batched
+    matmul per position). Equal to torch's numbers within float rounding; gradients flow as through torch's."""
+    B, Lq, E = qn.shape
+    H = attn.num_heads
+    hd = E // H
+    W, b = attn.in_proj_weight, attn.in_proj_bias
+    if kvn is None:
+        q, k, v = F.linear(qn, W, b).split(E, -1)
+        Lk = Lq
+    else:
+        q = F.linear(qn, W[:E], b[:E])
+        k, v = F.linear(kvn, W[E:], b[E:]).split(E, -1)
+        Lk = kvn.shape[1]
+    q = q.reshape(B, Lq, H, hd).transpose(1, 2).reshape(B * H, Lq, hd)
+    k = k.reshape(B, Lk, H, hd).transpose(1, 2).reshape(B * H, Lk, hd)
+    v = v.reshape(B, Lk, H, hd).transpose(1, 2).reshape(B * H, Lk, hd)
+    q = q * math.sqrt(1.0 / float(hd))
+    if pad is None:
+        s = torch.bmm(q, k.transpose(-2, -1))
+    else:
+        m = torch.zeros(B, Lk, dtype=q.dtype, device=q.device).masked_fill_(pad, float("-inf"))
+        s = torch.baddbmm(m.view(B, 1, 1, Lk).expand(-1, H, -1, -1).reshape(B * H, 1, Lk), q, k.transpose(-2, -1))
+    w = torch.softmax(s, -1)
+    o = torch.bmm(w, v).view(B, H, Lq, hd).transpose(1, 2).reshape(B, Lq, E)
+    return F.linear(o, attn.out_proj.weight, attn.out_proj.bias), w.view(B, H, Lq, Lk).mean(1)
 
 
 class TokenProjector(nn.Module):
@@ -145,6 +192,21 @@ def attention_mass(w: torch.Tensor, q_mask: torch.Tensor, spans: dict[str, tuple
     per_key = masked_mean(w, q_mask)  # [B, Lk]
     cols = [per_key[:, spans[n][0]:spans[n][1]].sum(-1) if n in spans else torch.zeros_like(per_key[:, 0]) for n in names]
     return norm_shares(torch.stack(cols, -1))
+
+
+def constant_rows(feats: Sequence[ModalityFeatures], training: bool) -> list[bool]:
+    """Per modality: True where every row of the batch holds the same features (tokens, token mask, pooled
+    vector) and none needs a gradient, e.g. the inputs held fixed while another modality's integrated-gradient
+    steps vary. A fusion may then compute what depends on that modality alone once, on the first row, and
+    expand it: the same numbers for every row, without a copy of the work per row. Never in training mode
+    (dropout draws differ per row) nor for a batch of one; checked on the values, not trusted from a caller."""
+    def same(t: torch.Tensor) -> bool:  # row i == row i - 1 for every i: two contiguous slices, one comparison
+        return not t.requires_grad and torch.equal(t[1:], t[:-1])
+
+    if training:
+        return [False] * len(feats)
+    return [f.tokens.shape[0] > 1 and same(f.tokens[[0, -1]]) and same(f.tokens) and same(f.token_mask)
+            and same(f.pooled) for f in feats]
 
 
 def case_diagnostics(diag: dict[str, Any], i: int) -> dict[str, Any]:

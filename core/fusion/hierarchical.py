@@ -10,8 +10,8 @@ from torch import nn
 
 from ..encoders.base import ModalityFeatures, ModalitySpec, masked_mean
 from .attention import ATTENTION_DIAGNOSTICS
-from .base import (FUSIONS, AttentionBlock, Fusion, TokenProjector, attention_mass, concat_others, norm_shares, projector,
-                   unit_scale)
+from .base import (FUSIONS, AttentionBlock, Fusion, TokenProjector, attention_mass, concat_others, constant_rows, norm_shares,
+                   projector, unit_scale)
 from .simple import GateMixer
 
 
@@ -131,11 +131,21 @@ class EnhancedMMTM(Fusion):
         return self.log_tau.exp()
 
     def forward(self, feats: Sequence[ModalityFeatures], present: torch.Tensor):
-        toks = self.tokens(feats)
-        masks = [f.token_mask for f in feats]
         B, M = present.shape[0], self.k
+        # an input whose rows are all the same (held fixed while another input's IG steps vary): its tokens, its
+        # self-attention and its own pooled part are computed on one row and expanded (the same numbers per row)
+        fixed = constant_rows(feats, self.training)
+        first = torch.zeros(1, dtype=torch.long, device=present.device)
+        ins = [f.index(first) if c else f for f, c in zip(feats, fixed)]
+        toks = self.tokens(ins)
+        masks = [f.token_mask for f in ins]
         # 1. self-attention inside each modality, then cross-modal attention to all the others
         selfed = [blk(x, None, m)[0] for blk, x, m in zip(self.self_attn, toks, masks)]
+        owns = [masked_mean(x, m) + p(f.pooled) for x, m, p, f in zip(selfed, masks, self.pooled_proj, ins)]
+        if any(fixed):
+            selfed = [x.expand(B, -1, -1) if c else x for x, c in zip(selfed, fixed)]
+            masks = [m.expand(B, -1) if c else m for m, c in zip(masks, fixed)]
+            owns = [o.expand(B, -1) if c else o for o, c in zip(owns, fixed)]
         vs, flows, attn, spans_all = [], [], {}, {}
         mass_rows = []   # one [B, M] row per query modality, stacked after the loop (no in-place writes: the flow
         for i, blk in enumerate(self.cross_attn):   # reading below keeps each row for its backward pass)
@@ -143,7 +153,7 @@ class EnhancedMMTM(Fusion):
             y, w = blk(selfed[i], kv, kv_mask)  # residual inside: out = attn(x) + x
             mass_rows.append(attention_mass(w, masks[i], spans, self.names))
             attn[self.names[i]], spans_all[self.names[i]] = w, spans
-            own = masked_mean(selfed[i], masks[i]) + self.pooled_proj[i](feats[i].pooled)
+            own = owns[i]
             update = masked_mean(y - selfed[i], masks[i])   # what the cross-attention block added
             vs.append(own + update)
             share_self = own.norm(dim=-1) / (own.norm(dim=-1) + update.norm(dim=-1)).clamp_min(1e-12)
