@@ -107,8 +107,9 @@ def main() -> None:
         f = cohort_faithfulness(pkg, items, args.method) if product else measure_map(pkg, items, args.method)
         f.update(seconds=round(time.perf_counter() - t, 1), generator_seed=args.seed, cohort_n=args.cohort_n,
                  per_kind=args.per_kind)
-        if args.json:
+        if args.json:   # written after every package: a stopped run keeps what it measured
             looked[path.name] = f
+            Path(args.json).write_text(json.dumps(looked, indent=2))
         else:
             m = json.loads((path / "metrics.json").read_text())
             if product:
