@@ -169,3 +169,48 @@ def test_explanation_and_prediction_equal_the_paths_they_replace(tmp_path, monke
     pa, pb = _flat(new_pred.to_dict(), {}), _flat(old_pred.to_dict(), {})
     for k in pb:
         assert np.allclose(pa[k], pb[k], rtol=1e-5, atol=1e-6, equal_nan=True), k
+
+
+def test_note_baseline_pass_is_kept_per_length_and_follows_the_weights(tmp_path, monkeypatch):
+    """The pad-token baseline's text-encoder output is computed once per (encoder weights, baseline) and reused:
+    the same token scores and delta as computing it each time; a changed weight computes it again."""
+    import numpy as np
+
+    from core import save_package
+    from core.explain import attributions
+    from core.explain.context import ExplainContext
+    from core.package import load_package
+
+    from tiny import LABELS
+
+    pkg = load_package(save_package(make_model("mmtm", ("image", "note", "metadata")), tmp_path / "m", LABELS, name="tiny-mmtm"))
+    enc = pkg.model.encoders["note"].freeze()
+    attributions._NOTE_BASELINE.clear()
+    rows = []
+    real = type(enc).forward
+
+    def counting(self, *a, **k):
+        x = k.get("inputs_embeds")
+        rows.append(None if x is None else x.shape[0])
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(enc), "forward", counting)
+    case = make_case(1)
+    first = attributions.note_attributions(ExplainContext(pkg, case))
+    assert rows.count(1) == 1                                   # the baseline's row, computed once ...
+    again = attributions.note_attributions(ExplainContext(pkg, case))
+    assert rows.count(1) == 1                                   # ... and then taken from the cache
+    assert first["token_scores"] == again["token_scores"] and first["convergence_delta"] == again["convergence_delta"]
+    monkeypatch.setattr(attributions, "baseline_note_features",
+                        lambda e, ids, emb, mask: real(e, inputs_embeds=emb, attention_mask=mask))
+    plain = attributions.note_attributions(ExplainContext(pkg, case))
+    assert np.allclose(first["token_scores"], plain["token_scores"], atol=1e-7) and np.abs(plain["token_scores"]).max() > 0
+    monkeypatch.undo()
+    with torch.no_grad():                                        # a weight changed in place: recomputed
+        next(p for n, p in enc.named_parameters() if "encoder.layer" in n and n.endswith("weight")).mul_(1.5)
+    changed = attributions.note_attributions(ExplainContext(pkg, case))
+    monkeypatch.setattr(attributions, "baseline_note_features",
+                        lambda e, ids, emb, mask: real(e, inputs_embeds=emb, attention_mask=mask))
+    fresh = attributions.note_attributions(ExplainContext(pkg, case))
+    assert np.allclose(changed["token_scores"], fresh["token_scores"], atol=1e-7)
+    assert not np.allclose(changed["token_scores"], first["token_scores"], atol=1e-7)

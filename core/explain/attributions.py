@@ -12,6 +12,9 @@
 """
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
@@ -112,6 +115,42 @@ def cat_features(*feats: ModalityFeatures) -> ModalityFeatures:
                             cat(f.tokens for f in feats), cat(f.token_mask for f in feats), extras)
 
 
+# The note's pad-token baseline (special tokens kept, pad everywhere else) depends on the note's length only, and
+# so does the text encoder's output for it: kept per encoder, keyed by the baseline's tokens, its mask and the
+# encoder's weights (storage + version, as the image IG's black image), instead of one encoder pass per
+# explanation. A few lengths are kept per encoder (a note has at most ``max_length`` tokens).
+_NOTE_BASELINE: "weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict[tuple, tuple[torch.Tensor, ModalityFeatures]]]" = \
+    weakref.WeakKeyDictionary()
+_NOTE_BASELINE_LOCK = threading.Lock()
+_NOTE_BASELINE_KEEP = 16
+
+
+def baseline_note_features(enc: Any, base_ids: torch.Tensor, base_emb: torch.Tensor, mask: torch.Tensor) -> ModalityFeatures:
+    """``enc(inputs_embeds=base_emb, attention_mask=mask)`` without a graph, where ``base_emb`` is the word
+    embedding of the pad-token baseline whose token ids are ``base_ids`` (:func:`note_ig_inputs`): computed once
+    per (encoder weights, baseline, mask) and kept. An encoder in training mode or with hooks runs every time."""
+    from ..encoders.onednn import weights_key
+
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in enc.modules())
+    if enc.training or hooked:
+        with torch.no_grad():
+            return enc(inputs_embeds=base_emb, attention_mask=mask)
+    key = (tuple(base_ids.reshape(-1).tolist()), tuple(mask.reshape(-1).tolist()), base_emb.dtype,
+           weights_key(list(enc.parameters()), list(enc.buffers())))
+    with _NOTE_BASELINE_LOCK:
+        hit = _NOTE_BASELINE.get(enc, {}).get(key)
+    if hit is not None and torch.equal(hit[0], base_emb):
+        return hit[1]
+    with torch.no_grad():
+        out = enc(inputs_embeds=base_emb, attention_mask=mask)
+    with _NOTE_BASELINE_LOCK:
+        kept = _NOTE_BASELINE.setdefault(enc, OrderedDict())
+        kept[key] = (base_emb.detach().clone(), out)
+        while len(kept) > _NOTE_BASELINE_KEEP:
+            kept.popitem(last=False)
+    return out
+
+
 def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_size: int = 24) -> dict[str, Any]:
     enc = ctx.model.encoders["note"]
     note = ctx.case.note or ""
@@ -120,11 +159,11 @@ def note_attributions(ctx: ExplainContext, n_steps: int = 24, internal_batch_siz
     tok, ids, mask, emb, base_emb = note_ig_inputs(enc, note)
     f = ctx.target_fn("note", "inputs_embeds", attention_mask=mask)
     if internal_batch_size >= n_steps:
+        base_ids = torch.where(tok["special_tokens_mask"].bool(), ids, torch.full_like(ids, enc.pad_token_id))
         # the pad-token baseline needs its value, not its gradient: it runs through the text encoder on its own
         # without a graph, and joins the steps' rows at the fusion (one row fewer through the encoder's backward)
         def steps_and_baseline(steps: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                b = enc(inputs_embeds=base_emb, attention_mask=mask)
+            b = baseline_note_features(enc, base_ids, base_emb, mask)
             s = enc(inputs_embeds=steps, attention_mask=mask.expand(len(steps), -1))
             return ctx.calibrated_logits("note", cat_features(s, b))[:, ctx.target]
 
