@@ -214,3 +214,20 @@ def test_note_baseline_pass_is_kept_per_length_and_follows_the_weights(tmp_path,
     fresh = attributions.note_attributions(ExplainContext(pkg, case))
     assert np.allclose(changed["token_scores"], fresh["token_scores"], atol=1e-7)
     assert not np.allclose(changed["token_scores"], first["token_scores"], atol=1e-7)
+
+
+@pytest.mark.parametrize("q_fixed", [False, True])
+def test_attention_block_with_fixed_parts_projected_once_equals_its_forward(q_fixed):
+    torch.manual_seed(1)
+    blk = AttentionBlock(16, 4).eval()
+    B = 5
+    fixed_part = torch.randn(1, 3, 16).expand(B, -1, -1)
+    varied = torch.randn(B, 4, 16, requires_grad=True)
+    q = torch.randn(1, 6, 16).expand(B, -1, -1) if q_fixed else torch.randn(B, 6, 16)
+    mask = torch.ones(B, 7, dtype=torch.bool)
+    mask[:, 5] = False
+    ref_y, ref_w = blk(q, torch.cat([fixed_part, varied], 1), mask)
+    y, w = blk.forward_fixed(q, q_fixed, [(fixed_part, True), (varied, False)], mask)
+    assert torch.allclose(y, ref_y, atol=1e-6) and torch.allclose(w, ref_w, atol=1e-6)
+    g = torch.autograd.grad(y.sum(), varied)[0]
+    assert torch.allclose(g, torch.autograd.grad(ref_y.sum(), varied)[0], atol=1e-5) and float(g.abs().max()) > 0

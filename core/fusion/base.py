@@ -118,6 +118,25 @@ class AttentionBlock(nn.Module):
         x = q + out
         return x + self.ff(x), w
 
+    def forward_fixed(self, q: torch.Tensor, q_fixed: bool, kv_parts: Sequence[tuple[torch.Tensor, bool]],
+                      kv_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(q, cat(kv_parts' tensors, 1), kv_mask)`` (where :meth:`_lean`) for parts whose rows are all the same
+        (``q_fixed``, a part's flag; see ``constant_rows``): their layer norm and projection run on the first row
+        and are expanded. Layer norm and projection act token by token, so the numbers are those of the whole batch."""
+        a = self.attn
+        B, E = kv_mask.shape[0], q.shape[-1]
+        W, b = a.in_proj_weight, a.in_proj_bias
+        qp = F.linear(self.nq(q[:1] if q_fixed else q), W[:E], b[:E])
+        ks, vs = [], []
+        for t, fixed in kv_parts:
+            kv = F.linear(self.nkv(t[:1] if fixed else t), W[E:], b[E:])
+            k, v = (kv.expand(B, -1, -1) if fixed else kv).split(E, -1)
+            ks.append(k)
+            vs.append(v)
+        out, w = _attend(a, qp.expand(B, -1, -1) if q_fixed else qp, torch.cat(ks, 1), torch.cat(vs, 1), ~kv_mask)
+        x = q + out
+        return x + self.ff(x), w
+
     def _lean(self) -> bool:
         """True where :func:`lean_attention` computes what ``self.attn`` would: dropout off (eval mode, or p = 0;
         training keeps torch's own call, its dropout draws included), a plain float batch-first module without
@@ -137,17 +156,23 @@ def lean_attention(attn: nn.MultiheadAttention, qn: torch.Tensor, kvn: torch.Ten
     out-projection, weights averaged over heads) without its per-call checks and with the projections run on the
     batch-first rows as they are (torch's path transposes them to sequence-first and projects with a batched
     matmul per position). Equal to torch's numbers within float rounding; gradients flow as through torch's."""
-    B, Lq, E = qn.shape
-    H = attn.num_heads
-    hd = E // H
+    E = qn.shape[-1]
     W, b = attn.in_proj_weight, attn.in_proj_bias
     if kvn is None:
         q, k, v = F.linear(qn, W, b).split(E, -1)
-        Lk = Lq
     else:
         q = F.linear(qn, W[:E], b[:E])
         k, v = F.linear(kvn, W[E:], b[E:]).split(E, -1)
-        Lk = kvn.shape[1]
+    return _attend(attn, q, k, v, pad)
+
+
+def _attend(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            pad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lean_attention` from the projected queries [B, Lq, E], keys and values [B, Lk, E]."""
+    B, Lq, E = q.shape
+    Lk = k.shape[1]
+    H = attn.num_heads
+    hd = E // H
     q = q.reshape(B, Lq, H, hd).transpose(1, 2).reshape(B * H, Lq, hd)
     k = k.reshape(B, Lk, H, hd).transpose(1, 2).reshape(B * H, Lk, hd)
     v = v.reshape(B, Lk, H, hd).transpose(1, 2).reshape(B * H, Lk, hd)
@@ -172,6 +197,16 @@ class TokenProjector(nn.Module):
 
     def forward(self, feats: Sequence[ModalityFeatures]) -> list[torch.Tensor]:
         return [p(f.tokens) + self.type_emb[i] for i, (p, f) in enumerate(zip(self.proj, feats))]
+
+
+def others_spans(lengths: Sequence[int], names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """The key span of each modality in a concatenation of token sequences of these lengths (``concat_others``'s)."""
+    spans: dict[str, tuple[int, int]] = {}
+    start = 0
+    for n, length in zip(names, lengths):
+        spans[n] = (start, start + length)
+        start += length
+    return spans
 
 
 def concat_others(tokens: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], names: Sequence[str], skip: int):

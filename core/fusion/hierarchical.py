@@ -11,7 +11,7 @@ from torch import nn
 from ..encoders.base import ModalityFeatures, ModalitySpec, masked_mean
 from .attention import ATTENTION_DIAGNOSTICS
 from .base import (FUSIONS, AttentionBlock, Fusion, TokenProjector, attention_mass, concat_others, constant_rows, norm_shares,
-                   projector, unit_scale)
+                   others_spans, projector, unit_scale)
 from .simple import GateMixer
 
 
@@ -149,8 +149,14 @@ class EnhancedMMTM(Fusion):
         vs, flows, attn, spans_all = [], [], {}, {}
         mass_rows = []   # one [B, M] row per query modality, stacked after the loop (no in-place writes: the flow
         for i, blk in enumerate(self.cross_attn):   # reading below keeps each row for its backward pass)
-            kv, kv_mask, spans = concat_others(selfed, masks, self.names, i)
-            y, w = blk(selfed[i], kv, kv_mask)  # residual inside: out = attn(x) + x
+            if any(fixed) and blk._lean():   # the fixed inputs' keys / values (and query) projected once
+                others = [j for j in range(M) if j != i]
+                kv_mask = torch.cat([masks[j] for j in others], 1)
+                spans = others_spans([selfed[j].shape[1] for j in others], [self.names[j] for j in others])
+                y, w = blk.forward_fixed(selfed[i], fixed[i], [(selfed[j], fixed[j]) for j in others], kv_mask)
+            else:
+                kv, kv_mask, spans = concat_others(selfed, masks, self.names, i)
+                y, w = blk(selfed[i], kv, kv_mask)  # residual inside: out = attn(x) + x
             mass_rows.append(attention_mass(w, masks[i], spans, self.names))
             attn[self.names[i]], spans_all[self.names[i]] = w, spans
             own = owns[i]
