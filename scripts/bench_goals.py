@@ -45,6 +45,11 @@ def main() -> int:
     ap.add_argument("--floors", action="store_true",
                     help="also measure what a comparison cannot go below while every variant keeps its own fusion: the "
                          "shared encoders once plus each variant's fusion pass alone, over one predict")
+    ap.add_argument("--fast-paths", action="store_true",
+                    help="also time each explanation part (and one forward) with session 9's exact fast paths on and off "
+                         "in this process, alternating call by call (lean fusion attention, inputs held fixed computed once, "
+                         "the note baseline's text-encoder pass kept, ReLU6 inside oneDNN's product): a before/after that "
+                         "does not depend on two processes' placement (this checkout's code only)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time (time.process_time), steadier than wall time on a machine that "
                          "other jobs keep busy (with OMP_NUM_THREADS=1 the two agree on an idle machine)")
@@ -91,6 +96,7 @@ def main() -> int:
                     parts.setdefault(k, []).append(v)
         floors = _floors(variants, cases, pkg, clock, args.repeats) if args.floors else None
         cpaths = _compare_paths(variants, cases, pkg, clock, args.repeats) if args.compare_paths else None
+        fast = _fast_paths(pkg, cases, clock, args.repeats) if args.fast_paths else None
         mem_parts = ("cam", "lesion_context", "note", "table", "spectrum", "modality")
         warm = min(10, max(2, args.memory_cases // 10))
         base = None
@@ -115,6 +121,9 @@ def main() -> int:
         if cpaths:
             out["cohorts"][cohort]["compare_paths"] = cpaths
             print(cohort, "compare paths", json.dumps(cpaths), flush=True)
+        if fast:
+            out["cohorts"][cohort]["fast_paths"] = fast
+            print(cohort, "fast paths", json.dumps(fast), flush=True)
         if floors:
             out["cohorts"][cohort]["compare_floor"] = floors
             print(cohort, "compare floor", json.dumps(floors), flush=True)
@@ -160,6 +169,74 @@ def _compare_paths(variants, cases, pkg, clock, repeats: int) -> dict:
             "package_by_package_over_predict": round(med["package_by_package"] / med["predict_T30"], 3),
             "compare_variants_over_predict": round(med["compare_variants"] / med["predict_T30"], 3),
             "max_abs_difference": diff}
+
+
+def _fast_paths(pkg, cases, clock, repeats: int) -> dict:
+    """Median ms of one forward and of each explanation part with session 9's fast paths off ("old") and on
+    ("new"), alternating call by call on the same context; the parts' sum over the forward, both ways. The
+    paths are turned off where they are chosen (the results are the same either way, tests/test_speed_17_s9.py)."""
+    import statistics
+
+    import torch
+
+    import core.encoders.onednn as onednn
+    import core.explain.attributions as attr
+    import core.fusion.base as fbase
+    import core.fusion.hierarchical as fhier
+    from core.bench import plain_forward
+    from core.explain.engine import _context, _predict
+    from core.explain.gradcam import image_cam
+    from core.explain.image_ig import middle_stage_ig
+    from core.explain.modality import modality_shapley
+
+    lean, const, base = fbase.AttentionBlock._lean, fhier.constant_rows, attr.baseline_note_features
+
+    def plain_base(enc, ids, emb, mask):
+        with torch.no_grad():
+            return enc(inputs_embeds=emb, attention_mask=mask)
+
+    def mode(new: bool) -> None:
+        fbase.AttentionBlock._lean = lean if new else (lambda self: False)
+        fhier.constant_rows = const if new else (lambda feats, training: [False] * len(feats))
+        attr.baseline_note_features = base if new else plain_base
+        onednn._RELU6[:] = [] if new else [False]
+
+    S: dict[tuple[str, bool], list[float]] = {}
+    try:
+        for case in cases:
+            ctx = _context(pkg, case, None, None, True)
+            parts = {"forward": lambda c=case: plain_forward(pkg, c),
+                     "context": lambda c=case: _context(pkg, c, None, None, False),
+                     "prediction": lambda c=case, x=ctx: _predict(pkg, c, None, x, False)}
+            for m, name, fn in (("note", "note", lambda x=ctx: attr.note_attributions(x)),
+                                ("metadata", "table", lambda x=ctx: attr.table_attributions(x, 24, 0)),
+                                ("spectrum", "spectrum", lambda x=ctx: attr.spectrum_attributions(x, 24)),
+                                ("image", "image_ig", lambda x=ctx: middle_stage_ig(x)),
+                                ("image", "gradcam", lambda x=ctx: image_cam(x, "gradcam", "last stage", False))):
+                if ctx.has(m):
+                    parts[name] = fn
+            parts["modality"] = lambda x=ctx: modality_shapley(x)
+            for name, fn in parts.items():
+                for new in (True, False):
+                    mode(new)
+                    fn()
+                for r in range(2 * repeats):
+                    for new in ((False, True) if r % 2 == 0 else (True, False)):
+                        mode(new)
+                        t = clock()
+                        fn()
+                        S.setdefault((name, new), []).append(clock() - t)
+    finally:
+        mode(True)
+    med = {f"{k}_{'new' if new else 'old'}": round(1000 * statistics.median(v), 2) for (k, new), v in S.items()}
+    names = list(dict.fromkeys(k for k, _ in S if k != "forward"))
+    out = {"median_ms": med}
+    for new in (False, True):
+        tag = "new" if new else "old"
+        total = sum(med[f"{n}_{tag}"] for n in names)
+        out[f"parts_sum_{tag}_ms"] = round(total, 1)
+        out[f"parts_sum_over_forward_{tag}"] = round(total / med[f"forward_{tag}"], 3)
+    return out
 
 
 def _floors(variants, cases, pkg, clock, repeats: int) -> dict:

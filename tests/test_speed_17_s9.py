@@ -45,6 +45,11 @@ def test_attention_block_keeps_torchs_call_in_training_and_with_hooks():
     assert not blk._lean()                      # a hook on the attention module still sees its call
     h.remove()
     assert blk._lean()
+    x = torch.randn(2, 3, 16)
+    with torch.no_grad():                       # a prediction's self-attention: torch's fused kernel is kept
+        assert blk._torch_fast(x)
+    assert blk._torch_fast(x)                   # nothing needs a gradient
+    assert not blk._torch_fast(x.requires_grad_())   # an IG step's: the lean path
 
 
 def _mmtm_with_fixed_rows(n: int = 6):

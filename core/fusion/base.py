@@ -111,7 +111,7 @@ class AttentionBlock(nn.Module):
         qn = self.nq(q)
         kvn = qn if kv is None else self.nkv(kv)
         pad = None if kv_mask is None else ~kv_mask
-        if self._lean():
+        if self._lean() and not (kv is None and self._torch_fast(qn)):
             out, w = lean_attention(self.attn, qn, None if kv is None else kvn, pad)
         else:
             out, w = self.attn(qn, kvn, kvn, key_padding_mask=pad, need_weights=True, average_attn_weights=True)
@@ -136,6 +136,13 @@ class AttentionBlock(nn.Module):
         out, w = _attend(a, qp.expand(B, -1, -1) if q_fixed else qp, torch.cat(ks, 1), torch.cat(vs, 1), ~kv_mask)
         x = q + out
         return x + self.ff(x), w
+
+    def _torch_fast(self, x: torch.Tensor) -> bool:
+        """True where torch runs this self-attention as its one fused kernel (eval mode and no gradient needed:
+        a prediction), which costs less than :func:`lean_attention`'s separate operations; torch's call is kept."""
+        a = self.attn
+        return not a.training and not (torch.is_grad_enabled() and (x.requires_grad or a.in_proj_weight.requires_grad
+                                                                     or a.out_proj.weight.requires_grad))
 
     def _lean(self) -> bool:
         """True where :func:`lean_attention` computes what ``self.attn`` would: dropout off (eval mode, or p = 0;
