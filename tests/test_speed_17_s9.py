@@ -48,7 +48,9 @@ def test_attention_block_keeps_torchs_call_in_training_and_with_hooks():
     x = torch.randn(2, 3, 16)
     with torch.no_grad():                       # a prediction's self-attention: torch's fused kernel is kept
         assert blk._torch_fast(x)
-    assert blk._torch_fast(x)                   # nothing needs a gradient
+    assert not blk._torch_fast(x)               # trainable weights: torch would not take its fused kernel
+    blk.requires_grad_(False)
+    assert blk._torch_fast(x)                   # frozen weights, nothing needs a gradient
     assert not blk._torch_fast(x.requires_grad_())   # an IG step's: the lean path
 
 
