@@ -61,6 +61,10 @@ class TrainOptions:
                                        # is then that stream alone whatever the gate says, and the gate gets no
                                        # gradient from the case), "mean" = the stream's training-split mean
                                        # (dataset.stream_dropout explains the choice)
+    stream_gate_balance: float = 0.0   # dual-expert learned / entropy gate: + w * the importance loss of [w_l, w_g]
+                                       # over a batch's unblanked cases (module.gate_balance_loss): keeps both streams
+                                       # in use across a batch, so the gate cannot settle on one stream for every
+                                       # case; off by default
     disagreement_weighting: bool = False  # seed 003: weight the fusion loss by exp(symmetric KL of unimodal heads)
     kl_clip: float = 2.0
     uncertainty_weight: float = 0.1    # auxiliary loss teaching log_var to predict the case's loss
@@ -139,6 +143,8 @@ def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
                           "'mechanism' (those and the layers that make the gates).")
     if not 0.0 <= cfg.train.stream_dropout < 1.0:
         raise ConfigError("'train.stream_dropout' must be in [0, 1) (0 = off).")
+    if cfg.train.stream_gate_balance < 0:
+        raise ConfigError("'train.stream_gate_balance' must be zero (off) or positive.")
     if cfg.train.stream_dropout_fill not in ("other", "mean"):
         raise ConfigError("'train.stream_dropout_fill' must be 'other' (the kept stream's features) or 'mean' "
                           "(the stream's training-split mean).")

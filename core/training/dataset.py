@@ -315,7 +315,8 @@ def stream_dropout(inputs: dict[str, Any], fills: dict[str, dict[str, torch.Tens
                    generator: torch.Generator | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Blank one stream of each dual-expert input per case with probability ``p``: the lesion stream for half
     of those cases, the global stream for the other half, never both. Returns the new inputs (the split's
-    tensors are not modified) and, per modality, the [n] mask of cases whose lesion stream was blanked.
+    tensors are not modified) and, per modality, which stream each case lost: [n] int, 0 none, 1 the lesion
+    stream, 2 the global stream.
 
     What a blank shows (``fills`` from ``stream_fills``):
 
@@ -348,5 +349,5 @@ def stream_dropout(inputs: dict[str, Any], fills: dict[str, dict[str, torch.Tens
                 v[rows] = fill[s + k].to(v.dtype) if fill else inputs[m][keep + k][rows]
                 x[s + k] = v
         out[m] = x
-        masks[m] = drop["l_"]
+        masks[m] = drop["l_"].long() + 2 * drop["g_"].long()
     return out, masks

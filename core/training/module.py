@@ -48,6 +48,24 @@ def balance_penalty(diagnostics: dict[str, Any]) -> torch.Tensor:
     return gate_balance_loss(diagnostics["modality_weights"])
 
 
+def lesion_gate_balance(out: Any, blanked: dict[str, torch.Tensor], modalities: list[str]) -> torch.Tensor:
+    """:func:`gate_balance_loss` of the dual-expert lesion gates ``[w_l, 1 - w_l]`` over a batch: rows of present
+    images whose streams were not blanked by ``stream_dropout`` (``blanked``: modality -> [n] code in present-row
+    order, 0 = nothing blanked). Zero when the model has no lesion gate."""
+    total = torch.zeros(())
+    for j, m in enumerate(modalities):
+        extras = out.features[j].extras or {}
+        if "lesion_gate" not in extras:
+            continue
+        w = extras["lesion_gate"]
+        w = w[~torch.isnan(w)]                                  # absent images: NaN rows
+        if m in blanked:
+            w = w[(blanked[m] == 0).to(w.device)]
+        if w.numel():
+            total = total.to(w.device) + gate_balance_loss(torch.stack([w, 1 - w], -1))
+    return total
+
+
 class LitClassifier(L.LightningModule):
     def __init__(self, model: MultimodalClassifier, opts: TrainOptions, train_data: SplitTensors, val_data: SplitTensors,
                  class_counts: list[int]):
@@ -77,9 +95,9 @@ class LitClassifier(L.LightningModule):
         idx = idx.cpu()
         present = modality_dropout(self.train_data.presence(self.model, idx), self.opts.modality_dropout, self.gen)
         b = self.train_data.batch(self.model, idx, present)
-        lesion_blanked: dict[str, torch.Tensor] = {}
+        blanked: dict[str, torch.Tensor] = {}   # modality -> [n] 0 / 1 lesion / 2 global stream blanked
         if self.stream_fills:
-            inputs, lesion_blanked = stream_dropout(b["inputs"], self.stream_fills, self.opts.stream_dropout, self.gen)
+            inputs, blanked = stream_dropout(b["inputs"], self.stream_fills, self.opts.stream_dropout, self.gen)
             b = {**b, "inputs": inputs}
         b = _to_device(b, self.device)
         out = self.model(b["inputs"], b["present"])
@@ -101,11 +119,13 @@ class LitClassifier(L.LightningModule):
         for j, m in enumerate(self.model.modalities):  # encoders with an auxiliary classifier (dual expert, entropy gate)
             aux_logits = getattr(self.model.encoders[m], "last_aux_logits", None)
             if aux_logits is not None and aux_logits.shape[0] == int(b["present"][:, j].sum()):
-                keep = ~lesion_blanked[m].to(aux_logits.device) if m in lesion_blanked else None
+                keep = (blanked[m] != 1).to(aux_logits.device) if m in blanked else None
                 if keep is None:
                     loss = loss + 0.3 * F.cross_entropy(aux_logits, y[b["present"][:, j]])
                 elif keep.any():   # a blanked lesion stream is not the lesion: no lesion-classifier loss on it
                     loss = loss + 0.3 * F.cross_entropy(aux_logits[keep], y[b["present"][:, j]][keep])
+        if self.opts.stream_gate_balance:   # optional: the dual expert's lesion gate may not settle on one stream
+            loss = loss + self.opts.stream_gate_balance * lesion_gate_balance(out, blanked, self.model.modalities)
         if self.model.last_reconstruction_loss is not None:  # missing: reconstruct
             loss = loss + self.opts.reconstruction_weight * self.model.last_reconstruction_loss
         balance = getattr(self.model.head, "last_balance_loss", None)
