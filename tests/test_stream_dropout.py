@@ -131,3 +131,20 @@ def test_a_gate_committed_to_the_lesion_learns_to_follow_the_evidence_only_with_
     assert les1 - ctx1 > 0.5, (les1, ctx1)
     assert (les1 - ctx1) - (les0 - ctx0) > 0.2, (les0, ctx0, les1, ctx1)
     assert acc1 >= acc0 - 0.02
+
+
+def test_lesion_gate_balance_counts_only_real_pairs_of_streams():
+    from types import SimpleNamespace
+
+    from core.training.module import lesion_gate_balance
+
+    def out(w):
+        return SimpleNamespace(features=[SimpleNamespace(extras={"lesion_gate": torch.tensor(w)})])
+
+    assert float(lesion_gate_balance(out([1.0, 1.0, 1.0, 1.0]), {}, ["image"])) == pytest.approx(1.0)   # one stream
+    assert float(lesion_gate_balance(out([1.0, 0.0, 1.0, 0.0]), {}, ["image"])) == pytest.approx(0.0)   # both used
+    nan = float("nan")
+    # the absent image (NaN) and the blanked cases (1: lesion, 2: global) are left out
+    assert float(lesion_gate_balance(out([1.0, nan, 0.0, 1.0, 1.0]), {"image": torch.tensor([0, 1, 2, 0])},
+                                     ["image"])) == pytest.approx(1.0)
+    assert float(lesion_gate_balance(SimpleNamespace(features=[SimpleNamespace(extras=None)]), {}, ["image"])) == 0.0
