@@ -329,3 +329,89 @@ def test_evaluate_control_measures_only_the_alternatives_asked_for(monkeypatch):
     seen.clear()
     K.evaluate_control(pkg, "lesion", [])
     assert seen == ["gradcam"]
+
+
+def test_note_control_tunes_minilms_last_layer_stores_it_and_loads_it_back(tmp_path, monkeypatch):
+    """The note-only control's stage 1 (``finetune_note``, ``TextEncoder(tuned_layers=1)``) on a tiny cohort with the
+    real MiniLM: the last layer's weights move away from MiniLM's, the package stores them (and only them: the
+    layers below stay referenced), and they come back on load; the randomised copy re-draws them."""
+    from safetensors.torch import load_file
+
+    from core.encoders.text import TextEncoder
+    from core.package import load_package
+
+    monkeypatch.setenv("FUSIONLENS_CACHE", str(tmp_path / "cache"))
+    tiny = K.tiny_encoders()
+    monkeypatch.setattr(K, "tiny_encoders", lambda: {**tiny, "note": {"type": "text", "source": "minilm", "max_length": 48,
+                                                                      "frozen": True}})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        path = K.train_control("note", n=84, root=tmp_path, image_size=64, epochs=2, tiny=True, finetune=True,
+                               finetune_opts={"layers": 1, "epochs": 2, "layer_lr": 1e-3}, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    ref = TextEncoder("minilm", max_length=48).model.state_dict()
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["architecture"]["modalities"]["note"]["tuned_layers"] == 1
+    ext = cfg["external_weights"]
+    assert "encoders.note.model.embeddings." in ext and "encoders.note.model.encoder.layer.4." in ext
+    assert not any(e.startswith("encoders.note.model.encoder.layer.5") for e in ext)
+    stored = load_file(str(path / "model.safetensors"))
+    mine = {k[len("encoders.note.model."):]: v for k, v in stored.items() if k.startswith("encoders.note.")}
+    assert mine and all(k.startswith("encoder.layer.5.") for k in mine)   # only the tuned layer is stored
+    assert len(mine) == sum(k.startswith("encoder.layer.5.") for k in ref)
+    assert any(not torch.equal(v, ref[k]) for k, v in mine.items())      # it was trained
+    record = json.loads((path / K.NOTE_FINETUNE_FILE).read_text())
+    assert record["trained_prefixes"] == ["encoders.note.model.encoder.layer.5."]
+    pkg = load_package(path)
+    got = pkg.model.encoders["note"].model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in mine.items())           # loaded back
+    assert torch.equal(got["encoder.layer.4.output.dense.weight"], ref["encoder.layer.4.output.dense.weight"])
+    assert pkg.model.encoders["note"].frozen
+    rnd = K.randomised_copy(pkg).model.encoders["note"].model.state_dict()
+    for k in got:
+        if k.endswith("position_ids"):
+            continue
+        assert torch.equal(rnd[k], got[k]) != k.startswith("encoder.layer.5."), k
+
+
+def test_text_encoder_default_config_is_unchanged():
+    """tuned_layers=0 (the default) leaves the encoder's config, and so every package and cache key, as before."""
+    from core.encoders.text import TextEncoder
+
+    enc = TextEncoder("minilm", max_length=32)
+    assert "tuned_layers" not in enc.config() and enc.external_weights
+    assert not any(p.requires_grad for p in TextEncoder("minilm", max_length=32, tuned_layers=1).model.embeddings.parameters())
+    with pytest.raises(ValueError, match="tuned_layers"):
+        TextEncoder("minilm", max_length=32, tuned_layers=7)
+
+
+def test_lesion_swapped_maps_replace_exactly_the_lesion_cells_with_plain_skin_cells(tmp_path):
+    """The context-only control's fine-tuning option (``lesion_swap``): copy 0 is the map as it is; copy 1 has every
+    cell touching the lesion replaced by one of the same map's plain-skin cells (touching neither the lesion nor
+    the context ring); copy 2 a part of them; context-ring and skin cells never change."""
+    from PIL import Image
+
+    from core.data.base import CohortItem
+
+    size, h = 64, 8                                  # 8 x 8 cells of 8 px
+    yy, xx = np.mgrid[:size, :size]
+    d = np.hypot(yy - 28, xx - 28)
+    lesion, ring = d < 9, (d >= 9) & (d < 18)
+    Image.fromarray((lesion * 255).astype(np.uint8)).save(tmp_path / "m.png")
+    Image.fromarray((ring * 255).astype(np.uint8)).save(tmp_path / "c.png")
+    item = CohortItem("c0", "nv", "train", mask_path=tmp_path / "m.png", context_path=tmp_path / "c.png")
+    maps = torch.arange(2 * h * h, dtype=torch.float32).view(1, 2, h, h)   # every cell distinct
+    out = K.lesion_swapped_maps(maps, [item], 3)
+    assert out.shape == (3, 2, h, h) and torch.equal(out[0], maps[0])
+    cell = lambda r: torch.from_numpy(r.reshape(h, 8, h, 8).any(axis=(1, 3)))  # noqa: E731
+    les, rng_c = cell(lesion), cell(ring)
+    skin = ~les & ~rng_c
+    skin_vecs = {tuple(v) for v in maps[0][:, skin].T.tolist()}
+    changed = (out[1] != maps[0]).any(0)
+    assert torch.equal(changed, les)                                       # all lesion cells, nothing else
+    assert all(tuple(v) in skin_vecs for v in out[1][:, les].T.tolist())  # each now a plain-skin cell
+    part = (out[2] != maps[0]).any(0)
+    assert not (part & ~les).any() and 0 < int(part.sum()) < int(les.sum())

@@ -197,8 +197,14 @@ def finetune_image(cohort, image_size: int = 224, token_grid: int | None = None,
 #: trained on the tuned encoder's features like any other and its package stores the tuned layer(s)
 #: (``TextEncoder(tuned_layers=...)``; the rest stays referenced). Why: with MiniLM frozen, decoy words move the
 #: mean-pooled features and the small head's logit with large cancelling pushes (seed 9301 validation, session 8).
-#: ``layers`` 0: the frozen encoder (sessions 5-8).
-NOTE_FINETUNE: dict[str, Any] = {"layers": 0, "epochs": 8, "batch_size": 32, "lr": 1e-2, "layer_lr": 1e-4,
+#: ``layers`` 0: the frozen encoder (sessions 5-8). Chosen on seed 9301 validation by a rule written before looking
+#: (best explainer's absolute planted-word mass, test accuracy >= 0.90, randomised copy < 0.6): first 30 validation
+#: cases (chance 0.33), frozen control (session 8) -> last layer tuned: pad IG 0.50 -> 0.56, [UNK] IG 0.58 -> 0.63,
+#: word occlusion 0.54 -> 0.54; positive share (pad IG) 0.64 -> 0.65; Shapley top = note 1.00; accuracy on its test
+#: split 0.92 -> 1.00 (stage 1 best validation accuracy 0.997). Randomised copy (tuned layer re-drawn too; first 15):
+#: pad IG 0.36, [UNK] 0.39, occlusion 0.36, Shapley 0.53. Stage 1 + stage 2 took 35 min on one thread at load 9-11
+#: (cache of the frozen layers 3.5 min, 3.5-5 min per epoch).
+NOTE_FINETUNE: dict[str, Any] = {"layers": 1, "epochs": 8, "batch_size": 32, "lr": 1e-2, "layer_lr": 1e-4,
                                  "weight_decay": 0.01, "dropout": 0.1, "threads": 1}
 NOTE_FINETUNE_FILE = "note_finetune.json"   # in the package folder: the tuned layers (randomised_copy reads it)
 
