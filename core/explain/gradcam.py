@@ -45,8 +45,10 @@ CAM_METHODS: dict[str, tuple[str, bool, str]] = {
 #: expert). Feature occlusion is the map the known-answer controls validated (core/explain/controls.py,
 #: ``CONTROL_FEATURE_MAP``: lesion-only control lesion mass ratio 6.42, pointing game in the lesion 0.94, chance 0.10,
 #: fresh seed 9305; the last-stage Grad-CAM 2.90 / 0.39 there). Cost on the shipped dermatology ``mmtm``, one torch
-#: thread, same run as Grad-CAM (cases of seed 9932): median 2.3 s per map vs Grad-CAM 0.09 s -- above the ~0.3 s a
-#: default heatmap may cost, so it is a selectable method marked slow and Grad-CAM stays the default.
+#: thread, same run as Grad-CAM (cases of seed 9932): median 2.3 s per map vs Grad-CAM 0.09 s (6 cases, load ~3);
+#: 9.1 s vs 0.26 s (8 cases, load ~9, channels-last batches) -- far above the ~0.3 s a default heatmap may cost, so it
+#: is a selectable method marked slow and Grad-CAM stays the default. Measured on the shipped suite (seed 9931, issue
+#: #15 §4): assets/models/dermatology/faithfulness_feature_occlusion.md, chosen by faithfulness_maps_choice.md.
 MAP_METHODS: dict[str, tuple[str, str, str]] = {
     "feature_occlusion": (
         "middle stage", "slow: one pass of the later blocks per 14 × 14 cell (196; about 2 s per case on one CPU thread)",
