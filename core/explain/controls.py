@@ -150,7 +150,14 @@ def tiny_encoders() -> dict[str, dict[str, Any]]:
 #: cut 14 0.94 / 3.19 / 0.39 — tuning more blocks buys accuracy and loses the CAM's place.
 IMAGE_FINETUNE: dict[str, Any] = {"cut": 14, "augment": True, "epochs": 8, "samples_per_epoch": 640, "batch_size": 32,
                                   "lr": 1e-3, "backbone_lr": 4e-4, "threads": 1}
-#: per-source changes to :data:`IMAGE_FINETUNE` (session 9; empty: the shared options)
+#: per-source changes to :data:`IMAGE_FINETUNE` (session 9; empty: the shared options). Tried for the context-only
+#: control, not adopted (rule written before looking: adopt if feature occlusion meets more context-only criteria
+#: than the current control's one of two on validation, randomised copy failing each): cut 10 with
+#: ``lesion_swap`` 3 (:func:`lesion_swapped_maps`; stage 1 19 min, test accuracy 0.96). Seed 9301, first 30
+#: validation cases (randomised copy 15): Grad-CAM context ratio 1.46 / lesion ratio 1.00 (randomised 1.01 / 0.93:
+#: passes the lesion criterion too), feature occlusion 2.45 / 1.55 (randomised 1.08 / 1.19) -- still one of two.
+#: Other fills for feature occlusion (7 of 30 planned validation cases, stopped for CPU): neighbouring cells' median
+#: 3.3, insertion into an all-median map 1.6 (context ratio 1.6), mean of removal and insertion 2.1; median fill 2.9.
 IMAGE_FINETUNE_BY_SOURCE: dict[str, dict[str, Any]] = {}
 #: the image controls fine-tune their encoder by default; note / metadata controls keep it frozen
 FINETUNED_SOURCES = ("lesion", "context")
