@@ -157,7 +157,7 @@ IMAGE_FINETUNE: dict[str, Any] = {"cut": 14, "augment": True, "epochs": 8, "samp
 #: validation cases (randomised copy 15): Grad-CAM context ratio 1.46 / lesion ratio 1.00 (randomised 1.01 / 0.93:
 #: passes the lesion criterion too), feature occlusion 2.45 / 1.55 (randomised 1.08 / 1.19) -- still one of two.
 #: Other fills for feature occlusion (7 of 30 planned validation cases, stopped for CPU): neighbouring cells' median
-#: 3.3, insertion into an all-median map 1.6 (context ratio 1.6), mean of removal and insertion 2.1; median fill 2.9.
+#: 3.3, insertion into an all-median map 1.6 (its context ratio 1.4), mean of removal and insertion 2.1; median fill 2.9.
 IMAGE_FINETUNE_BY_SOURCE: dict[str, dict[str, Any]] = {}
 #: the image controls fine-tune their encoder by default; note / metadata controls keep it frozen
 FINETUNED_SOURCES = ("lesion", "context")
