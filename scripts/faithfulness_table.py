@@ -79,10 +79,27 @@ def main() -> None:
                     help="image map: a CAM (gradcam: the product's, all parts) or e.g. feature_occlusion / pixel_ig "
                          "(image measures only, under faithfulness_maps[method])")
     ap.add_argument("--json", help="write the results to this file instead of the packages' metrics.json (a look)")
+    ap.add_argument("--store-json", nargs="*", help="store the results of --json runs (e.g. one per group of packages, "
+                    "run side by side) into the packages' metrics.json and write the table; measures nothing")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table-only", action="store_true", help="only print the tables from the metrics.json files")
     args = ap.parse_args()
     product = args.method == PRODUCT_METHOD and not args.json
+    if args.store_json:
+        stored: dict[str, dict] = {}
+        for f in args.store_json:
+            stored.update(json.loads(Path(f).read_text()))
+        for name, f in stored.items():
+            path = Path(args.models, name)
+            m = json.loads((path / "metrics.json").read_text())
+            m.setdefault("faithfulness_maps", {})[f["method"]] = f
+            (path / "metrics.json").write_text(json.dumps(m, indent=2))
+        methods = {f["method"] for f in stored.values()}
+        for method in methods:
+            out = map_table(args.models, method)
+            Path(args.models, f"faithfulness_{method}.md").write_text(out + "\n")
+            print(out)
+        return
     if args.table_only:
         print(table(args.models) if product else map_table(args.models, args.method))
         return

@@ -125,6 +125,16 @@ def test_script_stores_the_map_beside_the_gradcam_results(suite, tmp_path, monke
     md = (models / "faithfulness_feature_occlusion.md").read_text()
     assert "Feature occlusion" in md and "`mmtm`" in md and "median 16.00" in md
     assert not (models / "faithfulness.md").exists()
+    # --store-json: results of side-by-side --json runs go into the packages the same way
+    look = tmp_path / "look.json"
+    f = json.loads((models / "mmtm" / "metrics.json").read_text())["faithfulness_maps"]["feature_occlusion"]
+    look.write_text(json.dumps({"mmtm": {**f, "generator_seed": 777}}))
+    monkeypatch.setattr(sys, "argv", ["faithfulness_table.py", "--models", str(models), "--store-json", str(look)])
+    _script().main()
+    m = json.loads((models / "mmtm" / "metrics.json").read_text())
+    assert m["faithfulness_maps"]["feature_occlusion"]["generator_seed"] == 777
+    assert m["faithfulness"] == {"method": "gradcam", "sentinel": "mmtm"}
+    assert "seed 777, 12345" in (models / "faithfulness_feature_occlusion.md").read_text()
 
 
 def test_the_page_offers_the_validated_map_and_says_so(suite, monkeypatch):
