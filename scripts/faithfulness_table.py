@@ -16,7 +16,10 @@ fresh cohort), explained for the predicted class and for the true class (core/ex
 Shapley, note and table measures do not depend on the map) are measured on the lesion- and context-decided cases and
 stored under ``faithfulness_maps[<method>]`` beside them, their table in ``faithfulness_<method>.md``. A package whose
 image encoder cannot draw the map (a dual expert: no one middle stage) is recorded as skipped, with the reason.
-``--json PATH`` writes the results there instead of into the packages (a validation look on a choice seed).
+``--json PATH`` writes the results there instead of into the packages (a validation look on a choice seed);
+``--store-json A.json [B.json ...] --seed S`` stores such results later (e.g. runs side by side, one per group of
+packages), after checking that every result was measured on ``S``. A choice seed (``CHOICE_SEEDS``: a choice was
+made on it) is never stored, by either path.
 """
 from __future__ import annotations
 
@@ -32,6 +35,34 @@ from core.explain.cohort import KINDS, cohort_faithfulness
 TRAINING_SEED = 0   # the suite's cohort seed: never measure on it
 PRODUCT_METHOD = "gradcam"   # the product's heatmap: measured with every part, stored under "faithfulness"
 MAP_KINDS = ("lesion", "context")   # where an image map is measured (the other kinds have no image region)
+#: generator seeds a choice was made on (seed 9932: the dermatology suite's measured image map,
+#: assets/models/dermatology/faithfulness_maps_choice.md): results measured on them are never stored as the
+#: packages' report figures (``--store-json`` refuses them)
+CHOICE_SEEDS = frozenset({9932})
+
+
+def stored_results(paths: list[str], seed: int, models: str | Path) -> dict[str, dict]:
+    """The results of ``--json`` runs (package folder name -> results) that ``--store-json`` may write into the
+    packages, all checked before anything is written: raises SystemExit (one sentence, non-zero exit) when no file
+    or no result is given, when a result's generator seed is not ``seed`` (``--seed``), when ``seed`` is a choice
+    seed (:data:`CHOICE_SEEDS`), or when a result names no package (metrics.json) under ``models``."""
+    if not paths:
+        raise SystemExit("--store-json needs at least one results file written by --json.")
+    if seed in CHOICE_SEEDS:
+        raise SystemExit(f"seed {seed} is a choice seed (a map was chosen on it): its results are never stored as the "
+                         "packages' report figures; measure on a report seed.")
+    stored: dict[str, dict] = {}
+    for f in paths:
+        stored.update(json.loads(Path(f).read_text()))
+    if not stored:
+        raise SystemExit(f"--store-json: no results in {', '.join(paths)}; nothing to store.")
+    for name, f in stored.items():
+        if f.get("generator_seed") != seed:
+            raise SystemExit(f"--store-json: the results of {name} were measured on generator seed "
+                             f"{f.get('generator_seed')}, not --seed {seed}; nothing was stored.")
+        if not (Path(models, name) / "metrics.json").is_file():
+            raise SystemExit(f"--store-json: {name} has no metrics.json under {models}; nothing was stored.")
+    return stored
 
 
 def pick_items(items, per_kind: int, kinds=KINDS):
@@ -80,15 +111,14 @@ def main() -> None:
                          "(image measures only, under faithfulness_maps[method])")
     ap.add_argument("--json", help="write the results to this file instead of the packages' metrics.json (a look)")
     ap.add_argument("--store-json", nargs="*", help="store the results of --json runs (e.g. one per group of packages, "
-                    "run side by side) into the packages' metrics.json and write the table; measures nothing")
+                    "run side by side) into the packages' metrics.json and write the table; measures nothing. Every "
+                    "result must have been measured on --seed, which may not be a choice seed (CHOICE_SEEDS)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--table-only", action="store_true", help="only print the tables from the metrics.json files")
     args = ap.parse_args()
     product = args.method == PRODUCT_METHOD and not args.json
-    if args.store_json:
-        stored: dict[str, dict] = {}
-        for f in args.store_json:
-            stored.update(json.loads(Path(f).read_text()))
+    if args.store_json is not None:   # given, even with no files ([]): store, never fall through to measuring
+        stored = stored_results(args.store_json, args.seed, args.models)
         for name, f in stored.items():
             path = Path(args.models, name)
             m = json.loads((path / "metrics.json").read_text())
@@ -105,6 +135,9 @@ def main() -> None:
         return
     if args.seed == TRAINING_SEED:
         raise SystemExit("seed 0 is the training cohort's seed; measure on a fresh seed (e.g. 9201).")
+    if args.seed in CHOICE_SEEDS and not args.json:
+        raise SystemExit(f"seed {args.seed} is a choice seed: its results may only be looked at (--json PATH), never "
+                         "stored in the packages.")
     import torch
 
     torch.set_num_threads(args.threads)

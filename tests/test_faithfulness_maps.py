@@ -129,12 +129,114 @@ def test_script_stores_the_map_beside_the_gradcam_results(suite, tmp_path, monke
     look = tmp_path / "look.json"
     f = json.loads((models / "mmtm" / "metrics.json").read_text())["faithfulness_maps"]["feature_occlusion"]
     look.write_text(json.dumps({"mmtm": {**f, "generator_seed": 777}}))
-    monkeypatch.setattr(sys, "argv", ["faithfulness_table.py", "--models", str(models), "--store-json", str(look)])
+    monkeypatch.setattr(sys, "argv", ["faithfulness_table.py", "--models", str(models), "--store-json", str(look),
+                                      "--seed", "777"])
     _script().main()
     m = json.loads((models / "mmtm" / "metrics.json").read_text())
     assert m["faithfulness_maps"]["feature_occlusion"]["generator_seed"] == 777
     assert m["faithfulness"] == {"method": "gradcam", "sentinel": "mmtm"}
     assert "seed 777, 12345" in (models / "faithfulness_feature_occlusion.md").read_text()
+
+
+def _fake_models(root: Path, names=("gated", "mmtm")) -> Path:
+    models = root / "dermatology"
+    for name in names:
+        (models / name).mkdir(parents=True)
+        (models / name / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "name": name}))
+    return models
+
+
+def _look(path: Path, seed, names=("gated",)) -> str:
+    path.write_text(json.dumps({n: {"method": "feature_occlusion", "generator_seed": seed, "predicted": {}}
+                                for n in names}))
+    return str(path)
+
+
+@pytest.mark.parametrize("files,seed,needle", [
+    ([], None, "--store-json needs at least one results file"),           # not a silent fall-through to measuring
+    (["empty"], "9931", "no results in"),
+    (["9931"], None, "measured on generator seed 9931, not --seed 9201"),  # --seed defaults to 9201
+    (["9931"], "9930", "not --seed 9930"),
+    (["9932"], "9932", "seed 9932 is a choice seed"),
+    (["9931", "777"], "9931", "measured on generator seed 777"),          # one bad file: the good one is not stored either
+    (["nopkg"], "9931", "nopkg has no metrics.json"),
+])
+def test_store_json_refuses_and_writes_nothing(tmp_path, monkeypatch, files, seed, needle):
+    """--store-json: exits with one sentence (a non-zero exit: SystemExit with a message) and writes nothing when no
+    results are given, when a result was measured on another seed than --seed, when --seed is the choice seed 9932,
+    or when a result names no package; an empty --store-json never falls through to measuring."""
+    import core.data.cohorts.dermatology as D
+
+    models = _fake_models(tmp_path)
+    before = {n: (models / n / "metrics.json").read_text() for n in ("gated", "mmtm")}
+    paths = []
+    for f in files:
+        p = tmp_path / f"{f}.json"
+        if f == "empty":
+            p.write_text("{}")
+        elif f == "nopkg":
+            p.write_text(json.dumps({"nopkg": {"method": "feature_occlusion", "generator_seed": 9931}}))
+        else:
+            _look(p, int(f), ("mmtm",) if f == "777" else ("gated",))
+        paths.append(str(p))
+
+    def measured(**k):
+        raise AssertionError("--store-json measured a cohort")
+
+    monkeypatch.setattr(D, "generate_dermatology", measured)
+    monkeypatch.setattr(sys, "argv", ["faithfulness_table.py", "--models", str(models), "--store-json", *paths,
+                                      *(["--seed", seed] if seed else [])])
+    with pytest.raises(SystemExit) as e:
+        _script().main()
+    msg = e.value.code
+    assert isinstance(msg, str) and needle in msg, msg                     # a message: Python exits with status 1
+    assert msg.endswith(".") and msg.count(". ") == 0 and "\n" not in msg  # one sentence
+    assert {n: (models / n / "metrics.json").read_text() for n in ("gated", "mmtm")} == before
+    assert not list(models.glob("*.md"))
+
+
+def test_store_json_stores_results_of_the_seed_asked_for(tmp_path, monkeypatch):
+    models = _fake_models(tmp_path)
+    look = _look(tmp_path / "a.json", 9931, ("gated", "mmtm"))
+    monkeypatch.setattr(sys, "argv", ["faithfulness_table.py", "--models", str(models), "--store-json", look,
+                                      "--seed", "9931"])
+    _script().main()
+    for n in ("gated", "mmtm"):
+        m = json.loads((models / n / "metrics.json").read_text())
+        assert m["faithfulness_maps"]["feature_occlusion"]["generator_seed"] == 9931 and m["name"] == n
+    assert (models / "faithfulness_feature_occlusion.md").is_file()
+
+
+def test_a_choice_seed_is_never_measured_into_the_packages(tmp_path, monkeypatch):
+    """Measuring on the choice seed without --json (which would store into the packages) is refused before
+    anything runs; 9932 is one of the script's CHOICE_SEEDS."""
+    import core.data.cohorts.dermatology as D
+
+    mod = _script()
+    assert 9932 in mod.CHOICE_SEEDS
+    models = _fake_models(tmp_path)
+    monkeypatch.setattr(D, "generate_dermatology", lambda **k: (_ for _ in ()).throw(AssertionError("measured")))
+    monkeypatch.setattr(sys, "argv", ["faithfulness_table.py", "--models", str(models), "--seed", "9932", "--method",
+                                      "feature_occlusion"])
+    with pytest.raises(SystemExit, match="seed 9932 is a choice seed"):
+        mod.main()
+
+
+def test_feature_occlusion_channels_last_batches_equal_the_plain_layout(suite):
+    """occlusion_drops runs its batches channels-last: the target logits equal those of the plain layout within
+    float rounding (the tiny package: largest difference printed; the bound is what image_maps.py states)."""
+    import torch
+
+    pkg = load_package(suite / "mmtm")
+    ctx = ExplainContext(pkg, make_case(1))
+    f, a = IM.middle_stage_function(ctx)
+    torch.manual_seed(0)
+    batch = a.repeat(8, 1, 1, 1) + 0.5 * torch.randn(8, *a.shape[1:])
+    with torch.no_grad():
+        plain, last = f(batch.contiguous()), f(batch.contiguous(memory_format=torch.channels_last))
+    diff = float((plain - last).abs().max())
+    print("channels-last largest logit difference", diff)
+    assert diff <= 1e-5 and float(plain.abs().max()) > 0
 
 
 def test_the_page_offers_the_validated_map_and_says_so(suite, monkeypatch):
