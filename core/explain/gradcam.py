@@ -45,10 +45,15 @@ CAM_METHODS: dict[str, tuple[str, bool, str]] = {
 #: expert). Feature occlusion is the map the known-answer controls validated (core/explain/controls.py,
 #: ``CONTROL_FEATURE_MAP``: lesion-only control lesion mass ratio 6.42, pointing game in the lesion 0.94, chance 0.10,
 #: fresh seed 9305; the last-stage Grad-CAM 2.90 / 0.39 there). Cost on the shipped dermatology ``mmtm``, one torch
-#: thread, same run as Grad-CAM (cases of seed 9932): median 2.3 s per map vs Grad-CAM 0.09 s (6 cases, load ~3);
-#: 9.1 s vs 0.26 s (8 cases, load ~9, channels-last batches) -- far above the ~0.3 s a default heatmap may cost, so it
-#: is a selectable method marked slow and Grad-CAM stays the default. Measured on the shipped suite (seed 9931, issue
-#: #15 §4): assets/models/dermatology/faithfulness_feature_occlusion.md, chosen by faithfulness_maps_choice.md.
+#: thread, same run as Grad-CAM (cases of seed 9932): median 2.3 s per map vs Grad-CAM 0.09 s (6 cases, load ~3;
+#: faithfulness_maps_choice.md); 9.1 s vs 0.26 s (8 cases, load ~9, channels-last batches; commit 300e84c, no results
+#: file) -- far above the ~0.3 s a default heatmap may cost, so it is a selectable method marked slow and Grad-CAM
+#: stays the default. Issue #15 §4, assets/models/dermatology/: chosen by the rule in faithfulness_maps_choice.md on
+#: choice seed 9932 (10 lesion- + 10 context-decided cases; 13 fusion variants: decisive-region pointing game median
+#: 0.70, chance 0.19), then measured once on report seed 9931 (20 + 20 cases, predicted class; faithfulness_maps in
+#: each package's metrics.json, table faithfulness_feature_occlusion.md): pointing game best 0.80 (concat), median
+#: 0.68 (chance median 0.22); lesion mass ratio on lesion-decided cases best 7.05 (irene), median 5.03; median 3.85 s
+#: per map over the variants (shared CPU); the two dual experts not drawn.
 MAP_METHODS: dict[str, tuple[str, str, str]] = {
     "feature_occlusion": (
         "middle stage", "slow: one pass of the later blocks per 14 × 14 cell (196; about 2 s per case on one CPU thread)",
