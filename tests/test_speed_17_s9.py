@@ -238,3 +238,55 @@ def test_attention_block_with_fixed_parts_projected_once_equals_its_forward(q_fi
     assert torch.allclose(y, ref_y, atol=1e-6) and torch.allclose(w, ref_w, atol=1e-6)
     g = torch.autograd.grad(y.sum(), varied)[0]
     assert torch.allclose(g, torch.autograd.grad(ref_y.sum(), varied)[0], atol=1e-5) and float(g.abs().max()) > 0
+
+
+def test_mmtm_fixed_rows_fall_back_to_the_ordinary_forward_under_hooks(monkeypatch):
+    """A hook on any submodule of the fusion (Captum / Grad-CAM style) sees the whole batch: the fixed-rows fast path
+    (which runs a fixed input's projections on one row) is not taken. Without hooks it is taken again, and both
+    paths' outputs are equal within float rounding (largest difference printed)."""
+    model, feats, present, _ = _mmtm_with_fixed_rows()
+    fusion, B = model.fusion, present.shape[0]
+    calls = []
+    real = hierarchical.constant_rows
+    monkeypatch.setattr(hierarchical, "constant_rows", lambda f, tr: calls.append(real(f, tr)) or calls[-1])
+    with torch.no_grad():
+        fast, _ = fusion(feats, present)
+    assert calls == [[True, False, True]]                                  # no hooks: the fast path
+    seen: dict[str, list[int]] = {"tokens": [], "nkv": [], "nq": []}
+    hooks = [fusion.tokens.proj[0].register_forward_hook(lambda m, i, o: seen["tokens"].append(o.shape[0])),
+             fusion.cross_attn[1].nkv.register_forward_pre_hook(lambda m, i: seen["nkv"].append(i[0].shape[0])),
+             fusion.cross_attn[0].nq.register_forward_hook(lambda m, i, o: seen["nq"].append(o.shape[0]))]
+    try:
+        with torch.no_grad():
+            hooked, _ = fusion(feats, present)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"tokens": [B], "nkv": [B], "nq": [B]}, seen             # every hook saw the whole batch, once
+    assert calls == [[True, False, True]]                                  # constant_rows not even asked
+    diff = float((fast - hooked).abs().max())
+    print("mmtm fixed-rows path vs ordinary forward: largest |diff|", diff)
+    assert diff <= 1e-6
+    with torch.no_grad():
+        fusion(feats, present)
+    assert len(calls) == 2                                                  # hooks removed: the fast path again
+
+
+def test_forward_fixed_falls_back_when_a_submodule_is_hooked():
+    torch.manual_seed(0)
+    blk = AttentionBlock(16, 4, dropout=0.1).eval()
+    B = 4
+    q = torch.randn(1, 3, 16).expand(B, -1, -1)
+    fixed_kv, varied_kv = torch.randn(1, 5, 16).expand(B, -1, -1), torch.randn(B, 2, 16)
+    mask = torch.ones(B, 7, dtype=torch.bool)
+    parts = [(fixed_kv, True), (varied_kv, False)]
+    with torch.no_grad():
+        ref = blk(q, torch.cat([fixed_kv, varied_kv], 1), mask)[0]
+        fast = blk.forward_fixed(q, True, parts, mask)[0]
+        seen = []
+        h = blk.nkv.register_forward_pre_hook(lambda m, i: seen.append(i[0].shape[0]))
+        hooked = blk.forward_fixed(q, True, parts, mask)[0]
+        h.remove()
+    assert seen == [B]                            # the ordinary forward: one call on the whole key / value batch
+    assert torch.equal(hooked, ref) and torch.allclose(fast, ref, atol=1e-6)
+    assert fusion_base.has_hooks(blk) is False and not fusion_base.has_hooks(nn.Sequential(blk), skip_self=True)

@@ -120,9 +120,15 @@ class AttentionBlock(nn.Module):
 
     def forward_fixed(self, q: torch.Tensor, q_fixed: bool, kv_parts: Sequence[tuple[torch.Tensor, bool]],
                       kv_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``forward(q, cat(kv_parts' tensors, 1), kv_mask)`` (where :meth:`_lean`) for parts whose rows are all the same
-        (``q_fixed``, a part's flag; see ``constant_rows``): their layer norm and projection run on the first row
-        and are expanded. Layer norm and projection act token by token, so the numbers are those of the whole batch."""
+        """``forward(q, cat(kv_parts' tensors, 1), kv_mask)`` (where :meth:`_lean`) for parts whose rows are all the
+        same (``q_fixed``, a part's flag; see ``constant_rows``): their layer norm and projection run on the first
+        row and are expanded. Layer norm and projection act token by token, so the result equals the whole batch's
+        within float rounding (not bit for bit: a one-row and a batched product may round differently; the tiny test
+        mmtm's fused output: largest difference 3.9e-7, tests/test_speed_17_s9.py bounds it by 1e-6). Where the block
+        is not lean or any of its submodules has a hook (:func:`has_hooks`: a hook on ``nq`` / ``nkv`` would see one
+        row instead of the batch), this is the ordinary :meth:`forward` on the whole tensors."""
+        if not self._lean() or has_hooks(self):
+            return self.forward(q, torch.cat([t for t, _ in kv_parts], 1), kv_mask)
         a = self.attn
         B, E = kv_mask.shape[0], q.shape[-1]
         W, b = a.in_proj_weight, a.in_proj_bias
@@ -236,12 +242,24 @@ def attention_mass(w: torch.Tensor, q_mask: torch.Tensor, spans: dict[str, tuple
     return norm_shares(torch.stack(cols, -1))
 
 
+def has_hooks(module: nn.Module, skip_self: bool = False) -> bool:
+    """True where ``module`` or one of its submodules (``skip_self``: a submodule only) has a forward hook, forward
+    pre-hook or backward hook registered (Captum's and pytorch-grad-cam's layer hooks, a user's). A fast path that
+    calls a submodule on other tensors than the ordinary forward does (one row of a batch) or skips the call must
+    then take the ordinary forward, so that every hook sees the calls it expects (as the lean MiniLM forward falls
+    back, core/encoders/text.py)."""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None)
+               for m in module.modules() if not (skip_self and m is module))
+
+
 def constant_rows(feats: Sequence[ModalityFeatures], training: bool) -> list[bool]:
     """Per modality: True where every row of the batch holds the same features (tokens, token mask, pooled
     vector) and none needs a gradient, e.g. the inputs held fixed while another modality's integrated-gradient
     steps vary. A fusion may then compute what depends on that modality alone once, on the first row, and
-    expand it: the same numbers for every row, without a copy of the work per row. Never in training mode
-    (dropout draws differ per row) nor for a batch of one; checked on the values, not trusted from a caller."""
+    expand it: the numbers of the whole batch within float rounding (a one-row and a batched product may round
+    differently), without a copy of the work per row. Never in training mode (dropout draws differ per row) nor
+    for a batch of one; checked on the values, not trusted from a caller. A fusion whose submodules have hooks
+    does not use it (:func:`has_hooks`)."""
     def same(t: torch.Tensor) -> bool:  # row i == row i - 1 for every i: two contiguous slices, one comparison
         return not t.requires_grad and torch.equal(t[1:], t[:-1])
 

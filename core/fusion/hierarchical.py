@@ -10,8 +10,8 @@ from torch import nn
 
 from ..encoders.base import ModalityFeatures, ModalitySpec, masked_mean
 from .attention import ATTENTION_DIAGNOSTICS
-from .base import (FUSIONS, AttentionBlock, Fusion, TokenProjector, attention_mass, concat_others, constant_rows, norm_shares,
-                   others_spans, projector, unit_scale)
+from .base import (FUSIONS, AttentionBlock, Fusion, TokenProjector, attention_mass, concat_others, constant_rows,
+                   has_hooks, norm_shares, others_spans, projector, unit_scale)
 from .simple import GateMixer
 
 
@@ -133,8 +133,10 @@ class EnhancedMMTM(Fusion):
     def forward(self, feats: Sequence[ModalityFeatures], present: torch.Tensor):
         B, M = present.shape[0], self.k
         # an input whose rows are all the same (held fixed while another input's IG steps vary): its tokens, its
-        # self-attention and its own pooled part are computed on one row and expanded (the same numbers per row)
-        fixed = constant_rows(feats, self.training)
+        # self-attention and its own pooled part are computed on one row and expanded (equal to the batched numbers
+        # within float rounding). Not where a submodule has a hook (Captum / Grad-CAM / a user's): a hook there would
+        # see one row instead of the batch, so the ordinary forward runs
+        fixed = [False] * M if has_hooks(self, skip_self=True) else constant_rows(feats, self.training)
         first = torch.zeros(1, dtype=torch.long, device=present.device)
         ins = [f.index(first) if c else f for f, c in zip(feats, fixed)]
         toks = self.tokens(ins)
