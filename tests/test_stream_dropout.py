@@ -148,3 +148,20 @@ def test_lesion_gate_balance_counts_only_real_pairs_of_streams():
     assert float(lesion_gate_balance(out([1.0, nan, 0.0, 1.0, 1.0]), {"image": torch.tensor([0, 1, 2, 0])},
                                      ["image"])) == pytest.approx(1.0)
     assert float(lesion_gate_balance(SimpleNamespace(features=[SimpleNamespace(extras=None)]), {}, ["image"])) == 0.0
+
+
+def test_stream_gate_balance_needs_a_dual_expert_image_encoder():
+    """train.stream_gate_balance > 0 on a model without a dual-expert image encoder would add nothing to the loss
+    (no lesion gate): LitClassifier says so instead of training as if it were on; a dual expert takes it."""
+    from core.training.module import LitClassifier
+    from test_mechanisms import synthetic_split as plain_split
+    from tiny import make_model
+
+    plain, _ = plain_split(64, 0)
+    counts = [1] * N_CLASSES
+    with pytest.raises(ValueError, match="stream_gate_balance .*dual-expert image encoder"):
+        LitClassifier(make_model("concat", ("image", "note")), TrainOptions(stream_gate_balance=0.1), plain, plain, counts)
+    LitClassifier(make_model("concat", ("image", "note")), TrainOptions(), plain, plain, counts)   # off: as before
+    split, _ = synthetic_split(64, 0)
+    lit = LitClassifier(dual_only_model(), TrainOptions(stream_gate_balance=0.1), split, split, counts)
+    assert lit.opts.stream_gate_balance == 0.1

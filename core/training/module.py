@@ -70,6 +70,10 @@ class LitClassifier(L.LightningModule):
     def __init__(self, model: MultimodalClassifier, opts: TrainOptions, train_data: SplitTensors, val_data: SplitTensors,
                  class_counts: list[int]):
         super().__init__()
+        if opts.stream_gate_balance and not any(getattr(enc, "dual_expert", False) for enc in model.encoders.values()):
+            # it would add nothing (lesion_gate_balance is 0 without a lesion gate): say so instead of training as if on
+            raise ValueError("train.stream_gate_balance balances a dual-expert image encoder's lesion / global gate; "
+                             "this model has no dual-expert image encoder (set it to 0).")
         self.model, self.opts = model, opts
         self.train_data, self.val_data = train_data, val_data
         prior = torch.tensor(class_counts, dtype=torch.float32).clamp_min(1)
