@@ -135,8 +135,11 @@ class EnhancedMMTM(Fusion):
         # an input whose rows are all the same (held fixed while another input's IG steps vary): its tokens, its
         # self-attention and its own pooled part are computed on one row and expanded (equal to the batched numbers
         # within float rounding). Not where a submodule has a hook (Captum / Grad-CAM / a user's): a hook there would
-        # see one row instead of the batch, so the ordinary forward runs
-        fixed = [False] * M if has_hooks(self, skip_self=True) else constant_rows(feats, self.training)
+        # see one row instead of the batch, so the ordinary forward runs (checked only when some input is fixed: the
+        # walk over the submodules costs ~0.1 ms, more than a prediction should pay)
+        fixed = constant_rows(feats, self.training)
+        if any(fixed) and has_hooks(self, skip_self=True):
+            fixed = [False] * M
         first = torch.zeros(1, dtype=torch.long, device=present.device)
         ins = [f.index(first) if c else f for f, c in zip(feats, fixed)]
         toks = self.tokens(ins)
