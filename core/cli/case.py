@@ -46,19 +46,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def heatmap_arguments(methods: list[str], parts: tuple[str, ...], parts_given: bool,
+                      tta: bool) -> tuple[list[str], tuple[str, ...]]:
+    """``--cam``: every heatmap method of ``core.explain.gradcam`` (the CAMs of ``CAM_METHODS`` and the maps of
+    ``MAP_METHODS``, e.g. ``feature_occlusion``), checked before a model is loaded (one-sentence ``UsageError``).
+    Returns the methods (CAMs first: the stability part reads the first, and a map has no MC-dropout stability) and
+    the parts: a map-only ``--cam`` leaves the default ``stability`` part out; asked for by ``--parts`` it is an
+    error, as is ``--tta`` with a map (drawn without test-time augmentation)."""
+    from ..explain.gradcam import CAM_METHODS, MAP_METHODS
+
+    known = [*CAM_METHODS, *MAP_METHODS]
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise UsageError(f"unknown heatmap method '{bad[0]}' for --cam; choose from: {', '.join(known)}.")
+    maps = [m for m in methods if m in MAP_METHODS]
+    if maps and tta:
+        raise UsageError(f"--tta applies to the CAMs only; '{maps[0]}' is drawn without test-time augmentation.")
+    cams = [m for m in methods if m not in MAP_METHODS]
+    if maps and not cams and "stability" in parts:
+        if parts_given:
+            raise UsageError(f"the stability part needs a CAM in --cam; '{maps[0]}' has no MC-dropout stability.")
+        parts = tuple(p for p in parts if p != "stability")
+    return cams + maps, parts
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    from ..explain import CAM_METHODS, explain_case
+    from ..explain import explain_case
+    from ..explain.gradcam import heatmap_methods
     from ..package import load_package
 
     parts = explain_parts(args, "explain")
-    bad = [m for m in args.cam if m not in CAM_METHODS]
-    if bad:
-        raise UsageError(f"unknown CAM method '{bad[0]}'; choose from: {', '.join(CAM_METHODS)}.")
+    methods, parts = heatmap_arguments(args.cam, parts, bool(args.parts), args.tta)
     pkg = load_package(args.model)
+    if "image" in pkg.modalities:
+        offered = heatmap_methods(pkg)
+        cannot = [m for m in methods if m not in offered]
+        if cannot:
+            raise UsageError(f"this package's image encoder cannot draw '{cannot[0]}' (a dual expert has no one middle "
+                             f"stage); choose from: {', '.join(offered)}.")
     case = case_from_args(args)
     with usage_errors():
         target = int(args.target) if args.target and args.target.isdigit() else args.target
-        ex = explain_case(pkg, case, target=target, parts=parts, cam_methods=args.cam or ("auto",), tta=args.tta,
+        ex = explain_case(pkg, case, target=target, parts=parts, cam_methods=methods or ("auto",), tta=args.tta,
                           ig_steps=args.ig_steps)
     if args.json:
         print(json.dumps(ex.to_dict()))

@@ -23,6 +23,7 @@ level of the note criterion); explanations use the model's own softmax (:data:`E
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -215,6 +216,14 @@ def finetune_image(cohort, image_size: int = 224, token_grid: int | None = None,
 NOTE_FINETUNE: dict[str, Any] = {"layers": 1, "epochs": 8, "batch_size": 32, "lr": 1e-2, "layer_lr": 1e-4,
                                  "weight_decay": 0.01, "dropout": 0.1, "threads": 1}
 NOTE_FINETUNE_FILE = "note_finetune.json"   # in the package folder: the tuned layers (randomised_copy reads it)
+
+
+def note_finetune_tail(ft: dict[str, Any]) -> str:
+    """The note-only control's folder-name suffix for its stage-1 settings ``ft`` (:data:`NOTE_FINETUNE` with any
+    overrides): ``-tl<layers>-<hash>``, the hash over the whole settings dict (sorted JSON), so a package trained
+    with other settings (any key, not only the layer count and learning rates) is never reused from the cache."""
+    digest = hashlib.sha256(json.dumps(ft, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"-tl{ft['layers']}-{digest}"
 
 
 def _bert_layer(layer: torch.nn.Module, h: torch.Tensor, keep: torch.Tensor | None, dropout: float = 0.0) -> torch.Tensor:
@@ -439,9 +448,7 @@ def train_control(source: str, n: int = 700, root: Path | None = None, image_siz
     if not finetune:
         tail = ""
     elif note:
-        tail = f"-tl{ft['layers']}" + ("" if (ft["lr"], ft["layer_lr"], ft["epochs"]) == (
-            NOTE_FINETUNE["lr"], NOTE_FINETUNE["layer_lr"], NOTE_FINETUNE["epochs"]) else
-            f"-lr{ft['lr']:g}-{ft['layer_lr']:g}-e{ft['epochs']}")
+        tail = note_finetune_tail(ft)
     else:
         tail = f"-ft{ft['cut']}{'' if ft['augment'] else '-noaug'}" + (f"-swap{ft['lesion_swap']}" if ft.get("lesion_swap") else "")
     out = root / f"{source}-only-n{n}-{image_size}{'-tiny' if tiny else ''}{tail}"
