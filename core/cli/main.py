@@ -37,7 +37,9 @@ def build_parser() -> Parser:
     add_case_arguments(p)
     p.add_argument("--target", help="class to explain (label or index; default: the predicted class)")
     p.add_argument("--parts", nargs="*", help="explanation parts (default: all the fast ones)")
-    p.add_argument("--cam", nargs="*", default=[], help="CAM methods (default: the package's, core.explain.gradcam.default_cam)")
+    p.add_argument("--cam", nargs="*", default=[],
+                   help="heatmap methods: CAMs (core.explain.gradcam.CAM_METHODS) or the slow maps (MAP_METHODS: "
+                        "feature_occlusion, pixel_ig) (default: the package's, core.explain.gradcam.default_cam)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for the CAM")
     p.add_argument("--ig-steps", type=int, default=24)
     p.add_argument("--json", action="store_true")
