@@ -1,5 +1,5 @@
-"""Session 10 review fixes: the note-only control's cache folder keyed by all of its stage-1 settings, and the
-case CLI's ``explain --cam`` taking every heatmap method of core.explain.gradcam (CAMs and maps)."""
+"""Session 10 review fixes: the known-answer controls' cache folders keyed by all of their fine-tuning settings (note and
+image), and the case CLI's ``explain --cam`` taking every heatmap method of core.explain.gradcam (CAMs and maps)."""
 from __future__ import annotations
 
 import json
@@ -110,3 +110,14 @@ def test_explain_cli_refuses_a_map_the_image_encoder_cannot_draw(pkg, image, cap
     assert code == 2 and out == ""
     assert err.startswith("error: this package's image encoder cannot draw 'feature_occlusion'")
     assert err.count("\n") == 1
+
+
+def test_image_control_cache_key_hashes_every_setting():
+    base = {**K.IMAGE_FINETUNE}
+    tail = K.image_finetune_tail(base)
+    assert tail.startswith(f"-ft{base['cut']}-")
+    assert K.image_finetune_tail(dict(reversed(list(base.items())))) == tail        # order does not matter
+    for key in ("epochs", "samples_per_epoch", "batch_size"):
+        assert K.image_finetune_tail({**base, key: base[key] + 1}) != tail, key
+    swapped = K.image_finetune_tail({**base, "lesion_swap": 3})
+    assert "-swap3-" in swapped and swapped != tail

@@ -226,6 +226,16 @@ def note_finetune_tail(ft: dict[str, Any]) -> str:
     return f"-tl{ft['layers']}-{digest}"
 
 
+def image_finetune_tail(ft: dict[str, Any]) -> str:
+    """An image control's folder-name suffix for its fine-tuning settings ``ft`` (:data:`IMAGE_FINETUNE` with the
+    source's and any caller's overrides): ``-ft<cut>[-noaug][-swap<k>]-<hash>``, the hash over the whole settings
+    dict (sorted JSON) as for :func:`note_finetune_tail`, so changing any setting (epochs, learning rate, ...) never
+    reuses a package trained with the old ones."""
+    digest = hashlib.sha256(json.dumps(ft, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return (f"-ft{ft['cut']}{'' if ft['augment'] else '-noaug'}" + (f"-swap{ft['lesion_swap']}" if ft.get("lesion_swap") else "")
+            + f"-{digest}")
+
+
 def _bert_layer(layer: torch.nn.Module, h: torch.Tensor, keep: torch.Tensor | None, dropout: float = 0.0) -> torch.Tensor:
     """One BERT layer, the operations of :func:`core.encoders.text.lean_bert_hidden_states` with plain (trainable)
     linears and BERT's dropout (``dropout`` > 0 in training)."""
@@ -450,7 +460,7 @@ def train_control(source: str, n: int = 700, root: Path | None = None, image_siz
     elif note:
         tail = note_finetune_tail(ft)
     else:
-        tail = f"-ft{ft['cut']}{'' if ft['augment'] else '-noaug'}" + (f"-swap{ft['lesion_swap']}" if ft.get("lesion_swap") else "")
+        tail = image_finetune_tail(ft)
     out = root / f"{source}-only-n{n}-{image_size}{'-tiny' if tiny else ''}{tail}"
     if (out / "config.json").is_file() and not retrain:
         return out
