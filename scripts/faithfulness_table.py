@@ -6,6 +6,7 @@ under ``faithfulness`` and print the README tables, every measure beside its cha
     python scripts/faithfulness_table.py --table-only
     python scripts/faithfulness_table.py --seed 9931 --method feature_occlusion    # another image map
     python scripts/faithfulness_table.py --seed 9932 --method pixel_ig --json out.json   # a look, nothing stored
+    python scripts/faithfulness_table.py --seed 9935 --method median_ig   # IG from the median features (session 10)
 
 Cases: ``--per-kind`` lesion-, context-, note- and metadata-decided cases each (the first ones of the
 fresh cohort), explained for the predicted class and for the true class (core/explain/cohort.py).
@@ -39,6 +40,8 @@ MAP_KINDS = ("lesion", "context")   # where an image map is measured (the other 
 #: assets/models/dermatology/faithfulness_maps_choice.md): results measured on them are never stored as the
 #: packages' report figures (``--store-json`` refuses them)
 CHOICE_SEEDS = frozenset({9932})
+#: image maps that read the middle stage of a plain image encoder (core.explain.image_maps)
+MIDDLE_STAGE_MAPS = ("feature_occlusion", "median_ig")
 
 
 def stored_results(paths: list[str], seed: int, models: str | Path) -> dict[str, dict]:
@@ -80,7 +83,7 @@ def map_unavailable(pkg, method: str) -> str | None:
     enc = pkg.model.encoders["image"] if "image" in pkg.model.encoders else None
     if enc is None:
         return "no image encoder"
-    if method == "feature_occlusion" and not plain_image_encoder(enc):
+    if method in MIDDLE_STAGE_MAPS and not plain_image_encoder(enc):
         return "dual-expert image encoder: no one middle stage to occlude"
     return None
 
@@ -107,7 +110,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="measure only these package folders (the others keep their numbers)")
     ap.add_argument("--models", default="assets/models/dermatology")
     ap.add_argument("--method", default=PRODUCT_METHOD,
-                    help="image map: a CAM (gradcam: the product's, all parts) or e.g. feature_occlusion / pixel_ig "
+                    help="image map: a CAM (gradcam: the product's, all parts) or e.g. feature_occlusion / median_ig / pixel_ig "
                          "(image measures only, under faithfulness_maps[method])")
     ap.add_argument("--json", help="write the results to this file instead of the packages' metrics.json (a look)")
     ap.add_argument("--store-json", nargs="*", help="store the results of --json runs (e.g. one per group of packages, "

@@ -611,12 +611,18 @@ CONTROL_PIXEL_MAP = "pixel_ig"
 #: Fresh seed 9305 (70 cases; assets/models/dermatology/controls_9305.json): lesion-only 6.42 / 0.94 (chance 0.10),
 #: context-only context ratio 2.14, lesion ratio 2.19; randomised copies 2.50 / 0.61, 1.28 / 1.86 (fail all four).
 CONTROL_FEATURE_MAP = "feature_occlusion"
+#: Session 10: integrated gradients on the same middle stage from the same median features
+#: (core.explain.image_maps.median_ig: ~0.1-0.3 s per case instead of feature occlusion's 196 passes), measured once on
+#: fresh seed 9307 by the rule in assets/models/dermatology/median_ig_choice.md (controls_9307_median_ig.json).
+CONTROL_MEDIAN_IG = "median_ig"
 CONTROL_NOTE_METHODS: tuple[str, ...] = ("ig_unk", "word_occlusion")
 ALTERNATIVES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "lesion": [("pixel IG", {"parts": ("image",), "method": CONTROL_PIXEL_MAP}),
-               ("feature occlusion", {"parts": ("image",), "method": CONTROL_FEATURE_MAP})],
+               ("feature occlusion", {"parts": ("image",), "method": CONTROL_FEATURE_MAP}),
+               ("median IG", {"parts": ("image",), "method": CONTROL_MEDIAN_IG})],
     "context": [("pixel IG", {"parts": ("image",), "method": CONTROL_PIXEL_MAP}),
-                ("feature occlusion", {"parts": ("image",), "method": CONTROL_FEATURE_MAP})],
+                ("feature occlusion", {"parts": ("image",), "method": CONTROL_FEATURE_MAP}),
+                ("median IG", {"parts": ("image",), "method": CONTROL_MEDIAN_IG})],
     "note": [(m, {"parts": ("note",), "note_method": m, "ig_steps": 24}) for m in CONTROL_NOTE_METHODS],
 }
 #: which criteria (summary keys) an alternative explainer answers

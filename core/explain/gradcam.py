@@ -61,6 +61,16 @@ MAP_METHODS: dict[str, tuple[str, str, str]] = {
         "that lowers the class's logit. The map the known-answer controls validated (the lesion-only control's "
         "lesion: mass ratio 6.42 / 6.57, peak in it 94% / 100% on fresh seeds 9305 / 9306; last-stage Grad-CAM "
         "2.90 / 3.28, 39% / 33%)."),
+    # Session 10: integrated gradients on the same middle stage from feature occlusion's fill (the image's per-channel
+    # median features) instead of the product's black-image activation: 8 Gauss-Legendre steps + the baseline's row,
+    # forward and backward through the later blocks in one batch (core.explain.image_maps.median_ig). Seed 9301
+    # validation (session 8, 50 cases): lesion-only control lesion ratio 4.91, pointing 1.00. Its fresh-seed figures
+    # and the rule that decides whether it becomes the suite's default: assets/models/dermatology/median_ig_choice.md.
+    "median_ig": (
+        "middle stage", "not yet timed against the 0.3 s rule: 9 rows through the later blocks, forward and backward",
+        "IG from the median features: integrated gradients on the 14 × 14 middle stage from the image's own median "
+        "features (plain skin) to the case's; red = cells whose share of the class's logit above that plain-skin "
+        "reference is positive. Same stage and reference as feature occlusion, one batched pass instead of 196."),
 }
 #: where each suite's heatmaps were validated against known-answer controls (core/explain/controls.py) and measured on
 #: the shipped packages (scripts/faithfulness_table.py --method): (cohort, image architecture) -> map method. Not the
@@ -124,7 +134,8 @@ AUTO = "auto"
 SUITE_DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {("ham10000", "efficientnet_lite0"): ("gradcam++", "last × early stage")}
 DEFAULT_CAM = ("gradcam", "last stage")
 NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
-         "hirescam": "HiResCAM", "eigencam": "EigenCAM", "scorecam": "Score-CAM", "feature_occlusion": "Feature occlusion"}
+         "hirescam": "HiResCAM", "eigencam": "EigenCAM", "scorecam": "Score-CAM", "feature_occlusion": "Feature occlusion",
+         "median_ig": "IG from the median features"}
 
 
 def cam_layer_names(encoder: torch.nn.Module) -> list[str]:

@@ -30,6 +30,7 @@ PIXEL_MAPS: dict[str, dict[str, Any]] = {
     "pixel_ig_blur": {"baseline": "blur", "n_steps": 16, "smooth": 8.0},
     "segment_occlusion": {"n_segments": 64},
     "feature_occlusion": {"window": 1},
+    "median_ig": {"n_steps": 8},
 }
 
 
@@ -207,6 +208,58 @@ def feature_occlusion_map(ctx: ExplainContext, window: int = 1) -> np.ndarray:
     return (m / max(float(m.max()), 1e-12)).astype(np.float32)
 
 
+def median_features(a: torch.Tensor) -> torch.Tensor:
+    """[1, C, h, w] -> [1, C, h, w]: every cell the image's own per-channel median over all cells (the features of what
+    most of the image is: plain skin), the fill :func:`feature_occlusion_map` replaces a cell with."""
+    return a.flatten(2).median(2).values[..., None, None].expand_as(a).contiguous()
+
+
+def median_ig_cells(f: Any, a: torch.Tensor, n_steps: int = 8, f_a: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, float, float]:
+    """(signed attribution per cell [h, w] = the channels' sum, convergence delta, output difference f(a) - f(median))
+    of integrated gradients of ``f`` ([n, C, h, w] -> [n]) from :func:`median_features` of ``a`` [1, C, h, w] to ``a``
+    (Gauss-Legendre, ``n_steps`` steps in one batch, the baseline's row riding along: ``n_steps`` + 1 rows through
+    ``f``). ``f_a``: f(a) when the caller knows it. Completeness: the cells sum to f(a) - f(baseline) up to the delta."""
+    from .attributions import integrated_gradients
+
+    base = median_features(a)
+    fa = f_a if f_a is not None else f(a).detach()[0]
+    attr, delta = integrated_gradients(f, a, base, n_steps, fa)
+    d = float(delta.reshape(-1)[0])
+    return attr[0].detach().sum(0), d, float(attr.sum()) - d
+
+
+def median_ig(ctx: ExplainContext, n_steps: int = 8) -> dict[str, Any]:
+    """{"map": [H, W] in [0, 1], "cells": signed [h, w], "convergence_delta", "relative_delta", "output_difference",
+    "n_steps", "layer", "baseline"} of the target class: integrated gradients on the middle stage (14 x 14 at 224 px,
+    the stage :func:`feature_occlusion_map` occludes and :func:`core.explain.image_ig.middle_stage_ig` integrates on),
+    but from the image's own per-channel median features (:func:`median_features`, feature occlusion's fill) instead
+    of the black image's activation. Each cell's attribution is summed over channels, signed (its share of
+    f(case) - f(all-median)); the map is its positive part (cells that raise the class's logit above the plain-skin
+    reference; as feature occlusion keeps the drops), upsampled bilinearly as the CAMs are, maximum 1 (all 0 when no
+    cell has a positive share). A plain image encoder only (a dual expert has no one middle stage: ValueError). Cost:
+    ``n_steps`` + 1 rows through the later blocks, forward and backward, in one batch (the product's middle-stage IG
+    runs ``n_steps`` and keeps the black row's tail)."""
+    import torch.nn.functional as F
+
+    from .image_ig import _ig_functions, plain_image_encoder
+
+    if not plain_image_encoder(ctx.model.encoders["image"]):
+        raise ValueError("middle-stage maps need a plain image encoder (not a dual expert).")
+    f, _, a, _, x = _ig_functions(ctx)
+    cells, delta, gap = median_ig_cells(f, a, n_steps, ctx.target_logit())
+    m = F.interpolate(cells.clamp_min(0)[None, None], size=tuple(x.shape[-2:]), mode="bilinear",
+                      align_corners=False)[0, 0].clamp_min(0).numpy()
+    return {"map": (m / max(float(m.max()), 1e-12)).astype(np.float32), "cells": cells.numpy(),
+            "convergence_delta": abs(delta), "relative_delta": abs(delta) / max(abs(gap), 1e-6), "output_difference": gap,
+            "n_steps": n_steps, "layer": "middle stage", "baseline": "median features"}
+
+
+def median_ig_map(ctx: ExplainContext, n_steps: int = 8) -> np.ndarray:
+    """[H, W] non-negative map, maximum 1: :func:`median_ig`'s map."""
+    return median_ig(ctx, n_steps)["map"]
+
+
 def image_map(ctx: ExplainContext, method: str) -> np.ndarray:
     """The map ``method`` (a key of :data:`PIXEL_MAPS`) of the case's target class."""
     if method not in PIXEL_MAPS:
@@ -215,8 +268,11 @@ def image_map(ctx: ExplainContext, method: str) -> np.ndarray:
         return segment_occlusion_map(ctx, **PIXEL_MAPS[method])
     if method == "feature_occlusion":
         return feature_occlusion_map(ctx, **PIXEL_MAPS[method])
+    if method == "median_ig":
+        return median_ig_map(ctx, **PIXEL_MAPS[method])
     return pixel_ig_map(ctx, **PIXEL_MAPS[method])
 
 
 __all__ = ["PIXEL_MAPS", "pixel_baseline", "pixel_ig", "pixel_ig_map", "segments", "segment_occlusion_map",
-           "middle_stage_function", "occlusion_drops", "feature_occlusion_map", "image_map"]
+           "middle_stage_function", "occlusion_drops", "feature_occlusion_map", "median_features", "median_ig_cells",
+           "median_ig", "median_ig_map", "image_map"]
