@@ -152,3 +152,71 @@ def test_evaluate_control_measures_median_ig_when_asked(monkeypatch):
     assert seen == ["gradcam", "median_ig"] and [a["explainer"] for a in out["alternatives"]] == ["median IG"]
     assert [c["measure"] for c in out["alternatives"][0]["checks"]] == [
         "lesion mass ratio [median IG]", "pointing game in the lesion [median IG]"]
+
+
+def test_dermatology_default_is_median_ig_elsewhere_unchanged():
+    """The rule in assets/models/dermatology/median_ig_choice.md was met (session 10): the dermatology suite's plain
+    EfficientNet-Lite0 packages default to IG from the median features; HAM10000, other suites and dual experts keep
+    their defaults."""
+    from core.encoders.image import ImageEncoder
+    from test_dual_expert import dual_model
+
+    enc = ImageEncoder("efficientnet_lite0", pretrained=False, image_size=224)
+    derm = SimpleNamespace(model=SimpleNamespace(encoders={"image": enc}), cfg=SimpleNamespace(cohort="dermatology"))
+    ham = SimpleNamespace(model=SimpleNamespace(encoders={"image": enc}), cfg=SimpleNamespace(cohort="ham10000"))
+    other = SimpleNamespace(model=SimpleNamespace(encoders={"image": enc}), cfg=SimpleNamespace(cohort="custom"))
+    dual = SimpleNamespace(model=dual_model(), cfg=SimpleNamespace(cohort="dermatology"))
+    assert G.default_cam(derm) == ("median_ig", "last stage") and G.validated_map(derm) == "median_ig"
+    assert G.resolve_cam(derm, ("auto",), "auto") == (("median_ig",), "last stage")
+    assert G.default_cam(ham) == ("gradcam++", "last × early stage")
+    assert G.default_cam(other) == G.default_cam(dual) == G.DEFAULT_CAM == ("gradcam", "last stage")
+    assert G.method_cost("median_ig") == "fast"          # measured 0.13 s per case: no click needed on the page
+    # the stability part reads a CAM: the first one asked for, else last-stage Grad-CAM's
+    assert G.stability_cam(("median_ig",)) == "gradcam"
+    assert G.stability_cam(("median_ig", "gradcam++")) == "gradcam++" and G.stability_cam(()) == "gradcam"
+
+
+def test_a_suite_defaulting_to_median_ig_explains_every_default_part(tmp_path, monkeypatch):
+    """With the map as the suite's default, the default explanation (what the dashboard's background job and the CLI
+    compute) draws it and still gets a stability part (Grad-CAM's): before stability_cam, cam_stability raised on it."""
+    from core.explain.engine import explain_case
+    from tiny import save_suite
+
+    save_suite(tmp_path, ("mmtm",))
+    p = load_package(tmp_path / "dermatology" / "mmtm")
+    monkeypatch.setitem(G.SUITE_DEFAULTS, ("dermatology", "tiny"), ("median_ig", "last stage"))
+    assert G.default_cam(p) == ("median_ig", "last stage")
+    ex = explain_case(p, make_case(1), parts=("cam", "stability"), stability_samples=2)
+    assert list(ex.cams) == ["median_ig"]
+    np.testing.assert_allclose(ex.cams["median_ig"], IM.image_map(ExplainContext(p, make_case(1), target=ex.target),
+                                                                     "median_ig"), atol=1e-5)
+    assert ex.stability and ex.stability["samples"] == 2
+
+
+def test_the_page_opens_on_the_default_map_and_says_it_was_validated(tmp_path, monkeypatch):
+    """Image explanations page, a suite whose default is IG from the median features: the method box starts on it
+    (not marked slow, no click needed), the overlay is drawn with it, the caption says it is the validated default and
+    what red means, and the MC-dropout section points to a CAM instead of failing."""
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    from test_dual_expert import masked_case
+    from tiny import save_suite
+
+    save_suite(tmp_path, ("mmtm",))
+    monkeypatch.setitem(G.SUITE_DEFAULTS, ("dermatology", "tiny"), ("median_ig", "last stage"))
+    monkeypatch.setitem(G.VALIDATED_MAPS, ("dermatology", "tiny"), "median_ig")
+    monkeypatch.setenv("FUSIONLENS_MODELS", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
+    at.session_state["fl_case"] = masked_case(2)
+    at.session_state["stability_samples"] = 4
+    at.switch_page("pages/4_Image_explanations.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    box = at.selectbox(key="cam_method")
+    assert box.value == "median_ig" and "median_ig" in box.options and "median_ig (slow)" not in box.options
+    assert any("default heatmap here is **IG from the median features**" in c.value for c in at.caption)
+    assert any("integrated gradients from the image's median features" in c.value for c in at.caption)
+    titles = [(json.loads(c.proto.spec)["layout"].get("title") or {}).get("text", "") for c in at.get("plotly_chart")]
+    assert any(t.startswith("IG from the median features (middle stage)") for t in titles), titles
+    assert any("reads the model without MC dropout" in c.value for c in at.caption)

@@ -47,8 +47,9 @@ CAM_METHODS: dict[str, tuple[str, bool, str]] = {
 #: fresh seed 9305; the last-stage Grad-CAM 2.90 / 0.39 there). Cost on the shipped dermatology ``mmtm``, one torch
 #: thread, same run as Grad-CAM (cases of seed 9932): median 2.3 s per map vs Grad-CAM 0.09 s (6 cases, load ~3;
 #: faithfulness_maps_choice.md); 9.1 s vs 0.26 s (8 cases, load ~9, channels-last batches; commit 300e84c, no results
-#: file) -- far above the ~0.3 s a default heatmap may cost, so it is a selectable method marked slow and Grad-CAM
-#: stays the default. Issue #15 §4, assets/models/dermatology/: chosen by the rule in faithfulness_maps_choice.md on
+#: file) -- far above the ~0.3 s a default heatmap may cost, so it is a selectable method marked slow (the suite's
+#: default was Grad-CAM until session 10; now IG from the median features, below). Issue #15 §4,
+#: assets/models/dermatology/: chosen by the rule in faithfulness_maps_choice.md on
 #: choice seed 9932 (10 lesion- + 10 context-decided cases; 13 fusion variants: decisive-region pointing game median
 #: 0.70, chance 0.19), then measured once on report seed 9931 (20 + 20 cases, predicted class; faithfulness_maps in
 #: each package's metrics.json, table faithfulness_feature_occlusion.md): pointing game best 0.80 (concat), median
@@ -63,19 +64,28 @@ MAP_METHODS: dict[str, tuple[str, str, str]] = {
         "2.90 / 3.28, 39% / 33%)."),
     # Session 10: integrated gradients on the same middle stage from feature occlusion's fill (the image's per-channel
     # median features) instead of the product's black-image activation: 8 Gauss-Legendre steps + the baseline's row,
-    # forward and backward through the later blocks in one batch (core.explain.image_maps.median_ig). Seed 9301
-    # validation (session 8, 50 cases): lesion-only control lesion ratio 4.91, pointing 1.00. Its fresh-seed figures
-    # and the rule that decides whether it becomes the suite's default: assets/models/dermatology/median_ig_choice.md.
+    # forward and backward through the later blocks in one batch (core.explain.image_maps.median_ig). The dermatology
+    # suite's default since session 10, by the rule written before measuring (assets/models/dermatology/
+    # median_ig_choice.md): known-answer controls on fresh seed 9307 (70 cases each; controls_9307_median_ig.json):
+    # lesion-only lesion ratio 7.28, pointing 0.99 (chance 0.10; randomised copy 2.47 / 0.40; last-stage Grad-CAM 3.08
+    # / 0.51), context-only context ratio 1.93 (randomised 1.18; its lesion ratio 2.07, the <= 1 criterion missed);
+    # shipped suite on fresh seed 9935 (20 + 20 cases, 13 fusion variants; faithfulness_median_ig.md): decisive-region
+    # pointing median 0.78, best 0.90 (chance 0.22), lesion ratio median 5.25; cost on the shipped mmtm, one thread,
+    # same process as Grad-CAM: median 0.13 s per case vs 0.04 s (n = 20, load ~1.6).
     "median_ig": (
-        "middle stage", "not yet timed against the 0.3 s rule: 9 rows through the later blocks, forward and backward",
+        "middle stage", "fast",
         "IG from the median features: integrated gradients on the 14 × 14 middle stage from the image's own median "
         "features (plain skin) to the case's; red = cells whose share of the class's logit above that plain-skin "
-        "reference is positive. Same stage and reference as feature occlusion, one batched pass instead of 196."),
+        "reference is positive. The known-answer controls validated it on fresh seed 9307 (the lesion-only control's "
+        "lesion: mass ratio 7.28, peak in it 99% of 70 cases, a random point 10%; last-stage Grad-CAM 3.08, 51%); "
+        "about 0.13 s per case."),
 }
 #: where each suite's heatmaps were validated against known-answer controls (core/explain/controls.py) and measured on
 #: the shipped packages (scripts/faithfulness_table.py --method): (cohort, image architecture) -> map method. Not the
 #: default heatmap (that is ``SUITE_DEFAULTS`` / :func:`default_cam`); the dashboard names it beside the default.
-VALIDATED_MAPS: dict[tuple[str, str], str] = {("dermatology", "efficientnet_lite0"): "feature_occlusion"}
+#: Dermatology: feature occlusion (session 9) and, since session 10, IG from the median features, which is also the
+#: suite's default (``SUITE_DEFAULTS``); the page names the validated map where it is not the default.
+VALIDATED_MAPS: dict[tuple[str, str], str] = {("dermatology", "efficientnet_lite0"): "median_ig"}
 
 
 def heatmap_methods(package: object = None) -> list[str]:
@@ -131,7 +141,12 @@ AUTO = "auto"
 #: (chance 0.29), Grad-CAM++ there 2.00-2.11 / 0.75-0.82, Grad-CAM++ x early-stage LayerCAM 2.49-2.76 / 0.93-0.95;
 #: reported once on the test split (gradcam_masks.json, 140 images, 15 packages): 1.30-1.67 / 0.51-0.61 before,
 #: 2.51-2.81 / 0.89-0.97 now (chance 0.30).
-SUITE_DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {("ham10000", "efficientnet_lite0"): ("gradcam++", "last × early stage")}
+#: Dermatology (the generated suite, EfficientNet-Lite0 at 224 px, plain encoders): IG from the median features
+#: (``MAP_METHODS["median_ig"]``; it reads its own middle stage, the layer is only what the page's layer picker shows),
+#: chosen by the rule in assets/models/dermatology/median_ig_choice.md (known-answer controls on seed 9307, the shipped
+#: suite on seed 9935, cost <= 0.3 s per case); dual experts keep Grad-CAM (no one middle stage).
+SUITE_DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {("ham10000", "efficientnet_lite0"): ("gradcam++", "last × early stage"),
+                                                          ("dermatology", "efficientnet_lite0"): ("median_ig", "last stage")}
 DEFAULT_CAM = ("gradcam", "last stage")
 NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM", "layercam": "LayerCAM",
          "hirescam": "HiResCAM", "eigencam": "EigenCAM", "scorecam": "Score-CAM", "feature_occlusion": "Feature occlusion",
@@ -146,14 +161,26 @@ def cam_layer_names(encoder: torch.nn.Module) -> list[str]:
 
 def default_cam(package: object) -> tuple[str, str]:
     """(method, layer) a package's heatmaps use unless one is asked for: the measured per-suite choice in
-    ``SUITE_DEFAULTS`` for its cohort and image architecture, else Grad-CAM on the last stage."""
+    ``SUITE_DEFAULTS`` for its cohort and image architecture (a map of ``MAP_METHODS`` only where the image encoder can
+    draw it), else Grad-CAM on the last stage. The stability part reads a CAM (``stability_cam``)."""
     encoders = getattr(getattr(package, "model", None), "encoders", {})
     enc = encoders["image"] if "image" in encoders else None
     if enc is None or getattr(enc, "dual_expert", False):
         return DEFAULT_CAM
     cfg = getattr(package, "cfg", None)
     method, layer = SUITE_DEFAULTS.get((getattr(cfg, "cohort", None), getattr(enc, "arch", None)), DEFAULT_CAM)
+    if method in MAP_METHODS:   # a map that reads the middle stage: a plain image encoder only
+        from .image_ig import plain_image_encoder
+
+        if not plain_image_encoder(enc):
+            return DEFAULT_CAM
     return (method, layer) if layer in cam_layer_names(enc) else DEFAULT_CAM
+
+
+def stability_cam(methods: "tuple[str, ...] | list[str]") -> str:
+    """The method the MC-dropout stability part reads: the first CAM of ``methods``, else last-stage Grad-CAM's method
+    (a map of ``MAP_METHODS``, e.g. the dermatology default, reads the model without MC dropout)."""
+    return next((m for m in methods if m not in MAP_METHODS), DEFAULT_CAM[0])
 
 
 def resolve_cam(package: object, methods: "tuple[str, ...] | list[str]", layer: str) -> tuple[tuple[str, ...], str]:

@@ -18,7 +18,7 @@ import torch
 from ..registry import Registry
 from .attributions import image_attributions, note_attributions, spectrum_attributions, table_attributions
 from .context import ExplainContext
-from .gradcam import cam_stability, image_cam
+from .gradcam import cam_stability, image_cam, stability_cam
 from .image_ig import middle_stage_ig, plain_image_encoder
 from .modality import modality_shapley
 
@@ -93,8 +93,10 @@ def _lesion_context(r: PartRun) -> None:
 @part("stability", uses=frozenset({"explain", "report"}), options=("cam_methods", "cam_layer", "stability_samples"),
       **_IMAGE)
 def _stability(r: PartRun) -> None:
-    r.ex.stability = r.timed("stability", cam_stability, r.ctx, r.cam_methods[0] if r.cam_methods else "gradcam",
-                             r.cam_layer, r.stability_samples)
+    # the first CAM asked for; a map (e.g. the dermatology default, IG from the median features) has no MC-dropout
+    # stability, so with maps only the stability is last-stage Grad-CAM's (gradcam.stability_cam)
+    r.ex.stability = r.timed("stability", cam_stability, r.ctx, stability_cam(r.cam_methods), r.cam_layer,
+                             r.stability_samples)
 
 
 @part("note", uses=_ALL, options=("ig_steps",), needs=("note",), unused="This model does not use a clinical note.")
