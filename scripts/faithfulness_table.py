@@ -84,7 +84,7 @@ def map_unavailable(pkg, method: str) -> str | None:
     if enc is None:
         return "no image encoder"
     if method in MIDDLE_STAGE_MAPS and not plain_image_encoder(enc):
-        return "dual-expert image encoder: no one middle stage to occlude"
+        return "dual-expert image encoder: no one middle stage to " + ("occlude" if method == "feature_occlusion" else "read")
     return None
 
 
