@@ -1,5 +1,5 @@
-"""Image explanations: a Grad-CAM-family heatmap (or the middle-stage feature occlusion map the known-answer controls
-validated) through the whole fused model, lesion vs context (mass vs area, the confidence check, lesion-only /
+"""Image explanations: a Grad-CAM-family heatmap or a middle-stage map the known-answer controls validated (IG from
+the median features, the dermatology suite's default since session 10; feature occlusion) through the whole fused model, lesion vs context (mass vs area, the confidence check, lesion-only /
 context-only maps) and stability across MC samples."""
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def method_name(m: str) -> str:
 
 
 c1, c2, c3 = st.columns(3)
-default_method, default_layer = default_cam(pkg)   # measured per suite (HAM10000: Grad-CAM++ x early LayerCAM)
+default_method, default_layer = default_cam(pkg)   # measured per suite (HAM10000: Grad-CAM++ x early LayerCAM; dermatology: median_ig)
 checked = validated_map(pkg)   # the map the known-answer controls validated for this suite (dermatology: feature occlusion)
 methods = heatmap_methods(pkg)  # the CAMs, then the maps this image encoder can draw (core.explain.gradcam.MAP_METHODS)
 layers = loaders.cam_layers(pkg)
