@@ -1,6 +1,7 @@
 """Image explanations: a Grad-CAM-family heatmap or a middle-stage map the known-answer controls validated (IG from
-the median features, the dermatology suite's default since session 10; feature occlusion) through the whole fused model, lesion vs context (mass vs area, the confidence check, lesion-only /
-context-only maps) and stability across MC samples."""
+the median features, the dermatology suite's default since session 10; feature occlusion) through the whole fused
+model, lesion vs context (mass vs area, the confidence check, lesion-only / context-only maps) and stability across MC
+samples."""
 from __future__ import annotations
 
 import numpy as np
