@@ -2,7 +2,7 @@
 
 * As soon as a session has a case and a model, one background thread computes the case's **default
   explanation** (what the pages show before the user changes a control: the prediction, modality
-  Shapley values, the Grad-CAM heatmap with the lesion / context check, its stability, the note /
+  Shapley values, the package's default heatmap with the lesion / context check, its stability, the note /
   table / spectrum attributions) with one encoder pass, part by part in the order the pages come,
   and then the default variant comparison of the Compare page. Right after the prediction (before the
   explanation's parts) it runs the **committee vote** where the suite's ``committee.json`` was fitted for

@@ -325,7 +325,7 @@ def test_evaluate_control_measures_only_the_alternatives_asked_for(monkeypatch):
         "lesion mass ratio [feature occlusion]", "pointing game in the lesion [feature occlusion]"]
     seen.clear()
     K.evaluate_control(pkg, "lesion", [], alternatives=True)
-    assert seen == ["gradcam", "pixel_ig", "feature_occlusion"]
+    assert seen == ["gradcam", "pixel_ig", "feature_occlusion", "median_ig"]
     seen.clear()
     K.evaluate_control(pkg, "lesion", [])
     assert seen == ["gradcam"]

@@ -50,8 +50,10 @@ def test_image_cam_draws_the_map_method_and_not_a_cam(suite):
         G.cam_stability(ctx, "feature_occlusion")
     assert G.describe_cam("feature_occlusion", "last stage") == "Feature occlusion (middle stage)"
     assert G.method_cost("feature_occlusion").startswith("slow") and G.method_cost("gradcam") == "fast"
-    # the registry the page lists: the CAMs, then the maps a plain encoder can draw; the default is unchanged
-    assert G.heatmap_methods(pkg) == [*G.CAM_METHODS, "feature_occlusion"]
+    # the registry the page lists: the CAMs, then the maps a plain encoder can draw; a package without a suite's
+    # validated map keeps Grad-CAM as its default
+    assert G.heatmap_methods(pkg) == [*G.CAM_METHODS, *G.MAP_METHODS]
+    assert "feature_occlusion" in G.MAP_METHODS and "median_ig" in G.MAP_METHODS
     assert G.default_cam(pkg) == ("gradcam", "last stage")
 
 
@@ -69,9 +71,10 @@ def test_validated_map_is_the_suites_and_defaults_stay(monkeypatch):
     enc = ImageEncoder("efficientnet_lite0", pretrained=False, image_size=224)
     derm = SimpleNamespace(model=SimpleNamespace(encoders={"image": enc}), cfg=SimpleNamespace(cohort="dermatology"))
     ham = SimpleNamespace(model=SimpleNamespace(encoders={"image": enc}), cfg=SimpleNamespace(cohort="ham10000"))
-    assert G.validated_map(derm) == "feature_occlusion" and G.validated_map(ham) is None
-    # HAM10000's measured default and everyone else's Grad-CAM are not changed by the new method
-    assert G.default_cam(ham) == ("gradcam++", "last × early stage") and G.default_cam(derm) == ("gradcam", "last stage")
+    assert G.validated_map(derm) == "median_ig" and G.validated_map(ham) is None
+    # the dermatology suite's default is its validated map (median_ig met its rule, session 10); HAM10000's measured
+    # default is not changed by it
+    assert G.default_cam(ham) == ("gradcam++", "last × early stage") and G.default_cam(derm) == ("median_ig", "last stage")
 
 
 def test_measure_map_scores_the_map_of_the_method_asked_for(suite, tmp_path, monkeypatch):

@@ -127,7 +127,8 @@ def test_ham10000_default_and_names():
     other = SimpleNamespace(model=SimpleNamespace(encoders={"image": enc}), cfg=SimpleNamespace(cohort="dermatology"))
     no_image = SimpleNamespace(model=SimpleNamespace(encoders={}), cfg=SimpleNamespace(cohort="ham10000"))
     assert gc.default_cam(ham) == ("gradcam++", "last × early stage")
-    assert gc.default_cam(other) == gc.default_cam(no_image) == ("gradcam", "last stage")
+    assert gc.default_cam(other) == ("median_ig", "last stage")      # the dermatology suite's validated map
+    assert gc.default_cam(no_image) == ("gradcam", "last stage")
     assert gc.cam_layer_names(enc) == ["last stage", "middle stage", "early stage", "last × early stage"]
     assert gc.describe_cam("gradcam++", "last × early stage") == "Grad-CAM++ (last stage) × LayerCAM (early stage)"
     assert gc.describe_cam("gradcam", "last stage") == "Grad-CAM (last stage)"

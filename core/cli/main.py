@@ -38,8 +38,8 @@ def build_parser() -> Parser:
     p.add_argument("--target", help="class to explain (label or index; default: the predicted class)")
     p.add_argument("--parts", nargs="*", help="explanation parts (default: all the fast ones)")
     p.add_argument("--cam", nargs="*", default=[],
-                   help="heatmap methods: CAMs (core.explain.gradcam.CAM_METHODS) or the slow maps (MAP_METHODS: "
-                        "feature_occlusion, pixel_ig) (default: the package's, core.explain.gradcam.default_cam)")
+                   help="heatmap methods: CAMs (core.explain.gradcam.CAM_METHODS) or middle-stage maps (MAP_METHODS: "
+                        "median_ig, feature_occlusion (slow)) (default: the package's, core.explain.gradcam.default_cam)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation for the CAM")
     p.add_argument("--ig-steps", type=int, default=24)
     p.add_argument("--json", action="store_true")
