@@ -179,7 +179,7 @@ def test_explanation_and_prediction_equal_the_paths_they_replace(tmp_path, monke
 
 
 def test_note_baseline_pass_is_kept_per_length_and_follows_the_weights(tmp_path, monkeypatch):
-    """The pad-token baseline's text-encoder output is computed once per (encoder weights, baseline) and reused:
+    """The note baseline's text-encoder output is computed once per (encoder weights, baseline) and reused:
     the same token scores and delta as computing it each time; a changed weight computes it again."""
     import numpy as np
 

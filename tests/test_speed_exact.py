@@ -88,7 +88,7 @@ def test_explained_parts_keep_captums_numbers(tmp_path):
 
 def test_note_ig_lean_encoder_and_baseline_apart_keep_captums_numbers(tmp_path, monkeypatch):
     """Session 8: with a frozen text encoder (every shipped package) the note's IG runs the lean BERT forward
-    (oneDNN linears) and the pad-token baseline through the encoder apart, without a graph: token scores and
+    (oneDNN linears) and the baseline note (default [UNK]) through the encoder apart, without a graph: token scores and
     convergence delta equal Captum's IG through transformers' own forward (three passes, baseline in the batch)."""
     import core.encoders.text as text
 

@@ -80,11 +80,12 @@ def test_ig_token_baseline_is_complete_and_differs_from_pad(pkg):
     assert unk["relative_delta"] < 0.05 and pad["relative_delta"] < 0.05
     assert [w["text"] for w in unk["words"]] == [w["text"] for w in pad["words"]]
     assert not np.allclose([w["score"] for w in unk["words"]], [w["score"] for w in pad["words"]])
-    # the pad variant is the product's note IG
+    # each variant is the product's note IG from the same baseline (its setting; the default is [UNK])
     from core.explain.attributions import note_attributions
 
-    prod = note_attributions(ctx, n_steps=32, internal_batch_size=32)["words"]
-    np.testing.assert_allclose([w["score"] for w in pad["words"]], [w["score"] for w in prod], atol=1e-5)
+    for variant, name in ((pad, "pad"), (unk, "unk")):
+        prod = note_attributions(ctx, n_steps=32, internal_batch_size=32, baseline=name)["words"]
+        np.testing.assert_allclose([w["score"] for w in variant["words"]], [w["score"] for w in prod], atol=1e-5)
     with pytest.raises(ValueError, match="unknown note method"):
         TA.note_words_attribution(ctx, "nope")
 

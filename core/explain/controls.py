@@ -593,6 +593,10 @@ CONTROL_CAM: tuple[str, str] = ("gradcam", "last stage")
 #: occlusion (one forward pass per word; 0.54, randomised 0.42), the removal-based alternative. Word Shapley
 #: sampling (8 antithetic permutations, ~620 passes per note) was no better on the first 5 validation cases
 #: (0.53; [UNK] IG and occlusion 0.59 there) and is not run here.
+#: Session 10: the [UNK] baseline became the product's note IG default (core.explain.attributions.NOTE_BASELINE) by
+#: the rule in assets/models/dermatology/note_baseline_choice.md, on fresh seed 9308 (controls_9308_note.json, 70
+#: cases): [UNK] 0.61, pad 0.57 (chance 0.32; randomised copy 0.33 / 0.33). Since then the criterion's "note IG" row
+#: measures the [UNK] baseline; "ig_pad" (NOTE_METHODS) measures the old default.
 CONTROL_PIXEL_MAP = "pixel_ig"
 #: Session 8: middle-stage feature occlusion (core.explain.image_maps.feature_occlusion_map: each 16 px cell of
 #: block 10's 14 x 14 map replaced by the image's per-channel median features, drop of the target logit), chosen
@@ -630,7 +634,8 @@ ALTERNATIVES: dict[str, list[tuple[str, dict[str, Any]]]] = {
 ALTERNATIVE_KEYS = {"image": ("lesion_ratio_lesion_decided", "pointing_game_lesion_decided", "context_ratio_context_decided",
                               "lesion_ratio_context_decided"),
                     "note": ("note_decisive_mass", "note_decisive_mass_positive")}
-NOTE_METHOD_LABEL = {"ig": "note IG", "ig_unk": "note IG, [UNK] baseline", "word_occlusion": "note word occlusion",
+NOTE_METHOD_LABEL = {"ig": "note IG", "ig_pad": "note IG, [PAD] baseline", "ig_unk": "note IG, [UNK] baseline",
+                     "word_occlusion": "note word occlusion",
                      "word_shapley": "note word Shapley sampling"}
 
 

@@ -122,8 +122,9 @@ def note_word_shapley(ctx: ExplainContext, n_samples: int = 4, seed: int = 0) ->
 
 def note_ig_token_baseline(ctx: ExplainContext, token: str = "unk", n_steps: int = 24) -> dict[str, Any]:
     """Integrated gradients on the word embeddings like :func:`core.explain.attributions.note_attributions`, from a
-    baseline that puts ``token`` (``"unk"``, ``"mask"`` or ``"pad"``, the product's) at every non-special
-    position; word pieces summed per word."""
+    baseline that puts ``token`` (``"unk"``, the product's default since session 10, ``"mask"`` or ``"pad"``, the
+    default before) at every non-special position; word pieces summed per word. Computed here on its own (the baseline's
+    row in the steps' batch through the whole model, no cached baseline pass), apart from the product's code path."""
     from .attributions import ig_with_delta, merge_word_pieces, note_ig_inputs
 
     enc = ctx.model.encoders["note"]
@@ -141,15 +142,19 @@ def note_ig_token_baseline(ctx: ExplainContext, token: str = "unk", n_steps: int
             "relative_delta": float(delta.abs().max()) / max(abs(float(scores.sum())), 1e-6)}
 
 
-def _product_ig(ctx: ExplainContext, steps: int) -> list[dict[str, Any]]:
+def _product_ig(ctx: ExplainContext, steps: int, baseline: str | None = None) -> list[dict[str, Any]]:
     from .attributions import note_attributions
 
-    return note_attributions(ctx, n_steps=steps, internal_batch_size=steps)["words"]
+    return note_attributions(ctx, n_steps=steps, internal_batch_size=steps, baseline=baseline)["words"]
 
 
-#: note word attributions ``cohort_faithfulness(note_method=...)`` can measure: name -> f(ctx, ig_steps) -> words
+#: note word attributions ``cohort_faithfulness(note_method=...)`` can measure: name -> f(ctx, ig_steps) -> words.
+#: ``ig``: the product's note IG with its default baseline (core.explain.attributions.NOTE_BASELINE); ``ig_pad``:
+#: the product's code from the [PAD] baseline; ``ig_unk``: this module's own [UNK]-baseline IG (the measured
+#: alternative, independent of the product's code path).
 NOTE_METHODS: dict[str, Callable[[ExplainContext, int], list[dict[str, Any]]]] = {
     "ig": lambda ctx, steps: _product_ig(ctx, steps),
+    "ig_pad": lambda ctx, steps: _product_ig(ctx, steps, "pad"),
     "ig_unk": lambda ctx, steps: note_ig_token_baseline(ctx, "unk", steps)["words"],
     "word_occlusion": lambda ctx, steps: note_word_occlusion(ctx)["words"],
     "word_shapley": lambda ctx, steps: note_word_shapley(ctx)["words"],
