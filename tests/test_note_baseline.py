@@ -95,3 +95,14 @@ def test_baseline_pass_is_kept_per_baseline(pkg):
         A.baseline_note_features = plain
     for b in got:
         assert np.allclose(got[b], fresh[b], atol=1e-7)
+
+
+def test_explain_case_note_part_uses_the_default_baseline(pkg):
+    from core.explain import explain_case
+
+    case = make_case(4)
+    ex = explain_case(pkg, case, parts=("note",))
+    assert ex.note["baseline"] == "unk"
+    ctx = ExplainContext(pkg, case)
+    assert np.allclose(ex.note["token_scores"], A.note_attributions(ctx, baseline="unk")["token_scores"], atol=1e-6)
+    assert not np.allclose(ex.note["token_scores"], A.note_attributions(ctx, baseline="pad")["token_scores"], atol=1e-6)
