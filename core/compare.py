@@ -225,7 +225,8 @@ class SharedEncoderCache:
     def _dual_streams(self, pkg: Package) -> dict[str, torch.Tensor] | None:
         """A dual-expert image encoder's frozen backbone outputs for this case, cached like any frozen
         encoder's: the global stream is the plain image encoder of the same weights (the same pixels),
-        the lesion stream is keyed by the backbone and the crop margin. Only its gate runs per package.
+        the lesion stream is keyed by the backbone, the crop margin and the fill outside the lesion
+        (``lesion_mask_fill``). Only its gate runs per package.
         None when the backbone's weights are stored in the package (its outputs are that package's own)
         or the case has no image."""
         enc = pkg.model.encoders["image"]
@@ -238,7 +239,8 @@ class SharedEncoderCache:
                            "weights": "external"}, sort_keys=True)
         out: dict[str, torch.Tensor] = {}
         for prefix, key, px, module in (("g_", back, "pixels", enc.backbone),
-                                        ("l_", json.dumps({"local": back, "margin": enc.margin, "mask": self.case.mask is not None}),
+                                        ("l_", json.dumps({"local": back, "margin": enc.margin, "mask": self.case.mask is not None,
+                                                          "fill": getattr(enc, "lesion_mask_fill", "none")}),
                                          "local_pixels", enc.local_backbone)):
             if key not in self._store:
                 with torch.no_grad():

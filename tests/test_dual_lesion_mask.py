@@ -210,3 +210,40 @@ def test_the_setting_is_stored_in_the_package_and_reloads(tmp_path, fill):
     # the training cache of the lesion stream is keyed by the fill (a masked run never reads unmasked streams)
     assert model.encoders["image"].frozen_config() != unmasked.encoders["image"].frozen_config()
     assert 0 < float(pkg.predict(case).diagnostics["image_lesion_gate"]) < 1
+
+
+def test_shipped_dual_experts_with_different_fills_compare_and_explain_as_alone():
+    """The shipped gated_dual_expert fills the crop outside the lesion (session 10), gated_dual_entropy does not: a
+    comparison must not hand one the other's lesion stream (the shared cache keys the fill), and an explanation
+    that varies the whole image holds the case's mask fixed with the crop box."""
+    from core.compare import compare_variants
+    from core.explain import ExplainContext
+    from test_assets import ROOT, demo_case
+
+    pkgs = [load_package(ROOT / "models" / "dermatology" / n) for n in ("gated_dual_expert", "gated_dual_entropy")]
+    fills = [p.model.encoders["image"].lesion_mask_fill for p in pkgs]
+    if fills[0] == fills[1]:
+        pytest.skip(f"the shipped dual experts share a fill ({fills[0]})")
+    case, _ = demo_case(ROOT / "cases" / "dermatology" / "derm-00001")
+    cmp = compare_variants(pkgs, case, explain=False)
+    for col in cmp.columns:
+        alone = col.package.predict(case)
+        assert np.allclose(col.prediction.calibrated, alone.calibrated, atol=1e-5), col.package.name
+        assert abs(col.prediction.diagnostics["image_lesion_gate"] - alone.diagnostics["image_lesion_gate"]) < 1e-5
+    filled = pkgs[fills.index("mean")] if "mean" in fills else pkgs[0]
+    ctx = ExplainContext(filled, case)
+    fixed = ctx.image_fixed()
+    assert set(fixed) == {"crop_box", "lesion_mask"}
+    # varied images are cut with the case's mask: nothing is segmented again
+    enc = filled.model.encoders["image"]
+    segmented = []
+    real = enc._segment
+    enc._segment = lambda px: segmented.append(len(px)) or real(px)
+    pixels = ctx.inputs["image"]["pixels"]
+    f = ctx.target_fn("image", "pixels", **fixed)
+    with torch.no_grad():
+        held = f(torch.cat([pixels, pixels.flip(-1)]))
+    assert segmented == [] and held.shape[0] == 2 and torch.isfinite(held).all()
+    with torch.no_grad():
+        ctx.target_fn("image", "pixels", crop_box=fixed["crop_box"])(pixels)
+    assert segmented == [1]                      # the box alone (the old hold) segments the varied image anew

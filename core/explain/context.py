@@ -66,9 +66,11 @@ class ExplainContext:
 
     def image_fixed(self) -> dict[str, torch.Tensor]:
         """Image inputs to hold fixed when the whole image is varied: a dual-expert encoder's lesion
-        box (its lesion stream is then cut from the varied image, so both streams see the change)."""
+        box (its lesion stream is then cut from the varied image, so both streams see the change) and,
+        with ``lesion_mask_fill`` on, the case's lesion mask (else every varied image would be segmented
+        anew, and the fill would follow that segmentation instead of the case's mask)."""
         image = self.inputs.get("image") or {}
-        return {"crop_box": image["crop_box"]} if "crop_box" in image else {}
+        return {k: image[k] for k in ("crop_box", "lesion_mask") if k in image}
 
     def present_features(self) -> dict[str, ModalityFeatures]:
         """Every present modality's encoder output (what ``Package.predict(features=...)`` takes)."""
