@@ -623,6 +623,8 @@ def test_an_app_session_writes_no_uploaded_bytes_to_disk(pkg_dir, monkeypatch):
     at.switch_page("pages/2_Prediction.py").run()
     at.switch_page("pages/5_Attributions.py").run()
     assert not at.exception
+    # the note's caption names the IG baseline the explanation used (all-[UNK] by default since session 10)
+    assert any("from a note of [UNK] tokens" in c.value for c in at.caption), [c.value for c in at.caption]
     leaked = []
     for r, old in before.items():
         for p, mtime in _files(r).items():

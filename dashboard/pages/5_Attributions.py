@@ -38,8 +38,9 @@ if ex.note:
     # the note is user text: note_highlight_html escapes every piece of it before adding the highlights
     st.markdown(plots.note_highlight_html(case.note or "", ex.note["words"]), unsafe_allow_html=True)
     headline_sent()
+    base = {"unk": "a note of [UNK] tokens", "pad": "a note of [PAD] tokens"}.get(ex.note.get("baseline"), "a neutral note")
     st.caption(f"Red words pushed P({target}) up, blue words pushed it down (layer integrated gradients on the word "
-               "embeddings, word pieces merged into words; hover a word for its score).")
+               f"embeddings from {base} of the same length, word pieces merged into words; hover a word for its score).")
     if ex.note.get("truncated"):
         st.warning("The note is longer than the model reads; words past the limit got no attribution.")
     delta_caption(ex.note, "Note")
