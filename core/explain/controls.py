@@ -620,7 +620,8 @@ CONTROL_FEATURE_MAP = "feature_occlusion"
 #: (core.explain.image_maps.median_ig: ~0.1-0.3 s per case instead of feature occlusion's 196 passes), measured once on
 #: fresh seed 9307 by the rule in assets/models/dermatology/median_ig_choice.md (controls_9307_median_ig.json).
 CONTROL_MEDIAN_IG = "median_ig"
-CONTROL_NOTE_METHODS: tuple[str, ...] = ("ig_unk", "word_occlusion")
+#: Since the [UNK] baseline is the product's default (its "note IG" row), the old [PAD] default is the alternative.
+CONTROL_NOTE_METHODS: tuple[str, ...] = ("ig_pad", "word_occlusion")
 ALTERNATIVES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "lesion": [("pixel IG", {"parts": ("image",), "method": CONTROL_PIXEL_MAP}),
                ("feature occlusion", {"parts": ("image",), "method": CONTROL_FEATURE_MAP}),
