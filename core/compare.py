@@ -343,6 +343,14 @@ def compare_variants(packages: Sequence[Package], case: Case, explain: bool = Tr
         # the columns compare integrated gradients (top features, rank agreement); the table's Shapley
         # sampling (the slowest part of a column) is not shown there, so it is skipped unless asked for
         explain_options.setdefault("shapley_samples", 0)
+        if "cam" in parts and "cam_methods" not in explain_options:
+            from .explain.gradcam import default_cam
+
+            # each package's default heatmap may differ (the dermatology suite's plain packages draw median IG, its
+            # dual experts Grad-CAM): then every column draws last-stage Grad-CAM, so the maps and their agreement
+            # compare one method
+            if len({default_cam(p) for p in packages if "image" in p.modalities}) > 1:
+                explain_options["cam_methods"], explain_options["cam_layer"] = ("gradcam",), "last stage"
         t2 = time.perf_counter()
         for col, f in zip(columns, feats):
             col.explanation = _reusable(reuse, col.package, tgt, parts, mc_samples, explain_options)

@@ -247,3 +247,20 @@ def test_shipped_dual_experts_with_different_fills_compare_and_explain_as_alone(
     with torch.no_grad():
         ctx.target_fn("image", "pixels", crop_box=fixed["crop_box"])(pixels)
     assert segmented == [1]                      # the box alone (the old hold) segments the varied image anew
+
+
+def test_a_comparison_whose_packages_default_to_different_heatmaps_draws_one_method():
+    """Plain dermatology packages default to IG from the median features, the dual experts to Grad-CAM: an explained
+    comparison of both draws last-stage Grad-CAM in every column, so the maps and their overlap compare one method."""
+    from core.compare import compare_variants
+    from core.explain.gradcam import default_cam
+    from test_assets import ROOT, demo_case
+
+    pkgs = [load_package(ROOT / "models" / "dermatology" / n) for n in ("mmtm", "gated_dual_expert")]
+    assert default_cam(pkgs[0]) != default_cam(pkgs[1])
+    case, _ = demo_case(ROOT / "cases" / "dermatology" / "derm-00001")
+    cmp = compare_variants(pkgs, case, explain=True)
+    assert [list(c.explanation.cams) for c in cmp.columns] == [["gradcam"], ["gradcam"]]
+    assert "cam_top_iou" in cmp.explanation_agreement["pairs"][0]
+    same = compare_variants(pkgs[:1] + [load_package(ROOT / "models" / "dermatology" / "gated")], case, explain=True)
+    assert [list(c.explanation.cams) for c in same.columns] == [["median_ig"], ["median_ig"]]   # one default: kept

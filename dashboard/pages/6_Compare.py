@@ -7,6 +7,7 @@ import streamlit as st
 from core import plots
 from core.compare import cohort_metrics
 from core.explain.mechanisms import readings as mechanism_readings
+from core.explain.gradcam import NAMES
 from core.plots.prediction import package_labels
 from dashboard import background, loaders
 from dashboard.figures import light_overlay
@@ -123,6 +124,7 @@ if explain:
                 fig.update_layout(height=260, margin=dict(l=0, r=0, t=0, b=0), showlegend=False)
                 fig.update_traces(showscale=False, selector=dict(type="heatmap"))
                 st.plotly_chart(fig, key=f"cmp_cam_{i}")
+                st.caption(f"heatmap: {NAMES.get(next(iter(ex.cams)), next(iter(ex.cams)))}")
                 if summ.get("cam_lesion_share") is not None:
                     st.caption(f"heatmap mass: lesion {summ['cam_lesion_share']:.0%}, context {summ['cam_context_share']:.0%}")
             if summ.get("top_words"):
