@@ -435,9 +435,12 @@ def _faithfulness_columns(f: Mapping[str, Any]) -> dict[str, float]:
     for k in FAITHFULNESS_COLUMNS:
         v = a.get(k)
         if isinstance(v, (int, float)) and v == v:
-            out[f"faithfulness_{k}"] = float(v)
+            # the map measures of this record are last-stage Grad-CAM's (faithfulness_table's PRODUCT_METHOD), which
+            # is no longer every suite's default heatmap: the column says so
+            name = f"faithfulness_{'' if k.startswith('shapley') else 'gradcam_'}{k}"
+            out[name] = float(v)
             chance = a.get(f"{k}_chance", a.get("ratio_chance") if "ratio" in k else None)
             if isinstance(chance, (int, float)) and chance == chance:
-                out[f"faithfulness_{k}_chance"] = float(chance)
+                out[f"{name}_chance"] = float(chance)
     return out
 

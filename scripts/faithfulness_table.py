@@ -34,12 +34,15 @@ from core import discover_packages, load_package
 from core.explain.cohort import KINDS, cohort_faithfulness
 
 TRAINING_SEED = 0   # the suite's cohort seed: never measure on it
-PRODUCT_METHOD = "gradcam"   # the product's heatmap: measured with every part, stored under "faithfulness"
+#: last-stage Grad-CAM, measured with every part and stored under "faithfulness" (every suite's default until session
+#: 10; the dermatology suite's default is now median_ig, whose measures go under faithfulness_maps)
+PRODUCT_METHOD = "gradcam"
 MAP_KINDS = ("lesion", "context")   # where an image map is measured (the other kinds have no image region)
-#: generator seeds a choice was made on (seed 9932: the dermatology suite's measured image map,
-#: assets/models/dermatology/faithfulness_maps_choice.md): results measured on them are never stored as the
-#: packages' report figures (``--store-json`` refuses them)
-CHOICE_SEEDS = frozenset({9932})
+#: generator seeds whose results are never stored as the packages' report figures (``--store-json`` refuses them):
+#: the training seed 0, and the seeds a choice was made on -- 9932 (the dermatology suite's measured image map,
+#: assets/models/dermatology/faithfulness_maps_choice.md) and 9935 (the gate that made median IG the default,
+#: median_ig_choice.md; its report figures come from 9937)
+CHOICE_SEEDS = frozenset({0, 9932, 9935})
 #: image maps that read the middle stage of a plain image encoder (core.explain.image_maps)
 MIDDLE_STAGE_MAPS = ("feature_occlusion", "median_ig")
 

@@ -253,8 +253,9 @@ def test_cohort_metrics_show_the_fair_faithfulness_measures_beside_chance_and_dr
     new = {"predicted": {"all": {"lesion_ratio_lesion_decided": 3.5, "ratio_chance": 1.0, "pointing_game_decisive": 0.45,
                                  "pointing_game_decisive_chance": 0.22, "shapley_decisive_balanced": float("nan")}}}
     cols = _faithfulness_columns(new)
-    assert cols == {"faithfulness_lesion_ratio_lesion_decided": 3.5, "faithfulness_lesion_ratio_lesion_decided_chance": 1.0,
-                    "faithfulness_pointing_game_decisive": 0.45, "faithfulness_pointing_game_decisive_chance": 0.22}
+    assert cols == {"faithfulness_gradcam_lesion_ratio_lesion_decided": 3.5,
+                    "faithfulness_gradcam_lesion_ratio_lesion_decided_chance": 1.0,
+                    "faithfulness_gradcam_pointing_game_decisive": 0.45, "faithfulness_gradcam_pointing_game_decisive_chance": 0.22}
     old = {"cam_lesion_share_lesion_decided": 0.33, "pointing_game_rate": 0.45, "shapley_top_equals_evidence": 0.75}
     assert _faithfulness_columns(old) == {}
 
