@@ -121,3 +121,14 @@ def test_image_control_cache_key_hashes_every_setting():
         assert K.image_finetune_tail({**base, key: base[key] + 1}) != tail, key
     swapped = K.image_finetune_tail({**base, "lesion_swap": 3})
     assert "-swap3-" in swapped and swapped != tail
+
+
+def test_explain_cli_tta_on_a_package_whose_default_is_a_map_draws_gradcam(pkg, image, capsys, monkeypatch):
+    """The dermatology suite's default heatmap is a map (median IG), drawn without test-time augmentation: --tta
+    without --cam draws last-stage Grad-CAM with it and says so, instead of failing."""
+    monkeypatch.setattr(G, "default_cam", lambda package: ("median_ig", "last stage"))
+    code, out, err = run(["explain", "--model", pkg, "--image", image, "--meta", "age=55", "--json", "--tta",
+                          "--parts", "cam"], capsys)
+    assert code == 0, err
+    assert list(json.loads(out)["cams"]) == ["gradcam"]
+    assert "--tta: drawing last-stage Grad-CAM" in err and "IG from the median features" in err
