@@ -167,16 +167,19 @@ def test_an_old_config_prepares_and_predicts_exactly_as_before():
                            enc(pixels=old["pixels"], local_pixels=enc.crop_pixels(old["pixels"], old["crop_box"])).pooled)
 
 
-def test_the_shipped_dual_packages_read_as_unmasked():
+def test_the_shipped_dual_packages_read_with_the_fill_they_were_trained_with():
+    """gated_dual_entropy (saved before the option) reads as unmasked; gated_dual_expert (replaced in session 10)
+    carries the mean fill in its config and its prepare hands the mask on."""
     root = Path(__file__).resolve().parents[1] / "assets" / "models" / "dermatology"
-    for name in ("gated_dual_expert", "gated_dual_entropy"):
+    expected = {"gated_dual_expert": "mean", "gated_dual_entropy": "none"}
+    img, mask = known_image()
+    for name, fill in expected.items():
         cfg = json.loads((root / name / "config.json").read_text())["architecture"]["modalities"]["image"]
-        if cfg.get("lesion_mask_fill", "none") != "none":
-            continue                                                 # a package trained with the option
+        assert cfg.get("lesion_mask_fill", "none") == fill, name
         enc = build_encoder("image", {**cfg, "pretrained": False})
-        assert enc.lesion_mask_fill == "none"
-        img, mask = known_image()
-        assert set(enc.prepare([(img, mask)])) == {"pixels", "local_pixels", "crop_box"}
+        assert enc.lesion_mask_fill == fill
+        keys = {"pixels", "local_pixels", "crop_box"} | ({"lesion_mask"} if fill != "none" else set())
+        assert set(enc.prepare([(img, mask)])) == keys
 
 
 def dual_model(fill: str) -> MultimodalClassifier:
