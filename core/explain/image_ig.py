@@ -136,7 +136,7 @@ def _ig_functions(ctx: ExplainContext) -> tuple[Any, Any, torch.Tensor, torch.Te
         if dual:
             lp = image.get("local_pixels")
             if lp is None:
-                lp = enc_full.crop_pixels(x, image.get("crop_box"))
+                lp = enc_full.crop_pixels(x, image.get("crop_box"), image.get("lesion_mask"))
             local = enc_full.local_backbone(lp)
 
     def logits(act: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

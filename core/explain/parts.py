@@ -95,8 +95,9 @@ def _lesion_context(r: PartRun) -> None:
 def _stability(r: PartRun) -> None:
     # the first CAM asked for; a map (e.g. the dermatology default, IG from the median features) has no MC-dropout
     # stability, so with maps only the stability is last-stage Grad-CAM's (gradcam.stability_cam)
-    r.ex.stability = r.timed("stability", cam_stability, r.ctx, stability_cam(r.cam_methods), r.cam_layer,
-                             r.stability_samples)
+    method = stability_cam(r.cam_methods)
+    s = r.timed("stability", cam_stability, r.ctx, method, r.cam_layer, r.stability_samples)
+    r.ex.stability = {**s, "method": method} if isinstance(s, dict) else s   # which heatmap's stability it is
 
 
 @part("note", uses=_ALL, options=("ig_steps",), needs=("note",), unused="This model does not use a clinical note.")

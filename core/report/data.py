@@ -6,7 +6,7 @@ variant, sha256, training data), the calibrated prediction with its uncertainty 
 flag that applies, named by its signal: the committee vote where the suite's ``committee.json`` was fitted
 for the package, as on the Prediction page and in ``python -m core predict``; else the package's own
 entropy flag; ``core.committee.decide_referral``),
-the fusion internals, the explanations (Grad-CAM lesion/context shares, top attributions, modality
+the fusion internals, the explanations (the heatmap's lesion/context shares, top attributions, modality
 Shapley values, faithfulness), the variant comparison when one was run, a timestamp, the software
 version and the research-use notice. Images are not part of the data; the HTML and PDF renderers draw
 them from the case and the explanation.
@@ -137,10 +137,10 @@ def explanation_summary(ex: Any, top_k: int = 8) -> dict[str, Any]:
                                  "confidence": dict(lc["confidence"])}
     if ex.stability:
         out["cam_stability"] = {"mean_pairwise_correlation": float(ex.stability["mean_pairwise_correlation"]),
-                                "samples": int(ex.stability["samples"])}
+                                "samples": int(ex.stability["samples"]), "method": ex.stability.get("method")}
     if ex.note:
         out["note"] = {"top_words": top_words(ex.note, top_k), "convergence_delta": ex.note["convergence_delta"],
-                       "n_steps": ex.note["n_steps"]}
+                       "n_steps": ex.note["n_steps"], "baseline": ex.note.get("baseline")}
     if ex.table:
         out["table"] = {"features": [{"name": r["name"], "value": r["value"], "unit": r.get("unit"),
                                       "integrated_gradients": r["integrated_gradients"], "shapley": r["shapley"]}
