@@ -243,17 +243,11 @@ def test_feature_occlusion_channels_last_batches_equal_the_plain_layout(suite):
 
 
 def test_the_page_offers_the_validated_map_and_says_so(suite, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
     from test_dual_expert import masked_case
+    from tiny import open_image_page
 
     monkeypatch.setitem(G.VALIDATED_MAPS, ("dermatology", "tiny"), "feature_occlusion")
-    monkeypatch.setenv("FUSIONLENS_MODELS", str(suite.parent))
-    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
-    at.session_state["fl_case"] = masked_case(2)
-    at.session_state["stability_samples"] = 4
-    at.switch_page("pages/4_Image_explanations.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_image_page(suite.parent, masked_case(2), monkeypatch)
     box = at.selectbox(key="cam_method")
     assert box.value == "gradcam" and "feature_occlusion (slow)" in box.options   # listed, marked slow
     assert any("validated **Feature occlusion**" in c.value for c in at.caption)

@@ -199,20 +199,13 @@ def test_the_page_opens_on_the_default_map_and_says_it_was_validated(tmp_path, m
     what red means, and the MC-dropout section points to a CAM instead of failing."""
     import json
 
-    from streamlit.testing.v1 import AppTest
-
     from test_dual_expert import masked_case
-    from tiny import save_suite
+    from tiny import open_image_page, save_suite
 
     save_suite(tmp_path, ("mmtm",))
     monkeypatch.setitem(G.SUITE_DEFAULTS, ("dermatology", "tiny"), ("median_ig", "last stage"))
     monkeypatch.setitem(G.VALIDATED_MAPS, ("dermatology", "tiny"), "median_ig")
-    monkeypatch.setenv("FUSIONLENS_MODELS", str(tmp_path))
-    at = AppTest.from_file(str(ROOT / "dashboard" / "Home.py"), default_timeout=120).run()
-    at.session_state["fl_case"] = masked_case(2)
-    at.session_state["stability_samples"] = 4
-    at.switch_page("pages/4_Image_explanations.py").run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = open_image_page(tmp_path, masked_case(2), monkeypatch)
     box = at.selectbox(key="cam_method")
     assert box.value == "median_ig" and "median_ig" in box.options and "median_ig (slow)" not in box.options
     assert any("default heatmap here is **IG from the median features**" in c.value for c in at.caption)

@@ -96,3 +96,20 @@ def write_demo_case(folder, i: int = 0, label: str = "malignant"):
     (folder / "note.txt").write_text(case.note)
     (folder / "metadata.json").write_text(json.dumps({**case.metadata, "label": label}))
     return folder
+
+
+def open_image_page(models_root, case, monkeypatch, stability_samples: int = 4):
+    """An AppTest session on the Image explanations page with ``case`` loaded and the packages under ``models_root``
+    (``FUSIONLENS_MODELS``); asserts the page ran without an exception; returns the AppTest."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("FUSIONLENS_MODELS", str(models_root))
+    home = Path(__file__).resolve().parents[1] / "dashboard" / "Home.py"
+    at = AppTest.from_file(str(home), default_timeout=120).run()
+    at.session_state["fl_case"] = case
+    at.session_state["stability_samples"] = stability_samples
+    at.switch_page("pages/4_Image_explanations.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
