@@ -251,6 +251,7 @@ def test_the_page_offers_the_validated_map_and_says_so(suite, monkeypatch):
     box = at.selectbox(key="cam_method")
     assert box.value == "gradcam" and "feature_occlusion (slow)" in box.options   # listed, marked slow
     assert any("validated **Feature occlusion**" in c.value for c in at.caption)
+    assert any("(peak in the lesion 33% vs 100% of 70 cases" in c.value and "is slow here" in c.value for c in at.caption)
     box.set_value("feature_occlusion").run()
     at.button(key="cam_compute").click().run()
     assert not at.exception, [e.value for e in at.exception]

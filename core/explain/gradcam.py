@@ -86,6 +86,13 @@ MAP_METHODS: dict[str, tuple[str, str, str]] = {
 #: Dermatology: feature occlusion (session 9) and, since session 10, IG from the median features, which is also the
 #: suite's default (``SUITE_DEFAULTS``); the page names the validated map where it is not the default.
 VALIDATED_MAPS: dict[tuple[str, str], str] = {("dermatology", "efficientnet_lite0"): "median_ig"}
+#: each validated map's lesion-only control figures, as the page quotes them: the share of fresh cases whose map peaks
+#: in the lesion, last-stage Grad-CAM's share on the same cases, a random point's (the lesion's area share), the seed
+#: and the number of cases (controls_9306.json: feature occlusion; controls_9307_median_ig.json: median IG)
+CONTROL_FIGURES: dict[str, dict[str, float]] = {
+    "feature_occlusion": {"peak_in_lesion": 1.00, "gradcam": 0.33, "random": 0.10, "seed": 9306, "n": 70},
+    "median_ig": {"peak_in_lesion": 0.99, "gradcam": 0.51, "random": 0.10, "seed": 9307, "n": 70},
+}
 
 
 def heatmap_methods(package: object = None) -> list[str]:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from core import plots
 from core.errors import FusionLensError
-from core.explain.gradcam import MAP_METHODS, NAMES, default_cam, describe_cam, heatmap_methods, method_cost, validated_map
+from core.explain.gradcam import CONTROL_FIGURES, MAP_METHODS, NAMES, default_cam, describe_cam, heatmap_methods, method_cost, validated_map
 from core.explain.cohort import map_measures
 from dashboard import loaders
 from dashboard.figures import display_map, light_overlay
@@ -43,7 +43,8 @@ def method_name(m: str) -> str:
 
 c1, c2, c3 = st.columns(3)
 default_method, default_layer = default_cam(pkg)   # measured per suite (HAM10000: Grad-CAM++ x early LayerCAM; dermatology: median_ig)
-checked = validated_map(pkg)   # the map the known-answer controls validated for this suite (dermatology: feature occlusion)
+checked = validated_map(pkg)   # the map the known-answer controls validated for this suite (dermatology: median_ig)
+ctrl = CONTROL_FIGURES.get(checked or "", {})   # its lesion-only control figures
 methods = heatmap_methods(pkg)  # the CAMs, then the maps this image encoder can draw (core.explain.gradcam.MAP_METHODS)
 layers = loaders.cam_layers(pkg)
 if st.session_state.get("cam_method", methods[0]) not in methods:   # e.g. feature occlusion, then a dual-expert package
@@ -69,16 +70,18 @@ if is_map:
     st.caption(MAP_METHODS[method][2])
 if checked and checked == default_method:
     st.caption(f"The default heatmap here is **{NAMES.get(checked, checked)}**, the map the known-answer controls (models "
-               "that can only use the lesion, or only its surroundings) validated for this suite: on the lesion-only "
-               "control its peak lies in the lesion for 99% of 70 fresh cases (last-stage Grad-CAM 51%, a random point "
-               "10%). No map passes the context-only control's lesion check (README, \"Known-answer controls\").")
+               "that can only use the lesion, or only its surroundings) validated for this suite"
+               + (f": on the lesion-only control its peak lies in the lesion for {ctrl['peak_in_lesion']:.0%} of "
+                  f"{ctrl['n']:.0f} fresh cases (last-stage Grad-CAM {ctrl['gradcam']:.0%}, a random point {ctrl['random']:.0%})"
+                  if ctrl else "") + ". No map passes the context-only control's lesion check (README, \"Known-answer controls\").")
 elif checked:
     st.caption(f"Which map to trust here: the known-answer controls (models that can only use the lesion, or only its "
                f"surroundings) validated **{NAMES.get(checked, checked)}** for this suite, not the default "
-               f"{describe_cam(default_method, default_layer)}, which missed the lesion the lesion-only control used "
-               f"(peak in the lesion 33% vs 100% of 70 cases, a random point 10%). {NAMES.get(checked, checked)} costs about 2 s "
-               "per case, so it waits for a click; no map passes the context-only control's lesion check (README, "
-               "\"Known-answer controls\").")
+               f"{describe_cam(default_method, default_layer)}, which missed the lesion the lesion-only control used"
+               + (f" (peak in the lesion {ctrl['gradcam']:.0%} vs {ctrl['peak_in_lesion']:.0%} of {ctrl['n']:.0f} cases, a random "
+                  f"point {ctrl['random']:.0%})" if ctrl else "")
+               + f". {NAMES.get(checked, checked)} is {MAP_METHODS[checked][1].split(':')[0]} here; no map passes the "
+               "context-only control's lesion check (README, \"Known-answer controls\").")
 
 options = dict(target=pkg.labels.index(target), cam_methods=(method,), cam_layer=layer, tta=tta)
 slow = method_cost(method) != "fast"
