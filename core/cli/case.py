@@ -84,20 +84,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if cannot:
             raise UsageError(f"this package's image encoder cannot draw '{cannot[0]}' (a dual expert has no one middle "
                              f"stage); choose from: {', '.join(offered)}.")
-    layer = "auto"
     if args.tta and not methods and "image" in pkg.modalities:
         from ..explain.gradcam import MAP_METHODS, NAMES, default_cam
 
         default = default_cam(pkg)[0]
-        if default in MAP_METHODS:   # a map reads the model without test-time augmentation: use the CAM instead
-            methods, layer = ["gradcam"], "last stage"
+        if default in MAP_METHODS:   # explain_case then resolves "auto" to Grad-CAM (gradcam.resolve_cam): say so
             print(f"--tta: drawing last-stage Grad-CAM with test-time augmentation instead of this package's default "
                   f"map ({NAMES.get(default, default)}), which is drawn without it.", file=sys.stderr)
     case = case_from_args(args)
     with usage_errors():
         target = int(args.target) if args.target and args.target.isdigit() else args.target
-        ex = explain_case(pkg, case, target=target, parts=parts, cam_methods=methods or ("auto",), cam_layer=layer,
-                          tta=args.tta, ig_steps=args.ig_steps)
+        ex = explain_case(pkg, case, target=target, parts=parts, cam_methods=methods or ("auto",), tta=args.tta,
+                          ig_steps=args.ig_steps)
     if args.json:
         print(json.dumps(ex.to_dict()))
     else:

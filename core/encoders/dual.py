@@ -103,14 +103,12 @@ def _mask_tensor(mask: np.ndarray, box: tuple[int, int, int, int] | None, size: 
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of [n, c, h, w] with reflected borders."""
+    """Gaussian blur of [n, c, h, w] with reflected borders (torchvision's ``gaussian_blur``), radius ~3 sigma, at
+    most the image's side less one (reflect padding needs it)."""
+    from torchvision.transforms.functional import gaussian_blur
+
     r = max(1, min(int(3 * sigma + 0.5), x.shape[-1] - 1, x.shape[-2] - 1))
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return gaussian_blur(x, [2 * r + 1, 2 * r + 1], [sigma, sigma])
 
 
 def fill_outside(local: torch.Tensor, alpha: torch.Tensor, whole: torch.Tensor, fill: str) -> torch.Tensor:

@@ -218,12 +218,16 @@ NOTE_FINETUNE: dict[str, Any] = {"layers": 1, "epochs": 8, "batch_size": 32, "lr
 NOTE_FINETUNE_FILE = "note_finetune.json"   # in the package folder: the tuned layers (randomised_copy reads it)
 
 
+def _settings_digest(ft: dict[str, Any]) -> str:
+    """12 hex digits of the sha256 of a settings dict as sorted JSON: a cache folder's key over every setting."""
+    return hashlib.sha256(json.dumps(ft, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def note_finetune_tail(ft: dict[str, Any]) -> str:
     """The note-only control's folder-name suffix for its stage-1 settings ``ft`` (:data:`NOTE_FINETUNE` with any
     overrides): ``-tl<layers>-<hash>``, the hash over the whole settings dict (sorted JSON), so a package trained
     with other settings (any key, not only the layer count and learning rates) is never reused from the cache."""
-    digest = hashlib.sha256(json.dumps(ft, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"-tl{ft['layers']}-{digest}"
+    return f"-tl{ft['layers']}-{_settings_digest(ft)}"
 
 
 def image_finetune_tail(ft: dict[str, Any]) -> str:
@@ -231,9 +235,8 @@ def image_finetune_tail(ft: dict[str, Any]) -> str:
     source's and any caller's overrides): ``-ft<cut>[-noaug][-swap<k>]-<hash>``, the hash over the whole settings
     dict (sorted JSON) as for :func:`note_finetune_tail`, so changing any setting (epochs, learning rate, ...) never
     reuses a package trained with the old ones."""
-    digest = hashlib.sha256(json.dumps(ft, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return (f"-ft{ft['cut']}{'' if ft['augment'] else '-noaug'}" + (f"-swap{ft['lesion_swap']}" if ft.get("lesion_swap") else "")
-            + f"-{digest}")
+            + f"-{_settings_digest(ft)}")
 
 
 def _bert_layer(layer: torch.nn.Module, h: torch.Tensor, keep: torch.Tensor | None, dropout: float = 0.0) -> torch.Tensor:

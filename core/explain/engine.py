@@ -126,7 +126,7 @@ def explain_case(package: Package, case: Case, target: int | str | None = None, 
             if name in parts and modality in p.needs:
                 ex.skipped[name] = p.skip_reason(modality, package.modalities)
     # "auto": the package's default heatmap (core.explain.gradcam.default_cam: measured per suite)
-    cam_methods, cam_layer = resolve_cam(package, tuple(cam_methods), cam_layer)
+    cam_methods, cam_layer = resolve_cam(package, tuple(cam_methods), cam_layer, tta)
     run = PartRun(ctx, ex, timed, tuple(cam_methods), cam_layer, tta, ig_steps, stability_samples, shapley_samples)
     for name in run_order(parts):
         p = EXPLAIN_PARTS.get(name)
